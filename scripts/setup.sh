@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what the build needs on a fresh Debian 12 machine with rustup:
+# cmake and Go build the AWS-LC FIPS module (aws-lc-fips-sys), a C compiler
+# and clang's libraries for bindgen. Idempotent; asks apt only when missing.
+set -euo pipefail
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v go >/dev/null 2>&1 || need+=(golang-go)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${need[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust with rustup first (https://rustup.rs)" >&2; exit 1; }

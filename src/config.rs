@@ -1,0 +1,550 @@
+//! Configuration: the TOML file, the environment overrides, validation, and
+//! the typed [`Config`] the rest of the relay reads.
+//!
+//! The file is parsed into `RawConfig` (serde, unknown keys rejected), the
+//! environment overrides are applied (all of them listed in [`ENV_OVERRIDES`]),
+//! and `validate()` turns it into [`Config`]. Every error names the key and
+//! says how to fix it. This module never opens a socket or reads a CA file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where `run` and `check-config` look when no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/fipsrelay/fipsrelay.toml";
+pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1";
+pub const DEFAULT_PORT_RANGE_START: u16 = 9803;
+pub const DEFAULT_SITE: &str = "ddog-gov.com";
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
+pub const DEFAULT_RESPONSE_TIMEOUT: &str = "15s";
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: &str = "30s";
+pub const DEFAULT_MAX_IDLE_PER_HOST: usize = 8;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: &str = "120s";
+pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
+pub const DEFAULT_DNS_REFRESH: &str = "30s";
+
+/// Environment variables that override the file, in the order applied.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("DD_FIPS_PORT_RANGE_START", "listen.port_range_start"),
+    ("DD_FIPS_LOCAL_ADDRESS", "listen.address"),
+    ("DD_SITE", "upstream.site"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key} = {value:?} is invalid: {problem}; {fix}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        problem: String,
+        fix: &'static str,
+    },
+    #[error("environment variable {var} = {value:?} is invalid for {key}: {problem}")]
+    Env {
+        var: &'static str,
+        key: &'static str,
+        value: String,
+        problem: String,
+    },
+}
+
+fn invalid(key: &'static str, value: impl ToString, problem: impl ToString, fix: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        problem: problem.to_string(),
+        fix,
+    }
+}
+
+/// The file as written, before validation. Field names are the config keys.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub listen: RawListen,
+    pub workers: RawWorkers,
+    pub upstream: RawUpstream,
+    pub limits: RawLimits,
+    pub shutdown: RawShutdown,
+    pub dns: RawDns,
+    pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListen {
+    pub address: String,
+    pub port_range_start: u16,
+    pub allow_non_local: bool,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        Self {
+            address: DEFAULT_LISTEN_ADDRESS.into(),
+            port_range_start: DEFAULT_PORT_RANGE_START,
+            allow_non_local: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWorkers {
+    pub threads: usize,
+    pub io: String,
+    pub pin: bool,
+}
+
+impl Default for RawWorkers {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            io: "auto".into(),
+            pin: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub site: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub override_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub appsec_host: Option<String>,
+    pub connect_timeout: String,
+    pub response_timeout: String,
+    pub idle_timeout: String,
+    pub max_idle_per_host: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            site: DEFAULT_SITE.into(),
+            ca_file: None,
+            server_name: None,
+            override_addr: None,
+            appsec_host: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT.into(),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT.into(),
+            idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT.into(),
+            max_idle_per_host: DEFAULT_MAX_IDLE_PER_HOST,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub client_idle_timeout: String,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawShutdown {
+    pub drain_timeout: String,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        Self {
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDns {
+    pub refresh: String,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        Self {
+            refresh: DEFAULT_DNS_REFRESH.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub level: String,
+    pub format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoChoice {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_address: IpAddr,
+    pub port_range_start: u16,
+    pub allow_non_local: bool,
+    pub threads: usize,
+    pub io: IoChoice,
+    pub pin: bool,
+    pub site: String,
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub override_addr: Option<SocketAddr>,
+    pub appsec_host: Option<String>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
+    pub max_idle_per_host: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub client_idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub dns_refresh: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// The raw form after environment overrides, for `check-config`.
+    pub raw: RawConfig,
+}
+
+/// Where the configuration came from, for the log and `check-config`.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    Defaults,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Defaults => f.write_str("built-in defaults (no config file)"),
+        }
+    }
+}
+
+/// Loads the config: `path` if given (it must exist), else the default path
+/// when it exists, else the built-in defaults; then env overrides; then validation.
+pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<(Config, Source), ConfigError> {
+    let (raw, source) = match path {
+        Some(p) => (read_file(p)?, Source::File(p.to_path_buf())),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            let p = Path::new(DEFAULT_CONFIG_PATH);
+            (read_file(p)?, Source::File(p.to_path_buf()))
+        }
+        None => (RawConfig::default(), Source::Defaults),
+    };
+    let raw = apply_env(raw, env)?;
+    Ok((raw.validate()?, source))
+}
+
+fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_str(&text).map_err(|message| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Parses TOML text; the error message carries the line, column and key.
+pub fn parse_str(text: &str) -> Result<RawConfig, String> {
+    toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+}
+
+/// Applies the environment overrides listed in [`ENV_OVERRIDES`].
+pub fn apply_env(mut raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<RawConfig, ConfigError> {
+    if let Some(v) = env("DD_FIPS_PORT_RANGE_START") {
+        raw.listen.port_range_start = v.trim().parse().map_err(|e: std::num::ParseIntError| ConfigError::Env {
+            var: "DD_FIPS_PORT_RANGE_START",
+            key: "listen.port_range_start",
+            value: v.clone(),
+            problem: e.to_string(),
+        })?;
+    }
+    if let Some(v) = env("DD_FIPS_LOCAL_ADDRESS") {
+        raw.listen.address = v.trim().to_string();
+    }
+    if let Some(v) = env("DD_SITE") {
+        raw.upstream.site = v.trim().to_string();
+    }
+    Ok(raw)
+}
+
+fn duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(value.trim()).map_err(|e| {
+        invalid(key, value, e, "write a duration such as \"500ms\", \"5s\" or \"2m\"")
+    })?;
+    if d.is_zero() {
+        return Err(invalid(key, value, "must be greater than zero", "write a duration such as \"5s\""));
+    }
+    Ok(d)
+}
+
+/// Number of ports from `port_range_start`: offsets 0 (status) to 15 (netflow).
+pub const PORT_COUNT: u16 = 16;
+
+impl RawConfig {
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let listen_address: IpAddr = self.listen.address.trim().parse().map_err(|e| {
+            invalid("listen.address", &self.listen.address, e, "write an IP address such as 127.0.0.1 or ::1")
+        })?;
+        if !listen_address.is_loopback() && !self.listen.allow_non_local {
+            return Err(invalid(
+                "listen.address",
+                listen_address,
+                "is not a loopback address, and traffic between the Agent and the relay is plaintext",
+                "use 127.0.0.1, or set listen.allow_non_local = true if you accept that FIPS compliance is not retained off-host",
+            ));
+        }
+        let start = self.listen.port_range_start;
+        if start == 0 || u32::from(start) + u32::from(PORT_COUNT) - 1 > 65535 {
+            return Err(invalid(
+                "listen.port_range_start",
+                start,
+                format!("the range needs {PORT_COUNT} ports from 1 to 65535"),
+                "use the default 9803 (or DD_FIPS_PORT_RANGE_START) or a start no higher than 65520",
+            ));
+        }
+        let io = match self.workers.io.trim() {
+            "auto" => IoChoice::Auto,
+            "uring" | "io_uring" => IoChoice::Uring,
+            "epoll" => IoChoice::Epoll,
+            other => return Err(invalid("workers.io", other, "unknown I/O backend", "use one of auto, uring, epoll")),
+        };
+        if self.workers.threads > 1024 {
+            return Err(invalid("workers.threads", self.workers.threads, "too many", "use 0 for one per CPU"));
+        }
+        let site = self.upstream.site.trim().trim_matches('.').to_ascii_lowercase();
+        if site.is_empty() || !site.split('.').all(is_dns_label) || !site.contains('.') {
+            return Err(invalid(
+                "upstream.site",
+                &self.upstream.site,
+                "is not a DNS domain",
+                "use the Datadog site, e.g. ddog-gov.com (US1-FED)",
+            ));
+        }
+        if let Some(sn) = &self.upstream.server_name {
+            if sn.trim().is_empty() || rustls_pki_name(sn).is_none() {
+                return Err(invalid(
+                    "upstream.server_name",
+                    sn,
+                    "is not a valid TLS server name",
+                    "write a DNS name such as metrics.agent.ddog-gov.com, or remove the key",
+                ));
+            }
+        }
+        if let Some(h) = &self.upstream.appsec_host {
+            if !h.split('.').all(is_dns_label) {
+                return Err(invalid("upstream.appsec_host", h, "is not a DNS name", "write a host name, or remove the key"));
+            }
+        }
+        let override_addr = match &self.upstream.override_addr {
+            None => None,
+            Some(s) => Some(s.trim().parse::<SocketAddr>().map_err(|e| {
+                invalid("upstream.override_addr", s, e, "write IP:PORT such as 127.0.0.1:8443, or remove the key")
+            })?),
+        };
+        if let Some(p) = &self.upstream.ca_file {
+            if p.as_os_str().is_empty() {
+                return Err(invalid("upstream.ca_file", "", "is empty", "write the path of a PEM file, or remove the key to use the system trust store"));
+            }
+        }
+        if self.upstream.max_idle_per_host > 4096 {
+            return Err(invalid("upstream.max_idle_per_host", self.upstream.max_idle_per_host, "too large", "use at most 4096"));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.limits.max_header_bytes) {
+            return Err(invalid(
+                "limits.max_header_bytes",
+                self.limits.max_header_bytes,
+                "must be between 1024 and 16777216",
+                "the default 65536 fits every Agent request",
+            ));
+        }
+        if self.limits.max_body_bytes == 0 {
+            return Err(invalid("limits.max_body_bytes", 0, "must be greater than zero", "the default is 67108864 (64 MiB)"));
+        }
+        let log_format = match self.log.format.trim() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("log.format", other, "unknown log format", "use text or json")),
+        };
+        let log_level = self.log.level.trim().to_ascii_lowercase();
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(invalid(
+                "log.level",
+                &self.log.level,
+                "not a log level or filter",
+                "use one of error, warn, info, debug, trace",
+            ));
+        }
+        Ok(Config {
+            listen_address,
+            port_range_start: start,
+            allow_non_local: self.listen.allow_non_local,
+            threads: self.workers.threads,
+            io,
+            pin: self.workers.pin,
+            site,
+            ca_file: self.upstream.ca_file.clone(),
+            server_name: self.upstream.server_name.as_ref().map(|s| s.trim().to_string()),
+            override_addr,
+            appsec_host: self.upstream.appsec_host.as_ref().map(|s| s.trim().to_ascii_lowercase()),
+            connect_timeout: duration("upstream.connect_timeout", &self.upstream.connect_timeout)?,
+            response_timeout: duration("upstream.response_timeout", &self.upstream.response_timeout)?,
+            upstream_idle_timeout: duration("upstream.idle_timeout", &self.upstream.idle_timeout)?,
+            max_idle_per_host: self.upstream.max_idle_per_host,
+            max_header_bytes: self.limits.max_header_bytes,
+            max_body_bytes: self.limits.max_body_bytes,
+            client_idle_timeout: duration("limits.client_idle_timeout", &self.limits.client_idle_timeout)?,
+            drain_timeout: duration("shutdown.drain_timeout", &self.shutdown.drain_timeout)?,
+            dns_refresh: duration("dns.refresh", &self.dns.refresh)?,
+            log_level,
+            log_format,
+            raw: self.clone(),
+        })
+    }
+}
+
+fn is_dns_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
+}
+
+fn rustls_pki_name(s: &str) -> Option<rustls::pki_types::ServerName<'static>> {
+    rustls::pki_types::ServerName::try_from(s.trim().to_string()).ok()
+}
+
+impl Config {
+    /// The listening port for a port offset.
+    pub fn port(&self, offset: u16) -> u16 {
+        self.port_range_start + offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = RawConfig::default().validate().unwrap();
+        assert_eq!(c.port_range_start, 9803);
+        assert_eq!(c.listen_address.to_string(), "127.0.0.1");
+        assert_eq!(c.site, "ddog-gov.com");
+        assert_eq!(c.io, IoChoice::Auto);
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_line() {
+        let err = parse_str("[listen]\naddress = \"127.0.0.1\"\nprot = 1\n").unwrap_err();
+        assert!(err.contains("prot"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let raw = parse_str("[listen]\nport_range_start = 10000\n").unwrap();
+        let env = |k: &str| match k {
+            "DD_FIPS_PORT_RANGE_START" => Some("20000".to_string()),
+            "DD_SITE" => Some("example.com".to_string()),
+            _ => None,
+        };
+        let c = apply_env(raw, &env).unwrap().validate().unwrap();
+        assert_eq!(c.port_range_start, 20000);
+        assert_eq!(c.site, "example.com");
+        let bad = apply_env(RawConfig::default(), &|k: &str| (k == "DD_FIPS_PORT_RANGE_START").then(|| "x".into()));
+        assert!(bad.unwrap_err().to_string().contains("DD_FIPS_PORT_RANGE_START"));
+    }
+
+    #[test]
+    fn errors_name_key_and_fix() {
+        let mut raw = RawConfig::default();
+        raw.listen.address = "0.0.0.0".into();
+        let e = raw.validate().unwrap_err().to_string();
+        assert!(e.contains("listen.address") && e.contains("allow_non_local"), "{e}");
+        raw.listen.allow_non_local = true;
+        assert!(raw.validate().is_ok());
+
+        let mut raw = RawConfig::default();
+        raw.upstream.connect_timeout = "five".into();
+        let e = raw.validate().unwrap_err().to_string();
+        assert!(e.contains("upstream.connect_timeout"), "{e}");
+
+        let mut raw = RawConfig::default();
+        raw.workers.io = "kqueue".into();
+        assert!(raw.validate().unwrap_err().to_string().contains("auto, uring, epoll"));
+
+        let mut raw = RawConfig::default();
+        raw.listen.port_range_start = 65530;
+        assert!(raw.validate().unwrap_err().to_string().contains("listen.port_range_start"));
+
+        let mut raw = RawConfig::default();
+        raw.upstream.override_addr = Some("localhost".into());
+        assert!(raw.validate().unwrap_err().to_string().contains("upstream.override_addr"));
+    }
+
+    #[test]
+    fn load_missing_file_names_path() {
+        let e = load(Some(Path::new("/nonexistent/x.toml")), &no_env).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+}

@@ -1,0 +1,770 @@
+//! HTTP/1.1 message heads and body framing, as the relay needs them.
+//!
+//! Owns: parsing request and answer heads (httparse), rejecting ambiguous
+//! framing before anything is forwarded, rewriting the request head for the
+//! upstream (Host, hop-by-hop headers, Expect) and the answer head for the
+//! Agent, and the incremental chunked-body scanner. It does no I/O and never
+//! decides a status for an upstream fault.
+//!
+//! # Invariants
+//! A request that could be framed two ways (the classic smuggling shapes) is
+//! never accepted: both Content-Length and Transfer-Encoding, differing or
+//! comma-listed Content-Length, any Transfer-Encoding other than a single
+//! `chunked`, bare CR or LF, NUL, obs-fold, whitespace before a colon.
+
+use std::fmt::Write as _;
+
+/// At most this many header fields in one head.
+pub const MAX_HEADERS: usize = 128;
+
+/// Why a request was refused; the `Display` text goes in the 400 body and log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("request head larger than {limit} bytes")]
+    HeadTooLarge { limit: usize },
+    #[error("more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
+    #[error("malformed request head: {0}")]
+    Malformed(&'static str),
+    #[error("unsupported HTTP version")]
+    Version,
+    #[error("request target must be origin-form (start with '/')")]
+    TargetForm,
+    #[error("both Content-Length and Transfer-Encoding are present")]
+    LengthAndChunked,
+    #[error("invalid Content-Length")]
+    BadContentLength,
+    #[error("Transfer-Encoding other than a single final 'chunked'")]
+    BadTransferEncoding,
+    #[error("more than one Host header")]
+    DuplicateHost,
+    #[error("Expect other than 100-continue")]
+    BadExpect,
+    #[error("body of {len} bytes exceeds limits.max_body_bytes ({limit})")]
+    BodyTooLarge { len: u64, limit: u64 },
+    #[error("malformed chunked body: {0}")]
+    Chunked(&'static str),
+}
+
+impl RequestError {
+    /// The status the Agent gets for this refusal.
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestError::HeadTooLarge { .. } | RequestError::TooManyHeaders => 431,
+            RequestError::BodyTooLarge { .. } => 413,
+            RequestError::BadExpect => 417,
+            _ => 400,
+        }
+    }
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+    /// Answer only: the body runs until the upstream closes.
+    UntilClose,
+}
+
+/// A parsed request head, with the upstream form already rendered.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// Bytes the head took in the input.
+    pub head_len: usize,
+    pub method: Method,
+    /// Request target (origin-form), as received.
+    pub target: Vec<u8>,
+    pub framing: BodyFraming,
+    pub expect_continue: bool,
+    /// The client asked to close after this exchange (or is HTTP/1.0 without keep-alive).
+    pub close: bool,
+    pub http10: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Other,
+}
+
+/// Hop-by-hop fields never forwarded either way (RFC 9110 §7.6.1), plus
+/// `Expect`, which the relay answers itself.
+fn is_hop_by_hop(name: &str) -> bool {
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Bytes a head may not contain: NUL, a CR not followed by LF, an LF not
+/// preceded by CR, obs-fold (a line starting with SP or HTAB).
+fn check_line_endings(head: &[u8]) -> Result<(), RequestError> {
+    for (i, &b) in head.iter().enumerate() {
+        match b {
+            0 => return Err(RequestError::Malformed("NUL byte in head")),
+            b'\r' if head.get(i + 1) != Some(&b'\n') => return Err(RequestError::Malformed("bare CR in head")),
+            b'\n' => {
+                if i == 0 || head[i - 1] != b'\r' {
+                    return Err(RequestError::Malformed("bare LF line ending in head"));
+                }
+                if matches!(head.get(i + 1), Some(b' ') | Some(b'\t')) {
+                    return Err(RequestError::Malformed("obsolete line folding in head"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn parse_content_length(v: &[u8]) -> Result<u64, RequestError> {
+    let v = trim(v);
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(RequestError::BadContentLength);
+    }
+    std::str::from_utf8(v).unwrap().parse().map_err(|_| RequestError::BadContentLength)
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+fn has_token(v: &[u8], token: &str) -> bool {
+    v.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Parses and validates a request head from `buf`, and renders the head to
+/// send upstream into `out` (cleared first). `Ok(None)`: need more bytes.
+pub fn parse_request(
+    buf: &[u8],
+    max_head: usize,
+    max_body: u64,
+    upstream_host: Option<&str>,
+    out: &mut Vec<u8>,
+) -> Result<Option<RequestHead>, RequestError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let status = match req.parse(buf) {
+        Ok(s) => s,
+        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooManyHeaders),
+        Err(httparse::Error::Version) => return Err(RequestError::Version),
+        Err(httparse::Error::HeaderName) => return Err(RequestError::Malformed("invalid header name")),
+        Err(httparse::Error::HeaderValue) => return Err(RequestError::Malformed("invalid header value")),
+        Err(httparse::Error::NewLine) => return Err(RequestError::Malformed("invalid line ending")),
+        Err(httparse::Error::Token) => return Err(RequestError::Malformed("invalid method or target")),
+        Err(_) => return Err(RequestError::Malformed("invalid request line")),
+    };
+    let head_len = match status {
+        httparse::Status::Partial => {
+            if buf.len() >= max_head {
+                return Err(RequestError::HeadTooLarge { limit: max_head });
+            }
+            // Catch a bare CR/LF early rather than waiting for a head that never ends.
+            if let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') {
+                check_line_endings(&buf[..=last_nl])?;
+            }
+            return Ok(None);
+        }
+        httparse::Status::Complete(n) => n,
+    };
+    if head_len > max_head {
+        return Err(RequestError::HeadTooLarge { limit: max_head });
+    }
+    check_line_endings(&buf[..head_len])?;
+    let method_str = req.method.unwrap_or("");
+    let target = req.path.unwrap_or("").as_bytes();
+    if !target.starts_with(b"/") {
+        return Err(RequestError::TargetForm);
+    }
+    let http10 = req.version == Some(0);
+
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut saw_te = false;
+    let mut expect_continue = false;
+    let mut conn_close = http10;
+    let mut host_seen = false;
+    let mut connection_tokens: Vec<&[u8]> = Vec::new();
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let v = parse_content_length(h.value)?;
+            if content_length.is_some_and(|c| c != v) {
+                return Err(RequestError::BadContentLength);
+            }
+            content_length = Some(v);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if saw_te || !trim(h.value).eq_ignore_ascii_case(b"chunked") {
+                return Err(RequestError::BadTransferEncoding);
+            }
+            saw_te = true;
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("host") {
+            if host_seen {
+                return Err(RequestError::DuplicateHost);
+            }
+            host_seen = true;
+        } else if name.eq_ignore_ascii_case("expect") {
+            if !trim(h.value).eq_ignore_ascii_case(b"100-continue") {
+                return Err(RequestError::BadExpect);
+            }
+            expect_continue = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            if has_token(h.value, "close") {
+                conn_close = true;
+            }
+            if http10 && has_token(h.value, "keep-alive") {
+                conn_close = false;
+            }
+            connection_tokens.extend(h.value.split(|&b| b == b',').map(trim));
+        }
+    }
+    if chunked && content_length.is_some() {
+        return Err(RequestError::LengthAndChunked);
+    }
+    if chunked && http10 {
+        return Err(RequestError::BadTransferEncoding);
+    }
+    let framing = match (chunked, content_length) {
+        (true, _) => BodyFraming::Chunked,
+        (false, Some(0)) | (false, None) => BodyFraming::None,
+        (false, Some(n)) => BodyFraming::Length(n),
+    };
+    if let BodyFraming::Length(n) = framing {
+        if n > max_body {
+            return Err(RequestError::BodyTooLarge { len: n, limit: max_body });
+        }
+    }
+
+    // Upstream head: request line, Host, then every end-to-end field as received.
+    out.clear();
+    out.extend_from_slice(method_str.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = upstream_host {
+        out.extend_from_slice(b"Host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut wrote_length = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host")
+            || name.eq_ignore_ascii_case("expect")
+            || is_hop_by_hop(name)
+            || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            if wrote_length {
+                continue; // identical duplicate: forward one
+            }
+            wrote_length = true;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if framing == BodyFraming::None && method_str != "GET" && method_str != "HEAD" && !wrote_length {
+        // A POST without a body still needs an explicit length upstream.
+        out.extend_from_slice(b"Content-Length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    Ok(Some(RequestHead {
+        head_len,
+        method: match method_str {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            _ => Method::Other,
+        },
+        target: target.to_vec(),
+        framing,
+        expect_continue,
+        close: conn_close,
+        http10,
+    }))
+}
+
+/// A parsed answer head from the upstream.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub head_len: usize,
+    pub status: u16,
+    pub framing: BodyFraming,
+    /// The upstream will close the session after this answer.
+    pub upstream_close: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    #[error("answer head larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("malformed answer head: {0}")]
+    Malformed(String),
+    #[error("ambiguous answer framing")]
+    Framing,
+}
+
+/// Parses an upstream answer head and renders the head for the Agent into
+/// `out`. `Ok(None)`: need more bytes. 1xx answers are returned as parsed
+/// with `BodyFraming::None`; the caller skips them.
+pub fn parse_response(
+    buf: &[u8],
+    max_head: usize,
+    request_method: Method,
+    client_close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, ResponseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Partial) => {
+            if buf.len() >= max_head {
+                return Err(ResponseError::TooLarge(max_head));
+            }
+            return Ok(None);
+        }
+        Ok(httparse::Status::Complete(n)) => n,
+        Err(e) => return Err(ResponseError::Malformed(e.to_string())),
+    };
+    let status = resp.code.unwrap_or(0);
+    let http10 = resp.version == Some(0);
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut upstream_close = http10;
+    let mut connection_tokens: Vec<&[u8]> = Vec::new();
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = parse_content_length(h.value).map_err(|_| ResponseError::Framing)?;
+            if content_length.is_some_and(|c| c != v) {
+                return Err(ResponseError::Framing);
+            }
+            content_length = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if !has_token(h.value, "chunked") {
+                return Err(ResponseError::Framing);
+            }
+            chunked = true;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            if has_token(h.value, "close") {
+                upstream_close = true;
+            }
+            if http10 && has_token(h.value, "keep-alive") {
+                upstream_close = false;
+            }
+            connection_tokens.extend(h.value.split(|&b| b == b',').map(trim));
+        }
+    }
+    let framing = if (100..200).contains(&status) || status == 204 || status == 304 || request_method == Method::Head {
+        BodyFraming::None
+    } else if chunked {
+        BodyFraming::Chunked
+    } else if let Some(n) = content_length {
+        BodyFraming::Length(n)
+    } else {
+        upstream_close = true;
+        BodyFraming::UntilClose
+    };
+    if (100..200).contains(&status) {
+        return Ok(Some(ResponseHead { head_len, status, framing, upstream_close }));
+    }
+
+    out.clear();
+    // Status line as received, but always HTTP/1.1 towards the Agent.
+    let _ = write!(Vec8(out), "HTTP/1.1 {} {}\r\n", status, resp.reason.unwrap_or(""));
+    for h in resp.headers.iter() {
+        if is_hop_by_hop(h.name) || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(h.name.as_bytes())) {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if client_close || framing == BodyFraming::UntilClose {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(ResponseHead { head_len, status, framing, upstream_close }))
+}
+
+/// `fmt::Write` over a byte vector, for status lines.
+struct Vec8<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Vec8<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Renders a short plain-text answer made by the relay itself.
+pub fn local_response(status: u16, body: &str, close: bool, out: &mut Vec<u8>) {
+    out.clear();
+    let _ = write!(
+        Vec8(out),
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}\r\n{}",
+        status,
+        reason(status),
+        body.len() + 1,
+        if close { "Connection: close\r\n" } else { "" },
+        body
+    );
+    out.push(b'\n');
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+/// Incremental scanner for a chunked body: tells how many input bytes belong
+/// to the body (forwarded verbatim) and when it ends. Strict: CRLF only,
+/// hex sizes of at most 15 digits, bounded extensions and trailers.
+#[derive(Debug, Clone)]
+pub struct ChunkedScanner {
+    state: ChunkState,
+    /// Decoded payload bytes seen so far.
+    pub payload: u64,
+    /// Size of the chunk whose size line is being read.
+    pending: u64,
+    line_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    SizeStart,
+    Size { value: u64, digits: u8 },
+    Ext,
+    SizeLf { last: bool },
+    Data(u64),
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    TrailerLf { empty: bool },
+    Done,
+}
+
+/// Longest chunk-size line extension or trailer line accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+impl Default for ChunkedScanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkedScanner {
+    pub fn new() -> Self {
+        ChunkedScanner { state: ChunkState::SizeStart, payload: 0, pending: 0, line_len: 0 }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Scans `input`; returns how many bytes belong to the body. Stops at the
+    /// end of the body (the rest is the next message).
+    pub fn scan(&mut self, input: &[u8]) -> Result<usize, &'static str> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            self.state = match self.state {
+                ChunkState::Done => return Ok(i),
+                ChunkState::SizeStart => match hex(b) {
+                    Some(v) => ChunkState::Size { value: v, digits: 1 },
+                    None => return Err("chunk size is not hexadecimal"),
+                },
+                ChunkState::Size { value, digits } => match (hex(b), b) {
+                    (Some(v), _) => {
+                        if digits >= 15 {
+                            return Err("chunk size too large");
+                        }
+                        ChunkState::Size { value: value << 4 | v, digits: digits + 1 }
+                    }
+                    (None, b';') => {
+                        self.line_len = 0;
+                        self.pending = value;
+                        ChunkState::Ext
+                    }
+                    (None, b'\r') => {
+                        self.pending = value;
+                        ChunkState::SizeLf { last: value == 0 }
+                    }
+                    _ => return Err("invalid character after chunk size"),
+                },
+                ChunkState::Ext => {
+                    self.line_len += 1;
+                    if self.line_len > MAX_CHUNK_LINE {
+                        return Err("chunk extension too long");
+                    }
+                    match b {
+                        b'\r' => ChunkState::SizeLf { last: self.pending == 0 },
+                        b'\n' | 0 => return Err("invalid byte in chunk extension"),
+                        _ => ChunkState::Ext,
+                    }
+                }
+                ChunkState::SizeLf { last } => {
+                    if b != b'\n' {
+                        return Err("chunk size line not ended by CRLF");
+                    }
+                    if last {
+                        self.line_len = 0;
+                        ChunkState::TrailerStart
+                    } else {
+                        ChunkState::Data(self.pending)
+                    }
+                }
+                ChunkState::Data(left) => {
+                    let take = (left as usize).min(input.len() - i);
+                    self.payload += take as u64;
+                    i += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 { ChunkState::DataCr } else { ChunkState::Data(left) };
+                    continue;
+                }
+                ChunkState::DataCr => {
+                    if b != b'\r' {
+                        return Err("chunk data not followed by CRLF");
+                    }
+                    ChunkState::DataLf
+                }
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err("chunk data not followed by CRLF");
+                    }
+                    ChunkState::SizeStart
+                }
+                ChunkState::TrailerStart => match b {
+                    b'\r' => ChunkState::TrailerLf { empty: true },
+                    _ => {
+                        self.line_len = 1;
+                        ChunkState::Trailer
+                    }
+                },
+                ChunkState::Trailer => {
+                    self.line_len += 1;
+                    if self.line_len > MAX_CHUNK_LINE {
+                        return Err("trailer line too long");
+                    }
+                    match b {
+                        b'\r' => ChunkState::TrailerLf { empty: false },
+                        b'\n' | 0 => return Err("invalid byte in trailer"),
+                        _ => ChunkState::Trailer,
+                    }
+                }
+                ChunkState::TrailerLf { empty } => {
+                    if b != b'\n' {
+                        return Err("trailer line not ended by CRLF");
+                    }
+                    if empty {
+                        ChunkState::Done
+                    } else {
+                        ChunkState::TrailerStart
+                    }
+                }
+            };
+            i += 1;
+            if self.state == ChunkState::Done {
+                return Ok(i);
+            }
+        }
+        Ok(i)
+    }
+}
+
+fn hex(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some((b - b'0') as u64),
+        b'a'..=b'f' => Some((b - b'a' + 10) as u64),
+        b'A'..=b'F' => Some((b - b'A' + 10) as u64),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(raw: &str) -> Result<Option<RequestHead>, RequestError> {
+        let mut out = Vec::new();
+        parse_request(raw.as_bytes(), 65536, 1 << 20, Some("metrics.agent.ddog-gov.com"), &mut out)
+    }
+
+    fn upstream_head(raw: &str) -> String {
+        let mut out = Vec::new();
+        parse_request(raw.as_bytes(), 65536, 1 << 20, Some("metrics.agent.ddog-gov.com"), &mut out).unwrap().unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn rewrites_host_and_drops_hop_by_hop() {
+        let h = upstream_head(
+            "POST /api/v2/series HTTP/1.1\r\nHost: 127.0.0.1:9804\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nDD-API-KEY: abc\r\nContent-Encoding: zstd\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc",
+        );
+        assert_eq!(
+            h,
+            "POST /api/v2/series HTTP/1.1\r\nHost: metrics.agent.ddog-gov.com\r\nDD-API-KEY: abc\r\nContent-Encoding: zstd\r\nContent-Length: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn framing_kinds() {
+        let r = req("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.framing, BodyFraming::Length(10));
+        let r = req("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.framing, BodyFraming::Chunked);
+        let r = req("GET /api/v1/validate HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.framing, BodyFraming::None);
+        assert!(!r.close);
+        let r = req("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(r.close && r.http10);
+        let r = req("POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.framing, BodyFraming::Length(4));
+        assert!(req("POST / HTTP/1.1\r\nContent-Le").unwrap().is_none());
+    }
+
+    #[test]
+    fn ambiguous_requests_are_refused() {
+        let cases = [
+            ("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length : 3\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nX-A: 1\rX-B: 2\r\n\r\n", 400),
+            ("POST / HTTP/1.1\nContent-Length: 3\n\n", 400),
+            ("POST / HTTP/1.1\r\nX-A: a\0b\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", 400),
+            ("POST http://evil/ HTTP/1.1\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("POST / HTTP/2.0\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nExpect: something\r\n\r\n", 417),
+            ("POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", 413),
+        ];
+        for (raw, status) in cases {
+            let e = req(raw).expect_err(raw);
+            assert_eq!(e.status(), status, "{raw:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn head_too_large_is_431() {
+        let mut big = String::from("POST / HTTP/1.1\r\n");
+        while big.len() < 70000 {
+            big.push_str("X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        let mut out = Vec::new();
+        let e = parse_request(big.as_bytes(), 65536, 1 << 20, None, &mut out).unwrap_err();
+        assert_eq!(e.status(), 431);
+    }
+
+    fn scan_all(input: &[u8], step: usize) -> Result<(usize, u64, bool), &'static str> {
+        let mut s = ChunkedScanner::new();
+        let mut used = 0;
+        while used < input.len() && !s.is_done() {
+            let end = (used + step).min(input.len());
+            used += s.scan(&input[used..end])?;
+        }
+        Ok((used, s.payload, s.is_done()))
+    }
+
+    #[test]
+    fn chunked_scanner_finds_the_end() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, 100] {
+            let (used, payload, done) = scan_all(body, step).unwrap();
+            assert!(done, "step {step}");
+            assert_eq!(used, body.len() - 4, "step {step}");
+            assert_eq!(payload, 11);
+        }
+        let (used, payload, done) = scan_all(b"0\r\n\r\n", 1).unwrap();
+        assert_eq!((used, payload, done), (5, 0, true));
+        let (_, _, done) = scan_all(b"A\r\n0123", 100).unwrap();
+        assert!(!done);
+    }
+
+    #[test]
+    fn chunked_scanner_rejects_bad_framing() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\nhello\r\n",
+            b"5\r\nhelloX\r\n",
+            b"1000000000000000\r\n",
+            b"5 \r\nhello\r\n",
+            b"0\r\nbad\ntrailer\r\n\r\n",
+            b"-5\r\n",
+        ] {
+            assert!(scan_all(bad, 100).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn response_framing_and_rewrite() {
+        let mut out = Vec::new();
+        let r = parse_response(
+            b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n{}",
+            65536,
+            Method::Other,
+            false,
+            &mut out,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.status, 202);
+        assert_eq!(r.framing, BodyFraming::Length(2));
+        assert!(!r.upstream_close);
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), "HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n");
+
+        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", 65536, Method::Other, false, &mut out).unwrap().unwrap();
+        assert_eq!(r.framing, BodyFraming::UntilClose);
+        assert!(String::from_utf8_lossy(&out).contains("Connection: close"));
+
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 65536, Method::Head, false, &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.framing, BodyFraming::None);
+        let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", 65536, Method::Other, false, &mut out).unwrap().unwrap();
+        assert_eq!(r.framing, BodyFraming::None);
+        let r = parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", 65536, Method::Other, false, &mut out).unwrap().unwrap();
+        assert_eq!(r.status, 100);
+        assert!(parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            65536,
+            Method::Other,
+            false,
+            &mut out
+        )
+        .is_err());
+    }
+}

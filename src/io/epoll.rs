@@ -1,0 +1,77 @@
+//! The epoll backend: tokio's current-thread runtime and its reactor.
+//! Used where io_uring is unavailable (Docker's default seccomp profile, old
+//! kernels) or chosen with `workers.io = "epoll"`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Backend, Listener, Stream};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Epoll;
+
+pub struct EpollStream(tokio::net::TcpStream);
+pub struct EpollListener(tokio::net::TcpListener);
+
+impl Stream for EpollStream {
+    async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
+        let len = buf.len();
+        let cap = buf.capacity();
+        buf.resize(cap, 0);
+        let res = self.0.read(&mut buf[len..]).await;
+        let n = *res.as_ref().unwrap_or(&0);
+        buf.truncate(len + n);
+        (res, buf)
+    }
+
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let res = self.0.write_all(&buf).await;
+        (res, buf)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        socket2::SockRef::from(&self.0).shutdown(std::net::Shutdown::Write)
+    }
+
+    fn set_nodelay(&self) -> io::Result<()> {
+        self.0.set_nodelay(true)
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Listener for EpollListener {
+    type Stream = EpollStream;
+    async fn accept(&self) -> io::Result<(EpollStream, SocketAddr)> {
+        let (s, a) = self.0.accept().await?;
+        Ok((EpollStream(s), a))
+    }
+}
+
+impl Backend for Epoll {
+    type Stream = EpollStream;
+    type Listener = EpollListener;
+    const NAME: &'static str = "epoll";
+
+    fn listener(l: std::net::TcpListener) -> io::Result<EpollListener> {
+        l.set_nonblocking(true)?;
+        Ok(EpollListener(tokio::net::TcpListener::from_std(l)?))
+    }
+
+    async fn connect(addr: SocketAddr) -> io::Result<EpollStream> {
+        Ok(EpollStream(tokio::net::TcpStream::connect(addr).await?))
+    }
+
+    fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let local = tokio::task::LocalSet::new();
+        Ok(local.block_on(&rt, fut))
+    }
+}

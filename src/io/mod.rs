@@ -1,0 +1,85 @@
+//! The owned-buffer I/O seam between the relay and its two backends.
+//!
+//! Everything above this module is generic over [`Backend`]: it reads into and
+//! writes from owned `Vec<u8>` buffers (the io_uring model, where the kernel
+//! holds the buffer while the operation is in flight) and never names
+//! tokio-uring or tokio's reactor. Timers and task spawning use tokio's
+//! current-thread primitives, which both backends run on.
+//!
+//! # Invariants
+//! `read` appends after `buf.len()` and never grows the buffer: the caller
+//! keeps spare capacity, so memory stays bounded by the buffer size.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+pub mod epoll;
+pub mod uring;
+
+/// A connected TCP stream.
+#[allow(async_fn_in_trait)]
+pub trait Stream: 'static {
+    /// Reads into the spare capacity of `buf` (after `len()`), appending.
+    /// `Ok(0)` is end of stream. The caller must leave spare capacity.
+    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+    /// Writes all of `buf[..len()]`.
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+    /// Half-closes the write side.
+    fn shutdown_write(&self) -> io::Result<()>;
+    fn set_nodelay(&self) -> io::Result<()>;
+    fn raw_fd(&self) -> RawFd;
+}
+
+/// A listening socket.
+#[allow(async_fn_in_trait)]
+pub trait Listener: 'static {
+    type Stream: Stream;
+    async fn accept(&self) -> io::Result<(Self::Stream, SocketAddr)>;
+}
+
+/// An I/O backend: how a worker runs its event loop and makes sockets.
+#[allow(async_fn_in_trait)]
+pub trait Backend: Copy + Send + 'static {
+    type Stream: Stream;
+    type Listener: Listener<Stream = Self::Stream>;
+    const NAME: &'static str;
+    /// Wraps a bound, listening, non-blocking std listener.
+    fn listener(l: std::net::TcpListener) -> io::Result<Self::Listener>;
+    async fn connect(addr: SocketAddr) -> io::Result<Self::Stream>;
+    /// Runs `fut` to completion on this thread, with a tokio `LocalSet` so
+    /// that `tokio::task::spawn_local` and `tokio::time` work inside.
+    fn block_on<F: Future>(fut: F) -> io::Result<F::Output>;
+}
+
+/// Reports whether io_uring can be used by this process, and why not.
+pub fn probe_uring() -> Result<(), String> {
+    match io_uring::IoUring::new(8) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .map(|s| format!(", kernel.io_uring_disabled = {}", s.trim()))
+                .unwrap_or_default();
+            let hint = match e.raw_os_error() {
+                Some(libc::EPERM) => " (blocked by seccomp, e.g. Docker's default profile, or by sysctl)",
+                Some(libc::ENOSYS) => " (kernel without io_uring)",
+                _ => "",
+            };
+            Err(format!("io_uring_setup failed: {e}{hint}{disabled}"))
+        }
+    }
+}
+
+/// Checks a pooled socket without blocking: `Ok(true)` idle and open,
+/// `Ok(false)` the peer closed or data is waiting that nobody asked for.
+pub fn socket_is_idle(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv into a one-byte stack buffer on a socket we own.
+    let n = unsafe { libc::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return e.kind() == io::ErrorKind::WouldBlock;
+    }
+    false
+}

@@ -1,0 +1,21 @@
+//! fipsrelay: a thread-per-core forwarder that relays the Datadog Agent's
+//! plaintext HTTP/1.1 to the intake over TLS from a FIPS 140-validated
+//! module (aws-lc through aws-lc-rs and rustls).
+//!
+//! The data path reads top to bottom: `listener` → `worker` → `http1` →
+//! `relay` → `upstream::{pool, tls}`, with `io` as the seam under all of it
+//! and `crypto` the only place a TLS config is built.
+
+pub mod config;
+pub mod crypto;
+pub mod http1;
+pub mod io;
+pub mod listener;
+pub mod logging;
+pub mod metrics;
+pub mod relay;
+pub mod route;
+pub mod server;
+pub mod status;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,116 @@
+//! The `fipsrelay` command: `run` (default), `check-config`, `version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fipsrelay::config::{self, Config, Source, ENV_OVERRIDES, PORT_COUNT};
+use fipsrelay::route::{ProductRoute, RouteTable, PRODUCTS};
+use fipsrelay::{crypto, logging, server};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "fipsrelay", version, about = "FIPS TLS forwarder for the Datadog Agent (US1-FED)")]
+struct Cli {
+    /// Config file (TOML). Default: /etc/fipsrelay/fipsrelay.toml when it exists, else built-in defaults.
+    #[arg(long, short, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (the default).
+    Run,
+    /// Validate the config and print the effective settings and port table.
+    CheckConfig,
+    /// Print the version, the FIPS module, the TLS offer and the I/O backends.
+    Version,
+}
+
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<(Config, Source)> {
+    Ok(config::load(path, &|k| std::env::var(k).ok())?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config),
+        Command::CheckConfig => check_config(cli.config),
+        Command::Version => version(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let text = format!("fipsrelay: error: {e:#}");
+            eprintln!("{}", logging::scrub(&text));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let (config, source) = load(path.as_deref())?;
+    logging::init(&config.log_level, config.log_format);
+    if unsafe { libc::geteuid() } == 0 {
+        tracing::warn!("running as root; run as an unprivileged user (the systemd unit does)");
+    }
+    server::run(config, source)?;
+    Ok(())
+}
+
+fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let (config, source) = load(path.as_deref())?;
+    println!("# config: OK ({source})");
+    for (var, key) in ENV_OVERRIDES {
+        if let Ok(v) = std::env::var(var) {
+            println!("# {key} overridden by {var}={v}");
+        }
+    }
+    println!("{}", toml::to_string(&config.raw).context("rendering the config")?);
+    let routes = RouteTable::new(&config);
+    println!("# port   product                      upstream host");
+    for p in PRODUCTS.iter().take(PORT_COUNT as usize) {
+        let port = config.port(p.offset);
+        let host = match &routes.routes[p.offset as usize] {
+            ProductRoute::Status => "(status page, served locally)".to_string(),
+            ProductRoute::Unconfigured { reason } => format!("(503: {reason})"),
+            ProductRoute::Forward { default, validate, flare } => {
+                let mut h = routes.upstreams[*default].host.clone();
+                if let Some(v) = validate {
+                    h.push_str(&format!("; /api/v1/validate -> {}", routes.upstreams[*v].host));
+                }
+                if let Some(f) = flare {
+                    h.push_str(&format!("; /support/flare -> {}", routes.upstreams[*f].host));
+                }
+                h
+            }
+        };
+        println!("# {port:<6} {:<28} {host}", p.name);
+    }
+    if let Some(a) = config.override_addr {
+        println!("# every upstream connection goes to {a} (upstream.override_addr)");
+    }
+    Ok(())
+}
+
+fn version() -> anyhow::Result<()> {
+    println!("fipsrelay {}", server::VERSION);
+    match crypto::assert_fips_module() {
+        Ok(()) => println!("fips: enabled ({})", crypto::module_description()),
+        Err(e) => println!("fips: NOT enabled ({e})"),
+    }
+    for line in crypto::offer_description() {
+        println!("{line}");
+    }
+    match fipsrelay::io::probe_uring() {
+        Ok(()) => println!("io_uring: usable"),
+        Err(e) => println!("io_uring: unavailable ({e}); the relay will use epoll"),
+    }
+    println!("cpus allowed: {}", server::allowed_cpus().len());
+    Ok(())
+}

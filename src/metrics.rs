@@ -1,0 +1,270 @@
+//! Counters and latency histograms, per worker and per product.
+//!
+//! Each worker writes its own [`WorkerStats`] (no atomics, no locks on the
+//! hot path) and publishes a copy into its slot of the shared [`StatsHub`]
+//! a few times a second; the status port merges the slots. Metric names live
+//! here as constants. This module never does I/O.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::route::PRODUCTS;
+
+pub const M_REQUESTS: &str = "fipsrelay_requests_total";
+pub const M_BYTES_IN: &str = "fipsrelay_request_body_bytes_total";
+pub const M_BYTES_OUT: &str = "fipsrelay_response_body_bytes_total";
+pub const M_UPSTREAM_ERRORS: &str = "fipsrelay_upstream_errors_total";
+pub const M_POOL_HITS: &str = "fipsrelay_pool_hits_total";
+pub const M_POOL_MISSES: &str = "fipsrelay_pool_misses_total";
+pub const M_REFUSED: &str = "fipsrelay_refused_requests_total";
+pub const M_OPEN_CONNECTIONS: &str = "fipsrelay_open_connections";
+pub const M_UPSTREAM_SESSIONS_OPEN: &str = "fipsrelay_upstream_sessions_open";
+pub const M_UPSTREAM_SESSIONS_IDLE: &str = "fipsrelay_upstream_sessions_idle";
+pub const M_LATENCY: &str = "fipsrelay_request_duration_seconds";
+pub const M_UPTIME: &str = "fipsrelay_uptime_seconds";
+
+/// How often a worker publishes its stats.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Why the relay answered 502/503/504 (or closed) instead of the intake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCause {
+    /// The host has no address (not resolved yet, or DNS failed).
+    Unresolved,
+    Connect,
+    ConnectTimeout,
+    Tls,
+    /// The intake closed or reset before its answer was complete.
+    Closed,
+    /// No answer head within `upstream.response_timeout`.
+    Timeout,
+    /// The answer could not be parsed or framed.
+    BadAnswer,
+    /// Writing the request to the intake failed.
+    Write,
+    /// No upstream configured for the port (appsec).
+    Unconfigured,
+    /// Shutdown's drain timeout struck first.
+    Draining,
+}
+
+impl ErrorCause {
+    pub const ALL: [ErrorCause; 10] = [
+        ErrorCause::Unresolved,
+        ErrorCause::Connect,
+        ErrorCause::ConnectTimeout,
+        ErrorCause::Tls,
+        ErrorCause::Closed,
+        ErrorCause::Timeout,
+        ErrorCause::BadAnswer,
+        ErrorCause::Write,
+        ErrorCause::Unconfigured,
+        ErrorCause::Draining,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorCause::Unresolved => "unresolved",
+            ErrorCause::Connect => "connect",
+            ErrorCause::ConnectTimeout => "connect_timeout",
+            ErrorCause::Tls => "tls",
+            ErrorCause::Closed => "closed",
+            ErrorCause::Timeout => "timeout",
+            ErrorCause::BadAnswer => "bad_answer",
+            ErrorCause::Write => "write",
+            ErrorCause::Unconfigured => "unconfigured",
+            ErrorCause::Draining => "draining",
+        }
+    }
+
+    /// The status the Agent gets: always one it retries (DESIGN §1).
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCause::Unresolved | ErrorCause::Unconfigured | ErrorCause::Draining => 503,
+            ErrorCause::Timeout => 504,
+            _ => 502,
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|c| *c == self).unwrap()
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Microseconds, 1 µs to 1 hour, 2 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static histogram bounds")
+}
+
+#[derive(Clone)]
+pub struct ProductStats {
+    /// By status class: 1xx..5xx.
+    pub requests: [u64; 5],
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub errors: [u64; ErrorCause::ALL.len()],
+    pub refused: u64,
+    pub pool_hits: u64,
+    pub pool_misses: u64,
+    pub open_connections: i64,
+    /// Request latency in µs, from a complete head to a complete answer.
+    pub latency: Histogram<u64>,
+}
+
+impl Default for ProductStats {
+    fn default() -> Self {
+        ProductStats {
+            requests: [0; 5],
+            bytes_in: 0,
+            bytes_out: 0,
+            errors: [0; ErrorCause::ALL.len()],
+            refused: 0,
+            pool_hits: 0,
+            pool_misses: 0,
+            open_connections: 0,
+            latency: new_histogram(),
+        }
+    }
+}
+
+impl ProductStats {
+    pub fn total_requests(&self) -> u64 {
+        self.requests.iter().sum()
+    }
+
+    pub fn error(&self, cause: ErrorCause) -> u64 {
+        self.errors[cause.index()]
+    }
+
+    fn add(&mut self, o: &ProductStats) {
+        for i in 0..5 {
+            self.requests[i] += o.requests[i];
+        }
+        for i in 0..self.errors.len() {
+            self.errors[i] += o.errors[i];
+        }
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.refused += o.refused;
+        self.pool_hits += o.pool_hits;
+        self.pool_misses += o.pool_misses;
+        self.open_connections += o.open_connections;
+        let _ = self.latency.add(&o.latency);
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct UpstreamStats {
+    pub sessions_open: i64,
+    pub sessions_idle: i64,
+}
+
+/// One worker's counters (or the sum over all workers).
+#[derive(Clone)]
+pub struct WorkerStats {
+    pub products: Vec<ProductStats>,
+    pub upstreams: Vec<UpstreamStats>,
+}
+
+impl WorkerStats {
+    pub fn new(upstreams: usize) -> Self {
+        WorkerStats {
+            products: (0..PRODUCTS.len()).map(|_| ProductStats::default()).collect(),
+            upstreams: vec![UpstreamStats::default(); upstreams],
+        }
+    }
+
+    pub fn product(&mut self, offset: u16) -> &mut ProductStats {
+        &mut self.products[offset as usize]
+    }
+
+    pub fn record_answer(&mut self, offset: u16, status: u16, latency: Duration) {
+        let p = self.product(offset);
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        p.requests[class] += 1;
+        let _ = p.latency.record((latency.as_micros() as u64).max(1));
+    }
+
+    pub fn record_error(&mut self, offset: u16, cause: ErrorCause) {
+        self.product(offset).errors[cause.index()] += 1;
+    }
+
+    fn add(&mut self, o: &WorkerStats) {
+        for (a, b) in self.products.iter_mut().zip(&o.products) {
+            a.add(b);
+        }
+        for (a, b) in self.upstreams.iter_mut().zip(&o.upstreams) {
+            a.sessions_open += b.sessions_open;
+            a.sessions_idle += b.sessions_idle;
+        }
+    }
+}
+
+/// Where workers publish and the status port reads.
+pub struct StatsHub {
+    slots: Vec<Mutex<WorkerStats>>,
+    pub started: Instant,
+    pub upstreams: usize,
+}
+
+impl StatsHub {
+    pub fn new(workers: usize, upstreams: usize) -> Self {
+        StatsHub {
+            slots: (0..workers).map(|_| Mutex::new(WorkerStats::new(upstreams))).collect(),
+            started: Instant::now(),
+            upstreams,
+        }
+    }
+
+    /// Called by worker `id` (a few times a second, never per request).
+    pub fn publish(&self, id: usize, stats: &WorkerStats) {
+        if let Ok(mut slot) = self.slots[id].lock() {
+            slot.clone_from(stats);
+        }
+    }
+
+    /// The sum over all workers.
+    pub fn merged(&self) -> WorkerStats {
+        let mut total = WorkerStats::new(self.upstreams);
+        for s in &self.slots {
+            if let Ok(s) = s.lock() {
+                total.add(&s);
+            }
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_sums_workers() {
+        let hub = StatsHub::new(2, 3);
+        let mut a = WorkerStats::new(3);
+        a.record_answer(1, 202, Duration::from_millis(2));
+        a.record_error(1, ErrorCause::Timeout);
+        let mut b = WorkerStats::new(3);
+        b.record_answer(1, 502, Duration::from_millis(4));
+        b.upstreams[0].sessions_open = 2;
+        hub.publish(0, &a);
+        hub.publish(1, &b);
+        let m = hub.merged();
+        assert_eq!(m.products[1].total_requests(), 2);
+        assert_eq!(m.products[1].requests[1], 1);
+        assert_eq!(m.products[1].requests[4], 1);
+        assert_eq!(m.products[1].error(ErrorCause::Timeout), 1);
+        assert_eq!(m.products[1].latency.len(), 2);
+        assert_eq!(m.upstreams[0].sessions_open, 2);
+    }
+
+    #[test]
+    fn causes_map_to_retried_statuses() {
+        for c in ErrorCause::ALL {
+            assert!(matches!(c.status(), 502..=504), "{c:?}");
+        }
+    }
+}

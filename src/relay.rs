@@ -1,0 +1,706 @@
+//! One Agent connection, request after request: read a head, route it, take
+//! a pooled TLS session (or open one), stream the request out, stream the
+//! intake's answer back, give the session back.
+//!
+//! Every fault ends as one of three outcomes: a 4xx for a request that really
+//! is malformed (nothing forwarded), a 502/503/504 the Agent retries when the
+//! upstream side failed before any answer byte was sent, or a closed
+//! connection when the answer was already under way (the Agent sees a network
+//! error and retries). A session that carried a broken exchange is never
+//! given back to the pool.
+//!
+//! # Backpressure
+//! One buffer per direction, bounded; the relay reads from one side only
+//! after the previous bytes were written to the other.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::http1::{self, BodyFraming, ChunkedScanner, Method, RequestError, RequestHead};
+use crate::io::{Backend, Stream};
+use crate::metrics::{ErrorCause, StatsHub, WorkerStats};
+use crate::route::{ProductRoute, RouteTable, UpstreamId, PRODUCTS};
+use crate::status::StatusInfo;
+use crate::upstream::pool::{Pool, PooledSession};
+use crate::upstream::{open_session, Directory, OpenError};
+
+/// Read buffer per direction: one TLS record's worth of plaintext.
+pub const IO_BUF: usize = 16 * 1024;
+
+/// Lifecycle phase published by the control thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Stop accepting, finish what was read, answer 503 at `deadline`.
+    Draining { deadline: Instant },
+}
+
+/// Everything a worker's connections share. Lives on one thread.
+pub struct WorkerCtx<B: Backend> {
+    pub id: usize,
+    pub config: Arc<Config>,
+    pub routes: Arc<RouteTable>,
+    pub directory: Arc<Directory>,
+    pub tls: Arc<ClientConfig>,
+    pub pool: RefCell<Pool<B::Stream>>,
+    pub stats: RefCell<WorkerStats>,
+    pub hub: Arc<StatsHub>,
+    pub info: Arc<StatusInfo>,
+    pub phase: watch::Receiver<Phase>,
+    /// Requests between a complete head and a complete answer.
+    pub in_flight: Cell<usize>,
+    pub connections: Cell<usize>,
+    next_addr: Cell<usize>,
+}
+
+impl<B: Backend> WorkerCtx<B> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: usize,
+        config: Arc<Config>,
+        routes: Arc<RouteTable>,
+        directory: Arc<Directory>,
+        tls: Arc<ClientConfig>,
+        hub: Arc<StatsHub>,
+        info: Arc<StatusInfo>,
+        phase: watch::Receiver<Phase>,
+    ) -> Self {
+        let n = routes.upstreams.len();
+        WorkerCtx {
+            id,
+            pool: RefCell::new(Pool::new(n, config.max_idle_per_host, config.upstream_idle_timeout)),
+            stats: RefCell::new(WorkerStats::new(n)),
+            config,
+            routes,
+            directory,
+            tls,
+            hub,
+            info,
+            phase,
+            in_flight: Cell::new(0),
+            connections: Cell::new(0),
+            next_addr: Cell::new(0),
+        }
+    }
+
+    pub fn draining(&self) -> Option<Instant> {
+        match *self.phase.borrow() {
+            Phase::Running => None,
+            Phase::Draining { deadline } => Some(deadline),
+        }
+    }
+
+    /// Resolves once the drain deadline has passed (never while running).
+    async fn drain_deadline(&self) {
+        let mut rx = self.phase.clone();
+        loop {
+            if let Phase::Draining { deadline } = *rx.borrow_and_update() {
+                tokio::time::sleep_until(deadline.into()).await;
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Resolves once draining starts.
+    async fn drain_started(&self) {
+        let mut rx = self.phase.clone();
+        let _ = rx.wait_for(|p| *p != Phase::Running).await;
+    }
+
+    fn upstream_host(&self, id: UpstreamId) -> &str {
+        &self.routes.upstreams[id].host
+    }
+
+    fn server_name(&self, id: UpstreamId) -> &str {
+        self.config.server_name.as_deref().unwrap_or_else(|| self.upstream_host(id))
+    }
+}
+
+/// Counts a connection as open for its product while alive.
+struct ConnGuard<'a, B: Backend> {
+    ctx: &'a WorkerCtx<B>,
+    offset: u16,
+}
+
+impl<B: Backend> Drop for ConnGuard<'_, B> {
+    fn drop(&mut self) {
+        self.ctx.connections.set(self.ctx.connections.get() - 1);
+        self.ctx.stats.borrow_mut().product(self.offset).open_connections -= 1;
+    }
+}
+
+/// Counts a session as open for its upstream while alive.
+struct SessionGuard<'a, B: Backend> {
+    ctx: &'a WorkerCtx<B>,
+    upstream: UpstreamId,
+}
+
+impl<B: Backend> Drop for SessionGuard<'_, B> {
+    fn drop(&mut self) {
+        self.ctx.stats.borrow_mut().upstreams[self.upstream].sessions_open -= 1;
+    }
+}
+
+/// The Agent side of a connection: the socket and its read buffer.
+struct Downstream<S: Stream> {
+    io: S,
+    /// Unconsumed input is `buf[start..]`.
+    buf: Vec<u8>,
+    start: usize,
+    eof: bool,
+}
+
+impl<S: Stream> Downstream<S> {
+    fn filled(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Reads more input; may grow the buffer up to `limit` bytes. `Ok(0)` at EOF.
+    async fn fill(&mut self, limit: usize) -> io::Result<usize> {
+        if self.start > 0 && self.buf.len() == self.buf.capacity() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        if self.buf.len() == self.buf.capacity() {
+            let room = limit.saturating_sub(self.buf.capacity()).max(1);
+            self.buf.reserve_exact(room.min(self.buf.capacity().max(IO_BUF)));
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let (res, buf) = self.io.read(buf).await;
+        self.buf = buf;
+        let n = res?;
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n)
+    }
+
+    async fn write(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        let (res, buf) = self.io.write_all(std::mem::take(out)).await;
+        *out = buf;
+        out.clear();
+        res
+    }
+}
+
+/// How one request ended, for the connection loop.
+enum Outcome {
+    /// Answer complete; the connection may carry another request.
+    KeepAlive,
+    /// Close the connection (answered with `Connection: close`, or broken).
+    Close,
+}
+
+/// A failure after the head was parsed.
+enum Failure {
+    /// The Agent went away or broke the framing mid-body: close, answer nothing.
+    Downstream(String),
+    /// The request is refused by the relay itself (4xx), nothing forwarded upstream
+    /// beyond what the session will never carry again.
+    Refused(RequestError),
+    /// The upstream side failed before the answer started: 502/503/504.
+    Upstream { cause: ErrorCause, detail: String, addr: Option<SocketAddr> },
+    /// The upstream side failed after the answer started: close.
+    AnswerCut { cause: ErrorCause, detail: String },
+}
+
+/// Serves one accepted connection on port `offset` until it closes.
+pub async fn serve<B: Backend>(ctx: Rc<WorkerCtx<B>>, io: B::Stream, offset: u16, peer: SocketAddr) {
+    let _ = io.set_nodelay();
+    ctx.connections.set(ctx.connections.get() + 1);
+    ctx.stats.borrow_mut().product(offset).open_connections += 1;
+    let _guard = ConnGuard { ctx: &ctx, offset };
+    let mut down = Downstream { io, buf: Vec::with_capacity(IO_BUF), start: 0, eof: false };
+    let mut scratch = Vec::with_capacity(1024);
+    let mut answer_buf: Vec<u8> = Vec::new();
+    loop {
+        match serve_one(&ctx, &mut down, offset, peer, &mut scratch, &mut answer_buf).await {
+            Outcome::KeepAlive if ctx.draining().is_none() => continue,
+            _ => break,
+        }
+    }
+    let _ = down.io.shutdown_write();
+}
+
+/// Reads one request head, handles the request, reports whether to go on.
+async fn serve_one<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    offset: u16,
+    peer: SocketAddr,
+    scratch: &mut Vec<u8>,
+    answer_buf: &mut Vec<u8>,
+) -> Outcome {
+    let cfg = &ctx.config;
+    let product = PRODUCTS[offset as usize].name;
+    let route = &ctx.routes.routes[offset as usize];
+    // Wait for a complete head. Idle waits end on the idle timeout or at drain.
+    let head = loop {
+        let upstream_host = ctx.routes.upstream_for(offset, head_target(down.filled())).map(|id| ctx.upstream_host(id));
+        if !down.filled().is_empty() {
+            match http1::parse_request(down.filled(), cfg.max_header_bytes, cfg.max_body_bytes, upstream_host, scratch) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(e) => {
+                    refuse(ctx, down, offset, peer, &e, scratch).await;
+                    return Outcome::Close;
+                }
+            }
+        }
+        if down.eof {
+            if !down.filled().is_empty() {
+                tracing::debug!(product, %peer, "client closed mid-head");
+            }
+            return Outcome::Close;
+        }
+        let idle = down.filled().is_empty();
+        let read = down.fill(cfg.max_header_bytes + 1);
+        let res = tokio::select! {
+            r = tokio::time::timeout(cfg.client_idle_timeout, read) => r,
+            _ = ctx.drain_started(), if idle => return Outcome::Close,
+        };
+        match res {
+            Err(_) => {
+                if !idle {
+                    tracing::info!(product, %peer, "client sent an incomplete head and went quiet; closing");
+                }
+                return Outcome::Close;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(product, %peer, error = %e, "client read failed");
+                return Outcome::Close;
+            }
+            Ok(Ok(_)) => {}
+        }
+    };
+    down.consume(head.head_len);
+    let started = Instant::now();
+    ctx.in_flight.set(ctx.in_flight.get() + 1);
+    let outcome = match route {
+        ProductRoute::Status => answer_status(ctx, down, &head, scratch).await,
+        ProductRoute::Unconfigured { reason } => {
+            let close = true;
+            fail_upstream(ctx, down, offset, peer, "(none)", ErrorCause::Unconfigured, reason, None, scratch, close).await;
+            Outcome::Close
+        }
+        ProductRoute::Forward { .. } => {
+            let upstream = ctx.routes.upstream_for(offset, &head.target).expect("forward route has an upstream");
+            let res = forward(ctx, down, offset, upstream, &head, scratch, answer_buf).await;
+            match res {
+                Ok((status, keep)) => {
+                    ctx.stats.borrow_mut().record_answer(offset, status, started.elapsed());
+                    if keep {
+                        Outcome::KeepAlive
+                    } else {
+                        Outcome::Close
+                    }
+                }
+                Err(Failure::Downstream(why)) => {
+                    tracing::info!(product, %peer, cause = %why, "client connection failed mid-request; upstream exchange abandoned");
+                    Outcome::Close
+                }
+                Err(Failure::Refused(e)) => {
+                    refuse(ctx, down, offset, peer, &e, scratch).await;
+                    Outcome::Close
+                }
+                Err(Failure::Upstream { cause, detail, addr }) => {
+                    let host = ctx.upstream_host(upstream);
+                    fail_upstream(ctx, down, offset, peer, host, cause, &detail, addr, scratch, true).await;
+                    ctx.stats.borrow_mut().record_answer(offset, cause.status(), started.elapsed());
+                    Outcome::Close
+                }
+                Err(Failure::AnswerCut { cause, detail }) => {
+                    ctx.stats.borrow_mut().record_error(offset, cause);
+                    tracing::warn!(
+                        product,
+                        upstream = ctx.upstream_host(upstream),
+                        cause = cause.label(),
+                        error = %detail,
+                        "answer cut short by the intake; closing the client connection so the Agent retries"
+                    );
+                    Outcome::Close
+                }
+            }
+        }
+    };
+    ctx.in_flight.set(ctx.in_flight.get() - 1);
+    outcome
+}
+
+/// The request target of a (possibly partial) head, for routing before parse.
+fn head_target(buf: &[u8]) -> &[u8] {
+    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    parts.next();
+    parts.next().unwrap_or(b"/")
+}
+
+async fn refuse<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    offset: u16,
+    peer: SocketAddr,
+    e: &RequestError,
+    scratch: &mut Vec<u8>,
+) {
+    let status = e.status();
+    tracing::warn!(product = PRODUCTS[offset as usize].name, %peer, status, reason = %e, "request refused");
+    {
+        let mut st = ctx.stats.borrow_mut();
+        st.product(offset).refused += 1;
+        st.record_answer(offset, status, Duration::ZERO);
+    }
+    http1::local_response(status, &e.to_string(), true, scratch);
+    let _ = down.write(scratch).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fail_upstream<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    offset: u16,
+    peer: SocketAddr,
+    host: &str,
+    cause: ErrorCause,
+    detail: &str,
+    addr: Option<SocketAddr>,
+    scratch: &mut Vec<u8>,
+    close: bool,
+) {
+    let status = cause.status();
+    let product = PRODUCTS[offset as usize].name;
+    ctx.stats.borrow_mut().record_error(offset, cause);
+    let addr_text = addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+    tracing::warn!(product, upstream = host, addr = %addr_text, cause = cause.label(), status, %peer, error = %detail, "upstream failure answered for retry");
+    let body = format!("fipsrelay: {} ({}) for {}: {}", http1::reason(status), cause.label(), host, detail);
+    http1::local_response(status, &body, close, scratch);
+    let _ = down.write(scratch).await;
+}
+
+async fn answer_status<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    head: &RequestHead,
+    scratch: &mut Vec<u8>,
+) -> Outcome {
+    let has_body = head.framing != BodyFraming::None;
+    let method_ok = matches!(head.method, Method::Get | Method::Head);
+    let close = head.close || has_body;
+    let (status, ctype, body) = if !method_ok {
+        (405, "text/plain; charset=utf-8", "the status port is read-only: use GET\n".to_string())
+    } else {
+        crate::status::render(&head.target, &ctx.info, &ctx.hub)
+    };
+    scratch.clear();
+    scratch.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}\r\n",
+            status,
+            http1::reason(status),
+            ctype,
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        )
+        .as_bytes(),
+    );
+    if head.method != Method::Head {
+        scratch.extend_from_slice(body.as_bytes());
+    }
+    if down.write(scratch).await.is_err() || close {
+        return Outcome::Close;
+    }
+    Outcome::KeepAlive
+}
+
+/// Takes a live pooled session or opens a new one.
+async fn acquire<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    offset: u16,
+    upstream: UpstreamId,
+    allow_pooled: bool,
+) -> Result<(PooledSession<B::Stream>, bool), Failure> {
+    if allow_pooled {
+        let (session, dropped) = ctx.pool.borrow_mut().take(upstream, Instant::now());
+        let mut st = ctx.stats.borrow_mut();
+        st.upstreams[upstream].sessions_open -= dropped as i64;
+        st.upstreams[upstream].sessions_idle -= dropped as i64;
+        if let Some(s) = session {
+            st.upstreams[upstream].sessions_idle -= 1;
+            st.product(offset).pool_hits += 1;
+            return Ok((s, true));
+        }
+        st.product(offset).pool_misses += 1;
+    }
+    let resolved = ctx.directory.get(upstream);
+    if resolved.addrs.is_empty() {
+        return Err(Failure::Upstream {
+            cause: ErrorCause::Unresolved,
+            detail: OpenError::NoAddress {
+                host: ctx.upstream_host(upstream).to_string(),
+                why: resolved.error.clone().unwrap_or_else(|| "no address".into()),
+            }
+            .to_string(),
+            addr: None,
+        });
+    }
+    let i = ctx.next_addr.get();
+    ctx.next_addr.set(i.wrapping_add(1));
+    let addr = resolved.addrs[i % resolved.addrs.len()];
+    match open_session::<B>(addr, ctx.tls.clone(), ctx.server_name(upstream), ctx.config.connect_timeout).await {
+        Ok(s) => {
+            ctx.stats.borrow_mut().upstreams[upstream].sessions_open += 1;
+            tracing::debug!(upstream = ctx.upstream_host(upstream), %addr, tls = %s.session.describe(), "upstream session opened");
+            Ok((s, false))
+        }
+        Err(e) => {
+            let cause = match &e {
+                OpenError::NoAddress { .. } => ErrorCause::Unresolved,
+                OpenError::Connect { .. } => ErrorCause::Connect,
+                OpenError::ConnectTimeout { .. } => ErrorCause::ConnectTimeout,
+                OpenError::Tls { .. } | OpenError::TlsTimeout { .. } => ErrorCause::Tls,
+            };
+            Err(Failure::Upstream { cause, detail: e.to_string(), addr: e.addr() })
+        }
+    }
+}
+
+/// Relays one request and its answer. Returns the status sent and whether
+/// the Agent connection may be reused.
+#[allow(clippy::too_many_arguments)]
+async fn forward<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    offset: u16,
+    upstream: UpstreamId,
+    head: &RequestHead,
+    upstream_head: &mut Vec<u8>,
+    answer_buf: &mut Vec<u8>,
+) -> Result<(u16, bool), Failure> {
+    // Send the head, on a pooled session first; if that one turns out dead
+    // before any byte was written, once more on a fresh session.
+    let mut allow_pooled = true;
+    let mut pooled = loop {
+        let (mut s, reused) = acquire(ctx, offset, upstream, allow_pooled).await?;
+        match s.session.write_plain(upstream_head).await {
+            Ok(()) => break s,
+            Err(e) if reused && allow_pooled => {
+                tracing::debug!(upstream = ctx.upstream_host(upstream), error = %e, "pooled session dead on first write; retrying on a new one");
+                drop(SessionGuard { ctx, upstream });
+                allow_pooled = false;
+            }
+            Err(e) => {
+                drop(SessionGuard { ctx, upstream });
+                return Err(Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(s.addr) });
+            }
+        }
+    };
+    // From here the session is counted open until it is given back or dropped.
+    let guard = SessionGuard { ctx, upstream };
+    let addr = pooled.addr;
+
+    if head.expect_continue && head.framing != BodyFraming::None {
+        let mut cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        down.write(&mut cont).await.map_err(|e| Failure::Downstream(e.to_string()))?;
+    }
+
+    // Stream the body.
+    let idle = ctx.config.client_idle_timeout;
+    let upstream_err = |e: io::Error| Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(addr) };
+    let mut body_bytes: u64 = 0;
+    match head.framing {
+        BodyFraming::None | BodyFraming::UntilClose => {}
+        BodyFraming::Length(total) => {
+            let mut left = total;
+            while left > 0 {
+                if down.filled().is_empty() {
+                    read_body(down, idle).await?;
+                }
+                let n = (left as usize).min(down.filled().len());
+                pooled.session.write_plain(&down.filled()[..n]).await.map_err(upstream_err)?;
+                down.consume(n);
+                left -= n as u64;
+            }
+            body_bytes = total;
+        }
+        BodyFraming::Chunked => {
+            let mut scanner = ChunkedScanner::new();
+            while !scanner.is_done() {
+                if down.filled().is_empty() {
+                    read_body(down, idle).await?;
+                }
+                let n = scanner.scan(down.filled()).map_err(|e| Failure::Refused(RequestError::Chunked(e)))?;
+                if scanner.payload > ctx.config.max_body_bytes {
+                    return Err(Failure::Refused(RequestError::BodyTooLarge {
+                        len: scanner.payload,
+                        limit: ctx.config.max_body_bytes,
+                    }));
+                }
+                pooled.session.write_plain(&down.filled()[..n]).await.map_err(upstream_err)?;
+                down.consume(n);
+            }
+            body_bytes = scanner.payload;
+        }
+    }
+    ctx.stats.borrow_mut().product(offset).bytes_in += body_bytes;
+
+    // Wait for the answer head, bounded by the response timeout and the drain deadline.
+    let client_close = head.close || ctx.draining().is_some();
+    answer_buf.clear();
+    if answer_buf.capacity() < IO_BUF {
+        answer_buf.reserve_exact(IO_BUF);
+    }
+    let head_limit = ctx.config.max_header_bytes;
+    let read_head = async {
+        loop {
+            if !answer_buf.is_empty() {
+                match http1::parse_response(answer_buf, head_limit, head.method, client_close, upstream_head) {
+                    Ok(Some(h)) if (100..200).contains(&h.status) => {
+                        if h.status == 101 {
+                            return Err((ErrorCause::BadAnswer, "the intake switched protocols".to_string()));
+                        }
+                        answer_buf.drain(..h.head_len);
+                        continue;
+                    }
+                    Ok(Some(h)) => return Ok(h),
+                    Ok(None) => {}
+                    Err(e) => return Err((ErrorCause::BadAnswer, e.to_string())),
+                }
+            }
+            if answer_buf.len() == answer_buf.capacity() {
+                answer_buf.reserve(IO_BUF.min(head_limit));
+            }
+            match pooled.session.read_plain(answer_buf).await {
+                Ok(0) => return Err((ErrorCause::Closed, "the intake closed the connection before answering".into())),
+                Ok(_) => {}
+                Err(e) => return Err((ErrorCause::Closed, format!("the intake connection failed before answering: {e}"))),
+            }
+        }
+    };
+    let answer = tokio::select! {
+        r = tokio::time::timeout(ctx.config.response_timeout, read_head) => match r {
+            Ok(Ok(h)) => h,
+            Ok(Err((cause, detail))) => return Err(Failure::Upstream { cause, detail, addr: Some(addr) }),
+            Err(_) => return Err(Failure::Upstream {
+                cause: ErrorCause::Timeout,
+                detail: format!("no answer within upstream.response_timeout ({:?})", ctx.config.response_timeout),
+                addr: Some(addr),
+            }),
+        },
+        _ = ctx.drain_deadline() => return Err(Failure::Upstream {
+            cause: ErrorCause::Draining,
+            detail: "the relay is shutting down and its drain timeout passed".into(),
+            addr: Some(addr),
+        }),
+    };
+    answer_buf.drain(..answer.head_len);
+
+    // Send the head, then stream the body as it comes.
+    down.write(upstream_head).await.map_err(|e| Failure::Downstream(e.to_string()))?;
+    let cut = |cause: ErrorCause, detail: String| Failure::AnswerCut { cause, detail };
+    let mut sent: u64 = 0;
+    let complete = match answer.framing {
+        BodyFraming::None => answer_buf.is_empty(),
+        BodyFraming::Length(total) => {
+            loop {
+                let n = ((total - sent) as usize).min(answer_buf.len());
+                let extra = answer_buf.len() - n;
+                answer_buf.truncate(n);
+                sent += n as u64;
+                if n > 0 {
+                    down.write(answer_buf).await.map_err(|e| Failure::Downstream(e.to_string()))?;
+                }
+                if extra > 0 {
+                    break false; // bytes after the answer: the session is confused
+                }
+                if sent == total {
+                    break true;
+                }
+                read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await.map_err(|(c, d)| cut(c, d))?;
+            }
+        }
+        BodyFraming::Chunked => {
+            let mut scanner = ChunkedScanner::new();
+            loop {
+                let n = scanner.scan(answer_buf).map_err(|e| cut(ErrorCause::BadAnswer, e.to_string()))?;
+                let extra = answer_buf.len() - n;
+                answer_buf.truncate(n);
+                if n > 0 {
+                    down.write(answer_buf).await.map_err(|e| Failure::Downstream(e.to_string()))?;
+                }
+                if scanner.is_done() {
+                    sent = scanner.payload;
+                    break extra == 0;
+                }
+                read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await.map_err(|(c, d)| cut(c, d))?;
+            }
+        }
+        BodyFraming::UntilClose => {
+            loop {
+                sent += answer_buf.len() as u64;
+                if !answer_buf.is_empty() {
+                    down.write(answer_buf).await.map_err(|e| Failure::Downstream(e.to_string()))?;
+                }
+                match read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await {
+                    Ok(()) => {}
+                    Err((ErrorCause::Closed, _)) => break false,
+                    Err((c, d)) => return Err(cut(c, d)),
+                }
+            }
+        }
+    };
+    ctx.stats.borrow_mut().product(offset).bytes_out += sent;
+
+    let keep_client = !client_close && answer.framing != BodyFraming::UntilClose;
+    if complete && !answer.upstream_close {
+        let given = ctx.pool.borrow_mut().give_back(upstream, pooled, Instant::now());
+        if given {
+            ctx.stats.borrow_mut().upstreams[upstream].sessions_idle += 1;
+            std::mem::forget(guard); // still open, now idle in the pool
+        }
+    }
+    Ok((answer.status, keep_client))
+}
+
+async fn read_body<S: Stream>(down: &mut Downstream<S>, idle: Duration) -> Result<(), Failure> {
+    match tokio::time::timeout(idle, down.fill(IO_BUF)).await {
+        Err(_) => Err(Failure::Downstream("client stopped sending the body".into())),
+        Ok(Err(e)) => Err(Failure::Downstream(e.to_string())),
+        Ok(Ok(0)) => Err(Failure::Downstream("client closed mid-body".into())),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+/// Reads more of the answer body (buffer emptied by the caller first).
+async fn read_answer<S: Stream>(
+    pooled: &mut PooledSession<S>,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), (ErrorCause, String)> {
+    buf.clear();
+    match tokio::time::timeout(timeout, pooled.session.read_plain(buf)).await {
+        Err(_) => Err((ErrorCause::Timeout, "the intake stopped sending its answer".into())),
+        Ok(Err(e)) => Err((ErrorCause::Closed, format!("the intake connection failed mid-answer: {e}"))),
+        Ok(Ok(0)) => Err((ErrorCause::Closed, "the intake closed the connection mid-answer".into())),
+        Ok(Ok(_)) => Ok(()),
+    }
+}

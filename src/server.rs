@@ -1,0 +1,174 @@
+//! Starting and stopping the relay: FIPS checks, backend choice, CPU
+//! placement, binding, the worker threads, and the control loop (signals,
+//! DNS refresh, drain).
+//!
+//! The control loop runs on the calling thread; workers get read-mostly
+//! state (`Arc`s and a `watch` channel) and nothing else.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::{Config, IoChoice, Source};
+use crate::crypto::{self, CryptoError, TrustSource};
+use crate::io::{epoll::Epoll, uring::Uring, Backend};
+use crate::listener::{self, BindError};
+use crate::metrics::StatsHub;
+use crate::relay::{Phase, WorkerCtx};
+use crate::route::RouteTable;
+use crate::status::StatusInfo;
+use crate::upstream::Directory;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("workers.io = \"uring\" but io_uring is unavailable: {0}; use workers.io = \"epoll\" or \"auto\"")]
+    UringUnavailable(String),
+    #[error("cannot start the control loop: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot start worker {id}: {why}")]
+    Worker { id: usize, why: String },
+}
+
+/// The backend the config asks for, after probing: (name, fallback reason).
+pub fn choose_backend(choice: IoChoice) -> Result<(&'static str, Option<String>), StartError> {
+    match choice {
+        IoChoice::Epoll => Ok((Epoll::NAME, None)),
+        IoChoice::Uring => match crate::io::probe_uring() {
+            Ok(()) => Ok((Uring::NAME, None)),
+            Err(e) => Err(StartError::UringUnavailable(e)),
+        },
+        IoChoice::Auto => match crate::io::probe_uring() {
+            Ok(()) => Ok((Uring::NAME, None)),
+            Err(e) => Ok((Epoll::NAME, Some(e))),
+        },
+    }
+}
+
+/// CPUs this process may run on (taskset, systemd CPUAffinity, cpusets).
+pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
+    core_affinity::get_core_ids().unwrap_or_default()
+}
+
+/// Runs the relay until SIGTERM or SIGINT, then drains and returns.
+pub fn run(config: Config, source: Source) -> Result<(), StartError> {
+    let trust = match &config.ca_file {
+        Some(p) => TrustSource::CaFile(p.clone()),
+        None => TrustSource::System,
+    };
+    // Fail before binding anything if the FIPS checks or the trust store fail.
+    crypto::client_config(&trust)?;
+    let (backend, fallback) = choose_backend(config.io)?;
+    let cpus = allowed_cpus();
+    let workers = if config.threads > 0 { config.threads } else { cpus.len().max(1) };
+
+    let listeners = listener::bind_all(config.listen_address, config.port_range_start, workers)?;
+    if !config.listen_address.is_loopback() {
+        tracing::warn!(address = %config.listen_address, "listening on a non-loopback address: Agent traffic to the relay is plaintext, so FIPS compliance is not retained off-host");
+    }
+    if let Some(why) = &fallback {
+        tracing::warn!(reason = %why, "io_uring unavailable; using the epoll backend");
+    }
+    let fips_module = crypto::module_description();
+    tracing::info!(
+        version = VERSION,
+        fips = %fips_module,
+        io = backend,
+        workers,
+        listen = %format!("{}:{}-{}", config.listen_address, config.port(0), config.port(crate::config::PORT_COUNT - 1)),
+        site = %config.site,
+        config = %source,
+        "fipsrelay starting"
+    );
+    if let Some(addr) = config.override_addr {
+        tracing::warn!(%addr, "upstream.override_addr is set: every product is sent to this address (test and demo setting)");
+    }
+
+    let config = Arc::new(config);
+    let routes = Arc::new(RouteTable::new(&config));
+    let directory = Arc::new(Directory::new(&routes, config.override_addr));
+    let hub = Arc::new(StatsHub::new(workers, routes.upstreams.len()));
+    let info = Arc::new(StatusInfo { version: VERSION, fips_module, io_backend: backend, workers, routes: routes.clone() });
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+
+    let control = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
+    // First resolution before accepting, bounded so a dead DNS does not block the start.
+    {
+        let d = directory.clone();
+        let _ = control.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || d.refresh())).await
+        });
+    }
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::with_capacity(workers);
+    for (id, mine) in listeners.into_iter().enumerate() {
+        let tls = crypto::client_config(&trust)?;
+        let core = if config.pin && !cpus.is_empty() { Some(cpus[id % cpus.len()]) } else { None };
+        let (config, routes, directory, hub, info, phase, ready) =
+            (config.clone(), routes.clone(), directory.clone(), hub.clone(), info.clone(), phase_rx.clone(), ready_tx.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("fipsrelay-w{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        tracing::warn!(worker = id, cpu = core.id, "could not pin worker to its CPU");
+                    }
+                }
+                if backend == Uring::NAME {
+                    let ctx = WorkerCtx::<Uring>::new(id, config, routes, directory, tls, hub, info, phase);
+                    crate::worker::run(ctx, mine, ready);
+                } else {
+                    let ctx = WorkerCtx::<Epoll>::new(id, config, routes, directory, tls, hub, info, phase);
+                    crate::worker::run(ctx, mine, ready);
+                }
+            })
+            .map_err(|e| StartError::Worker { id, why: e.to_string() })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for id in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Err(StartError::Worker { id, why }),
+            Err(_) => return Err(StartError::Worker { id, why: "worker exited during start".into() }),
+        }
+    }
+    tracing::info!(workers, "fipsrelay ready");
+
+    control.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(StartError::Runtime)?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(StartError::Runtime)?;
+        let mut refresh = tokio::time::interval(config.dns_refresh);
+        refresh.tick().await;
+        let signal = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = refresh.tick() => {
+                    let d = directory.clone();
+                    tokio::task::spawn_blocking(move || d.refresh());
+                }
+            }
+        };
+        let deadline = Instant::now() + config.drain_timeout;
+        tracing::info!(signal, drain_timeout = ?config.drain_timeout, "stopping: no new connections, finishing requests in flight");
+        let _ = phase_tx.send(Phase::Draining { deadline });
+        Ok::<(), StartError>(())
+    })?;
+    for h in handles {
+        let _ = h.join();
+    }
+    let totals = hub.merged();
+    let served: u64 = totals.products.iter().map(|p| p.total_requests()).sum();
+    tracing::info!(requests = served, "fipsrelay stopped");
+    // The control runtime may hold a DNS lookup in its blocking pool: do not wait for it.
+    control.shutdown_background();
+    Ok(())
+}

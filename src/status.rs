@@ -1,0 +1,154 @@
+//! The status port (offset 0): a plain-text summary on `/`, Prometheus text
+//! on `/metrics`, JSON on `/health`. Read-only: it answers GET and HEAD only
+//! and changes nothing.
+
+use std::fmt::Write as _;
+
+use crate::metrics::*;
+use crate::route::{ProductRoute, RouteTable, PRODUCTS};
+
+/// What the status pages need to know besides the counters.
+pub struct StatusInfo {
+    pub version: &'static str,
+    pub fips_module: String,
+    pub io_backend: &'static str,
+    pub workers: usize,
+    pub routes: std::sync::Arc<RouteTable>,
+}
+
+/// Renders the answer for `path`: (status, content type, body).
+pub fn render(path: &[u8], info: &StatusInfo, hub: &StatsHub) -> (u16, &'static str, String) {
+    let path = path.split(|&b| b == b'?').next().unwrap_or(b"/");
+    match path {
+        b"/" => (200, "text/plain; charset=utf-8", summary(info, hub)),
+        b"/metrics" => (200, "text/plain; version=0.0.4; charset=utf-8", prometheus(info, hub)),
+        b"/health" => (200, "application/json", health(info, hub)),
+        _ => (404, "text/plain; charset=utf-8", "not found: try /, /metrics or /health\n".to_string()),
+    }
+}
+
+fn pct(h: &hdrhistogram::Histogram<u64>, q: f64) -> String {
+    if h.is_empty() {
+        "-".into()
+    } else {
+        format!("{:.2}ms", h.value_at_quantile(q) as f64 / 1000.0)
+    }
+}
+
+fn summary(info: &StatusInfo, hub: &StatsHub) -> String {
+    let m = hub.merged();
+    let mut s = String::new();
+    let _ = writeln!(s, "fipsrelay {}", info.version);
+    let _ = writeln!(s, "uptime: {}s", hub.started.elapsed().as_secs());
+    let _ = writeln!(s, "fips: enabled ({})", info.fips_module);
+    let _ = writeln!(s, "io: {} ({} workers)", info.io_backend, info.workers);
+    let _ = writeln!(
+        s,
+        "\n{:<28} {:>10} {:>8} {:>9} {:>9} {:>6} {:>6}  upstream",
+        "product", "requests", "errors", "p50", "p99", "open", "idle"
+    );
+    for p in PRODUCTS.iter() {
+        let st = &m.products[p.offset as usize];
+        let (open, idle, host) = match &info.routes.routes[p.offset as usize] {
+            ProductRoute::Forward { default, .. } => {
+                let u = &m.upstreams[*default];
+                (u.sessions_open.to_string(), u.sessions_idle.to_string(), info.routes.upstreams[*default].host.clone())
+            }
+            ProductRoute::Status => ("-".into(), "-".into(), "(this page)".into()),
+            ProductRoute::Unconfigured { .. } => ("-".into(), "-".into(), "(not configured)".into()),
+        };
+        let errors: u64 = st.errors.iter().sum::<u64>() + st.refused;
+        let _ = writeln!(
+            s,
+            "{:<28} {:>10} {:>8} {:>9} {:>9} {:>6} {:>6}  {}",
+            format!("{} ({})", p.name, p.offset),
+            st.total_requests(),
+            errors,
+            pct(&st.latency, 0.5),
+            pct(&st.latency, 0.99),
+            open,
+            idle,
+            host
+        );
+    }
+    s
+}
+
+fn health(info: &StatusInfo, hub: &StatsHub) -> String {
+    format!(
+        "{{\"status\":\"ok\",\"version\":\"{}\",\"fips\":true,\"fips_module\":\"{}\",\"io\":\"{}\",\"workers\":{},\"uptime_seconds\":{}}}\n",
+        info.version,
+        info.fips_module,
+        info.io_backend,
+        info.workers,
+        hub.started.elapsed().as_secs()
+    )
+}
+
+/// Latency histogram bucket bounds, in seconds.
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
+    let m = hub.merged();
+    let mut s = String::with_capacity(16 * 1024);
+    let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    let forwarded = || PRODUCTS.iter().filter(|p| p.prefix.is_some() || p.offset == crate::route::APPSEC_OFFSET);
+
+    let _ = writeln!(s, "# HELP {M_UPTIME} Seconds since the relay started.\n# TYPE {M_UPTIME} gauge");
+    let _ = writeln!(s, "{M_UPTIME} {}", hub.started.elapsed().as_secs());
+
+    let _ = writeln!(s, "# HELP {M_REQUESTS} Answers sent to the Agent, by product and status class.\n# TYPE {M_REQUESTS} counter");
+    for p in forwarded() {
+        let st = &m.products[p.offset as usize];
+        for (i, c) in classes.iter().enumerate() {
+            let _ = writeln!(s, "{M_REQUESTS}{{product=\"{}\",class=\"{}\"}} {}", p.name, c, st.requests[i]);
+        }
+    }
+    for (name, help, get) in [
+        (M_BYTES_IN, "Request body bytes received from the Agent.", (|p: &ProductStats| p.bytes_in) as fn(&ProductStats) -> u64),
+        (M_BYTES_OUT, "Answer body bytes sent to the Agent.", |p: &ProductStats| p.bytes_out),
+        (M_POOL_HITS, "Requests sent on a pooled upstream session.", |p: &ProductStats| p.pool_hits),
+        (M_POOL_MISSES, "Requests that needed a new upstream session.", |p: &ProductStats| p.pool_misses),
+        (M_REFUSED, "Malformed or oversized requests refused with 4xx.", |p: &ProductStats| p.refused),
+    ] {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+        for p in forwarded() {
+            let _ = writeln!(s, "{name}{{product=\"{}\"}} {}", p.name, get(&m.products[p.offset as usize]));
+        }
+    }
+    let _ = writeln!(s, "# HELP {M_UPSTREAM_ERRORS} Upstream faults answered 502/503/504, by cause.\n# TYPE {M_UPSTREAM_ERRORS} counter");
+    for p in forwarded() {
+        let st = &m.products[p.offset as usize];
+        for c in ErrorCause::ALL {
+            let _ = writeln!(s, "{M_UPSTREAM_ERRORS}{{product=\"{}\",cause=\"{}\"}} {}", p.name, c.label(), st.error(c));
+        }
+    }
+    let _ = writeln!(s, "# HELP {M_OPEN_CONNECTIONS} Open connections from the Agent.\n# TYPE {M_OPEN_CONNECTIONS} gauge");
+    for p in PRODUCTS.iter() {
+        let _ = writeln!(s, "{M_OPEN_CONNECTIONS}{{product=\"{}\"}} {}", p.name, m.products[p.offset as usize].open_connections);
+    }
+    for (name, help, idle) in [
+        (M_UPSTREAM_SESSIONS_OPEN, "Open TLS sessions to the upstream host.", false),
+        (M_UPSTREAM_SESSIONS_IDLE, "Idle pooled TLS sessions to the upstream host.", true),
+    ] {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (i, u) in info.routes.upstreams.iter().enumerate() {
+            let v = if idle { m.upstreams[i].sessions_idle } else { m.upstreams[i].sessions_open };
+            let _ = writeln!(s, "{name}{{upstream=\"{}\"}} {}", u.host, v);
+        }
+    }
+    let _ = writeln!(s, "# HELP {M_LATENCY} Time from a complete request head to a complete answer.\n# TYPE {M_LATENCY} histogram");
+    for p in forwarded() {
+        let h = &m.products[p.offset as usize].latency;
+        for b in BUCKETS {
+            let le_us = (b * 1e6) as u64;
+            let count = if h.is_empty() { 0 } else { h.count_between(0, le_us) };
+            let _ = writeln!(s, "{M_LATENCY}_bucket{{product=\"{}\",le=\"{}\"}} {}", p.name, b, count);
+        }
+        let _ = writeln!(s, "{M_LATENCY}_bucket{{product=\"{}\",le=\"+Inf\"}} {}", p.name, h.len());
+        let sum: f64 = h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum::<f64>() / 1e6;
+        let _ = writeln!(s, "{M_LATENCY}_sum{{product=\"{}\"}} {}", p.name, sum);
+        let _ = writeln!(s, "{M_LATENCY}_count{{product=\"{}\"}} {}", p.name, h.len());
+    }
+    s
+}

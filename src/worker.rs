@@ -1,0 +1,112 @@
+//! A worker: one thread, pinned to one CPU, running its own event loop
+//! (io_uring or epoll) with its own listeners, pool, buffers and stats.
+//!
+//! It accepts until the control thread says drain, then waits for its
+//! connections to finish (bounded by the drain deadline) and returns. It
+//! never touches another worker's state.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::io::{Backend, Listener};
+use crate::listener::WorkerListeners;
+use crate::metrics::PUBLISH_INTERVAL;
+use crate::relay::{self, WorkerCtx};
+
+/// After the drain deadline, answers already under way get this long.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// Pause after an accept error such as EMFILE, so it is not a busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Runs the worker's event loop on this thread until the drain completes.
+pub fn run<B: Backend>(ctx: WorkerCtx<B>, listeners: WorkerListeners, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+    let id = ctx.id;
+    let res = B::block_on(async move {
+        let ctx = Rc::new(ctx);
+        for (offset, l) in listeners {
+            let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+            match B::listener(l) {
+                Ok(l) => {
+                    tokio::task::spawn_local(accept_loop(ctx.clone(), l, offset, port));
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(format!("worker {}: cannot register listener on port {port}: {e}", ctx.id)));
+                    return;
+                }
+            }
+        }
+        tokio::task::spawn_local(housekeeping(ctx.clone()));
+        let _ = ready.send(Ok(()));
+        drop(ready);
+
+        let mut phase = ctx.phase.clone();
+        let _ = phase.wait_for(|p| *p != relay::Phase::Running).await;
+        let deadline = ctx.draining().unwrap_or_else(Instant::now) + DRAIN_GRACE;
+        while ctx.connections.get() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if ctx.connections.get() > 0 {
+            tracing::warn!(worker = ctx.id, connections = ctx.connections.get(), "drain deadline passed; closing remaining connections");
+        }
+        ctx.pool.borrow_mut().clear();
+        {
+            let mut st = ctx.stats.borrow_mut();
+            for u in st.upstreams.iter_mut() {
+                u.sessions_open -= u.sessions_idle;
+                u.sessions_idle = 0;
+            }
+        }
+        ctx.hub.publish(ctx.id, &ctx.stats.borrow());
+    });
+    if let Err(e) = res {
+        tracing::error!(worker = id, error = %e, "worker event loop failed to start");
+    }
+}
+
+async fn accept_loop<B: Backend>(ctx: Rc<WorkerCtx<B>>, listener: B::Listener, offset: u16, port: u16) {
+    let mut logged_error = false;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = drain_started(&ctx) => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                logged_error = false;
+                tokio::task::spawn_local(relay::serve(ctx.clone(), stream, offset, peer));
+            }
+            Err(e) => {
+                if !logged_error {
+                    tracing::error!(worker = ctx.id, port, error = %e, "accept failed; backing off (raise LimitNOFILE if this is EMFILE)");
+                    logged_error = true;
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn drain_started<B: Backend>(ctx: &WorkerCtx<B>) {
+    let mut rx = ctx.phase.clone();
+    let _ = rx.wait_for(|p| *p != relay::Phase::Running).await;
+}
+
+/// Publishes stats and sweeps idle sessions a few times a second.
+async fn housekeeping<B: Backend>(ctx: Rc<WorkerCtx<B>>) {
+    let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
+    loop {
+        tick.tick().await;
+        let swept = ctx.pool.borrow_mut().sweep(Instant::now());
+        if swept > 0 {
+            // Which upstream each came from is not tracked by sweep; recount idle.
+            let mut st = ctx.stats.borrow_mut();
+            let pool = ctx.pool.borrow();
+            for (i, u) in st.upstreams.iter_mut().enumerate() {
+                let idle = pool.idle_count(i) as i64;
+                u.sessions_open -= u.sessions_idle - idle;
+                u.sessions_idle = idle;
+            }
+        }
+        ctx.hub.publish(ctx.id, &ctx.stats.borrow());
+    }
+}
