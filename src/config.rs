@@ -37,35 +37,17 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{key} = {value:?} is invalid: {problem}; {fix}")]
-    Invalid {
-        key: &'static str,
-        value: String,
-        problem: String,
-        fix: &'static str,
-    },
+    Invalid { key: &'static str, value: String, problem: String, fix: &'static str },
     #[error("environment variable {var} = {value:?} is invalid for {key}: {problem}")]
-    Env {
-        var: &'static str,
-        key: &'static str,
-        value: String,
-        problem: String,
-    },
+    Env { var: &'static str, key: &'static str, value: String, problem: String },
 }
 
 fn invalid(key: &'static str, value: impl ToString, problem: impl ToString, fix: &'static str) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        value: value.to_string(),
-        problem: problem.to_string(),
-        fix,
-    }
+    ConfigError::Invalid { key, value: value.to_string(), problem: problem.to_string(), fix }
 }
 
 /// The file as written, before validation. Field names are the config keys.
@@ -109,11 +91,7 @@ pub struct RawWorkers {
 
 impl Default for RawWorkers {
     fn default() -> Self {
-        Self {
-            threads: 0,
-            io: "auto".into(),
-            pin: true,
-        }
+        Self { threads: 0, io: "auto".into(), pin: true }
     }
 }
 
@@ -177,9 +155,7 @@ pub struct RawShutdown {
 
 impl Default for RawShutdown {
     fn default() -> Self {
-        Self {
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT.into(),
-        }
+        Self { drain_timeout: DEFAULT_DRAIN_TIMEOUT.into() }
     }
 }
 
@@ -191,9 +167,7 @@ pub struct RawDns {
 
 impl Default for RawDns {
     fn default() -> Self {
-        Self {
-            refresh: DEFAULT_DNS_REFRESH.into(),
-        }
+        Self { refresh: DEFAULT_DNS_REFRESH.into() }
     }
 }
 
@@ -206,10 +180,7 @@ pub struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: "text".into(),
-        }
+        Self { level: "info".into(), format: "text".into() }
     }
 }
 
@@ -287,14 +258,9 @@ pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
 }
 
 fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_str(&text).map_err(|message| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message,
-    })
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse_str(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
 }
 
 /// Parses TOML text; the error message carries the line, column and key.
@@ -322,9 +288,8 @@ pub fn apply_env(mut raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Re
 }
 
 fn duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    let d = humantime::parse_duration(value.trim()).map_err(|e| {
-        invalid(key, value, e, "write a duration such as \"500ms\", \"5s\" or \"2m\"")
-    })?;
+    let d = humantime::parse_duration(value.trim())
+        .map_err(|e| invalid(key, value, e, "write a duration such as \"500ms\", \"5s\" or \"2m\""))?;
     if d.is_zero() {
         return Err(invalid(key, value, "must be greater than zero", "write a duration such as \"5s\""));
     }
@@ -386,7 +351,12 @@ impl RawConfig {
         }
         if let Some(h) = &self.upstream.appsec_host {
             if !h.split('.').all(is_dns_label) {
-                return Err(invalid("upstream.appsec_host", h, "is not a DNS name", "write a host name, or remove the key"));
+                return Err(invalid(
+                    "upstream.appsec_host",
+                    h,
+                    "is not a DNS name",
+                    "write a host name, or remove the key",
+                ));
             }
         }
         let override_addr = match &self.upstream.override_addr {
@@ -397,11 +367,21 @@ impl RawConfig {
         };
         if let Some(p) = &self.upstream.ca_file {
             if p.as_os_str().is_empty() {
-                return Err(invalid("upstream.ca_file", "", "is empty", "write the path of a PEM file, or remove the key to use the system trust store"));
+                return Err(invalid(
+                    "upstream.ca_file",
+                    "",
+                    "is empty",
+                    "write the path of a PEM file, or remove the key to use the system trust store",
+                ));
             }
         }
         if self.upstream.max_idle_per_host > 4096 {
-            return Err(invalid("upstream.max_idle_per_host", self.upstream.max_idle_per_host, "too large", "use at most 4096"));
+            return Err(invalid(
+                "upstream.max_idle_per_host",
+                self.upstream.max_idle_per_host,
+                "too large",
+                "use at most 4096",
+            ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.limits.max_header_bytes) {
             return Err(invalid(
@@ -412,7 +392,12 @@ impl RawConfig {
             ));
         }
         if self.limits.max_body_bytes == 0 {
-            return Err(invalid("limits.max_body_bytes", 0, "must be greater than zero", "the default is 67108864 (64 MiB)"));
+            return Err(invalid(
+                "limits.max_body_bytes",
+                0,
+                "must be greater than zero",
+                "the default is 67108864 (64 MiB)",
+            ));
         }
         let log_format = match self.log.format.trim() {
             "text" => LogFormat::Text,

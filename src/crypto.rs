@@ -24,7 +24,9 @@ pub enum CryptoError {
     CaFile { path: PathBuf, cause: String },
     #[error("upstream.ca_file {0} holds no certificate; point it at a PEM file of CA certificates")]
     CaFileEmpty(PathBuf),
-    #[error("the system trust store has no usable CA certificate ({0}); install ca-certificates or set upstream.ca_file")]
+    #[error(
+        "the system trust store has no usable CA certificate ({0}); install ca-certificates or set upstream.ca_file"
+    )]
     NoSystemRoots(String),
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
@@ -84,11 +86,8 @@ fn load_roots(trust: &TrustSource) -> Result<RootCertStore, CryptoError> {
             let found = rustls_native_certs::load_native_certs();
             let (added, _ignored) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                let why = found
-                    .errors
-                    .first()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "no certificate found".to_string());
+                let why =
+                    found.errors.first().map(|e| e.to_string()).unwrap_or_else(|| "no certificate found".to_string());
                 return Err(CryptoError::NoSystemRoots(why));
             }
         }

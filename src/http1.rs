@@ -754,9 +754,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(r.framing, BodyFraming::None);
-        let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", 65536, Method::Other, false, &mut out).unwrap().unwrap();
+        let r =
+            parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", 65536, Method::Other, false, &mut out).unwrap().unwrap();
         assert_eq!(r.framing, BodyFraming::None);
-        let r = parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", 65536, Method::Other, false, &mut out).unwrap().unwrap();
+        let r =
+            parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", 65536, Method::Other, false, &mut out).unwrap().unwrap();
         assert_eq!(r.status, 100);
         assert!(parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",

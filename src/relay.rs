@@ -40,7 +40,9 @@ pub const IO_BUF: usize = 16 * 1024;
 pub enum Phase {
     Running,
     /// Stop accepting, finish what was read, answer 503 at `deadline`.
-    Draining { deadline: Instant },
+    Draining {
+        deadline: Instant,
+    },
 }
 
 /// Everything a worker's connections share. Lives on one thread.
@@ -257,7 +259,8 @@ async fn serve_one<B: Backend>(
     let head = loop {
         let upstream_host = ctx.routes.upstream_for(offset, head_target(down.filled())).map(|id| ctx.upstream_host(id));
         if !down.filled().is_empty() {
-            match http1::parse_request(down.filled(), cfg.max_header_bytes, cfg.max_body_bytes, upstream_host, scratch) {
+            match http1::parse_request(down.filled(), cfg.max_header_bytes, cfg.max_body_bytes, upstream_host, scratch)
+            {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(e) => {
@@ -299,7 +302,8 @@ async fn serve_one<B: Backend>(
         ProductRoute::Status => answer_status(ctx, down, &head, scratch).await,
         ProductRoute::Unconfigured { reason } => {
             let close = true;
-            fail_upstream(ctx, down, offset, peer, "(none)", ErrorCause::Unconfigured, reason, None, scratch, close).await;
+            fail_upstream(ctx, down, offset, peer, "(none)", ErrorCause::Unconfigured, reason, None, scratch, close)
+                .await;
             Outcome::Close
         }
         ProductRoute::Forward { .. } => {
@@ -525,7 +529,8 @@ async fn forward<B: Backend>(
 
     // Stream the body.
     let idle = ctx.config.client_idle_timeout;
-    let upstream_err = |e: io::Error| Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(addr) };
+    let upstream_err =
+        |e: io::Error| Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(addr) };
     let mut body_bytes: u64 = 0;
     match head.framing {
         BodyFraming::None | BodyFraming::UntilClose => {}
@@ -592,7 +597,9 @@ async fn forward<B: Backend>(
             match pooled.session.read_plain(answer_buf).await {
                 Ok(0) => return Err((ErrorCause::Closed, "the intake closed the connection before answering".into())),
                 Ok(_) => {}
-                Err(e) => return Err((ErrorCause::Closed, format!("the intake connection failed before answering: {e}"))),
+                Err(e) => {
+                    return Err((ErrorCause::Closed, format!("the intake connection failed before answering: {e}")))
+                }
             }
         }
     };
@@ -654,19 +661,17 @@ async fn forward<B: Backend>(
                 read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await.map_err(|(c, d)| cut(c, d))?;
             }
         }
-        BodyFraming::UntilClose => {
-            loop {
-                sent += answer_buf.len() as u64;
-                if !answer_buf.is_empty() {
-                    down.write(answer_buf).await.map_err(|e| Failure::Downstream(e.to_string()))?;
-                }
-                match read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await {
-                    Ok(()) => {}
-                    Err((ErrorCause::Closed, _)) => break false,
-                    Err((c, d)) => return Err(cut(c, d)),
-                }
+        BodyFraming::UntilClose => loop {
+            sent += answer_buf.len() as u64;
+            if !answer_buf.is_empty() {
+                down.write(answer_buf).await.map_err(|e| Failure::Downstream(e.to_string()))?;
             }
-        }
+            match read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await {
+                Ok(()) => {}
+                Err((ErrorCause::Closed, _)) => break false,
+                Err((c, d)) => return Err(cut(c, d)),
+            }
+        },
     };
     ctx.stats.borrow_mut().product(offset).bytes_out += sent;
 

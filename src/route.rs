@@ -57,9 +57,15 @@ pub struct Upstream {
 pub enum ProductRoute {
     Status,
     /// Relayed; the metrics port also routes `/api/v1/validate` and `/support/flare`.
-    Forward { default: UpstreamId, validate: Option<UpstreamId>, flare: Option<UpstreamId> },
+    Forward {
+        default: UpstreamId,
+        validate: Option<UpstreamId>,
+        flare: Option<UpstreamId>,
+    },
     /// Known port with no upstream configured (appsec by default): 503.
-    Unconfigured { reason: &'static str },
+    Unconfigured {
+        reason: &'static str,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -87,7 +93,9 @@ impl RouteTable {
             let route = match (p.offset, p.prefix) {
                 (STATUS_OFFSET, _) => ProductRoute::Status,
                 (APPSEC_OFFSET, _) => match &config.appsec_host {
-                    Some(h) => ProductRoute::Forward { default: intern(h.clone(), p.name), validate: None, flare: None },
+                    Some(h) => {
+                        ProductRoute::Forward { default: intern(h.clone(), p.name), validate: None, flare: None }
+                    }
                     None => ProductRoute::Unconfigured {
                         reason: "no upstream is configured for appsec events; set upstream.appsec_host",
                     },

@@ -94,7 +94,8 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     let routes = Arc::new(RouteTable::new(&config));
     let directory = Arc::new(Directory::new(&routes, config.override_addr));
     let hub = Arc::new(StatsHub::new(workers, routes.upstreams.len()));
-    let info = Arc::new(StatusInfo { version: VERSION, fips_module, io_backend: backend, workers, routes: routes.clone() });
+    let info =
+        Arc::new(StatusInfo { version: VERSION, fips_module, io_backend: backend, workers, routes: routes.clone() });
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
 
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
@@ -111,8 +112,15 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     for (id, mine) in listeners.into_iter().enumerate() {
         let tls = crypto::client_config(&trust)?;
         let core = if config.pin && !cpus.is_empty() { Some(cpus[id % cpus.len()]) } else { None };
-        let (config, routes, directory, hub, info, phase, ready) =
-            (config.clone(), routes.clone(), directory.clone(), hub.clone(), info.clone(), phase_rx.clone(), ready_tx.clone());
+        let (config, routes, directory, hub, info, phase, ready) = (
+            config.clone(),
+            routes.clone(),
+            directory.clone(),
+            hub.clone(),
+            info.clone(),
+            phase_rx.clone(),
+            ready_tx.clone(),
+        );
         let handle = std::thread::Builder::new()
             .name(format!("fipsrelay-w{id}"))
             .spawn(move || {

@@ -97,7 +97,10 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
     let _ = writeln!(s, "# HELP {M_UPTIME} Seconds since the relay started.\n# TYPE {M_UPTIME} gauge");
     let _ = writeln!(s, "{M_UPTIME} {}", hub.started.elapsed().as_secs());
 
-    let _ = writeln!(s, "# HELP {M_REQUESTS} Answers sent to the Agent, by product and status class.\n# TYPE {M_REQUESTS} counter");
+    let _ = writeln!(
+        s,
+        "# HELP {M_REQUESTS} Answers sent to the Agent, by product and status class.\n# TYPE {M_REQUESTS} counter"
+    );
     for p in forwarded() {
         let st = &m.products[p.offset as usize];
         for (i, c) in classes.iter().enumerate() {
@@ -105,7 +108,11 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
         }
     }
     for (name, help, get) in [
-        (M_BYTES_IN, "Request body bytes received from the Agent.", (|p: &ProductStats| p.bytes_in) as fn(&ProductStats) -> u64),
+        (
+            M_BYTES_IN,
+            "Request body bytes received from the Agent.",
+            (|p: &ProductStats| p.bytes_in) as fn(&ProductStats) -> u64,
+        ),
         (M_BYTES_OUT, "Answer body bytes sent to the Agent.", |p: &ProductStats| p.bytes_out),
         (M_POOL_HITS, "Requests sent on a pooled upstream session.", |p: &ProductStats| p.pool_hits),
         (M_POOL_MISSES, "Requests that needed a new upstream session.", |p: &ProductStats| p.pool_misses),
@@ -120,12 +127,18 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
     for p in forwarded() {
         let st = &m.products[p.offset as usize];
         for c in ErrorCause::ALL {
-            let _ = writeln!(s, "{M_UPSTREAM_ERRORS}{{product=\"{}\",cause=\"{}\"}} {}", p.name, c.label(), st.error(c));
+            let _ =
+                writeln!(s, "{M_UPSTREAM_ERRORS}{{product=\"{}\",cause=\"{}\"}} {}", p.name, c.label(), st.error(c));
         }
     }
-    let _ = writeln!(s, "# HELP {M_OPEN_CONNECTIONS} Open connections from the Agent.\n# TYPE {M_OPEN_CONNECTIONS} gauge");
+    let _ =
+        writeln!(s, "# HELP {M_OPEN_CONNECTIONS} Open connections from the Agent.\n# TYPE {M_OPEN_CONNECTIONS} gauge");
     for p in PRODUCTS.iter() {
-        let _ = writeln!(s, "{M_OPEN_CONNECTIONS}{{product=\"{}\"}} {}", p.name, m.products[p.offset as usize].open_connections);
+        let _ = writeln!(
+            s,
+            "{M_OPEN_CONNECTIONS}{{product=\"{}\"}} {}",
+            p.name, m.products[p.offset as usize].open_connections
+        );
     }
     for (name, help, idle) in [
         (M_UPSTREAM_SESSIONS_OPEN, "Open TLS sessions to the upstream host.", false),
@@ -137,7 +150,10 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
             let _ = writeln!(s, "{name}{{upstream=\"{}\"}} {}", u.host, v);
         }
     }
-    let _ = writeln!(s, "# HELP {M_LATENCY} Time from a complete request head to a complete answer.\n# TYPE {M_LATENCY} histogram");
+    let _ = writeln!(
+        s,
+        "# HELP {M_LATENCY} Time from a complete request head to a complete answer.\n# TYPE {M_LATENCY} histogram"
+    );
     for p in forwarded() {
         let h = &m.products[p.offset as usize].latency;
         for b in BUCKETS {
@@ -146,7 +162,8 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
             let _ = writeln!(s, "{M_LATENCY}_bucket{{product=\"{}\",le=\"{}\"}} {}", p.name, b, count);
         }
         let _ = writeln!(s, "{M_LATENCY}_bucket{{product=\"{}\",le=\"+Inf\"}} {}", p.name, h.len());
-        let sum: f64 = h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum::<f64>() / 1e6;
+        let sum: f64 =
+            h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum::<f64>() / 1e6;
         let _ = writeln!(s, "{M_LATENCY}_sum{{product=\"{}\"}} {}", p.name, sum);
         let _ = writeln!(s, "{M_LATENCY}_count{{product=\"{}\"}} {}", p.name, h.len());
     }

@@ -19,7 +19,11 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Runs the worker's event loop on this thread until the drain completes.
-pub fn run<B: Backend>(ctx: WorkerCtx<B>, listeners: WorkerListeners, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+pub fn run<B: Backend>(
+    ctx: WorkerCtx<B>,
+    listeners: WorkerListeners,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
     let id = ctx.id;
     let res = B::block_on(async move {
         let ctx = Rc::new(ctx);
@@ -46,7 +50,11 @@ pub fn run<B: Backend>(ctx: WorkerCtx<B>, listeners: WorkerListeners, ready: std
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if ctx.connections.get() > 0 {
-            tracing::warn!(worker = ctx.id, connections = ctx.connections.get(), "drain deadline passed; closing remaining connections");
+            tracing::warn!(
+                worker = ctx.id,
+                connections = ctx.connections.get(),
+                "drain deadline passed; closing remaining connections"
+            );
         }
         ctx.pool.borrow_mut().clear();
         {

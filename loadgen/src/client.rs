@@ -23,10 +23,7 @@ pub struct Response {
 impl Response {
     /// First value of header `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -77,10 +74,7 @@ fn invalid(why: impl Into<String>) -> io::Error {
 }
 
 fn eof(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        format!("connection closed in the middle of the {what}"),
-    )
+    io::Error::new(io::ErrorKind::UnexpectedEof, format!("connection closed in the middle of the {what}"))
 }
 
 /// Appends one line to `out`; `Ok(0)` at end of stream.
@@ -105,10 +99,7 @@ pub fn read_response(stream: &mut impl BufRead, head_request: bool) -> io::Resul
             let n = read_line(stream, &mut head, MAX_HEAD - start)?;
             if n == 0 || !head.ends_with(b"\n") {
                 return Err(if head.is_empty() {
-                    io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "connection closed before any answer",
-                    )
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before any answer")
                 } else {
                     eof("answer head")
                 });
@@ -135,12 +126,7 @@ pub fn read_response(stream: &mut impl BufRead, head_request: bool) -> io::Resul
         let headers: Vec<(String, String)> = resp
             .headers
             .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
+            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
             .collect();
         let body = if head_request || status == 204 || status == 304 {
             Vec::new()
@@ -150,11 +136,7 @@ pub fn read_response(stream: &mut impl BufRead, head_request: bool) -> io::Resul
                 .unwrap_or(Framing::Close);
             read_body(stream, framing)?
         };
-        return Ok(Response {
-            status,
-            headers,
-            body,
-        });
+        return Ok(Response { status, headers, body });
     }
 }
 
@@ -180,8 +162,7 @@ fn read_body(r: &mut impl BufRead, framing: Framing) -> io::Result<Vec<u8>> {
                 if read_line(r, &mut line, MAX_CHUNK_LINE)? == 0 || !line.ends_with(b"\n") {
                     return Err(eof("chunked answer body"));
                 }
-                let size = wire::parse_chunk_size(&line)
-                    .ok_or_else(|| invalid("bad chunk size line in answer"))?;
+                let size = wire::parse_chunk_size(&line).ok_or_else(|| invalid("bad chunk size line in answer"))?;
                 if size == 0 {
                     break;
                 }
@@ -215,14 +196,7 @@ mod tests {
     #[test]
     fn send_adds_host_and_length() {
         let mut out = Vec::new();
-        send(
-            &mut out,
-            "POST",
-            "/api/v2/series",
-            &[("DD-API-KEY", "k")],
-            b"abc",
-        )
-        .unwrap();
+        send(&mut out, "POST", "/api/v2/series", &[("DD-API-KEY", "k")], b"abc").unwrap();
         assert_eq!(
             out,
             b"POST /api/v2/series HTTP/1.1\r\nHost: localhost\r\nDD-API-KEY: k\r\nContent-Length: 3\r\n\r\nabc"
@@ -230,23 +204,13 @@ mod tests {
         let mut out = Vec::new();
         let chunked = encode_chunked(b"hello", 2);
         assert_eq!(chunked, b"2\r\nhe\r\n2\r\nll\r\n1\r\no\r\n0\r\n\r\n");
-        send(
-            &mut out,
-            "POST",
-            "/p",
-            &[("Host", "h"), ("Transfer-Encoding", "chunked")],
-            &chunked,
-        )
-        .unwrap();
-        assert!(out.starts_with(
-            b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n"
-        ));
+        send(&mut out, "POST", "/p", &[("Host", "h"), ("Transfer-Encoding", "chunked")], &chunked).unwrap();
+        assert!(out.starts_with(b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n"));
     }
 
     #[test]
     fn reads_length_chunked_close_and_interim() {
-        let wire =
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}\
+        let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}\
 HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n\
 HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n\
 HTTP/1.1 503 Service Unavailable\r\n\r\nrest of stream";

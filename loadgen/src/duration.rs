@@ -30,19 +30,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, ParseDurationError> {
     if unit.is_empty() {
         return Err(ParseDurationError::MissingUnit(text.to_owned()));
     }
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| ParseDurationError::Overflow(text.to_owned()))?;
+    let n: u64 = digits.parse().map_err(|_| ParseDurationError::Overflow(text.to_owned()))?;
     let overflow = || ParseDurationError::Overflow(text.to_owned());
     match unit {
         "us" => Ok(Duration::from_micros(n)),
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n.checked_mul(60).ok_or_else(overflow)?)),
-        other => Err(ParseDurationError::UnknownUnit(
-            text.to_owned(),
-            other.to_owned(),
-        )),
+        other => Err(ParseDurationError::UnknownUnit(text.to_owned(), other.to_owned())),
     }
 }
 

@@ -8,8 +8,8 @@ use std::io;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
 };
 
 /// Names every leaf from [`TestPki::generate`] covers, before the extra ones.
@@ -58,11 +58,7 @@ impl TestPki {
     }
 
     pub fn try_generate(extra_names: &[&str]) -> Result<TestPki, PkiError> {
-        let names: Vec<&str> = DEFAULT_NAMES
-            .iter()
-            .chain(extra_names.iter())
-            .copied()
-            .collect();
+        let names: Vec<&str> = DEFAULT_NAMES.iter().chain(extra_names.iter()).copied().collect();
         Self::try_generate_for(&names)
     }
 
@@ -76,18 +72,12 @@ impl TestPki {
 
     pub fn try_generate_for(names: &[&str]) -> Result<TestPki, PkiError> {
         let ca_key = KeyPair::generate().map_err(PkiError::KeyPair)?;
-        let mut ca_params =
-            CertificateParams::new(Vec::<String>::new()).map_err(PkiError::Params)?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(PkiError::Params)?;
         ca_params.distinguished_name = distinguished_name("fipsrelay test CA");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params
-            .self_signed(&ca_key)
-            .map_err(|source| PkiError::Sign { what: "CA", source })?;
+        ca_params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(|source| PkiError::Sign { what: "CA", source })?;
 
         let leaf_key = KeyPair::generate().map_err(PkiError::KeyPair)?;
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
@@ -97,10 +87,7 @@ impl TestPki {
         leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let leaf_cert = leaf_params
             .signed_by(&leaf_key, &ca_cert, &ca_key)
-            .map_err(|source| PkiError::Sign {
-                what: "leaf",
-                source,
-            })?;
+            .map_err(|source| PkiError::Sign { what: "leaf", source })?;
 
         Ok(TestPki {
             ca_cert_pem: ca_cert.pem(),
@@ -129,12 +116,7 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
 fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     // The mode above applies only when the file is created.
     file.set_permissions(fs::Permissions::from_mode(0o600))?;
     file.write_all(bytes)
@@ -155,18 +137,12 @@ mod tests {
     fn verify(pki: &TestPki, name: &str) -> Result<(), rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(pki.ca_cert_pem.as_bytes()).unwrap())
-            .unwrap();
+        roots.add(CertificateDer::from_pem_slice(pki.ca_cert_pem.as_bytes()).unwrap()).unwrap();
         let verifier =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .unwrap();
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
         let leaf = CertificateDer::from_pem_slice(pki.leaf_cert_pem.as_bytes()).unwrap();
         let server_name = ServerName::try_from(name.to_owned()).unwrap();
-        verifier
-            .verify_server_cert(&leaf, &[], &server_name, &[], UnixTime::now())
-            .map(|_| ())
+        verifier.verify_server_cert(&leaf, &[], &server_name, &[], UnixTime::now()).map(|_| ())
     }
 
     use rustls::client::danger::ServerCertVerifier;
@@ -206,25 +182,13 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let pki = TestPki::generate(&[]);
         pki.write_to(&dir).unwrap();
-        assert_eq!(
-            fs::read_to_string(dir.join("ca.pem")).unwrap(),
-            pki.ca_cert_pem
-        );
-        assert_eq!(
-            fs::read_to_string(dir.join("cert.pem")).unwrap(),
-            pki.leaf_cert_pem
-        );
-        assert_eq!(
-            fs::read_to_string(dir.join("key.pem")).unwrap(),
-            pki.leaf_key_pem
-        );
+        assert_eq!(fs::read_to_string(dir.join("ca.pem")).unwrap(), pki.ca_cert_pem);
+        assert_eq!(fs::read_to_string(dir.join("cert.pem")).unwrap(), pki.leaf_cert_pem);
+        assert_eq!(fs::read_to_string(dir.join("key.pem")).unwrap(), pki.leaf_key_pem);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.join("key.pem"))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = fs::metadata(dir.join("key.pem")).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         fs::remove_dir_all(&dir).unwrap();

@@ -30,9 +30,7 @@ impl std::fmt::Display for FramingError {
         f.write_str(match self {
             FramingError::BadContentLength => "Content-Length is not a number",
             FramingError::ConflictingContentLength => "Content-Length values disagree",
-            FramingError::UnsupportedTransferEncoding => {
-                "Transfer-Encoding does not end with chunked"
-            }
+            FramingError::UnsupportedTransferEncoding => "Transfer-Encoding does not end with chunked",
         })
     }
 }
@@ -40,9 +38,7 @@ impl std::fmt::Display for FramingError {
 /// Framing from (lowercased name, value) headers. `None` when the message
 /// carries neither Content-Length nor Transfer-Encoding. Transfer-Encoding
 /// wins over Content-Length (RFC 9112 §6.3).
-pub fn framing<'a>(
-    headers: impl Iterator<Item = (&'a str, &'a str)>,
-) -> Result<Option<Framing>, FramingError> {
+pub fn framing<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> Result<Option<Framing>, FramingError> {
     let mut length: Option<u64> = None;
     let mut last_coding: Option<String> = None;
     for (name, value) in headers {
@@ -89,9 +85,7 @@ pub fn is_blank_line(line: &[u8]) -> bool {
 
 /// Comma-separated header value contains `token` (case-insensitive).
 pub fn has_token(value: &str, token: &str) -> bool {
-    value
-        .split(',')
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 pub fn reason_phrase(status: u16) -> &'static str {
@@ -144,32 +138,14 @@ mod tests {
     fn framing_rules() {
         let f = |h: &[(&'static str, &'static str)]| framing(h.iter().copied());
         assert_eq!(f(&[]), Ok(None));
-        assert_eq!(
-            f(&[("content-length", "12")]),
-            Ok(Some(Framing::Length(12)))
-        );
-        assert_eq!(
-            f(&[("content-length", "12, 12")]),
-            Ok(Some(Framing::Length(12)))
-        );
+        assert_eq!(f(&[("content-length", "12")]), Ok(Some(Framing::Length(12))));
+        assert_eq!(f(&[("content-length", "12, 12")]), Ok(Some(Framing::Length(12))));
         assert_eq!(
             f(&[("content-length", "12"), ("content-length", "13")]),
             Err(FramingError::ConflictingContentLength)
         );
-        assert_eq!(
-            f(&[("content-length", "-1")]),
-            Err(FramingError::BadContentLength)
-        );
-        assert_eq!(
-            f(&[
-                ("transfer-encoding", "gzip, chunked"),
-                ("content-length", "5")
-            ]),
-            Ok(Some(Framing::Chunked))
-        );
-        assert_eq!(
-            f(&[("transfer-encoding", "gzip")]),
-            Err(FramingError::UnsupportedTransferEncoding)
-        );
+        assert_eq!(f(&[("content-length", "-1")]), Err(FramingError::BadContentLength));
+        assert_eq!(f(&[("transfer-encoding", "gzip, chunked"), ("content-length", "5")]), Ok(Some(Framing::Chunked)));
+        assert_eq!(f(&[("transfer-encoding", "gzip")]), Err(FramingError::UnsupportedTransferEncoding));
     }
 }

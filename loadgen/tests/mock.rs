@@ -20,11 +20,7 @@ const SNI: &str = "metrics.agent.ddog-gov.com";
 type Tls = BufReader<StreamOwned<ClientConnection, TcpStream>>;
 
 fn start(pki: &TestPki, cipher: CipherMode) -> MockIntake {
-    let mut cfg = MockConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        pki.leaf_cert_pem.clone(),
-        pki.leaf_key_pem.clone(),
-    );
+    let mut cfg = MockConfig::new("127.0.0.1:0".parse().unwrap(), pki.leaf_cert_pem.clone(), pki.leaf_key_pem.clone());
     cfg.cipher = cipher;
     MockIntake::start(cfg).unwrap()
 }
@@ -32,14 +28,10 @@ fn start(pki: &TestPki, cipher: CipherMode) -> MockIntake {
 fn client_config(pki: &TestPki, aes_gcm_only: bool) -> Arc<rustls::ClientConfig> {
     let mut provider = rustls::crypto::ring::default_provider();
     if aes_gcm_only {
-        provider
-            .cipher_suites
-            .retain(|s| !format!("{:?}", s.suite()).contains("CHACHA20"));
+        provider.cipher_suites.retain(|s| !format!("{:?}", s.suite()).contains("CHACHA20"));
     }
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.ca_cert_pem.as_bytes()).unwrap())
-        .unwrap();
+    roots.add(CertificateDer::from_pem_slice(pki.ca_cert_pem.as_bytes()).unwrap()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -64,9 +56,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn body(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(seed) ^ seed).collect()
 }
 
 #[test]
@@ -80,11 +70,7 @@ fn records_length_and_chunked_bodies_on_one_connection() {
         tls.get_mut(),
         "POST",
         "/api/v2/series?api_key=x",
-        &[
-            ("Host", SNI),
-            ("DD-API-KEY", "secret"),
-            ("Content-Encoding", "zstd"),
-        ],
+        &[("Host", SNI), ("DD-API-KEY", "secret"), ("Content-Encoding", "zstd")],
         &first,
     )
     .unwrap();
@@ -98,11 +84,7 @@ fn records_length_and_chunked_bodies_on_one_connection() {
         tls.get_mut(),
         "POST",
         "/api/beta/sketches",
-        &[
-            ("Host", SNI),
-            ("Transfer-Encoding", "chunked"),
-            ("Expect", "100-continue"),
-        ],
+        &[("Host", SNI), ("Transfer-Encoding", "chunked"), ("Expect", "100-continue")],
         &encode_chunked(&second, 4093),
     )
     .unwrap();
@@ -137,25 +119,14 @@ fn records_length_and_chunked_bodies_on_one_connection() {
     assert_eq!(stats.requests, 2);
     assert_eq!(stats.hash_count, 2);
     assert_eq!(stats.body_bytes, (first.len() + second.len()) as u64);
-    assert_eq!(
-        stats.hash_sum,
-        body_hash(&first).wrapping_add(body_hash(&second))
-    );
+    assert_eq!(stats.hash_sum, body_hash(&first).wrapping_add(body_hash(&second)));
     assert_eq!(stats.connections, 1);
     assert_eq!(stats.by_host.get(SNI), Some(&2));
     assert_eq!(stats.by_path.get("/api/v2/series"), Some(&1));
     assert_eq!(stats.by_path.get("/api/beta/sketches"), Some(&1));
     assert_eq!(mock.records().len(), 2);
     let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
-    for key in [
-        "requests",
-        "body_bytes",
-        "hash_count",
-        "hash_sum",
-        "connections",
-        "by_host",
-        "by_path",
-    ] {
+    for key in ["requests", "body_bytes", "hash_count", "hash_sum", "connections", "by_host", "by_path"] {
         assert!(json.get(key).is_some(), "stats JSON lacks {key}");
     }
 }
@@ -164,20 +135,9 @@ fn records_length_and_chunked_bodies_on_one_connection() {
 fn behavior_changes_apply_and_connection_close_is_honoured() {
     let pki = TestPki::generate(&[]);
     let mock = start(&pki, CipherMode::Default);
-    mock.set_behavior(Behavior {
-        status: 503,
-        body: r#"{"errors":["busy"]}"#.into(),
-        ..Behavior::default()
-    });
+    mock.set_behavior(Behavior { status: 503, body: r#"{"errors":["busy"]}"#.into(), ..Behavior::default() });
     let mut tls = connect(&mock, client_config(&pki, false));
-    send(
-        tls.get_mut(),
-        "POST",
-        "/api/v2/logs",
-        &[("Connection", "close")],
-        b"[]",
-    )
-    .unwrap();
+    send(tls.get_mut(), "POST", "/api/v2/logs", &[("Connection", "close")], b"[]").unwrap();
     let answer = read_response(&mut tls, false).unwrap();
     assert_eq!(answer.status, 503);
     assert_eq!(answer.body, br#"{"errors":["busy"]}"#);
@@ -194,9 +154,7 @@ fn malformed_request_gets_400() {
     let pki = TestPki::generate(&[]);
     let mock = start(&pki, CipherMode::Default);
     let mut tls = connect(&mock, client_config(&pki, false));
-    tls.get_mut()
-        .write_all(b"POST /x HTTP/1.1\r\nContent-Length: nope\r\n\r\n")
-        .unwrap();
+    tls.get_mut().write_all(b"POST /x HTTP/1.1\r\nContent-Length: nope\r\n\r\n").unwrap();
     let answer = read_response(&mut tls, false).unwrap();
     assert_eq!(answer.status, 400);
     assert_eq!(answer.header("connection"), Some("close"));
@@ -209,8 +167,7 @@ fn chacha_only_refuses_aes_gcm_only_client() {
     let mock = start(&pki, CipherMode::ChaChaOnly);
 
     let mut tls = connect(&mock, client_config(&pki, true));
-    let err =
-        send(tls.get_mut(), "GET", "/", &[], b"").and_then(|_| read_response(&mut tls, false));
+    let err = send(tls.get_mut(), "GET", "/", &[], b"").and_then(|_| read_response(&mut tls, false));
     assert!(err.is_err(), "handshake must fail");
     wait_until("the failed handshake", || mock.handshake_failures() == 1);
     assert_eq!(mock.handshakes_completed(), 0);
@@ -227,25 +184,12 @@ fn chacha_only_refuses_aes_gcm_only_client() {
 fn reset_after_request_sends_no_answer() {
     let pki = TestPki::generate(&[]);
     let mock = start(&pki, CipherMode::Default);
-    mock.set_behavior(Behavior {
-        fault: Fault::ResetAfterRequest,
-        ..Behavior::default()
-    });
+    mock.set_behavior(Behavior { fault: Fault::ResetAfterRequest, ..Behavior::default() });
     let mut tls = connect(&mock, client_config(&pki, false));
-    send(
-        tls.get_mut(),
-        "POST",
-        "/api/v0.2/traces",
-        &[],
-        &body(50_000, 3),
-    )
-    .unwrap();
+    send(tls.get_mut(), "POST", "/api/v0.2/traces", &[], &body(50_000, 3)).unwrap();
     let err = read_response(&mut tls, false).unwrap_err();
     assert!(
-        matches!(
-            err.kind(),
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
-        ),
+        matches!(err.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof),
         "want reset or EOF, got {err}"
     );
     let records = mock.records();
@@ -258,19 +202,11 @@ fn truncating_faults_are_read_errors() {
     let pki = TestPki::generate(&[]);
     let mock = start(&pki, CipherMode::Default);
     for fault in [Fault::CloseMidAnswer, Fault::CloseAfterHead] {
-        mock.set_behavior(Behavior {
-            fault,
-            body: r#"{"status":"ok"}"#.into(),
-            ..Behavior::default()
-        });
+        mock.set_behavior(Behavior { fault, body: r#"{"status":"ok"}"#.into(), ..Behavior::default() });
         let mut tls = connect(&mock, client_config(&pki, false));
         send(tls.get_mut(), "POST", "/api/v2/series", &[], b"{}").unwrap();
         let err = read_response(&mut tls, false).unwrap_err();
-        assert_eq!(
-            err.kind(),
-            std::io::ErrorKind::UnexpectedEof,
-            "{fault:?}: {err}"
-        );
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{fault:?}: {err}");
     }
     assert_eq!(mock.stats().requests, 2);
 }

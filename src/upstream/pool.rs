@@ -33,11 +33,7 @@ pub struct Pool<S: Stream> {
 
 impl<S: Stream> Pool<S> {
     pub fn new(upstreams: usize, max_idle: usize, idle_timeout: Duration) -> Self {
-        Pool {
-            idle: (0..upstreams).map(|_| Vec::new()).collect(),
-            max_idle,
-            idle_timeout,
-        }
+        Pool { idle: (0..upstreams).map(|_| Vec::new()).collect(), max_idle, idle_timeout }
     }
 
     /// The freshest live idle session for `id`, if any. Stale or dead
@@ -71,7 +67,8 @@ impl<S: Stream> Pool<S> {
         let mut n = 0;
         for stack in &mut self.idle {
             // Oldest first: the stack is ordered by `since`.
-            let keep_from = stack.iter().position(|i| now.duration_since(i.since) < self.idle_timeout).unwrap_or(stack.len());
+            let keep_from =
+                stack.iter().position(|i| now.duration_since(i.since) < self.idle_timeout).unwrap_or(stack.len());
             n += keep_from;
             stack.drain(..keep_from);
         }

@@ -46,7 +46,8 @@ pub struct TlsSession<S: Stream> {
 impl<S: Stream> TlsSession<S> {
     /// Runs the handshake over `io`.
     pub async fn connect(io: S, config: Arc<ClientConfig>, server_name: &str) -> Result<Self, TlsError> {
-        let name = ServerName::try_from(server_name.to_string()).map_err(|_| TlsError::ServerName(server_name.into()))?;
+        let name =
+            ServerName::try_from(server_name.to_string()).map_err(|_| TlsError::ServerName(server_name.into()))?;
         let conn = rustls::ClientConnection::new(config, name).map_err(TlsError::Handshake)?;
         let mut s = TlsSession {
             io,
@@ -182,10 +183,6 @@ impl<S: Stream> TlsSession<S> {
 
     /// Negotiated protocol version and suite, for logs and `version`.
     pub fn describe(&self) -> String {
-        format!(
-            "{:?} {:?}",
-            self.conn.protocol_version(),
-            self.conn.negotiated_cipher_suite().map(|s| s.suite())
-        )
+        format!("{:?} {:?}", self.conn.protocol_version(), self.conn.negotiated_cipher_suite().map(|s| s.suite()))
     }
 }

@@ -49,24 +49,17 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let (cert_chain_pem, key_pem) = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => (
-            std::fs::read_to_string(cert)
-                .with_context(|| format!("cannot read --cert {}", cert.display()))?,
-            std::fs::read_to_string(key)
-                .with_context(|| format!("cannot read --key {}", key.display()))?,
+            std::fs::read_to_string(cert).with_context(|| format!("cannot read --cert {}", cert.display()))?,
+            std::fs::read_to_string(key).with_context(|| format!("cannot read --key {}", key.display()))?,
         ),
         _ => {
             let Some(dir) = &args.tls_dir else {
                 bail!("give --tls-dir DIR (a test PKI is generated there) or --cert and --key");
             };
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create --tls-dir {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create --tls-dir {}", dir.display()))?;
             let pki = TestPki::try_generate(&[]).context("cannot generate the test PKI")?;
-            pki.write_to(dir)
-                .with_context(|| format!("cannot write the test PKI to {}", dir.display()))?;
-            eprintln!(
-                "mock-intake: test PKI written to {} (trust ca.pem)",
-                dir.display()
-            );
+            pki.write_to(dir).with_context(|| format!("cannot write the test PKI to {}", dir.display()))?;
+            eprintln!("mock-intake: test PKI written to {} (trust ca.pem)", dir.display());
             (pki.leaf_cert_pem, pki.leaf_key_pem)
         }
     };
@@ -74,20 +67,11 @@ fn main() -> Result<()> {
         listen: args.listen,
         cert_chain_pem,
         key_pem,
-        behavior: Behavior {
-            status: args.status,
-            latency: args.latency,
-            fault: args.fault,
-            ..Behavior::default()
-        },
-        cipher: if args.chacha_only {
-            CipherMode::ChaChaOnly
-        } else {
-            CipherMode::Default
-        },
+        behavior: Behavior { status: args.status, latency: args.latency, fault: args.fault, ..Behavior::default() },
+        cipher: if args.chacha_only { CipherMode::ChaChaOnly } else { CipherMode::Default },
     };
-    let mut mock = MockIntake::start(cfg)
-        .with_context(|| format!("cannot start the mock intake on {}", args.listen))?;
+    let mut mock =
+        MockIntake::start(cfg).with_context(|| format!("cannot start the mock intake on {}", args.listen))?;
 
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {}", mock.addr())?;

@@ -76,9 +76,7 @@ pub enum Fault {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseFaultError {
-    #[error(
-        "unknown fault {0:?}; use none, reset, close-mid-answer, close-after-head or slow:<duration>"
-    )]
+    #[error("unknown fault {0:?}; use none, reset, close-mid-answer, close-after-head or slow:<duration>")]
     Unknown(String),
     #[error("bad duration in fault: {0}")]
     Duration(#[from] ParseDurationError),
@@ -117,12 +115,7 @@ pub struct Behavior {
 
 impl Default for Behavior {
     fn default() -> Self {
-        Behavior {
-            status: 202,
-            body: "{}".to_owned(),
-            latency: Duration::ZERO,
-            fault: Fault::None,
-        }
+        Behavior { status: 202, body: "{}".to_owned(), latency: Duration::ZERO, fault: Fault::None }
     }
 }
 
@@ -139,13 +132,7 @@ pub struct MockConfig {
 impl MockConfig {
     /// Default behavior and ciphers.
     pub fn new(listen: SocketAddr, cert_chain_pem: String, key_pem: String) -> Self {
-        MockConfig {
-            listen,
-            cert_chain_pem,
-            key_pem,
-            behavior: Behavior::default(),
-            cipher: CipherMode::Default,
-        }
+        MockConfig { listen, cert_chain_pem, key_pem, behavior: Behavior::default(), cipher: CipherMode::Default }
     }
 }
 
@@ -171,10 +158,7 @@ pub struct RequestRecord {
 impl RequestRecord {
     /// First value of header `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -221,8 +205,7 @@ pub fn server_config(cfg: &MockConfig) -> Result<rustls::ServerConfig, MockConfi
     if certs.is_empty() {
         return Err(MockConfigError::NoCert);
     }
-    let key =
-        PrivateKeyDer::from_pem_slice(cfg.key_pem.as_bytes()).map_err(MockConfigError::KeyPem)?;
+    let key = PrivateKeyDer::from_pem_slice(cfg.key_pem.as_bytes()).map_err(MockConfigError::KeyPem)?;
     let mut provider = rustls::crypto::ring::default_provider();
     if cfg.cipher == CipherMode::ChaChaOnly {
         provider.cipher_suites.retain(|s| {
@@ -261,10 +244,7 @@ struct Shared {
 
 impl Shared {
     fn behavior(&self) -> Behavior {
-        self.behavior
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.behavior.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn recorded(&self) -> std::sync::MutexGuard<'_, Recorded> {
@@ -284,11 +264,7 @@ impl Shared {
         stats.body_bytes += record.body_len;
         stats.hash_count += 1;
         stats.hash_sum = stats.hash_sum.wrapping_add(record.body_hash);
-        let host = record
-            .host
-            .clone()
-            .or_else(|| record.sni.clone())
-            .unwrap_or_default();
+        let host = record.host.clone().or_else(|| record.sni.clone()).unwrap_or_default();
         *stats.by_host.entry(host).or_default() += 1;
         let path = record.path.split('?').next().unwrap_or_default();
         match stats.by_path.get_mut(path) {
@@ -326,26 +302,16 @@ impl MockIntake {
             bind(cfg.listen)?
         };
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            behavior: RwLock::new(cfg.behavior),
-            ..Shared::default()
-        });
+        let shared = Arc::new(Shared { behavior: RwLock::new(cfg.behavior), ..Shared::default() });
         let (stop_tx, stop_rx) = oneshot::channel();
         let acceptor = TlsAcceptor::from(Arc::new(tls));
         let task_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("mock-intake".into())
-            .spawn(move || {
-                runtime.block_on(accept_loop(listener, acceptor, task_shared, stop_rx));
-                // Drops every connection task.
-                runtime.shutdown_timeout(Duration::from_secs(1));
-            })?;
-        Ok(MockIntake {
-            addr,
-            shared,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("mock-intake".into()).spawn(move || {
+            runtime.block_on(accept_loop(listener, acceptor, task_shared, stop_rx));
+            // Drops every connection task.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        })?;
+        Ok(MockIntake { addr, shared, stop: Some(stop_tx), thread: Some(thread) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -354,11 +320,7 @@ impl MockIntake {
 
     /// Applies to requests whose body finishes reading after this call.
     pub fn set_behavior(&self, behavior: Behavior) {
-        *self
-            .shared
-            .behavior
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = behavior;
+        *self.shared.behavior.write().unwrap_or_else(|e| e.into_inner()) = behavior;
     }
 
     /// Requests received so far, oldest first (at most [`MAX_RECORDS`]).
@@ -403,11 +365,7 @@ impl Drop for MockIntake {
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
@@ -473,12 +431,7 @@ async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Sha
 }
 
 /// Reads one request to the end and answers it.
-async fn serve_one(
-    conn: &mut Conn,
-    shared: &Shared,
-    sni: &Option<String>,
-    connection_id: u64,
-) -> io::Result<Next> {
+async fn serve_one(conn: &mut Conn, shared: &Shared, sni: &Option<String>, connection_id: u64) -> io::Result<Next> {
     let head = match request::read_head(conn).await {
         Ok(Some(head)) => head,
         Ok(None) => return Ok(Next::Close),
@@ -506,11 +459,7 @@ async fn serve_one(
     if head.method == "GET" && head.target.split('?').next() == Some(STATS_PATH) {
         let json = serde_json::to_string(&shared.stats()).map_err(io::Error::other)?;
         write_answer(conn, 200, json.as_bytes(), false, !keep_alive).await?;
-        return Ok(if keep_alive {
-            Next::KeepAlive
-        } else {
-            Next::Close
-        });
+        return Ok(if keep_alive { Next::KeepAlive } else { Next::Close });
     }
 
     shared.record(record(head, sni, body_len, hasher.finish(), connection_id));
@@ -542,20 +491,10 @@ async fn serve_one(
         }
     }
     write_answer(conn, behavior.status, body, is_head, !keep_alive).await?;
-    Ok(if keep_alive {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    })
+    Ok(if keep_alive { Next::KeepAlive } else { Next::Close })
 }
 
-fn record(
-    head: RequestHead,
-    sni: &Option<String>,
-    body_len: u64,
-    body_hash: u64,
-    connection_id: u64,
-) -> RequestRecord {
+fn record(head: RequestHead, sni: &Option<String>, body_len: u64, body_hash: u64, connection_id: u64) -> RequestRecord {
     RequestRecord {
         sni: sni.clone(),
         host: head.header("host").map(str::to_owned),
@@ -575,10 +514,8 @@ async fn bad_request(conn: &mut Conn, why: &str) -> io::Result<Next> {
 }
 
 fn answer_head(status: u16, content_length: usize, close: bool) -> Vec<u8> {
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\n",
-        crate::wire::reason_phrase(status)
-    );
+    let mut head =
+        format!("HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\n", crate::wire::reason_phrase(status));
     if status != 204 && status != 304 {
         head.push_str(&format!("Content-Length: {content_length}\r\n"));
     }
@@ -589,13 +526,7 @@ fn answer_head(status: u16, content_length: usize, close: bool) -> Vec<u8> {
     head.into_bytes()
 }
 
-async fn write_answer(
-    conn: &mut Conn,
-    status: u16,
-    body: &[u8],
-    head_request: bool,
-    close: bool,
-) -> io::Result<()> {
+async fn write_answer(conn: &mut Conn, status: u16, body: &[u8], head_request: bool, close: bool) -> io::Result<()> {
     let mut answer = answer_head(status, body.len(), close);
     if !head_request && status != 204 && status != 304 {
         answer.extend_from_slice(body);
@@ -614,10 +545,7 @@ mod tests {
         assert_eq!("reset".parse(), Ok(Fault::ResetAfterRequest));
         assert_eq!("close-mid-answer".parse(), Ok(Fault::CloseMidAnswer));
         assert_eq!("close-after-head".parse(), Ok(Fault::CloseAfterHead));
-        assert_eq!(
-            "slow:2s".parse(),
-            Ok(Fault::SlowAnswer(Duration::from_secs(2)))
-        );
+        assert_eq!("slow:2s".parse(), Ok(Fault::SlowAnswer(Duration::from_secs(2))));
         assert!("slow:2".parse::<Fault>().is_err());
         assert!("explode".parse::<Fault>().is_err());
     }

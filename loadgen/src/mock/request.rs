@@ -40,10 +40,7 @@ pub(crate) struct RequestHead {
 
 impl RequestHead {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// Whether the client wants the connection kept after this exchange.
@@ -57,10 +54,7 @@ impl RequestHead {
     }
 
     pub fn expects_continue(&self) -> bool {
-        self.minor_version >= 1
-            && self
-                .header("expect")
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+        self.minor_version >= 1 && self.header("expect").is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
     }
 
     /// Body framing; a request with neither header has an empty body.
@@ -92,9 +86,7 @@ async fn read_line_bounded<R: AsyncBufRead + Unpin>(
             None => (buf.len(), false),
         };
         if appended + take > max {
-            return Err(ReadError::Malformed(format!(
-                "line longer than {max} bytes"
-            )));
+            return Err(ReadError::Malformed(format!("line longer than {max} bytes")));
         }
         out.extend_from_slice(&buf[..take]);
         r.consume(take);
@@ -107,25 +99,17 @@ async fn read_line_bounded<R: AsyncBufRead + Unpin>(
 
 /// Reads and parses one request head. `Ok(None)` when the client closed the
 /// connection cleanly before sending anything.
-pub(crate) async fn read_head<R: AsyncBufRead + Unpin>(
-    r: &mut R,
-) -> Result<Option<RequestHead>, ReadError> {
+pub(crate) async fn read_head<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<RequestHead>, ReadError> {
     let mut head = Vec::with_capacity(1024);
     let mut blank_lines = 0;
     loop {
         let start = head.len();
         if start >= MAX_HEAD {
-            return Err(ReadError::Malformed(format!(
-                "request head larger than {MAX_HEAD} bytes"
-            )));
+            return Err(ReadError::Malformed(format!("request head larger than {MAX_HEAD} bytes")));
         }
         let n = read_line_bounded(r, &mut head, MAX_HEAD - start).await?;
         if n == 0 {
-            return if head.is_empty() {
-                Ok(None)
-            } else {
-                Err(unexpected_eof("request head"))
-            };
+            return if head.is_empty() { Ok(None) } else { Err(unexpected_eof("request head")) };
         }
         if !head.ends_with(b"\n") {
             return Err(unexpected_eof("request head"));
@@ -146,9 +130,7 @@ pub(crate) async fn read_head<R: AsyncBufRead + Unpin>(
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(&head) {
         Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => {
-            return Err(ReadError::Malformed("incomplete request head".into()))
-        }
+        Ok(httparse::Status::Partial) => return Err(ReadError::Malformed("incomplete request head".into())),
         Err(e) => return Err(ReadError::Malformed(e.to_string())),
     }
     Ok(Some(RequestHead {
@@ -158,12 +140,7 @@ pub(crate) async fn read_head<R: AsyncBufRead + Unpin>(
         headers: req
             .headers
             .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
+            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
             .collect(),
     }))
 }
@@ -208,10 +185,7 @@ pub(crate) async fn read_body<R: AsyncBufRead + Unpin>(
     }
 }
 
-async fn read_chunked<R: AsyncBufRead + Unpin>(
-    r: &mut R,
-    hasher: &mut BodyHasher,
-) -> Result<u64, ReadError> {
+async fn read_chunked<R: AsyncBufRead + Unpin>(r: &mut R, hasher: &mut BodyHasher) -> Result<u64, ReadError> {
     let mut total: u64 = 0;
     let mut line = Vec::with_capacity(64);
     loop {
@@ -219,19 +193,13 @@ async fn read_chunked<R: AsyncBufRead + Unpin>(
         if read_line_bounded(r, &mut line, MAX_CHUNK_LINE).await? == 0 || !line.ends_with(b"\n") {
             return Err(unexpected_eof("chunked body"));
         }
-        let size = wire::parse_chunk_size(&line).ok_or_else(|| {
-            ReadError::Malformed(format!(
-                "bad chunk size line {:?}",
-                String::from_utf8_lossy(&line)
-            ))
-        })?;
+        let size = wire::parse_chunk_size(&line)
+            .ok_or_else(|| ReadError::Malformed(format!("bad chunk size line {:?}", String::from_utf8_lossy(&line))))?;
         if size == 0 {
             break;
         }
         stream_exact(r, size, hasher).await?;
-        total = total
-            .checked_add(size)
-            .ok_or_else(|| ReadError::Malformed("chunked body too large".into()))?;
+        total = total.checked_add(size).ok_or_else(|| ReadError::Malformed("chunked body too large".into()))?;
         line.clear();
         if read_line_bounded(r, &mut line, 2).await? == 0 || !line.ends_with(b"\n") {
             return Err(unexpected_eof("chunked body"));
@@ -262,10 +230,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, BufReader};
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
     }
 
     /// Decodes a chunked body through a reader with a tiny buffer, so chunk
@@ -283,8 +248,7 @@ mod tests {
 
     #[test]
     fn chunked_decoding() {
-        let wire =
-            b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
+        let wire = b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
         for cap in [1, 2, 3, 7, 64, 4096] {
             let (res, hash, rest) = decode_chunked(wire, cap);
             assert_eq!(res.unwrap(), 16, "cap {cap}");
@@ -295,14 +259,8 @@ mod tests {
 
     #[test]
     fn chunked_malformed_and_truncated() {
-        assert!(matches!(
-            decode_chunked(b"zz\r\nhello\r\n0\r\n\r\n", 64).0,
-            Err(ReadError::Malformed(_))
-        ));
-        assert!(matches!(
-            decode_chunked(b"5\r\nhelloXX0\r\n\r\n", 64).0,
-            Err(ReadError::Malformed(_))
-        ));
+        assert!(matches!(decode_chunked(b"zz\r\nhello\r\n0\r\n\r\n", 64).0, Err(ReadError::Malformed(_))));
+        assert!(matches!(decode_chunked(b"5\r\nhelloXX0\r\n\r\n", 64).0, Err(ReadError::Malformed(_))));
         assert!(matches!(
             decode_chunked(b"5\r\nhel", 64).0,
             Err(ReadError::Io(ref e)) if e.kind() == io::ErrorKind::UnexpectedEof
@@ -321,25 +279,16 @@ mod tests {
             assert!(!head.keep_alive());
             assert_eq!(head.framing().unwrap(), Framing::Length(3));
             let mut h = BodyHasher::new();
-            assert_eq!(
-                read_body(&mut r, Framing::Length(3), &mut h).await.unwrap(),
-                3
-            );
+            assert_eq!(read_body(&mut r, Framing::Length(3), &mut h).await.unwrap(), 3);
             assert_eq!(h.finish(), body_hash(b"abc"));
             assert!(read_head(&mut r).await.unwrap().is_none());
         });
         block_on(async {
             let mut r = BufReader::new(&b"GARBAGE\r\n\r\n"[..]);
-            assert!(matches!(
-                read_head(&mut r).await,
-                Err(ReadError::Malformed(_))
-            ));
+            assert!(matches!(read_head(&mut r).await, Err(ReadError::Malformed(_))));
             let big = vec![b'a'; MAX_HEAD + 10];
             let mut r = BufReader::new(&big[..]);
-            assert!(matches!(
-                read_head(&mut r).await,
-                Err(ReadError::Malformed(_))
-            ));
+            assert!(matches!(read_head(&mut r).await, Err(ReadError::Malformed(_))));
         });
     }
 }

@@ -1,0 +1,484 @@
+//! End to end: Agent-like client → fipsrelay process → FIPS TLS → mock intake.
+//! Every scenario runs on both I/O backends.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Forwarding ports and the host each must reach (DESIGN §1).
+const PORT_HOSTS: &[(u16, &str, &str)] = &[
+    (1, "/api/v2/series", "metrics.agent.ddog-gov.com"),
+    (2, "/api/v0.2/traces", "trace.agent.ddog-gov.com"),
+    (3, "/api/v2/profile", "intake.profile.ddog-gov.com"),
+    (4, "/api/v1/collector", "process.ddog-gov.com"),
+    (5, "/api/v2/logs", "agent-http-intake.logs.ddog-gov.com"),
+    (6, "/api/v2/dbmmetrics", "dbm-metrics-intake.ddog-gov.com"),
+    (7, "/api/v2/databasequery", "dbquery-intake.ddog-gov.com"),
+    (8, "/api/v2/ndm", "ndm-intake.ddog-gov.com"),
+    (9, "/api/v2/ndmtraps", "snmp-traps-intake.ddog-gov.com"),
+    (10, "/api/v2/apmtelemetry", "instrumentation-telemetry-intake.ddog-gov.com"),
+    (12, "/api/v2/orch", "orchestrator.ddog-gov.com"),
+    (13, "/api/v2/secdump", "runtime-security-http-intake.logs.ddog-gov.com"),
+    (14, "/api/v2/compliance", "cspm-intake.ddog-gov.com"),
+    (15, "/api/v2/ndmflow", "ndmflow-intake.ddog-gov.com"),
+    (1, "/api/v1/validate?api_key=5f2c8a1e9b7d4c3a6e0f1b2d3c4a5e6f", "api.ddog-gov.com"),
+    (1, "/support/flare/12345", "flare.ddog-gov.com"),
+];
+
+both_backends!(every_port_reaches_the_intake_with_sni_and_host, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    for (i, (offset, path, _)) in PORT_HOSTS.iter().enumerate() {
+        let body = payload(100 + i, i as u64);
+        let r = relay.request(
+            *offset,
+            "POST",
+            path,
+            &[("DD-API-KEY", FAKE_KEY), ("Content-Encoding", "zstd"), ("X-Datadog-Test", "1")],
+            &body,
+        );
+        assert_eq!(r.status, 202, "port offset {offset} {path}: {:?}", String::from_utf8_lossy(&r.body));
+    }
+    let records = intake.mock.records();
+    assert_eq!(records.len(), PORT_HOSTS.len());
+    for (i, (offset, path, host)) in PORT_HOSTS.iter().enumerate() {
+        let rec = records
+            .iter()
+            .find(|r| r.path == *path && r.body_len == 100 + i as u64)
+            .unwrap_or_else(|| panic!("{path} missing"));
+        assert_eq!(rec.sni.as_deref(), Some(*host), "SNI for offset {offset} {path}");
+        assert_eq!(rec.host.as_deref(), Some(*host), "Host for offset {offset} {path}");
+        assert_eq!(rec.body_hash, body_hash(&payload(100 + i, i as u64)));
+        assert_eq!(rec.header("content-encoding"), Some("zstd"), "headers pass through");
+        assert_eq!(rec.header("dd-api-key"), Some(FAKE_KEY));
+        assert_eq!(rec.header("x-datadog-test"), Some("1"));
+    }
+});
+
+both_backends!(bodies_arrive_byte_exact, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    let sizes = [0usize, 1, 1000, 16 * 1024, 16 * 1024 + 1, 64 * 1024 + 7, 1 << 20, 8 << 20];
+    let mut client = relay.connect(5);
+    let mut expected = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let body = payload(size, 1000 + i as u64);
+        let r = client.request("POST", "/api/v2/logs", &[], &body);
+        assert_eq!(r.status, 202, "content-length {size}");
+        let chunked = encode_chunked(&body, 1 + (size / 7).min(70_000));
+        let r = client.request("POST", "/api/v2/logs", &[("Transfer-Encoding", "chunked")], &chunked);
+        assert_eq!(r.status, 202, "chunked {size}");
+        expected.push((size as u64, body_hash(&body)));
+        expected.push((size as u64, body_hash(&body)));
+    }
+    let got: Vec<(u64, u64)> = intake.mock.records().iter().map(|r| (r.body_len, r.body_hash)).collect();
+    assert_eq!(got, expected);
+    let stats = intake.mock.stats();
+    assert_eq!(stats.body_bytes, 2 * sizes.iter().sum::<usize>() as u64);
+});
+
+both_backends!(keep_alive_reuses_upstream_sessions, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    let mut total = 0;
+    for c in 0..4 {
+        let mut client = relay.connect(1);
+        for i in 0..50 {
+            let r = client.request("POST", "/api/v2/series", &[], &payload(512, c * 100 + i));
+            assert_eq!(r.status, 202);
+            total += 1;
+        }
+    }
+    assert_eq!(intake.mock.stats().requests, total);
+    // Two workers, sequential clients: a handful of sessions at most.
+    let sessions = intake.mock.connections_accepted();
+    assert!(sessions <= 4, "{sessions} upstream sessions for {total} requests");
+    let hits = relay.wait_metric("fipsrelay_pool_hits_total{product=\"metrics\"}", |v| v >= (total - 4) as f64);
+    assert!(hits >= (total - 4) as f64, "pool hits {hits}");
+});
+
+both_backends!(pipelined_requests_are_answered_in_order, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    let mut client = relay.connect(1);
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        batch.extend_from_slice(
+            format!("POST /api/v2/series?n={i} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nab{i}").as_bytes(),
+        );
+    }
+    batch.extend_from_slice(b"GET /api/v1/validate HTTP/1.1\r\nHost: x\r\n\r\n");
+    client.write_raw(&batch);
+    for _ in 0..6 {
+        assert_eq!(client.read_response(false).unwrap().status, 202);
+    }
+    let paths: Vec<String> = intake.mock.records().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v2/series?n=0",
+            "/api/v2/series?n=1",
+            "/api/v2/series?n=2",
+            "/api/v2/series?n=3",
+            "/api/v2/series?n=4",
+            "/api/v1/validate"
+        ]
+    );
+});
+
+both_backends!(expect_continue_head_and_no_body_answers, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    let mut client = relay.connect(2);
+    client.write_raw(b"POST /api/v0.2/traces HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut client.reader, &mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+    let mut blank = String::new();
+    std::io::BufRead::read_line(&mut client.reader, &mut blank).unwrap();
+    client.write_raw(b"hello");
+    assert_eq!(client.read_response(false).unwrap().status, 202);
+    assert_eq!(intake.mock.records()[0].header("expect"), None, "Expect is answered by the relay");
+
+    // HEAD: no body even though the intake sends Content-Length.
+    let r = client.request("HEAD", "/api/v0.2/traces", &[], b"");
+    assert_eq!(r.status, 202);
+    assert!(r.body.is_empty());
+    // 204 from the intake: no body, connection still usable.
+    intake.mock.set_behavior(Behavior { status: 204, ..Behavior::default() });
+    let r = client.request("POST", "/api/v0.2/traces", &[], b"x");
+    assert_eq!(r.status, 204);
+    intake.mock.set_behavior(Behavior::default());
+    assert_eq!(client.request("POST", "/api/v0.2/traces", &[], b"y").status, 202);
+});
+
+both_backends!(intake_statuses_pass_through, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    for status in [403u16, 413, 429, 500, 503] {
+        intake.mock.set_behavior(Behavior { status, body: format!("{{\"status\":{status}}}"), ..Behavior::default() });
+        let r = relay.request(1, "POST", "/api/v2/series", &[], b"{}");
+        assert_eq!(r.status, status);
+        assert_eq!(r.body, format!("{{\"status\":{status}}}").as_bytes());
+    }
+});
+
+both_backends!(intake_down_is_502, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let relay = Relay::start(dir.path(), io, closed, &intake.ca_file, "");
+    let r = relay.request(1, "POST", "/api/v2/series", &[("DD-API-KEY", FAKE_KEY)], b"{}");
+    assert_eq!(r.status, 502);
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    assert!(body.contains("connect") && body.contains("metrics.agent.ddog-gov.com"), "{body}");
+    let log = relay.log();
+    assert!(
+        log.contains("product=\"metrics\"") && log.contains(&closed.to_string()) && log.contains("cause=\"connect\""),
+        "{log}"
+    );
+});
+
+both_backends!(intake_slow_is_504, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start_with(
+        dir.path(),
+        Behavior { latency: Duration::from_secs(3), ..Behavior::default() },
+        CipherMode::Default,
+    );
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "upstream.response_timeout = \"300ms\"");
+    let r = relay.request(5, "POST", "/api/v2/logs", &[], b"[]");
+    assert_eq!(r.status, 504);
+    assert!(relay.log().contains("cause=\"timeout\""));
+});
+
+both_backends!(intake_resets_is_502_and_relay_recovers, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    for fault in [Fault::ResetAfterRequest, Fault::CloseAfterHead, Fault::CloseMidAnswer] {
+        intake.mock.set_behavior(Behavior { fault, ..Behavior::default() });
+        let mut client = relay.connect(1);
+        send(client.stream(), "POST", "/api/v2/series", &[], b"{}").unwrap();
+        match client.read_response(false) {
+            // Before any answer byte: a status the Agent retries.
+            Ok(r) => assert_eq!(r.status, 502, "{fault:?}"),
+            // After the answer started: the connection is cut, the Agent retries.
+            Err(_) => assert!(matches!(fault, Fault::CloseMidAnswer | Fault::CloseAfterHead), "{fault:?}"),
+        }
+    }
+    intake.mock.set_behavior(Behavior::default());
+    assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"{}").status, 202);
+});
+
+both_backends!(wrong_ca_is_502_with_cause_logged, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let other = TestPki::generate(&[]);
+    let wrong_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&wrong_ca, &other.ca_cert_pem).unwrap();
+    let relay = Relay::start(dir.path(), io, intake.addr(), &wrong_ca, "");
+    let r = relay.request(1, "POST", "/api/v2/series", &[], b"{}");
+    assert_eq!(r.status, 502);
+    let log = relay.log();
+    assert!(log.contains("cause=\"tls\"") && log.contains("invalid peer certificate"), "{log}");
+    assert!(intake.mock.records().is_empty());
+});
+
+both_backends!(non_fips_suite_only_intake_is_refused, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start_with(dir.path(), Behavior::default(), CipherMode::ChaChaOnly);
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    let r = relay.request(1, "POST", "/api/v2/series", &[], b"{}");
+    assert_eq!(r.status, 502);
+    assert!(relay.log().contains("cause=\"tls\""));
+    assert!(eventually(Duration::from_secs(5), || intake.mock.handshake_failures() > 0));
+    assert!(intake.mock.records().is_empty(), "nothing may reach an intake over a non-FIPS suite");
+});
+
+/// Requests the relay must refuse without forwarding anything.
+const MALFORMED: &[(&str, u16)] = &[
+    ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc", 400),
+    ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+    ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc", 400),
+    ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400),
+    ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400),
+    ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
+    ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n", 400),
+    ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc", 400),
+    ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nX-A: 1\rX-B: 2\r\nContent-Length: 1\r\n\r\na", 400),
+    ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\nContent-Length: 1\r\n\r\na", 400),
+    ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\nContent-Length: 1\r\n\r\na", 400),
+    ("POST /api/v2/series HTTP/1.1\nHost: x\nContent-Length: 1\n\na", 400),
+    ("POST http://evil.example/api/v2/series HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na", 400),
+];
+
+both_backends!(malformed_requests_get_400_and_reach_nothing, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "limits.max_body_bytes = 100000");
+    for (raw, status) in MALFORMED {
+        let mut client = relay.connect(1);
+        client.write_raw(raw.as_bytes());
+        let r = client.read_response(false).unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+        assert_eq!(r.status, *status, "{raw:?}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(client.closed_by_peer(), "{raw:?}: connection must close");
+    }
+    // Oversized head and body.
+    let mut client = relay.connect(1);
+    let big = format!("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(70_000));
+    client.write_raw(big.as_bytes());
+    assert_eq!(client.read_response(false).unwrap().status, 431);
+    let r = relay.request(1, "POST", "/api/v2/series", &[], &payload(100_001, 1));
+    assert_eq!(r.status, 413);
+    let mut client = relay.connect(1);
+    send(
+        client.stream(),
+        "POST",
+        "/api/v2/series",
+        &[("Transfer-Encoding", "chunked")],
+        &encode_chunked(&payload(150_000, 2), 10_000),
+    )
+    .unwrap();
+    assert_eq!(client.read_response(false).unwrap().status, 413);
+    // The chunked 413 may have started a request upstream; it must never complete.
+    let complete: Vec<_> = intake.mock.records();
+    assert!(complete.is_empty(), "{} requests reached the intake", complete.len());
+    assert!(relay.log().contains("request refused"));
+});
+
+both_backends!(credentials_never_reach_the_log, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        "log.level = \"trace\"\nupstream.response_timeout = \"300ms\"",
+    );
+    let key_headers = [("DD-API-KEY", FAKE_KEY), ("Authorization", "Bearer 5f2c8a1e9b7d4c3a6e0f1b2d3c4a5e6f")];
+    let validate = format!("/api/v1/validate?api_key={FAKE_KEY}");
+    // Success, intake errors, timeouts, faults, malformed requests, appsec.
+    assert_eq!(relay.request(1, "GET", &validate, &key_headers, b"").status, 202);
+    intake.mock.set_behavior(Behavior { status: 403, ..Behavior::default() });
+    relay.request(1, "GET", &validate, &key_headers, b"");
+    intake.mock.set_behavior(Behavior { latency: Duration::from_secs(2), ..Behavior::default() });
+    assert_eq!(relay.request(1, "GET", &validate, &key_headers, b"").status, 504);
+    intake.mock.set_behavior(Behavior { fault: Fault::ResetAfterRequest, ..Behavior::default() });
+    relay.request(1, "POST", &validate, &key_headers, FAKE_KEY.as_bytes());
+    let mut c = relay.connect(1);
+    c.write_raw(
+        format!("GET {validate} HTTP/1.1\r\nDD-API-KEY: {FAKE_KEY}\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+            .as_bytes(),
+    );
+    let _ = c.read_response(false);
+    let mut c = relay.connect(1);
+    c.write_raw(format!("GET {validate} HTTP/1.1\nDD-API-KEY: {FAKE_KEY}\n\n").as_bytes());
+    let _ = c.read_response(false);
+    relay.request(11, "POST", &validate, &key_headers, b"x");
+    drop(intake);
+    relay.request(1, "POST", &validate, &key_headers, b"x");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = relay.log();
+    assert!(log.lines().count() > 8, "the error paths must have logged:\n{log}");
+    assert!(!log.contains(FAKE_KEY), "API key leaked into the log:\n{log}");
+    assert!(!log.contains(&FAKE_KEY[..20]), "API key prefix leaked into the log:\n{log}");
+});
+
+both_backends!(graceful_shutdown_answers_in_flight_requests, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start_with(
+        dir.path(),
+        Behavior { latency: Duration::from_millis(800), ..Behavior::default() },
+        CipherMode::Default,
+    );
+    let mut relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    let addr = relay.addr(1);
+    let idle = relay.connect(5); // an idle keep-alive connection must not hold the drain
+    let in_flight = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.request("POST", "/api/v2/series", &[], b"{\"in\":\"flight\"}")
+    });
+    assert!(eventually(Duration::from_secs(5), || intake.mock.stats().requests == 0
+        && intake.mock.connections_accepted() > 0));
+    std::thread::sleep(Duration::from_millis(100));
+    let status = relay.terminate(Duration::from_secs(15));
+    let r = in_flight.join().unwrap();
+    assert_eq!(r.status, 202, "in-flight request answered by the intake");
+    assert!(status.success(), "exit status {status}");
+    drop(idle);
+    // No new connections after the stop.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+});
+
+both_backends!(drain_timeout_answers_503, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start_with(
+        dir.path(),
+        Behavior { latency: Duration::from_secs(5), ..Behavior::default() },
+        CipherMode::Default,
+    );
+    let mut relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "shutdown.drain_timeout = \"300ms\"");
+    let addr = relay.addr(1);
+    let in_flight = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.request("POST", "/api/v2/series", &[], b"{}")
+    });
+    assert!(eventually(Duration::from_secs(5), || intake.mock.connections_accepted() > 0));
+    std::thread::sleep(Duration::from_millis(200));
+    let status = relay.terminate(Duration::from_secs(10));
+    assert_eq!(in_flight.join().unwrap().status, 503);
+    assert!(status.success(), "exit status {status}");
+});
+
+both_backends!(status_port_serves_summary_metrics_health, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    for _ in 0..3 {
+        assert_eq!(relay.request(2, "POST", "/api/v0.2/traces", &[], b"{}").status, 202);
+    }
+    let v = relay.wait_metric("fipsrelay_requests_total{product=\"traces\",class=\"2xx\"}", |v| v == 3.0);
+    assert_eq!(v, 3.0);
+    let metrics = relay.status_page("/metrics");
+    assert!(metrics.contains("fipsrelay_request_duration_seconds_count{product=\"traces\"} 3"), "{metrics}");
+    assert!(metrics.contains("fipsrelay_request_body_bytes_total{product=\"traces\"} 6"));
+    assert!(metrics.contains("fipsrelay_upstream_sessions_open{upstream=\"trace.agent.ddog-gov.com\"}"));
+    let summary = relay.status_page("/");
+    assert!(summary.contains("fips: enabled (AWS-LC FIPS"), "{summary}");
+    let backend = if io == "uring" { "io: io_uring" } else { "io: epoll" };
+    assert!(summary.contains(backend), "{summary}");
+    assert!(summary.lines().any(|l| l.starts_with("traces (2)") && l.contains(" 3 ")), "{summary}");
+    let health = relay.status_page("/health");
+    assert!(health.contains("\"status\":\"ok\"") && health.contains("\"fips\":true"), "{health}");
+    assert_eq!(relay.request(0, "POST", "/admin", &[], b"x").status, 405);
+    assert_eq!(relay.request(0, "GET", "/nope", &[], b"").status, 404);
+});
+
+#[test]
+fn port_in_use_fails_the_start() {
+    let dir = TestDir::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = dir.path().join("c.toml");
+    // The metrics port (offset 1) is the one taken.
+    std::fs::write(&config, format!("[listen]\nport_range_start = {}\n[workers]\nio = \"epoll\"\n[upstream]\noverride_addr = \"127.0.0.1:9\"\nca_file = \"/nonexistent\"\n", port - 1)).unwrap();
+    let intake = Intake::start(dir.path());
+    let text = std::fs::read_to_string(&config).unwrap().replace("/nonexistent", &intake.ca_file.display().to_string());
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(relay_bin()).args(["run", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot bind 127.0.0.1:{port}: Address already in use")), "{err}");
+}
+
+#[test]
+fn bad_config_names_the_key_and_fails() {
+    let dir = TestDir::new();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[upstream]\nsite = \"ddog-gov.com\"\nconect_timeout = \"5s\"\n").unwrap();
+    let out = std::process::Command::new(relay_bin()).args(["check-config", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("conect_timeout") && err.contains("line 3"), "{err}");
+
+    std::fs::write(&config, "[upstream]\nconnect_timeout = \"soon\"\n").unwrap();
+    let out = std::process::Command::new(relay_bin()).args(["run", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("upstream.connect_timeout"), "{err}");
+
+    let out = std::process::Command::new(relay_bin())
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .env("DD_FIPS_PORT_RANGE_START", "abc")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DD_FIPS_PORT_RANGE_START"));
+}
+
+#[test]
+fn check_config_prints_port_table_with_env_overrides() {
+    let out = std::process::Command::new(relay_bin())
+        .arg("check-config")
+        .env("DD_FIPS_PORT_RANGE_START", "10000")
+        .env("DD_SITE", "example.com")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("# 10001  metrics"), "{text}");
+    assert!(text.contains("metrics.agent.example.com"), "{text}");
+    assert!(text.contains("# 10015  network_devices_netflow      ndmflow-intake.example.com"), "{text}");
+}
+
+#[test]
+fn version_reports_fips_module() {
+    let out = std::process::Command::new(relay_bin()).arg("version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fips: enabled (AWS-LC FIPS "), "{text}");
+    assert!(text.contains("TLS13_AES_256_GCM_SHA384") && !text.contains("CHACHA"), "{text}");
+    assert!(text.contains("io_uring: "), "{text}");
+}
+
+#[test]
+fn non_loopback_listen_needs_opt_in() {
+    let dir = TestDir::new();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[listen]\naddress = \"0.0.0.0\"\n").unwrap();
+    let out = std::process::Command::new(relay_bin()).args(["check-config", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allow_non_local"));
+}
