@@ -482,3 +482,43 @@ fn non_loopback_listen_needs_opt_in() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("allow_non_local"));
 }
+
+both_backends!(dead_pooled_session_is_replaced_transparently, |io: &str| {
+    let dir = TestDir::new();
+    let mut intake = Intake::start(dir.path());
+    let addr = intake.addr();
+    let relay = Relay::start(dir.path(), io, addr, &intake.ca_file, "workers.threads = 1");
+    assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"one").status, 202);
+    relay.wait_metric("fipsrelay_upstream_sessions_idle{upstream=\"metrics.agent.ddog-gov.com\"}", |v| v == 1.0);
+    // The intake restarts: the pooled session is now dead.
+    intake.mock.shutdown();
+    let mut cfg = MockConfig::new(addr, intake.pki.leaf_cert_pem.clone(), intake.pki.leaf_key_pem.clone());
+    cfg.behavior = Behavior::default();
+    let mut restarted = None;
+    assert!(eventually(Duration::from_secs(5), || {
+        restarted = MockIntake::start(cfg.clone()).ok();
+        restarted.is_some()
+    }));
+    let restarted = restarted.unwrap();
+    let r = relay.request(1, "POST", "/api/v2/series", &[], b"two");
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(restarted.records().len(), 1);
+});
+
+both_backends!(client_abort_mid_body_never_completes_upstream, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "workers.threads = 1");
+    let mut c = relay.connect(1);
+    c.write_raw(b"POST /api/v2/series HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
+    c.write_raw(&payload(5000, 3));
+    drop(c);
+    assert!(eventually(Duration::from_secs(5), || intake.mock.connections_accepted() >= 1));
+    // The next request must not ride on the session that carried half a body.
+    let r = relay.request(1, "POST", "/api/v2/series", &[], b"whole");
+    assert_eq!(r.status, 202);
+    let records = intake.mock.records();
+    assert_eq!(records.len(), 1, "only the complete request reaches the intake");
+    assert_eq!(records[0].body_len, 5);
+    assert!(intake.mock.connections_accepted() >= 2, "the aborted session was not reused");
+});
