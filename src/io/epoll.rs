@@ -20,12 +20,8 @@ pub struct EpollListener(tokio::net::TcpListener);
 impl Stream for EpollStream {
     async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
-        let len = buf.len();
-        let cap = buf.capacity();
-        buf.resize(cap, 0);
-        let res = self.0.read(&mut buf[len..]).await;
-        let n = *res.as_ref().unwrap_or(&0);
-        buf.truncate(len + n);
+        // read_buf fills the spare capacity without zeroing it first.
+        let res = self.0.read_buf(&mut buf).await;
         (res, buf)
     }
 

@@ -9,7 +9,7 @@
 //! `write_plain` returns only once its data is encrypted and written to the
 //! socket, so a slow intake slows the reader of the Agent's request.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
@@ -133,35 +133,31 @@ impl<S: Stream> TlsSession<S> {
         Ok(())
     }
 
-    /// Appends decrypted bytes to `out` (within its spare capacity).
+    /// Appends decrypted bytes to `out` (within its spare capacity; never grows it).
     /// `Ok(0)`: the intake closed the session (close_notify or TCP EOF).
     pub async fn read_plain(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
         debug_assert!(out.capacity() > out.len());
         loop {
-            let len = out.len();
-            let cap = out.capacity();
-            out.resize(cap, 0);
-            let res = self.conn.reader().read(&mut out[len..]);
-            match res {
-                Ok(n) => {
-                    out.truncate(len + n);
+            let room = out.capacity() - out.len();
+            let mut reader = self.conn.reader();
+            match reader.fill_buf() {
+                Ok(chunk) => {
+                    // Copy straight from rustls' plaintext buffer: no zeroing, no temporary.
+                    let n = chunk.len().min(room);
+                    out.extend_from_slice(&chunk[..n]);
+                    reader.consume(n);
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    out.truncate(len);
                     if self.eof {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "intake closed the connection"));
                     }
                     // Key updates and the like may need answering.
                     self.flush().await?;
-                    if self.read_tls().await? == 0 {
-                        continue; // rustls now knows about EOF: next read says how it ended
-                    }
+                    // At EOF rustls learns of it; the next fill_buf says how the session ended.
+                    self.read_tls().await?;
                 }
-                Err(e) => {
-                    out.truncate(len);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
