@@ -17,5 +17,6 @@ pub mod relay;
 pub mod route;
 pub mod server;
 pub mod status;
+pub mod tuning;
 pub mod upstream;
 pub mod worker;

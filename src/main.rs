@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fipsrelay::config::{self, Config, Source, ENV_OVERRIDES, PORT_COUNT};
 use fipsrelay::route::{ProductRoute, RouteTable, PRODUCTS};
-use fipsrelay::{crypto, logging, server};
+use fipsrelay::{crypto, logging, server, tuning};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -30,6 +30,23 @@ enum Command {
     CheckConfig,
     /// Print the version, the FIPS module, the TLS offer and the I/O backends.
     Version,
+    /// Host tuning for high volume (read-only checks).
+    #[command(subcommand)]
+    Tuning(TuningCommand),
+}
+
+#[derive(Subcommand)]
+enum TuningCommand {
+    /// Compare this host with a tuning profile; print each difference with its fix.
+    /// Exit 0 when nothing differs, 1 otherwise.
+    Check {
+        /// One of: throughput (default), latency, many-connections.
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+        /// Also print the settings that already match.
+        #[arg(long, short)]
+        verbose: bool,
+    },
 }
 
 fn load(path: Option<&std::path::Path>) -> anyhow::Result<(Config, Source)> {
@@ -42,6 +59,15 @@ fn main() -> ExitCode {
         Command::Run => run(cli.config),
         Command::CheckConfig => check_config(cli.config),
         Command::Version => version(),
+        Command::Tuning(TuningCommand::Check { profile, verbose }) => {
+            return match tuning_check(cli.config, profile, verbose) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("fipsrelay: error: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,6 +122,16 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
         println!("# every upstream connection goes to {a} (upstream.override_addr)");
     }
     Ok(())
+}
+
+fn tuning_check(path: Option<PathBuf>, profile: Option<String>, verbose: bool) -> anyhow::Result<u8> {
+    // The worker count comes from the config when one is readable; 0 = one per CPU.
+    let workers = load(path.as_deref()).map(|(c, _)| c.threads).unwrap_or(0);
+    let name = profile.as_deref().unwrap_or(tuning::DEFAULT_PROFILE);
+    let report = tuning::check(name, &tuning::Host::current(), workers)?;
+    let text = if verbose { format!("{report:#}") } else { format!("{report}") };
+    println!("{}", text.trim_end());
+    Ok(report.exit_code())
 }
 
 fn version() -> anyhow::Result<()> {
