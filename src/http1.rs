@@ -74,13 +74,21 @@ pub struct RequestHead {
     /// Bytes the head took in the input.
     pub head_len: usize,
     pub method: Method,
-    /// Request target (origin-form), as received.
-    pub target: Vec<u8>,
+    /// Where the request target (origin-form, as received) sits in the
+    /// rendered upstream head; see [`RequestHead::target`]. No copy is made.
+    pub target_range: std::ops::Range<usize>,
     pub framing: BodyFraming,
     pub expect_continue: bool,
     /// The client asked to close after this exchange (or is HTTP/1.0 without keep-alive).
     pub close: bool,
     pub http10: bool,
+}
+
+impl RequestHead {
+    /// The request target, read from the upstream head `parse_request` rendered.
+    pub fn target<'a>(&self, rendered: &'a [u8]) -> &'a [u8] {
+        &rendered[self.target_range.clone()]
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +252,7 @@ pub fn parse_request(
     out.clear();
     out.extend_from_slice(method_str.as_bytes());
     out.push(b' ');
+    let target_range = out.len()..out.len() + target.len();
     out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = upstream_host {
@@ -285,7 +294,7 @@ pub fn parse_request(
             "HEAD" => Method::Head,
             _ => Method::Other,
         },
-        target: target.to_vec(),
+        target_range,
         framing,
         expect_continue,
         close: conn_close,
@@ -639,8 +648,12 @@ mod tests {
         assert_eq!(r.framing, BodyFraming::Length(10));
         let r = req("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
         assert_eq!(r.framing, BodyFraming::Chunked);
-        let r = req("GET /api/v1/validate HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        let mut out = Vec::new();
+        let r = parse_request(b"GET /api/v1/validate?x=1 HTTP/1.1\r\n\r\n", 65536, 1 << 20, None, &mut out)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.framing, BodyFraming::None);
+        assert_eq!(r.target(&out), b"/api/v1/validate?x=1");
         assert!(!r.close);
         let r = req("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(r.close && r.http10);

@@ -307,7 +307,8 @@ async fn serve_one<B: Backend>(
             Outcome::Close
         }
         ProductRoute::Forward { .. } => {
-            let upstream = ctx.routes.upstream_for(offset, &head.target).expect("forward route has an upstream");
+            let upstream =
+                ctx.routes.upstream_for(offset, head.target(scratch)).expect("forward route has an upstream");
             let res = forward(ctx, down, offset, upstream, &head, scratch, answer_buf).await;
             match res {
                 Ok((status, keep)) => {
@@ -413,7 +414,7 @@ async fn answer_status<B: Backend>(
     let (status, ctype, body) = if !method_ok {
         (405, "text/plain; charset=utf-8", "the status port is read-only: use GET\n".to_string())
     } else {
-        crate::status::render(&head.target, &ctx.info, &ctx.hub)
+        crate::status::render(head.target(scratch), &ctx.info, &ctx.hub)
     };
     scratch.clear();
     scratch.extend_from_slice(
