@@ -1,14 +1,16 @@
 //! Test and benchmark tooling for fipsrelay: a mock Datadog intake that
 //! terminates TLS and counts and hashes what it receives (`mock`), the PKI
 //! it serves with (`pki`), the body hash shared with the load generator
-//! (`hash`), a tiny blocking HTTP/1.1 client for tests (`client`) and a
-//! duration parser for command lines (`duration`). Nothing here is used by
+//! (`hash`), a tiny blocking HTTP/1.1 client for tests (`client`), a
+//! duration parser for command lines (`duration`) and the load generator
+//! behind the `loadgen` binary (`load`). Nothing here is used by
 //! the relay at run time, and nothing here may enable aws-lc: every rustls
 //! config in this crate is built with the ring provider, explicitly.
 
 pub mod client;
 pub mod duration;
 pub mod hash;
+pub mod load;
 pub mod mock;
 pub mod pki;
 mod wire;

@@ -37,7 +37,9 @@ struct Args {
     /// Delay before answering, e.g. 10ms.
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     latency: Duration,
-    /// none | reset | close-mid-answer | close-after-head | slow:<duration>
+    /// none | reset | close-mid-answer | close-after-head | slow:<duration> |
+    /// drop-record | duplicate-record | corrupt-record (the last three prove
+    /// `loadgen --verify` works).
     #[arg(long, default_value = "none")]
     fault: Fault,
     /// Accept only ChaCha20-Poly1305 suites.

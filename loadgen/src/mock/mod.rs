@@ -3,7 +3,9 @@
 //! decoded body, records who asked for what (SNI, Host, path, headers) and
 //! answers as the current [`Behavior`] says — including the faults a real
 //! intake or network shows (reset, truncated answer, slow answer). It serves
-//! its own counters as JSON at `GET /mock/stats`. It is test tooling: it must
+//! its own counters as JSON at `GET /mock/stats`, every recorded body hash at
+//! `GET /mock/hashes` and zeroes everything on `POST /mock/reset` (none of the
+//! three is counted as a request). It is test tooling: it must
 //! never be used as a real server, and it builds rustls configs with the ring
 //! provider only.
 
@@ -34,6 +36,11 @@ use request::{ReadError, RequestHead};
 
 /// Path of the counters endpoint; requests to it are not recorded.
 pub const STATS_PATH: &str = "/mock/stats";
+/// `GET` here answers [`MockHashes`] as JSON; not recorded.
+pub const HASHES_PATH: &str = "/mock/hashes";
+/// `POST` here zeroes every counter and record ([`MockIntake::reset`]); not
+/// recorded.
+pub const RESET_PATH: &str = "/mock/reset";
 /// Records kept for [`MockIntake::records`]; later requests still count in
 /// [`MockStats`] but are not recorded one by one.
 pub const MAX_RECORDS: usize = 200_000;
@@ -72,11 +79,22 @@ pub enum Fault {
     SlowAnswer(Duration),
     /// Send the answer head, then close without the body.
     CloseAfterHead,
+    /// Answer normally but do not record or count the request: a lost body,
+    /// to prove that `loadgen --verify` notices.
+    DropRecord,
+    /// Answer normally and record the request twice: a duplicated body.
+    DuplicateRecord,
+    /// Answer normally but record the hash of the body with its first byte
+    /// flipped: a corrupted body.
+    CorruptRecord,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseFaultError {
-    #[error("unknown fault {0:?}; use none, reset, close-mid-answer, close-after-head or slow:<duration>")]
+    #[error(
+        "unknown fault {0:?}; use none, reset, close-mid-answer, close-after-head, slow:<duration>, \
+         drop-record, duplicate-record or corrupt-record"
+    )]
     Unknown(String),
     #[error("bad duration in fault: {0}")]
     Duration(#[from] ParseDurationError),
@@ -85,13 +103,17 @@ pub enum ParseFaultError {
 impl FromStr for Fault {
     type Err = ParseFaultError;
 
-    /// `none`, `reset`, `close-mid-answer`, `close-after-head`, `slow:2s`.
+    /// `none`, `reset`, `close-mid-answer`, `close-after-head`, `slow:2s`,
+    /// `drop-record`, `duplicate-record`, `corrupt-record`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "none" => Ok(Fault::None),
             "reset" => Ok(Fault::ResetAfterRequest),
             "close-mid-answer" => Ok(Fault::CloseMidAnswer),
             "close-after-head" => Ok(Fault::CloseAfterHead),
+            "drop-record" => Ok(Fault::DropRecord),
+            "duplicate-record" => Ok(Fault::DuplicateRecord),
+            "corrupt-record" => Ok(Fault::CorruptRecord),
             _ => match s.strip_prefix("slow:") {
                 Some(d) => Ok(Fault::SlowAnswer(parse_duration(d)?)),
                 None => Err(ParseFaultError::Unknown(s.to_owned())),
@@ -177,6 +199,16 @@ pub struct MockStats {
     pub by_host: BTreeMap<String, u64>,
     /// Requests per path, query string removed.
     pub by_path: BTreeMap<String, u64>,
+}
+
+/// Every recorded body hash, as served at [`HASHES_PATH`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MockHashes {
+    /// Requests counted since start or the last reset; more than
+    /// `hashes.len()` when records were dropped past [`MAX_RECORDS`].
+    pub requests: u64,
+    /// [`crate::hash::body_hash`] of every recorded body, oldest first.
+    pub hashes: Vec<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +309,18 @@ impl Shared {
             recorded.records.push(record);
         }
     }
+
+    fn hashes(&self) -> MockHashes {
+        let recorded = self.recorded();
+        MockHashes { requests: recorded.stats.requests, hashes: recorded.records.iter().map(|r| r.body_hash).collect() }
+    }
+
+    fn reset(&self) {
+        *self.recorded() = Recorded::default();
+        self.connections.store(0, Ordering::Relaxed);
+        self.handshakes.store(0, Ordering::Relaxed);
+        self.handshake_failures.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Handle to a running mock intake. Dropping it stops the server.
@@ -318,7 +362,8 @@ impl MockIntake {
         self.addr
     }
 
-    /// Applies to requests whose body finishes reading after this call.
+    /// Applies to requests whose body finishes reading after this call
+    /// ([`Fault::CorruptRecord`]: whose head finishes reading after it).
     pub fn set_behavior(&self, behavior: Behavior) {
         *self.shared.behavior.write().unwrap_or_else(|e| e.into_inner()) = behavior;
     }
@@ -330,6 +375,17 @@ impl MockIntake {
 
     pub fn stats(&self) -> MockStats {
         self.shared.stats()
+    }
+
+    /// Every recorded body hash (what `GET /mock/hashes` serves).
+    pub fn hashes(&self) -> MockHashes {
+        self.shared.hashes()
+    }
+
+    /// Zeroes every counter and drops every record (what `POST /mock/reset`
+    /// does).
+    pub fn reset(&self) {
+        self.shared.reset();
     }
 
     /// TCP connections accepted.
@@ -447,8 +503,11 @@ async fn serve_one(conn: &mut Conn, shared: &Shared, sni: &Option<String>, conne
         conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         conn.flush().await?;
     }
+    // Decided before the body is read, since it changes how it is hashed.
+    let corrupt = shared.behavior().fault == Fault::CorruptRecord;
     let mut hasher = BodyHasher::new();
-    let body_len = match request::read_body(conn, framing, &mut hasher).await {
+    let mut sink = request::HashSink::new(&mut hasher, corrupt);
+    let body_len = match request::read_body(conn, framing, &mut sink).await {
         Ok(n) => n,
         Err(ReadError::Malformed(why)) => return bad_request(conn, &why).await,
         Err(ReadError::Io(e)) => return Err(e),
@@ -456,21 +515,37 @@ async fn serve_one(conn: &mut Conn, shared: &Shared, sni: &Option<String>, conne
     let keep_alive = head.keep_alive();
     let is_head = head.method == "HEAD";
 
-    if head.method == "GET" && head.target.split('?').next() == Some(STATS_PATH) {
-        let json = serde_json::to_string(&shared.stats()).map_err(io::Error::other)?;
+    let control = match (head.method.as_str(), head.target.split('?').next()) {
+        ("GET", Some(STATS_PATH)) => Some(serde_json::to_string(&shared.stats()).map_err(io::Error::other)?),
+        ("GET", Some(HASHES_PATH)) => Some(serde_json::to_string(&shared.hashes()).map_err(io::Error::other)?),
+        ("POST", Some(RESET_PATH)) => {
+            shared.reset();
+            Some("{}".to_owned())
+        }
+        _ => None,
+    };
+    if let Some(json) = control {
         write_answer(conn, 200, json.as_bytes(), false, !keep_alive).await?;
         return Ok(if keep_alive { Next::KeepAlive } else { Next::Close });
     }
 
-    shared.record(record(head, sni, body_len, hasher.finish(), connection_id));
-
     let behavior = shared.behavior();
+    let record = record(head, sni, body_len, hasher.finish(), connection_id);
+    match behavior.fault {
+        Fault::DropRecord => {}
+        Fault::DuplicateRecord => {
+            shared.record(record.clone());
+            shared.record(record);
+        }
+        _ => shared.record(record),
+    }
+
     if !behavior.latency.is_zero() {
         tokio::time::sleep(behavior.latency).await;
     }
     let body = behavior.body.as_bytes();
     match behavior.fault {
-        Fault::None => {}
+        Fault::None | Fault::DropRecord | Fault::DuplicateRecord | Fault::CorruptRecord => {}
         Fault::SlowAnswer(delay) => tokio::time::sleep(delay).await,
         Fault::ResetAfterRequest => {
             conn.get_ref().get_ref().0.set_zero_linger()?;
@@ -546,6 +621,9 @@ mod tests {
         assert_eq!("close-mid-answer".parse(), Ok(Fault::CloseMidAnswer));
         assert_eq!("close-after-head".parse(), Ok(Fault::CloseAfterHead));
         assert_eq!("slow:2s".parse(), Ok(Fault::SlowAnswer(Duration::from_secs(2))));
+        assert_eq!("drop-record".parse(), Ok(Fault::DropRecord));
+        assert_eq!("duplicate-record".parse(), Ok(Fault::DuplicateRecord));
+        assert_eq!("corrupt-record".parse(), Ok(Fault::CorruptRecord));
         assert!("slow:2".parse::<Fault>().is_err());
         assert!("explode".parse::<Fault>().is_err());
     }

@@ -145,11 +145,42 @@ pub(crate) async fn read_head<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Opti
     }))
 }
 
+/// Where a body's decoded bytes go: a [`BodyHasher`], optionally with the
+/// first byte flipped on the way (the mock's `CorruptRecord` fault).
+pub(crate) struct HashSink<'a> {
+    hasher: &'a mut BodyHasher,
+    /// Flip the next byte that arrives, then stop flipping.
+    flip_next: bool,
+}
+
+impl<'a> HashSink<'a> {
+    pub fn new(hasher: &'a mut BodyHasher, flip_first_byte: bool) -> Self {
+        HashSink { hasher, flip_next: flip_first_byte }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match bytes.split_first() {
+            Some((&first, rest)) if self.flip_next => {
+                self.flip_next = false;
+                self.hasher.update(&[first ^ 0xff]);
+                self.hasher.update(rest);
+            }
+            _ => self.hasher.update(bytes),
+        }
+    }
+}
+
+impl<'a> From<&'a mut BodyHasher> for HashSink<'a> {
+    fn from(hasher: &'a mut BodyHasher) -> Self {
+        HashSink::new(hasher, false)
+    }
+}
+
 /// Passes exactly `len` bytes through `hasher`.
 async fn stream_exact<R: AsyncBufRead + Unpin>(
     r: &mut R,
     mut len: u64,
-    hasher: &mut BodyHasher,
+    hasher: &mut HashSink<'_>,
 ) -> Result<(), ReadError> {
     while len > 0 {
         let buf = r.fill_buf().await?;
@@ -173,7 +204,7 @@ async fn stream_exact<R: AsyncBufRead + Unpin>(
 pub(crate) async fn read_body<R: AsyncBufRead + Unpin>(
     r: &mut R,
     framing: Framing,
-    hasher: &mut BodyHasher,
+    hasher: &mut HashSink<'_>,
 ) -> Result<u64, ReadError> {
     match framing {
         Framing::Length(len) => {
@@ -185,7 +216,7 @@ pub(crate) async fn read_body<R: AsyncBufRead + Unpin>(
     }
 }
 
-async fn read_chunked<R: AsyncBufRead + Unpin>(r: &mut R, hasher: &mut BodyHasher) -> Result<u64, ReadError> {
+async fn read_chunked<R: AsyncBufRead + Unpin>(r: &mut R, hasher: &mut HashSink<'_>) -> Result<u64, ReadError> {
     let mut total: u64 = 0;
     let mut line = Vec::with_capacity(64);
     loop {
@@ -239,7 +270,7 @@ mod tests {
         block_on(async {
             let mut r = BufReader::with_capacity(cap, wire);
             let mut h = BodyHasher::new();
-            let res = read_body(&mut r, Framing::Chunked, &mut h).await;
+            let res = read_body(&mut r, Framing::Chunked, &mut (&mut h).into()).await;
             let mut rest = Vec::new();
             r.read_to_end(&mut rest).await.unwrap();
             (res, h.finish(), rest)
@@ -255,6 +286,16 @@ mod tests {
             assert_eq!(hash, body_hash(b"hello 0123456789"));
             assert_eq!(rest, b"NEXT", "pipelined bytes left in place");
         }
+    }
+
+    #[test]
+    fn hash_sink_flips_only_the_first_byte() {
+        let mut h = BodyHasher::new();
+        let mut sink = HashSink::new(&mut h, true);
+        sink.update(b"");
+        sink.update(b"ab");
+        sink.update(b"cd");
+        assert_eq!(h.finish(), body_hash(&[b'a' ^ 0xff, b'b', b'c', b'd']));
     }
 
     #[test]
@@ -279,7 +320,7 @@ mod tests {
             assert!(!head.keep_alive());
             assert_eq!(head.framing().unwrap(), Framing::Length(3));
             let mut h = BodyHasher::new();
-            assert_eq!(read_body(&mut r, Framing::Length(3), &mut h).await.unwrap(), 3);
+            assert_eq!(read_body(&mut r, Framing::Length(3), &mut (&mut h).into()).await.unwrap(), 3);
             assert_eq!(h.finish(), body_hash(b"abc"));
             assert!(read_head(&mut r).await.unwrap().is_none());
         });

@@ -1,0 +1,284 @@
+//! Process-level bench harness shared by the `forward` and `compare` benches:
+//! spawns the mock intake, the relay (or HAProxy) and loadgen as separate,
+//! pinned processes; reads CPU time and RSS from /proc; runs loadgen with
+//! `--json` and parses its report (schema 1, see loadgen/src/load/report.rs).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Bins {
+    pub relay: PathBuf,
+    pub mock: PathBuf,
+    pub loadgen: PathBuf,
+}
+
+/// The release binaries next to this bench (target/release).
+pub fn bins() -> Bins {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let b = Bins { relay: PathBuf::from(env!("CARGO_BIN_EXE_fipsrelay")), mock: dir.join("mock-intake"), loadgen: dir.join("loadgen") };
+    for p in [&b.mock, &b.loadgen] {
+        assert!(p.exists(), "{} not built: run `cargo build --release --workspace --bins` first", p.display());
+    }
+    b
+}
+
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown cpu".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{} CPUs, {}, Linux {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu, kernel.trim())
+}
+
+fn pinned(bin: &Path, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(c) if Path::new("/usr/bin/taskset").exists() => {
+            let mut cmd = Command::new("/usr/bin/taskset");
+            cmd.arg("-c").arg(c.to_string()).arg(bin);
+            cmd
+        }
+        _ => Command::new(bin),
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User + system CPU time of a process, in microseconds.
+pub fn cpu_us(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" of the command name: utime is field 14, stime 15 (1-based).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000 / hz
+}
+
+/// Resident set size in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub struct Mock {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub ca: PathBuf,
+}
+
+pub fn start_mock(bins: &Bins, dir: &Path, cpu: Option<usize>) -> Mock {
+    let tls = dir.join("tls");
+    let mut child = pinned(&bins.mock, cpu)
+        .args(["--listen", "127.0.0.1:0", "--tls-dir"])
+        .arg(&tls)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mock-intake");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").expect("mock-intake prints its address").parse().unwrap();
+    Mock { proc: Proc { child, name: "mock-intake".into() }, addr, ca: tls.join("ca.pem") }
+}
+
+/// The thing under test: its process and the port of the metrics product.
+pub struct Target {
+    pub proc: Proc,
+    pub metrics_port: u16,
+    pub kind: &'static str,
+}
+
+fn wait_port(port: u16, proc: &mut Proc) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Some(s) = proc.child.try_wait().unwrap() {
+            panic!("{} exited during start: {s}", proc.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} did not listen on {port}", proc.name);
+}
+
+fn free_base() -> u16 {
+    for _ in 0..100 {
+        let p = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let base = p.clamp(20000, 60000) / 16 * 16;
+        if (0..16).all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+pub fn start_relay(bins: &Bins, dir: &Path, mock: &Mock, cpu: Option<usize>, threads: usize, io: &str) -> Target {
+    let base = free_base();
+    let config = dir.join(format!("fipsrelay-{base}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nport_range_start = {base}\n[workers]\nthreads = {threads}\npin = false\nio = \"{io}\"\n[upstream]\noverride_addr = \"{}\"\nca_file = \"{}\"\nmax_idle_per_host = 256\n[log]\nlevel = \"warn\"\n",
+            mock.addr,
+            mock.ca.display()
+        ),
+    )
+    .unwrap();
+    let child = pinned(&bins.relay, cpu)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fipsrelay");
+    let mut proc = Proc { child, name: "fipsrelay".into() };
+    wait_port(base + 1, &mut proc);
+    Target { proc, metrics_port: base + 1, kind: "fipsrelay" }
+}
+
+/// HAProxy configured the way the Datadog Agent FIPS proxy is: plaintext
+/// HTTP frontend, TLS backend with `verify required` against the CA,
+/// `http-reuse always`, `nbthread` = threads.
+pub fn start_haproxy(haproxy: &Path, dir: &Path, mock: &Mock, cpu: Option<usize>, threads: usize) -> Target {
+    let port = free_base() + 1;
+    let config = dir.join(format!("haproxy-{port}.cfg"));
+    std::fs::write(
+        &config,
+        format!(
+            "global\n    nbthread {threads}\n    maxconn 4096\n    tune.ssl.default-dh-param 2048\n    ssl-default-server-ciphersuites TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256\n    ssl-default-server-ciphers ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256\n    ssl-default-server-options ssl-min-ver TLSv1.2\n\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 5s\n    timeout server 5s\n    retries 3\n    option redispatch\n\nfrontend metrics-forwarder\n    bind 127.0.0.1:{port}\n    default_backend datadog-metrics\n\nbackend datadog-metrics\n    http-reuse always\n    http-request set-header Host metrics.agent.ddog-gov.com\n    server mothership {} ssl verify required ca-file {} sni str(metrics.agent.ddog-gov.com)\n",
+            mock.addr,
+            mock.ca.display()
+        ),
+    )
+    .unwrap();
+    let child = pinned(haproxy, cpu).arg("-f").arg(&config).arg("-db").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn haproxy");
+    let mut proc = Proc { child, name: "haproxy".into() };
+    wait_port(port, &mut proc);
+    Target { proc, metrics_port: port, kind: "haproxy" }
+}
+
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub name: &'static str,
+    pub body: &'static str,
+    pub connections: usize,
+    pub rate: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Sample {
+    pub req_per_s: f64,
+    pub ok: u64,
+    pub errors: u64,
+    pub cpu_us_per_req: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p99_9_us: f64,
+    pub rss_kib: u64,
+}
+
+/// Runs loadgen against `target` and measures the target's CPU over the run.
+pub fn run_load(bins: &Bins, dir: &Path, target: &Target, w: &Workload, secs: u64, warmup: u64, cpu: Option<usize>) -> Sample {
+    static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let json = dir.join(format!("load-{}-{n}.json", target.kind));
+    let mut cmd = pinned(&bins.loadgen, cpu);
+    cmd.arg("--target")
+        .arg(format!("http://127.0.0.1:{}/api/v2/series", target.metrics_port))
+        .args(["--connections", &w.connections.to_string(), "--payload", "raw", "--body-size", w.body])
+        .args(["--duration", &format!("{secs}s"), "--warmup", &format!("{warmup}s"), "--json"])
+        .arg(&json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(r) = w.rate {
+        cmd.args(["--rate", &r.to_string()]);
+    }
+    let mut child = cmd.spawn().expect("spawn loadgen");
+    // CPU is sampled over the measured window only (after the warm-up).
+    std::thread::sleep(Duration::from_secs(warmup));
+    let cpu0 = cpu_us(target.proc.pid());
+    let status = child.wait().unwrap();
+    let cpu1 = cpu_us(target.proc.pid());
+    assert!(status.success() || json.exists(), "loadgen failed: {status}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let requests = report["requests"].as_u64().unwrap_or(0).max(1);
+    let lat = &report["latency_us"];
+    Sample {
+        req_per_s: report["req_per_s"].as_f64().unwrap_or(0.0),
+        ok: report["ok"].as_u64().unwrap_or(0),
+        errors: report["errors"]["total"].as_u64().unwrap_or(0),
+        cpu_us_per_req: (cpu1.saturating_sub(cpu0)) as f64 / requests as f64,
+        p50_us: lat["p50"].as_f64().unwrap_or(0.0),
+        p99_us: lat["p99"].as_f64().unwrap_or(0.0),
+        p99_9_us: lat["p99_9"].as_f64().unwrap_or(0.0),
+        rss_kib: rss_kib(target.proc.pid()),
+    }
+}
+
+/// Median of each field over samples.
+pub fn median(samples: &[Sample]) -> Sample {
+    fn med(mut v: Vec<f64>) -> f64 {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        if v.is_empty() {
+            0.0
+        } else {
+            v[v.len() / 2]
+        }
+    }
+    Sample {
+        req_per_s: med(samples.iter().map(|s| s.req_per_s).collect()),
+        ok: med(samples.iter().map(|s| s.ok as f64).collect()) as u64,
+        errors: med(samples.iter().map(|s| s.errors as f64).collect()) as u64,
+        cpu_us_per_req: med(samples.iter().map(|s| s.cpu_us_per_req).collect()),
+        p50_us: med(samples.iter().map(|s| s.p50_us).collect()),
+        p99_us: med(samples.iter().map(|s| s.p99_us).collect()),
+        p99_9_us: med(samples.iter().map(|s| s.p99_9_us).collect()),
+        rss_kib: med(samples.iter().map(|s| s.rss_kib as f64).collect()) as u64,
+    }
+}
+
+pub fn arg_value(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+pub fn has_flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
