@@ -27,10 +27,17 @@ fn main() {
     let reps: usize = arg_value("--reps").and_then(|v| v.parse().ok()).unwrap_or(3);
     let haproxy = PathBuf::from(arg_value("--haproxy").unwrap_or_else(|| "/usr/sbin/haproxy".into()));
     if !haproxy.exists() {
-        eprintln!("HAProxy not found at {}: run benches/compare.sh (installs it) or pass --haproxy PATH", haproxy.display());
+        eprintln!(
+            "HAProxy not found at {}: run benches/compare.sh (installs it) or pass --haproxy PATH",
+            haproxy.display()
+        );
         std::process::exit(2);
     }
-    let version = std::process::Command::new(&haproxy).arg("-v").output().map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string()).unwrap_or_default();
+    let version = std::process::Command::new(&haproxy)
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+        .unwrap_or_default();
     let bins = bins();
     let dir = tempfile::tempdir().unwrap();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -53,9 +60,17 @@ fn main() {
                 };
                 std::thread::sleep(std::time::Duration::from_millis(300));
                 let rss_idle = rss_kib(target.proc.pid());
-                if kind == "fipsrelay" { idle.0 = idle.0.max(rss_idle) } else { idle.1 = idle.1.max(rss_idle) }
+                if kind == "fipsrelay" {
+                    idle.0 = idle.0.max(rss_idle)
+                } else {
+                    idle.1 = idle.1.max(rss_idle)
+                }
                 let s = run_load(&bins, dir.path(), &target, w, secs, warmup, load_cpu);
-                if kind == "fipsrelay" { relay_samples.push(s) } else { haproxy_samples.push(s) }
+                if kind == "fipsrelay" {
+                    relay_samples.push(s)
+                } else {
+                    haproxy_samples.push(s)
+                }
             }
         }
         let r = median(&relay_samples);
@@ -63,15 +78,35 @@ fn main() {
         rows.push((w.name, r, h));
     }
     println!();
-    println!("{:<30} {:>10} {:>12} {:>9} {:>9} {:>10} {:>9}", "workload / proxy", "req/s", "CPU µs/req", "p50 µs", "p99 µs", "p99.9 µs", "RSS MiB");
+    println!(
+        "{:<30} {:>10} {:>12} {:>9} {:>9} {:>10} {:>9}",
+        "workload / proxy", "req/s", "CPU µs/req", "p50 µs", "p99 µs", "p99.9 µs", "RSS MiB"
+    );
     let mut json_rows = Vec::new();
     for (name, r, h) in &rows {
         println!("{name}");
         for (label, s) in [("  fipsrelay", r), ("  haproxy", h)] {
-            println!("{label:<30} {:>10.0} {:>12.1} {:>9.0} {:>9.0} {:>10.0} {:>9.1}", s.req_per_s, s.cpu_us_per_req, s.p50_us, s.p99_us, s.p99_9_us, s.rss_kib as f64 / 1024.0);
+            println!(
+                "{label:<30} {:>10.0} {:>12.1} {:>9.0} {:>9.0} {:>10.0} {:>9.1}",
+                s.req_per_s,
+                s.cpu_us_per_req,
+                s.p50_us,
+                s.p99_us,
+                s.p99_9_us,
+                s.rss_kib as f64 / 1024.0
+            );
         }
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-        println!("{:<30} {:>10.2} {:>12.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2}", "  ratio fipsrelay/haproxy", ratio(r.req_per_s, h.req_per_s), ratio(r.cpu_us_per_req, h.cpu_us_per_req), ratio(r.p50_us, h.p50_us), ratio(r.p99_us, h.p99_us), ratio(r.p99_9_us, h.p99_9_us), ratio(r.rss_kib as f64, h.rss_kib as f64));
+        println!(
+            "{:<30} {:>10.2} {:>12.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2}",
+            "  ratio fipsrelay/haproxy",
+            ratio(r.req_per_s, h.req_per_s),
+            ratio(r.cpu_us_per_req, h.cpu_us_per_req),
+            ratio(r.p50_us, h.p50_us),
+            ratio(r.p99_us, h.p99_us),
+            ratio(r.p99_9_us, h.p99_9_us),
+            ratio(r.rss_kib as f64, h.rss_kib as f64)
+        );
         json_rows.push(serde_json::json!({"workload": name, "fipsrelay": r, "haproxy": h,
             "ratio": {"req_per_s": ratio(r.req_per_s, h.req_per_s), "cpu_us_per_req": ratio(r.cpu_us_per_req, h.cpu_us_per_req), "p99_us": ratio(r.p99_us, h.p99_us)}}));
     }

@@ -21,7 +21,10 @@ fn main() {
     println!("# forward bench — {}", machine());
     println!("# {}; {secs}s runs after {warmup}s warm-up", fipsrelay::crypto::module_description());
     let mock = start_mock(&bins, dir.path(), load_cpu);
-    println!("{:<34} {:>10} {:>12} {:>9} {:>9} {:>10} {:>9}", "workload", "req/s", "CPU µs/req", "p50 µs", "p99 µs", "p99.9 µs", "RSS MiB");
+    println!(
+        "{:<34} {:>10} {:>12} {:>9} {:>9} {:>10} {:>9}",
+        "workload", "req/s", "CPU µs/req", "p50 µs", "p99 µs", "p99.9 µs", "RSS MiB"
+    );
     for io in ["uring", "epoll"] {
         if io == "uring" && fipsrelay::io::probe_uring().is_err() {
             println!("io_uring unavailable: skipping");
@@ -34,7 +37,12 @@ fn main() {
             println!(
                 "{:<34} {:>10.0} {:>12.1} {:>9.0} {:>9.0} {:>10.0} {:>9.1}",
                 format!("{io} {label} closed, 64 conns"),
-                s.req_per_s, s.cpu_us_per_req, s.p50_us, s.p99_us, s.p99_9_us, s.rss_kib as f64 / 1024.0
+                s.req_per_s,
+                s.cpu_us_per_req,
+                s.p50_us,
+                s.p99_us,
+                s.p99_9_us,
+                s.rss_kib as f64 / 1024.0
             );
             assert!(s.errors == 0, "{} errors", s.errors);
         }

@@ -66,10 +66,19 @@ static GLOBAL: Counting = Counting;
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown cpu".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{} x {}, kernel {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu, kernel.trim())
+    format!(
+        "{} x {}, kernel {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpu,
+        kernel.trim()
+    )
 }
 
 /// Runs `op` in batches, records ns per op, prints a summary line.
@@ -90,7 +99,8 @@ fn measure(name: &str, bytes_per_op: usize, iters: u64, mut op: impl FnMut()) {
     let total = start.elapsed();
     let ops = iters.div_ceil(batch) * batch;
     let per_sec = ops as f64 / total.as_secs_f64();
-    let mbs = if bytes_per_op > 0 { format!(" {:>9.1} MB/s", per_sec * bytes_per_op as f64 / 1e6) } else { String::new() };
+    let mbs =
+        if bytes_per_op > 0 { format!(" {:>9.1} MB/s", per_sec * bytes_per_op as f64 / 1e6) } else { String::new() };
     println!(
         "{name:<34} {:>12.0} ops/s{mbs}  ns/op p50 {:>7} p99 {:>7} p99.9 {:>7} max {:>8}",
         per_sec,
@@ -106,7 +116,8 @@ const AGENT_HEAD: &[u8] = b"POST /api/v2/series HTTP/1.1\r\nHost: 127.0.0.1:9804
 fn bench_parse(iters: u64) {
     let mut out = Vec::with_capacity(1024);
     measure("http1 parse+rewrite (Agent head)", AGENT_HEAD.len(), iters, || {
-        let h = parse_request(AGENT_HEAD, 65536, 1 << 26, Some("metrics.agent.ddog-gov.com"), &mut out).unwrap().unwrap();
+        let h =
+            parse_request(AGENT_HEAD, 65536, 1 << 26, Some("metrics.agent.ddog-gov.com"), &mut out).unwrap().unwrap();
         std::hint::black_box(h);
     });
 }
@@ -129,7 +140,8 @@ fn tls_pair() -> (rustls::ClientConnection, rustls::ServerConnection) {
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_cert_pem).unwrap();
     let client_cfg = fipsrelay::crypto::client_config(&fipsrelay::crypto::TrustSource::CaFile(ca)).unwrap();
-    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(pki.leaf_cert_pem.as_bytes()).map(|c| c.unwrap()).collect();
+    let certs: Vec<_> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(pki.leaf_cert_pem.as_bytes()).map(|c| c.unwrap()).collect();
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.leaf_key_pem.as_bytes()).unwrap();
     let server_cfg = rustls::ServerConfig::builder_with_provider(Arc::new(fipsrelay::crypto::fips_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])

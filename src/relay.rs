@@ -501,8 +501,17 @@ async fn forward<B: Backend>(
     upstream_head: &mut Vec<u8>,
     answer_buf: &mut Vec<u8>,
 ) -> Result<(u16, bool), Failure> {
-    // Send the head, on a pooled session first; if that one turns out dead
-    // before any byte was written, once more on a fresh session.
+    // The body bytes that came with the head ride in the same TLS record and
+    // write as the head (one upstream write for a typical Agent request).
+    let mut body = BodyProgress::new(head.framing);
+    if !head.expect_continue {
+        let n = body.take(down.filled(), IO_BUF, ctx.config.max_body_bytes)?;
+        upstream_head.extend_from_slice(&down.filled()[..n]);
+        down.consume(n);
+    }
+
+    // Send it on a pooled session first; if that one turns out dead before
+    // any byte was written, once more on a fresh session.
     let mut allow_pooled = true;
     let mut pooled = loop {
         let (mut s, reused) = acquire(ctx, offset, upstream, allow_pooled).await?;
@@ -523,50 +532,26 @@ async fn forward<B: Backend>(
     let guard = SessionGuard { ctx, upstream };
     let addr = pooled.addr;
 
-    if head.expect_continue && head.framing != BodyFraming::None {
-        let mut cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+    if head.expect_continue && !body.done() {
+        let mut cont = Vec::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
         down.write(&mut cont).await.map_err(|e| Failure::Downstream(e.to_string()))?;
     }
 
-    // Stream the body.
+    // Stream the rest of the body.
     let idle = ctx.config.client_idle_timeout;
-    let upstream_err =
-        |e: io::Error| Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(addr) };
-    let mut body_bytes: u64 = 0;
-    match head.framing {
-        BodyFraming::None | BodyFraming::UntilClose => {}
-        BodyFraming::Length(total) => {
-            let mut left = total;
-            while left > 0 {
-                if down.filled().is_empty() {
-                    read_body(down, idle).await?;
-                }
-                let n = (left as usize).min(down.filled().len());
-                pooled.session.write_plain(&down.filled()[..n]).await.map_err(upstream_err)?;
-                down.consume(n);
-                left -= n as u64;
-            }
-            body_bytes = total;
+    while !body.done() {
+        if down.filled().is_empty() {
+            read_body(down, idle).await?;
         }
-        BodyFraming::Chunked => {
-            let mut scanner = ChunkedScanner::new();
-            while !scanner.is_done() {
-                if down.filled().is_empty() {
-                    read_body(down, idle).await?;
-                }
-                let n = scanner.scan(down.filled()).map_err(|e| Failure::Refused(RequestError::Chunked(e)))?;
-                if scanner.payload > ctx.config.max_body_bytes {
-                    return Err(Failure::Refused(RequestError::BodyTooLarge {
-                        len: scanner.payload,
-                        limit: ctx.config.max_body_bytes,
-                    }));
-                }
-                pooled.session.write_plain(&down.filled()[..n]).await.map_err(upstream_err)?;
-                down.consume(n);
-            }
-            body_bytes = scanner.payload;
-        }
+        let n = body.take(down.filled(), usize::MAX, ctx.config.max_body_bytes)?;
+        pooled.session.write_plain(&down.filled()[..n]).await.map_err(|e| Failure::Upstream {
+            cause: ErrorCause::Write,
+            detail: e.to_string(),
+            addr: Some(addr),
+        })?;
+        down.consume(n);
     }
+    let body_bytes = body.payload();
     ctx.stats.borrow_mut().product(offset).bytes_in += body_bytes;
 
     // Wait for the answer head, bounded by the response timeout and the drain deadline.
@@ -604,7 +589,7 @@ async fn forward<B: Backend>(
             }
         }
     };
-    let answer = tokio::select! {
+    let answer_head = tokio::select! {
         r = tokio::time::timeout(ctx.config.response_timeout, read_head) => match r {
             Ok(Ok(h)) => h,
             Ok(Err((cause, detail))) => return Err(Failure::Upstream { cause, detail, addr: Some(addr) }),
@@ -620,41 +605,37 @@ async fn forward<B: Backend>(
             addr: Some(addr),
         }),
     };
-    answer_buf.drain(..answer.head_len);
+    answer_buf.drain(..answer_head.head_len);
 
-    // Send the head, then stream the body as it comes.
-    down.write(upstream_head).await.map_err(|e| Failure::Downstream(e.to_string()))?;
+    // Stream the answer; the head goes out with the first body bytes.
+    let mut answer = AnswerOut { head: upstream_head, head_pending: true };
     let cut = |cause: ErrorCause, detail: String| Failure::AnswerCut { cause, detail };
     let mut sent: u64 = 0;
-    let complete = match answer.framing {
-        BodyFraming::None => answer_buf.is_empty(),
-        BodyFraming::Length(total) => {
-            loop {
-                let n = ((total - sent) as usize).min(answer_buf.len());
-                let extra = answer_buf.len() - n;
-                answer_buf.truncate(n);
-                sent += n as u64;
-                if n > 0 {
-                    down.write(answer_buf).await.map_err(|e| Failure::Downstream(e.to_string()))?;
-                }
-                if extra > 0 {
-                    break false; // bytes after the answer: the session is confused
-                }
-                if sent == total {
-                    break true;
-                }
-                read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await.map_err(|(c, d)| cut(c, d))?;
-            }
+    let complete = match answer_head.framing {
+        BodyFraming::None => {
+            let clean = answer_buf.is_empty();
+            answer.send(down, answer_buf, 0).await?;
+            clean
         }
+        BodyFraming::Length(total) => loop {
+            let n = ((total - sent) as usize).min(answer_buf.len());
+            let extra = answer_buf.len() - n;
+            sent += n as u64;
+            answer.send(down, answer_buf, n).await?;
+            if extra > 0 {
+                break false; // bytes after the answer: the session is confused
+            }
+            if sent == total {
+                break true;
+            }
+            read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await.map_err(|(c, d)| cut(c, d))?;
+        },
         BodyFraming::Chunked => {
             let mut scanner = ChunkedScanner::new();
             loop {
                 let n = scanner.scan(answer_buf).map_err(|e| cut(ErrorCause::BadAnswer, e.to_string()))?;
                 let extra = answer_buf.len() - n;
-                answer_buf.truncate(n);
-                if n > 0 {
-                    down.write(answer_buf).await.map_err(|e| Failure::Downstream(e.to_string()))?;
-                }
+                answer.send(down, answer_buf, n).await?;
                 if scanner.is_done() {
                     sent = scanner.payload;
                     break extra == 0;
@@ -664,9 +645,8 @@ async fn forward<B: Backend>(
         }
         BodyFraming::UntilClose => loop {
             sent += answer_buf.len() as u64;
-            if !answer_buf.is_empty() {
-                down.write(answer_buf).await.map_err(|e| Failure::Downstream(e.to_string()))?;
-            }
+            let n = answer_buf.len();
+            answer.send(down, answer_buf, n).await?;
             match read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await {
                 Ok(()) => {}
                 Err((ErrorCause::Closed, _)) => break false,
@@ -676,15 +656,89 @@ async fn forward<B: Backend>(
     };
     ctx.stats.borrow_mut().product(offset).bytes_out += sent;
 
-    let keep_client = !client_close && answer.framing != BodyFraming::UntilClose;
-    if complete && !answer.upstream_close {
+    let keep_client = !client_close && answer_head.framing != BodyFraming::UntilClose;
+    if complete && !answer_head.upstream_close {
         let given = ctx.pool.borrow_mut().give_back(upstream, pooled, Instant::now());
         if given {
             ctx.stats.borrow_mut().upstreams[upstream].sessions_idle += 1;
             std::mem::forget(guard); // still open, now idle in the pool
         }
     }
-    Ok((answer.status, keep_client))
+    Ok((answer_head.status, keep_client))
+}
+
+/// Where a request body stands: how much is left, or the chunked scanner.
+enum BodyProgress {
+    Length { left: u64, total: u64 },
+    Chunked(ChunkedScanner),
+}
+
+impl BodyProgress {
+    fn new(framing: BodyFraming) -> Self {
+        match framing {
+            BodyFraming::Length(n) => BodyProgress::Length { left: n, total: n },
+            BodyFraming::Chunked => BodyProgress::Chunked(ChunkedScanner::new()),
+            BodyFraming::None | BodyFraming::UntilClose => BodyProgress::Length { left: 0, total: 0 },
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            BodyProgress::Length { left, .. } => *left == 0,
+            BodyProgress::Chunked(s) => s.is_done(),
+        }
+    }
+
+    /// How many bytes of `input` (at most `max`) belong to the body; counts them as sent.
+    fn take(&mut self, input: &[u8], max: usize, max_body: u64) -> Result<usize, Failure> {
+        let input = &input[..input.len().min(max)];
+        match self {
+            BodyProgress::Length { left, .. } => {
+                let n = (*left as usize).min(input.len());
+                *left -= n as u64;
+                Ok(n)
+            }
+            BodyProgress::Chunked(scanner) => {
+                let n = scanner.scan(input).map_err(|e| Failure::Refused(RequestError::Chunked(e)))?;
+                if scanner.payload > max_body {
+                    return Err(Failure::Refused(RequestError::BodyTooLarge { len: scanner.payload, limit: max_body }));
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    fn payload(&self) -> u64 {
+        match self {
+            BodyProgress::Length { total, .. } => *total,
+            BodyProgress::Chunked(s) => s.payload,
+        }
+    }
+}
+
+/// The answer head, held back until the first body bytes can go with it.
+struct AnswerOut<'a> {
+    head: &'a mut Vec<u8>,
+    head_pending: bool,
+}
+
+impl AnswerOut<'_> {
+    /// Sends `body[..n]` (after the head, the first time) and empties `body`.
+    async fn send<S: Stream>(&mut self, down: &mut Downstream<S>, body: &mut Vec<u8>, n: usize) -> Result<(), Failure> {
+        let res = if self.head_pending {
+            self.head_pending = false;
+            self.head.extend_from_slice(&body[..n]);
+            body.clear();
+            down.write(self.head).await
+        } else if n > 0 {
+            body.truncate(n);
+            down.write(body).await
+        } else {
+            Ok(())
+        };
+        body.clear();
+        res.map_err(|e| Failure::Downstream(e.to_string()))
+    }
 }
 
 async fn read_body<S: Stream>(down: &mut Downstream<S>, idle: Duration) -> Result<(), Failure> {

@@ -20,7 +20,11 @@ pub struct Bins {
 pub fn bins() -> Bins {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    let b = Bins { relay: PathBuf::from(env!("CARGO_BIN_EXE_fipsrelay")), mock: dir.join("mock-intake"), loadgen: dir.join("loadgen") };
+    let b = Bins {
+        relay: PathBuf::from(env!("CARGO_BIN_EXE_fipsrelay")),
+        mock: dir.join("mock-intake"),
+        loadgen: dir.join("loadgen"),
+    };
     for p in [&b.mock, &b.loadgen] {
         assert!(p.exists(), "{} not built: run `cargo build --release --workspace --bins` first", p.display());
     }
@@ -30,10 +34,19 @@ pub fn bins() -> Bins {
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown cpu".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{} CPUs, {}, Linux {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu, kernel.trim())
+    format!(
+        "{} CPUs, {}, Linux {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpu,
+        kernel.trim()
+    )
 }
 
 fn pinned(bin: &Path, cpu: Option<usize>) -> Command {
@@ -80,7 +93,8 @@ pub fn cpu_us(pid: i32) -> u64 {
     // Fields after the ")" of the command name: utime is field 14, stime 15 (1-based).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     ticks * 1_000_000 / hz
 }
@@ -188,7 +202,14 @@ pub fn start_haproxy(haproxy: &Path, dir: &Path, mock: &Mock, cpu: Option<usize>
         ),
     )
     .unwrap();
-    let child = pinned(haproxy, cpu).arg("-f").arg(&config).arg("-db").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn haproxy");
+    let child = pinned(haproxy, cpu)
+        .arg("-f")
+        .arg(&config)
+        .arg("-db")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn haproxy");
     let mut proc = Proc { child, name: "haproxy".into() };
     wait_port(port, &mut proc);
     Target { proc, metrics_port: port, kind: "haproxy" }
@@ -215,7 +236,15 @@ pub struct Sample {
 }
 
 /// Runs loadgen against `target` and measures the target's CPU over the run.
-pub fn run_load(bins: &Bins, dir: &Path, target: &Target, w: &Workload, secs: u64, warmup: u64, cpu: Option<usize>) -> Sample {
+pub fn run_load(
+    bins: &Bins,
+    dir: &Path,
+    target: &Target,
+    w: &Workload,
+    secs: u64,
+    warmup: u64,
+    cpu: Option<usize>,
+) -> Sample {
     static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let json = dir.join(format!("load-{}-{n}.json", target.kind));

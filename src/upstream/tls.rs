@@ -1,24 +1,56 @@
 //! A client TLS session to the intake, driven over the owned-buffer I/O seam.
 //!
-//! Owns the rustls `ClientConnection` (built from `crypto::client_config`,
-//! so only the FIPS provider ever encrypts) and two ciphertext buffers. It
-//! knows nothing of HTTP. It must never write plaintext to the socket: every
-//! byte leaving `write_plain` goes through rustls.
+//! Owns a rustls `UnbufferedClientConnection` (built from
+//! `crypto::client_config`, so only the FIPS provider ever encrypts) and the
+//! session's three buffers, all allocated once per session and reused: the
+//! incoming ciphertext (`rbuf`, one TLS record plus overhead), the outgoing
+//! ciphertext (`wbuf`, likewise) and a small carry-over of decrypted bytes
+//! that did not fit the caller's buffer. It knows nothing of HTTP. It must
+//! never write plaintext to the socket: every byte leaving the socket was
+//! produced by rustls (`encrypt`, `encode`, `queue_close_notify`).
+//!
+//! rustls' unbuffered API lets this module own the record buffers: plaintext
+//! is encrypted from the caller's slice into `wbuf`, the socket reads straight
+//! into `rbuf` where rustls decrypts records in place, and the plaintext is
+//! copied into the caller's buffer; this module adds no allocation and no
+//! queue per record. rustls 0.23 itself still makes one short-lived `Vec` per
+//! record: its `MessageEncrypter::encrypt` returns an owned record (copied
+//! into `wbuf`), and `ReadTraffic` hands out each decrypted record from an
+//! owned copy. Removing those needs a rustls with in-place record APIs.
+//! Post-handshake messages (TLS 1.3 session tickets, key updates) are handled
+//! by rustls as they pass; any answer it must send is queued in `wbuf` and
+//! sent before the next read blocks or with the next write.
 //!
 //! # Backpressure
 //! `write_plain` returns only once its data is encrypted and written to the
-//! socket, so a slow intake slows the reader of the Agent's request.
+//! socket, and encrypts at most one record ahead of the socket, so a slow
+//! intake slows the reader of the Agent's request. `read_plain` never holds
+//! more than one record of ciphertext (`rbuf`) and one of plaintext (carry).
 
-use std::io::{self, BufRead, Write};
+use std::io;
 use std::sync::Arc;
 
+use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::ServerName;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::ClientConfig;
 
 use crate::io::Stream;
 
-/// Ciphertext read buffer size (a little over one TLS record).
+/// Ciphertext buffer size: one full TLS record (16 KiB of plaintext plus
+/// header, padding and tag) with room to spare.
 const CIPHER_BUF: usize = 18 * 1024;
+/// Largest plaintext fragment of one TLS record.
+const MAX_FRAGMENT: usize = 16 * 1024;
+/// Room for what a record adds to its plaintext: 29 bytes for TLS 1.2
+/// AES-GCM (header, explicit nonce, tag), 22 for TLS 1.3 (header, content
+/// type, tag). rustls says so if it needs more.
+const RECORD_OVERHEAD: usize = 64;
+/// First guess for an encoded handshake message; corrected by rustls' answer.
+const HANDSHAKE_GUESS: usize = 4 * 1024;
+/// Bound on the incoming buffer: rustls keeps the records of a handshake
+/// message (e.g. a long certificate chain) in it until the message is whole.
+const MAX_CIPHER_BUF: usize = 128 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -34,13 +66,49 @@ pub enum TlsError {
 
 pub struct TlsSession<S: Stream> {
     io: S,
-    conn: rustls::ClientConnection,
-    /// Ciphertext received, not yet given to rustls: `rbuf[rpos..]`.
+    conn: UnbufferedClientConnection,
+    /// Ciphertext received and not yet discarded by rustls (it may hold the
+    /// front part of a record, or of a handshake message, until the rest comes).
     rbuf: Vec<u8>,
-    rpos: usize,
-    /// Ciphertext to send; empty between calls.
+    /// Ciphertext produced by rustls, not yet written: `wbuf[..len()]`.
     wbuf: Vec<u8>,
+    /// Decrypted bytes not yet handed to the caller: `carry[carry_pos..]`.
+    carry: Vec<u8>,
+    carry_pos: usize,
+    /// TCP end of stream seen.
     eof: bool,
+    /// close_notify received: no more plaintext will come.
+    peer_closed: bool,
+}
+
+/// What `process` should do when rustls is ready for application data.
+enum Want<'a> {
+    /// Deliver plaintext into this buffer (within its capacity), else into carry.
+    Read(&'a mut Vec<u8>),
+    /// Encrypt (the front of) this plaintext into `wbuf`.
+    Write(&'a [u8]),
+    /// Encrypt a close_notify alert into `wbuf`.
+    Close,
+    /// Just advance the state machine (handshake, pending records).
+    Advance,
+}
+
+/// Where `process` stopped.
+enum Event {
+    /// Decrypted bytes were delivered (to the caller's buffer or the carry).
+    Plain,
+    /// `wbuf` holds ciphertext that must be written before going on.
+    Transmit,
+    /// rustls needs more ciphertext from the socket.
+    NeedRead,
+    /// The handshake is done and nothing is pending (`Want::Advance`).
+    Ready,
+    /// This many plaintext bytes were encrypted into `wbuf` (`Want::Write`, `Want::Close`).
+    Encrypted(usize),
+    /// The peer sent close_notify (reported once; `peer_closed` is set).
+    PeerClosed,
+    /// Both sides sent close_notify: nothing more can be sent or received.
+    Closed,
 }
 
 impl<S: Stream> TlsSession<S> {
@@ -48,137 +116,329 @@ impl<S: Stream> TlsSession<S> {
     pub async fn connect(io: S, config: Arc<ClientConfig>, server_name: &str) -> Result<Self, TlsError> {
         let name =
             ServerName::try_from(server_name.to_string()).map_err(|_| TlsError::ServerName(server_name.into()))?;
-        let conn = rustls::ClientConnection::new(config, name).map_err(TlsError::Handshake)?;
+        let conn = UnbufferedClientConnection::new(config, name).map_err(TlsError::Handshake)?;
         let mut s = TlsSession {
             io,
             conn,
             rbuf: Vec::with_capacity(CIPHER_BUF),
-            rpos: 0,
             wbuf: Vec::with_capacity(CIPHER_BUF),
+            carry: Vec::new(),
+            carry_pos: 0,
             eof: false,
+            peer_closed: false,
         };
-        while s.conn.is_handshaking() {
-            s.flush().await.map_err(TlsError::HandshakeIo)?;
-            if !s.conn.is_handshaking() {
-                break;
-            }
-            if s.conn.wants_read() {
-                match s.read_tls().await {
+        loop {
+            match s.process(Want::Advance) {
+                Ok(Event::Ready) => break,
+                Ok(Event::Transmit) => s.send_wbuf().await.map_err(TlsError::HandshakeIo)?,
+                Ok(Event::NeedRead) => match s.fill().await {
                     Ok(0) => return Err(TlsError::HandshakeEof),
                     Ok(_) => {}
-                    Err(e) => {
-                        return Err(match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                            Some(te) => TlsError::Handshake(te.clone()),
-                            None => TlsError::HandshakeIo(e),
-                        })
+                    Err(e) => return Err(TlsError::HandshakeIo(e)),
+                },
+                Ok(Event::Plain | Event::Encrypted(_)) => {}
+                Ok(Event::PeerClosed | Event::Closed) => return Err(TlsError::HandshakeEof),
+                Err(e) => {
+                    // Best effort: tell the intake why (rustls queued the alert).
+                    let _ = s.process(Want::Advance);
+                    if !s.wbuf.is_empty() {
+                        let _ = s.send_wbuf().await;
                     }
+                    return Err(TlsError::Handshake(e));
                 }
             }
         }
-        s.flush().await.map_err(TlsError::HandshakeIo)?;
+        s.send_wbuf().await.map_err(TlsError::HandshakeIo)?;
+        // A long certificate chain may have grown the incoming buffer; an
+        // established session keeps only one record's worth.
+        if s.rbuf.capacity() > CIPHER_BUF && s.rbuf.len() <= CIPHER_BUF {
+            s.rbuf.shrink_to(CIPHER_BUF);
+        }
         Ok(s)
     }
 
-    /// Reads ciphertext from the socket and feeds rustls; `Ok(0)` at EOF.
-    async fn read_tls(&mut self) -> io::Result<usize> {
-        if self.rpos == self.rbuf.len() {
-            self.rbuf.clear();
-            self.rpos = 0;
-            let buf = std::mem::take(&mut self.rbuf);
-            let (res, buf) = self.io.read(buf).await;
-            self.rbuf = buf;
-            let n = res?;
-            if n == 0 {
-                self.eof = true;
-                // Let rustls see the EOF so it can tell a clean close from a truncation.
-                let _ = self.conn.read_tls(&mut &[][..]);
-                return Ok(0);
+    /// Drives rustls over the ciphertext in `rbuf` until something needs the
+    /// caller: bytes to transmit, more bytes to read, plaintext delivered, or
+    /// the session ready for `want`. Allocates nothing itself once the
+    /// session's buffers exist (the carry grows only if the caller's buffer is
+    /// smaller than a record, once per session).
+    fn process(&mut self, mut want: Want<'_>) -> Result<Event, rustls::Error> {
+        let Self { conn, rbuf, wbuf, carry, carry_pos, peer_closed, .. } = self;
+        loop {
+            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(rbuf);
+            let outcome = match state {
+                Err(e) => Err(e),
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    let mut outcome = Ok(Some(Event::Plain));
+                    while let Some(record) = traffic.next_record() {
+                        match record {
+                            Ok(record) => {
+                                discard += record.discard;
+                                deliver(record.payload, &mut want, carry, carry_pos);
+                            }
+                            Err(e) => {
+                                outcome = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    outcome
+                }
+                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                    append_with(wbuf, HANDSHAKE_GUESS, |out| match enc.encode(out) {
+                        Ok(n) => Ok(n),
+                        Err(EncodeError::InsufficientSize(e)) => Err(Some(e.required_size)),
+                        Err(EncodeError::AlreadyEncoded) => Err(None),
+                    })
+                    .map(|_| None)
+                    .map_err(|()| rustls::Error::General("cannot encode a TLS handshake record".into()))
+                }
+                Ok(ConnectionState::TransmitTlsData(tx)) => {
+                    // The caller writes `wbuf` before anything else goes out,
+                    // so marking it sent now keeps the order.
+                    tx.done();
+                    Ok(Some(Event::Transmit))
+                }
+                Ok(ConnectionState::BlockedHandshake) => Ok(Some(Event::NeedRead)),
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => match &want {
+                    Want::Read(_) => Ok(Some(Event::NeedRead)),
+                    Want::Advance => Ok(Some(Event::Ready)),
+                    Want::Write(data) => {
+                        let data = &data[..data.len().min(MAX_FRAGMENT)];
+                        append_with(wbuf, data.len() + RECORD_OVERHEAD, |out| match traffic.encrypt(data, out) {
+                            Ok(n) => Ok(n),
+                            Err(EncryptError::InsufficientSize(e)) => Err(Some(e.required_size)),
+                            Err(_) => Err(None),
+                        })
+                        .map(|_| Some(Event::Encrypted(data.len())))
+                        .map_err(|()| rustls::Error::EncryptError)
+                    }
+                    Want::Close => append_with(wbuf, RECORD_OVERHEAD, |out| match traffic.queue_close_notify(out) {
+                        Ok(n) => Ok(n),
+                        Err(EncryptError::InsufficientSize(e)) => Err(Some(e.required_size)),
+                        Err(_) => Err(None),
+                    })
+                    .map(|_| Some(Event::Encrypted(0)))
+                    .map_err(|()| rustls::Error::EncryptError),
+                },
+                Ok(ConnectionState::PeerClosed) => {
+                    *peer_closed = true;
+                    Ok(Some(Event::PeerClosed))
+                }
+                Ok(ConnectionState::Closed) => {
+                    *peer_closed = true;
+                    Ok(Some(Event::Closed))
+                }
+                Ok(other) => Err(rustls::Error::General(format!("unexpected TLS client state {other:?}"))),
+            };
+            if discard > 0 {
+                rbuf.copy_within(discard.., 0);
+                rbuf.truncate(rbuf.len() - discard);
+            }
+            match outcome? {
+                Some(event) => return Ok(event),
+                None => continue,
             }
         }
-        while self.rpos < self.rbuf.len() {
-            let mut slice = &self.rbuf[self.rpos..];
-            let n = self.conn.read_tls(&mut slice)?;
-            self.rpos += n;
-            let state = self.conn.process_new_packets().map_err(|e| {
-                // Best effort: tell the peer why (the alert is queued in rustls).
-                io::Error::new(io::ErrorKind::InvalidData, e)
-            })?;
-            if n == 0 || state.plaintext_bytes_to_read() > 0 {
-                break;
-            }
-        }
-        Ok(1)
     }
 
-    /// Writes queued ciphertext (handshake messages, records, alerts).
+    /// Reads ciphertext from the socket, appending to `rbuf`; `Ok(0)` at EOF.
+    async fn fill(&mut self) -> io::Result<usize> {
+        // Anything rustls wants to say (key update, alert) goes out before we wait.
+        self.send_wbuf().await?;
+        if self.rbuf.len() == self.rbuf.capacity() {
+            // Only while rustls holds a handshake message spanning several records.
+            if self.rbuf.capacity() >= MAX_CIPHER_BUF {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS handshake message too large"));
+            }
+            self.rbuf.reserve(CIPHER_BUF);
+        }
+        let buf = std::mem::take(&mut self.rbuf);
+        let (res, buf) = self.io.read(buf).await;
+        self.rbuf = buf;
+        let n = res?;
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n)
+    }
+
+    /// Writes `wbuf` out and empties it.
+    async fn send_wbuf(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.wbuf);
+        let (res, mut buf) = self.io.write_all(buf).await;
+        buf.clear();
+        self.wbuf = buf;
+        res
+    }
+
+    /// Writes queued ciphertext (handshake messages, key updates, alerts).
     pub async fn flush(&mut self) -> io::Result<()> {
-        while self.conn.wants_write() {
-            self.wbuf.clear();
-            self.conn.write_tls(&mut self.wbuf)?;
-            let buf = std::mem::take(&mut self.wbuf);
-            let (res, buf) = self.io.write_all(buf).await;
-            self.wbuf = buf;
-            res?;
+        loop {
+            match self.process(Want::Advance).map_err(tls_io)? {
+                Event::Transmit => self.send_wbuf().await?,
+                _ => return self.send_wbuf().await,
+            }
         }
-        Ok(())
     }
 
-    /// Encrypts and sends all of `data`.
+    /// Encrypts and sends all of `data`, one record (at most 16 KiB of
+    /// plaintext) at a time.
+    ///
+    /// # Backpressure
+    /// Returns only once every record is written to the socket.
     pub async fn write_plain(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let n = self.conn.writer().write(data)?;
-            data = &data[n..];
-            self.flush().await?;
+            match self.process(Want::Write(data)).map_err(tls_io)? {
+                Event::Encrypted(n) => {
+                    data = &data[n..];
+                    self.send_wbuf().await?;
+                }
+                Event::Transmit => self.send_wbuf().await?,
+                // Plaintext that came early waits in the carry; close_notify
+                // from the intake still lets us send (rustls decides).
+                Event::Plain | Event::PeerClosed | Event::Ready => {}
+                Event::NeedRead | Event::Closed => {
+                    return Err(io::Error::new(io::ErrorKind::NotConnected, "TLS session can no longer send data"))
+                }
+            }
         }
         Ok(())
     }
 
     /// Appends decrypted bytes to `out` (within its spare capacity; never grows it).
-    /// `Ok(0)`: the intake closed the session (close_notify or TCP EOF).
+    /// `Ok(0)`: the intake closed the session with close_notify; TCP EOF
+    /// without it is `UnexpectedEof`.
     pub async fn read_plain(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
         debug_assert!(out.capacity() > out.len());
+        let before = out.len();
         loop {
-            let room = out.capacity() - out.len();
-            let mut reader = self.conn.reader();
-            match reader.fill_buf() {
-                Ok(chunk) => {
-                    // Copy straight from rustls' plaintext buffer: no zeroing, no temporary.
-                    let n = chunk.len().min(room);
-                    out.extend_from_slice(&chunk[..n]);
-                    reader.consume(n);
-                    return Ok(n);
+            if self.carry_pos < self.carry.len() {
+                let room = out.capacity() - out.len();
+                let n = room.min(self.carry.len() - self.carry_pos);
+                out.extend_from_slice(&self.carry[self.carry_pos..self.carry_pos + n]);
+                self.carry_pos += n;
+                if self.carry_pos == self.carry.len() {
+                    self.carry.clear();
+                    self.carry_pos = 0;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.eof {
+                return Ok(n);
+            }
+            if self.peer_closed {
+                return Ok(0);
+            }
+            match self.process(Want::Read(out)).map_err(tls_io)? {
+                Event::Plain if out.len() > before => return Ok(out.len() - before),
+                Event::Plain | Event::Ready | Event::Encrypted(_) => {}
+                Event::Transmit => self.send_wbuf().await?,
+                Event::PeerClosed | Event::Closed => {}
+                Event::NeedRead => {
+                    if self.eof || self.fill().await? == 0 {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "intake closed the connection"));
                     }
-                    // Key updates and the like may need answering.
-                    self.flush().await?;
-                    // At EOF rustls learns of it; the next fill_buf says how the session ended.
-                    self.read_tls().await?;
                 }
-                Err(e) => return Err(e),
             }
         }
     }
 
-    /// Whether a pooled session can carry another request: no EOF seen, no
-    /// unread plaintext, and the socket shows nothing (data or FIN) waiting.
+    /// Whether a pooled session can carry another request: no EOF or
+    /// close_notify seen, no unread plaintext or ciphertext, and the socket
+    /// shows nothing (data or FIN) waiting. Complete records already read
+    /// (a late session ticket) are processed first.
     pub fn is_reusable_now(&mut self) -> bool {
-        if self.eof || self.rpos < self.rbuf.len() {
+        if self.eof || self.peer_closed || self.carry_pos < self.carry.len() {
             return false;
+        }
+        while !self.rbuf.is_empty() {
+            match self.process(Want::Advance) {
+                // Queued ciphertext (e.g. a key update) goes out with the next write.
+                Ok(Event::Transmit) => {}
+                Ok(Event::Ready) if self.rbuf.is_empty() => break,
+                _ => return false,
+            }
         }
         crate::io::socket_is_idle(self.io.raw_fd())
     }
 
     /// Sends close_notify, best effort, before the session is dropped.
     pub async fn close(mut self) {
-        self.conn.send_close_notify();
-        let _ = self.flush().await;
+        loop {
+            match self.process(Want::Close) {
+                Ok(Event::Transmit) => {
+                    if self.send_wbuf().await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Encrypted(_)) => break,
+                // Records read but not processed yet: pass them first.
+                Ok(Event::Plain | Event::PeerClosed) => {}
+                _ => return,
+            }
+        }
+        let _ = self.send_wbuf().await;
     }
 
     /// Negotiated protocol version and suite, for logs and `version`.
     pub fn describe(&self) -> String {
         format!("{:?} {:?}", self.conn.protocol_version(), self.conn.negotiated_cipher_suite().map(|s| s.suite()))
     }
+}
+
+/// Hands a decrypted record to the reader: straight into its buffer while it
+/// has room, the rest (or all, outside a read) into the carry.
+fn deliver(payload: &[u8], want: &mut Want<'_>, carry: &mut Vec<u8>, carry_pos: &mut usize) {
+    let mut rest = payload;
+    if let Want::Read(out) = want {
+        if *carry_pos == carry.len() {
+            let n = rest.len().min(out.capacity() - out.len());
+            out.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+        }
+    }
+    if !rest.is_empty() {
+        if *carry_pos > 0 && *carry_pos == carry.len() {
+            carry.clear();
+            *carry_pos = 0;
+        }
+        if carry.capacity() == 0 {
+            carry.reserve_exact(MAX_FRAGMENT.max(rest.len()));
+        }
+        carry.extend_from_slice(rest);
+    }
+}
+
+/// Lets `write` produce ciphertext at the end of `wbuf`, in a window of
+/// `guess` bytes, or of the size rustls says it needs. Only zeroes what it
+/// offers and allocates only if the window outgrows `wbuf`'s capacity.
+fn append_with(
+    wbuf: &mut Vec<u8>,
+    guess: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
+) -> Result<usize, ()> {
+    let start = wbuf.len();
+    wbuf.resize(start + guess, 0);
+    let result = match write(&mut wbuf[start..]) {
+        Err(Some(required)) => {
+            wbuf.resize(start + required, 0);
+            write(&mut wbuf[start..])
+        }
+        other => other,
+    };
+    match result {
+        Ok(n) => {
+            wbuf.truncate(start + n);
+            Ok(n)
+        }
+        Err(_) => {
+            wbuf.truncate(start);
+            Err(())
+        }
+    }
+}
+
+fn tls_io(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }

@@ -1,0 +1,322 @@
+//! `TlsSession` (rustls' unbuffered client API) against a real rustls server
+//! over loopback TCP, on the epoll backend: byte-exact data through a tiny
+//! reader buffer, a server-requested key update mid-answer, close_notify vs.
+//! bare TCP EOF, TLS 1.2, session resumption, and the allocations made per
+//! request/answer exchange in steady state (counted on the client thread).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use fipsrelay::io::epoll::Epoll;
+use fipsrelay::io::Backend;
+use fipsrelay::upstream::tls::TlsSession;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, HandshakeKind, ServerConfig, ServerConnection, SupportedProtocolVersion};
+
+// ---- allocations counted on the threads that ask for it ----
+
+struct Counting;
+
+thread_local! {
+    static COUNT: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let _ = COUNT.try_with(|c| {
+            if c.get() {
+                ALLOCS.with(|a| a.set(a.get() + 1));
+            }
+        });
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        let _ = COUNT.try_with(|c| {
+            if c.get() {
+                ALLOCS.with(|a| a.set(a.get() + 1));
+            }
+        });
+        System.realloc(p, l, n)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// ---- a rustls server driven by hand over a blocking socket ----
+
+const NAME: &str = "metrics.agent.ddog-gov.com";
+
+struct Pki {
+    client: Arc<ClientConfig>,
+    certs: Vec<CertificateDer<'static>>,
+    key_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+fn pki() -> Pki {
+    let pki = loadgen::pki::TestPki::generate(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_cert_pem).unwrap();
+    let client = fipsrelay::crypto::client_config(&fipsrelay::crypto::TrustSource::CaFile(ca)).unwrap();
+    let certs = CertificateDer::pem_slice_iter(pki.leaf_cert_pem.as_bytes()).map(|c| c.unwrap()).collect();
+    Pki { client, certs, key_pem: pki.leaf_key_pem, _dir: dir }
+}
+
+fn server_config(pki: &Pki, version: &'static SupportedProtocolVersion) -> Arc<ServerConfig> {
+    let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).unwrap();
+    Arc::new(
+        ServerConfig::builder_with_provider(Arc::new(fipsrelay::crypto::fips_provider()))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(pki.certs.clone(), key)
+            .unwrap(),
+    )
+}
+
+struct Server {
+    conn: ServerConnection,
+    sock: TcpStream,
+}
+
+impl Server {
+    fn accept(listener: &TcpListener, config: &Arc<ServerConfig>) -> Server {
+        let (sock, _) = listener.accept().unwrap();
+        let mut s = Server { conn: ServerConnection::new(config.clone()).unwrap(), sock };
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock).unwrap();
+        }
+        s.flush();
+        s
+    }
+
+    fn flush(&mut self) {
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut self.sock).unwrap();
+        }
+    }
+
+    fn send(&mut self, data: &[u8]) {
+        self.conn.writer().write_all(data).unwrap();
+        self.flush();
+    }
+
+    fn recv_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut got = vec![0u8; n];
+        let mut filled = 0;
+        while filled < n {
+            match self.conn.reader().read(&mut got[filled..]) {
+                Ok(0) => panic!("client closed after {filled} of {n} bytes"),
+                Ok(k) => filled += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(self.conn.read_tls(&mut self.sock).unwrap() > 0, "client hung up");
+                    self.conn.process_new_packets().unwrap();
+                    self.flush();
+                }
+                Err(e) => panic!("server read: {e}"),
+            }
+        }
+        got
+    }
+}
+
+fn spawn_server(
+    pki: &Pki,
+    version: &'static SupportedProtocolVersion,
+    script: impl FnOnce(TcpListener, Arc<ServerConfig>) + Send + 'static,
+) -> (std::net::SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = server_config(pki, version);
+    (addr, std::thread::spawn(move || script(listener, config)))
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+async fn connect(addr: std::net::SocketAddr, config: Arc<ClientConfig>) -> TlsSession<<Epoll as Backend>::Stream> {
+    let io = Epoll::connect(addr).await.unwrap();
+    TlsSession::connect(io, config, NAME).await.unwrap()
+}
+
+/// Reads exactly `n` plaintext bytes through a buffer of capacity `cap`.
+async fn read_exact<S: fipsrelay::io::Stream>(s: &mut TlsSession<S>, n: usize, cap: usize) -> Vec<u8> {
+    let mut all = Vec::with_capacity(n);
+    let mut buf = Vec::with_capacity(cap);
+    while all.len() < n {
+        buf.clear();
+        let k = s.read_plain(&mut buf).await.unwrap();
+        assert!(k > 0 && k == buf.len() && buf.len() <= cap);
+        assert_eq!(buf.capacity(), cap, "read_plain must not grow the caller's buffer");
+        all.extend_from_slice(&buf);
+    }
+    assert_eq!(all.len(), n, "more plaintext than the peer sent");
+    all
+}
+
+#[test]
+fn tiny_reader_buffer_key_update_and_close_notify_tls13() {
+    let pki = pki();
+    let request = pattern(40_000, 1);
+    let answer = pattern(50_000, 2);
+    let (req, ans) = (request.clone(), answer.clone());
+    let (addr, server) = spawn_server(&pki, &rustls::version::TLS13, move |l, cfg| {
+        let mut s = Server::accept(&l, &cfg);
+        assert_eq!(s.recv_exact(req.len()), req);
+        s.send(&ans[..20_000]);
+        // Asks the client to update its keys too: its answer must go out.
+        s.conn.refresh_traffic_keys().unwrap();
+        s.send(&ans[20_000..]);
+        let again = s.recv_exact(30_000);
+        assert_eq!(again, pattern(30_000, 3));
+        s.conn.send_close_notify();
+        s.flush();
+        // Wait for the client's close_notify, then EOF.
+        let mut sink = [0u8; 64];
+        while s.conn.read_tls(&mut s.sock).unwrap_or(0) > 0 {
+            if s.conn.process_new_packets().unwrap().peer_has_closed() {
+                break;
+            }
+        }
+        let _ = s.conn.reader().read(&mut sink);
+    });
+    Epoll::block_on(async move {
+        let mut s = connect(addr, pki.client.clone()).await;
+        assert!(s.describe().contains("TLSv1_3"), "{}", s.describe());
+        s.write_plain(&request).await.unwrap();
+        assert_eq!(read_exact(&mut s, 7, 7).await, answer[..7]);
+        assert_eq!(read_exact(&mut s, answer.len() - 7, 1000).await, answer[7..]);
+        s.write_plain(&pattern(30_000, 3)).await.unwrap();
+        let mut buf = Vec::with_capacity(100);
+        assert_eq!(s.read_plain(&mut buf).await.unwrap(), 0, "close_notify reads as Ok(0)");
+        assert!(!s.is_reusable_now());
+        s.close().await;
+    })
+    .unwrap();
+    server.join().unwrap();
+}
+
+#[test]
+fn tcp_eof_without_close_notify_is_unexpected_eof() {
+    let pki = pki();
+    let (addr, server) = spawn_server(&pki, &rustls::version::TLS13, |l, cfg| {
+        let mut s = Server::accept(&l, &cfg);
+        s.recv_exact(5);
+        s.send(b"partial");
+        // Dropped without close_notify.
+    });
+    Epoll::block_on(async move {
+        let mut s = connect(addr, pki.client.clone()).await;
+        s.write_plain(b"hello").await.unwrap();
+        assert_eq!(read_exact(&mut s, 7, 64).await, b"partial");
+        let mut buf = Vec::with_capacity(64);
+        let e = s.read_plain(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    })
+    .unwrap();
+    server.join().unwrap();
+}
+
+/// Two sessions with one client config: the second is resumed (TLS 1.2:
+/// session id or ticket; TLS 1.3: the tickets read with the first answer).
+fn resumption(version: &'static SupportedProtocolVersion, tag: &str) {
+    let pki = pki();
+    let (addr, server) = spawn_server(&pki, version, |l, cfg| {
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let mut s = Server::accept(&l, &cfg);
+            let got = s.recv_exact(3000);
+            s.send(&got);
+            kinds.push(s.conn.handshake_kind());
+            s.conn.send_close_notify();
+            s.flush();
+        }
+        assert_eq!(kinds, [Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)]);
+    });
+    let tag = tag.to_string();
+    Epoll::block_on(async move {
+        for i in 0..2u8 {
+            let mut s = connect(addr, pki.client.clone()).await;
+            assert!(s.describe().contains(&tag), "{}", s.describe());
+            let data = pattern(3000, i);
+            s.write_plain(&data).await.unwrap();
+            assert_eq!(read_exact(&mut s, data.len(), 16 * 1024).await, data);
+            s.close().await;
+        }
+    })
+    .unwrap();
+    server.join().unwrap();
+}
+
+#[test]
+fn resumption_tls12() {
+    resumption(&rustls::version::TLS12, "TLSv1_2");
+}
+
+#[test]
+fn resumption_tls13() {
+    resumption(&rustls::version::TLS13, "TLSv1_3");
+}
+
+async fn exchange<S: fipsrelay::io::Stream>(s: &mut TlsSession<S>, data: &[u8], buf: &mut Vec<u8>) {
+    s.write_plain(data).await.unwrap();
+    buf.clear();
+    while buf.len() < data.len() {
+        s.read_plain(buf).await.unwrap();
+    }
+    assert_eq!(&buf[..], data);
+}
+
+/// One 1 KiB request and a 1 KiB answer on an established session: what
+/// this exchange allocates on the client thread. `TlsSession` itself adds
+/// nothing; rustls 0.23 makes one `Vec` per record it encrypts (its
+/// `MessageEncrypter` returns an owned record: 1046 bytes here) and one per
+/// app-data record it decrypts (the unbuffered `ReadTraffic` still copies
+/// records into owned chunks: 1024 bytes), so the bound is one per record.
+#[test]
+fn steady_state_allocates_only_inside_rustls_record_layer() {
+    let pki = pki();
+    const ROUNDS: usize = 50;
+    let (addr, server) = spawn_server(&pki, &rustls::version::TLS13, |l, cfg| {
+        let mut s = Server::accept(&l, &cfg);
+        for _ in 0..ROUNDS + 5 {
+            let got = s.recv_exact(1024);
+            s.send(&got);
+        }
+        // Open until the client has looked at the idle session.
+        assert_eq!(s.recv_exact(1), b".");
+    });
+    Epoll::block_on(async move {
+        let mut s = connect(addr, pki.client.clone()).await;
+        let data = pattern(1024, 9);
+        let mut buf = Vec::with_capacity(16 * 1024);
+        for _ in 0..5 {
+            exchange(&mut s, &data, &mut buf).await; // tickets and first-use allocations
+        }
+        ALLOCS.with(|a| a.set(0));
+        COUNT.with(|c| c.set(true));
+        for _ in 0..ROUNDS {
+            exchange(&mut s, &data, &mut buf).await;
+        }
+        COUNT.with(|c| c.set(false));
+        let allocs = ALLOCS.with(|a| a.get());
+        println!("allocations per 1 KiB request + 1 KiB answer: {:.2}", allocs as f64 / ROUNDS as f64);
+        assert!(allocs <= 2 * ROUNDS as u64, "{allocs} allocations over {ROUNDS} exchanges");
+        assert!(s.is_reusable_now());
+        s.write_plain(b".").await.unwrap();
+    })
+    .unwrap();
+    server.join().unwrap();
+}
