@@ -63,7 +63,7 @@ fn main() -> ExitCode {
             return match tuning_check(cli.config, profile, verbose) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
-                    eprintln!("fipsrelay: error: {e:#}");
+                    eprintln!("fipsrelay: error: {}", error_text(&e));
                     ExitCode::from(2)
                 }
             };
@@ -72,11 +72,24 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let text = format!("fipsrelay: error: {e:#}");
-            eprintln!("{}", logging::scrub(&text));
+            eprintln!("{}", logging::scrub(&format!("fipsrelay: error: {}", error_text(&e))));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause once: most of our errors already
+/// quote their cause in their own message.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
