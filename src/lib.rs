@@ -8,11 +8,13 @@
 
 pub mod config;
 pub mod crypto;
+pub mod demo;
 pub mod http1;
 pub mod io;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod procstat;
 pub mod relay;
 pub mod route;
 pub mod server;

@@ -30,6 +30,24 @@ enum Command {
     CheckConfig,
     /// Print the version, the FIPS module, the TLS offer and the I/O backends.
     Version,
+    /// Demo on an embedded default: mock intake + this relay + a verified loadgen run.
+    Demo {
+        /// How long the load runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent Agent-like connections.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// The mock-intake binary (default: beside fipsrelay).
+        #[arg(long, value_name = "PATH")]
+        mock_intake: Option<PathBuf>,
+        /// The loadgen binary (default: beside fipsrelay).
+        #[arg(long, value_name = "PATH")]
+        loadgen: Option<PathBuf>,
+        /// Keep the demo's files (PKI, config, logs) for a look afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Host tuning for high volume (read-only checks).
     #[command(subcommand)]
     Tuning(TuningCommand),
@@ -59,6 +77,16 @@ fn main() -> ExitCode {
         Command::Run => run(cli.config),
         Command::CheckConfig => check_config(cli.config),
         Command::Version => version(),
+        Command::Demo { seconds, connections, mock_intake, loadgen, keep } => {
+            let opts = fipsrelay::demo::DemoOptions {
+                seconds: seconds.clamp(1, 3600),
+                connections,
+                mock_intake,
+                loadgen,
+                keep,
+            };
+            fipsrelay::demo::run(&opts).map_err(anyhow::Error::from)
+        }
         Command::Tuning(TuningCommand::Check { profile, verbose }) => {
             return match tuning_check(cli.config, profile, verbose) {
                 Ok(code) => ExitCode::from(code),
