@@ -184,6 +184,43 @@ fn bench_tls(iters: u64) {
     }
 }
 
+/// Pool take + give_back of a live TLS session (the take includes the
+/// liveness check on the real socket), on the epoll backend.
+fn bench_pool(iters: u64) {
+    use fipsrelay::io::{epoll::Epoll, Backend};
+    use fipsrelay::upstream::pool::Pool;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = loadgen::pki::TestPki::generate(&[]);
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_cert_pem).unwrap();
+    let mock = loadgen::mock::MockIntake::start(loadgen::mock::MockConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        pki.leaf_cert_pem.clone(),
+        pki.leaf_key_pem.clone(),
+    ))
+    .unwrap();
+    let cfg = fipsrelay::crypto::client_config(&fipsrelay::crypto::TrustSource::CaFile(ca)).unwrap();
+    Epoll::block_on(async move {
+        let session = fipsrelay::upstream::open_session::<Epoll>(
+            mock.addr(),
+            cfg,
+            "metrics.agent.ddog-gov.com",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let mut pool = Pool::new(1, 64, Duration::from_secs(30));
+        let now = Instant::now();
+        pool.give_back(0, session, now);
+        measure("pool take+give_back (live check)", 0, iters, || {
+            let (s, dropped) = pool.take(0, now);
+            assert_eq!(dropped, 0);
+            pool.give_back(0, s.expect("session stays live"), now);
+        });
+    })
+    .unwrap();
+}
+
 /// End to end through an in-process relay: allocations on worker threads
 /// per forwarded request, in steady state (after warm-up).
 fn bench_allocs(requests: u64) {
@@ -263,5 +300,6 @@ fn main() {
     bench_parse(iters);
     bench_chunked(iters);
     bench_tls(iters);
+    bench_pool(iters / 4);
     bench_allocs(if quick { 500 } else { 5_000 });
 }

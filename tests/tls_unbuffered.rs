@@ -320,3 +320,31 @@ fn steady_state_allocates_only_inside_rustls_record_layer() {
     .unwrap();
     server.join().unwrap();
 }
+
+/// A session that has read nothing since its handshake still has the TLS 1.3
+/// session tickets waiting on the socket: that is not a dead session. Once
+/// the server closes, the same check says dead.
+#[test]
+fn pending_tickets_are_not_death_but_fin_is() {
+    let pki = pki();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (addr, server) = spawn_server(&pki, &rustls::version::TLS13, move |l, cfg| {
+        let s = Server::accept(&l, &cfg);
+        let _ = rx.recv(); // hold the connection open until told
+        drop(s);
+    });
+    Epoll::block_on(async move {
+        let mut s = connect(addr, pki.client.clone()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await; // tickets arrive
+        assert!(s.is_reusable_now(), "unread session tickets must not mark the session dead");
+        assert!(s.is_reusable_now(), "and the check is repeatable");
+        tx.send(()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while s.is_reusable_now() {
+            assert!(std::time::Instant::now() < deadline, "a closed session must be seen as dead");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .unwrap();
+    server.join().unwrap();
+}

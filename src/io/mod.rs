@@ -71,15 +71,21 @@ pub fn probe_uring() -> Result<(), String> {
     }
 }
 
-/// Checks a pooled socket without blocking: `Ok(true)` idle and open,
-/// `Ok(false)` the peer closed or data is waiting that nobody asked for.
-pub fn socket_is_idle(fd: RawFd) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: recv into a one-byte stack buffer on a socket we own.
-    let n = unsafe { libc::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+/// Reads what the socket already holds, without blocking, into the spare
+/// capacity of `buf` (appending). `Ok(None)`: nothing waiting; `Ok(Some(0))`:
+/// end of stream. Only for sockets with no I/O operation in flight (pooled).
+pub fn recv_now(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    let spare = buf.spare_capacity_mut();
+    if spare.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room to read"));
+    }
+    // SAFETY: recv writes at most spare.len() bytes into the spare capacity,
+    // and set_len covers exactly the bytes it wrote.
+    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
     if n < 0 {
         let e = io::Error::last_os_error();
-        return e.kind() == io::ErrorKind::WouldBlock;
+        return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
     }
-    false
+    unsafe { buf.set_len(buf.len() + n as usize) };
+    Ok(Some(n as usize))
 }

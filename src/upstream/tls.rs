@@ -344,23 +344,41 @@ impl<S: Stream> TlsSession<S> {
         }
     }
 
-    /// Whether a pooled session can carry another request: no EOF or
-    /// close_notify seen, no unread plaintext or ciphertext, and the socket
-    /// shows nothing (data or FIN) waiting. Complete records already read
-    /// (a late session ticket) are processed first.
+    /// Whether a pooled session can carry another request. Reads, without
+    /// blocking, whatever arrived while it was idle and lets rustls process
+    /// it: session tickets and key updates keep it usable; EOF, close_notify,
+    /// an alert, application data nobody asked for, or a partial record make
+    /// it unusable.
     pub fn is_reusable_now(&mut self) -> bool {
         if self.eof || self.peer_closed || self.carry_pos < self.carry.len() {
             return false;
+        }
+        // Take in whatever the intake sent while the session sat idle (late
+        // session tickets, a key update, or a close_notify / FIN) without
+        // blocking, and let rustls judge it.
+        loop {
+            if self.rbuf.len() == self.rbuf.capacity() {
+                return false;
+            }
+            match crate::io::recv_now(self.io.raw_fd(), &mut self.rbuf) {
+                Ok(None) => break,
+                Ok(Some(0)) | Err(_) => {
+                    self.eof = true;
+                    return false;
+                }
+                Ok(Some(_)) => continue,
+            }
         }
         while !self.rbuf.is_empty() {
             match self.process(Want::Advance) {
                 // Queued ciphertext (e.g. a key update) goes out with the next write.
                 Ok(Event::Transmit) => {}
                 Ok(Event::Ready) if self.rbuf.is_empty() => break,
+                // Application data nobody asked for, a partial record, an alert or close_notify.
                 _ => return false,
             }
         }
-        crate::io::socket_is_idle(self.io.raw_fd())
+        true
     }
 
     /// Sends close_notify, best effort, before the session is dropped.
