@@ -24,6 +24,7 @@ pub const DEFAULT_MAX_IDLE_PER_HOST: usize = 64;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: &str = "120s";
+pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
 pub const DEFAULT_DNS_REFRESH: &str = "30s";
 
@@ -135,6 +136,7 @@ pub struct RawLimits {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub client_idle_timeout: String,
+    pub header_timeout: String,
 }
 
 impl Default for RawLimits {
@@ -143,6 +145,7 @@ impl Default for RawLimits {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT.into(),
+            header_timeout: DEFAULT_HEADER_TIMEOUT.into(),
         }
     }
 }
@@ -218,6 +221,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub client_idle_timeout: Duration,
+    /// A request head must be complete this long after its first byte.
+    pub header_timeout: Duration,
     pub drain_timeout: Duration,
     pub dns_refresh: Duration,
     pub log_level: String,
@@ -432,6 +437,7 @@ impl RawConfig {
             max_header_bytes: self.limits.max_header_bytes,
             max_body_bytes: self.limits.max_body_bytes,
             client_idle_timeout: duration("limits.client_idle_timeout", &self.limits.client_idle_timeout)?,
+            header_timeout: duration("limits.header_timeout", &self.limits.header_timeout)?,
             drain_timeout: duration("shutdown.drain_timeout", &self.shutdown.drain_timeout)?,
             dns_refresh: duration("dns.refresh", &self.dns.refresh)?,
             log_level,

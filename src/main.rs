@@ -73,6 +73,11 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<(Config, Source)> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::CheckConfig | Command::Version | Command::Tuning(_))) {
+        // Printing commands end quietly when their reader goes away (`| head`).
+        // `run` keeps Rust's SIGPIPE = ignore: a closed socket must be an error, not a signal.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config),
         Command::CheckConfig => check_config(cli.config),

@@ -256,6 +256,7 @@ async fn serve_one<B: Backend>(
     let product = PRODUCTS[offset as usize].name;
     let route = &ctx.routes.routes[offset as usize];
     // Wait for a complete head. Idle waits end on the idle timeout or at drain.
+    let mut head_started: Option<Instant> = (!down.filled().is_empty()).then(Instant::now);
     let head = loop {
         let upstream_host = ctx.routes.upstream_for(offset, head_target(down.filled())).map(|id| ctx.upstream_host(id));
         if !down.filled().is_empty() {
@@ -276,23 +277,35 @@ async fn serve_one<B: Backend>(
             return Outcome::Close;
         }
         let idle = down.filled().is_empty();
+        // Waiting for a new request: the idle timeout. Inside a head: what is
+        // left of the header timeout, counted from its first byte (slowloris).
+        let wait = match head_started {
+            None => cfg.client_idle_timeout,
+            Some(t) => cfg.header_timeout.saturating_sub(t.elapsed()),
+        };
         let read = down.fill(cfg.max_header_bytes + 1);
         let res = tokio::select! {
-            r = tokio::time::timeout(cfg.client_idle_timeout, read) => r,
+            r = tokio::time::timeout(wait, read) => r,
             _ = ctx.drain_started(), if idle => return Outcome::Close,
         };
         match res {
+            Err(_) if idle => return Outcome::Close,
             Err(_) => {
-                if !idle {
-                    tracing::info!(product, %peer, "client sent an incomplete head and went quiet; closing");
-                }
+                tracing::info!(product, %peer, timeout = ?cfg.header_timeout, "request head not complete within limits.header_timeout; answering 408");
+                ctx.stats.borrow_mut().product(offset).refused += 1;
+                http1::local_response(408, "request head not received in time (limits.header_timeout)", true, scratch);
+                let _ = down.write(scratch).await;
                 return Outcome::Close;
             }
             Ok(Err(e)) => {
                 tracing::debug!(product, %peer, error = %e, "client read failed");
                 return Outcome::Close;
             }
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                if head_started.is_none() {
+                    head_started = Some(Instant::now());
+                }
+            }
         }
     };
     down.consume(head.head_len);

@@ -535,3 +535,30 @@ both_backends!(client_abort_mid_body_never_completes_upstream, |io: &str| {
     assert_eq!(records[0].body_len, 5);
     assert!(intake.mock.connections_accepted() >= 2, "the aborted session was not reused");
 });
+
+both_backends!(slowloris_head_gets_408_within_header_timeout, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "limits.header_timeout = \"700ms\"");
+    let mut c = relay.connect(1);
+    c.write_raw(b"POST /api/v2/series HTTP/1.1\r\n");
+    let started = std::time::Instant::now();
+    // Trickle a header byte by byte: every read arrives well inside the idle timeout.
+    let trickle = b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for b in trickle {
+        if std::io::Write::write_all(c.stream(), &[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if started.elapsed() > Duration::from_millis(1500) {
+            break;
+        }
+    }
+    let r = c.read_response(false).expect("an answer, not a hang");
+    assert_eq!(r.status, 408);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(c.closed_by_peer());
+    assert!(intake.mock.records().is_empty());
+    // A normal request right after is served.
+    assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"{}").status, 202);
+});
