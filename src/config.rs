@@ -212,7 +212,8 @@ pub struct Config {
     pub site: String,
     pub ca_file: Option<PathBuf>,
     pub server_name: Option<String>,
-    pub override_addr: Option<SocketAddr>,
+    /// Addresses to send every product to (tests, demos, benches); empty = resolve hosts.
+    pub override_addrs: Vec<SocketAddr>,
     pub appsec_host: Option<String>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
@@ -364,11 +365,21 @@ impl RawConfig {
                 ));
             }
         }
-        let override_addr = match &self.upstream.override_addr {
-            None => None,
-            Some(s) => Some(s.trim().parse::<SocketAddr>().map_err(|e| {
-                invalid("upstream.override_addr", s, e, "write IP:PORT such as 127.0.0.1:8443, or remove the key")
-            })?),
+        let override_addrs = match &self.upstream.override_addr {
+            None => Vec::new(),
+            Some(s) => s
+                .split(',')
+                .map(|a| {
+                    a.trim().parse::<SocketAddr>().map_err(|e| {
+                        invalid(
+                            "upstream.override_addr",
+                            s,
+                            e,
+                            "write IP:PORT such as 127.0.0.1:8443 (several separated by commas), or remove the key",
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
         };
         if let Some(p) = &self.upstream.ca_file {
             if p.as_os_str().is_empty() {
@@ -428,7 +439,7 @@ impl RawConfig {
             site,
             ca_file: self.upstream.ca_file.clone(),
             server_name: self.upstream.server_name.as_ref().map(|s| s.trim().to_string()),
-            override_addr,
+            override_addrs,
             appsec_host: self.upstream.appsec_host.as_ref().map(|s| s.trim().to_ascii_lowercase()),
             connect_timeout: duration("upstream.connect_timeout", &self.upstream.connect_timeout)?,
             response_timeout: duration("upstream.response_timeout", &self.upstream.response_timeout)?,
@@ -531,6 +542,8 @@ mod tests {
         let mut raw = RawConfig::default();
         raw.upstream.override_addr = Some("localhost".into());
         assert!(raw.validate().unwrap_err().to_string().contains("upstream.override_addr"));
+        raw.upstream.override_addr = Some("127.0.0.1:1, [::1]:2".into());
+        assert_eq!(raw.validate().unwrap().override_addrs.len(), 2);
     }
 
     #[test]

@@ -72,6 +72,11 @@ fn load(path: Option<&std::path::Path>) -> anyhow::Result<(Config, Source)> {
 }
 
 fn main() -> ExitCode {
+    // No transparent huge pages for this process: with them the allocator's
+    // first arenas alone cost ~9 MB of resident memory at idle (measured).
+    // Done first, before the allocator maps much; mimalloc is also built with
+    // `no_thp` so it never asks for them itself.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     let cli = Cli::parse();
     if matches!(cli.command, Some(Command::CheckConfig | Command::Version | Command::Tuning(_))) {
         // Printing commands end quietly when their reader goes away (`| head`).
@@ -164,8 +169,9 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
         };
         println!("# {port:<6} {:<28} {host}", p.name);
     }
-    if let Some(a) = config.override_addr {
-        println!("# every upstream connection goes to {a} (upstream.override_addr)");
+    if !config.override_addrs.is_empty() {
+        let list: Vec<String> = config.override_addrs.iter().map(|a| a.to_string()).collect();
+        println!("# every upstream connection goes to {} (upstream.override_addr)", list.join(", "));
     }
     Ok(())
 }

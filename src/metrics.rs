@@ -5,7 +5,8 @@
 //! a few times a second; the status port merges the slots. Metric names live
 //! here as constants. This module never does I/O.
 
-use std::sync::Mutex;
+use std::ops::Deref;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -94,11 +95,55 @@ impl ErrorCause {
 }
 
 fn new_histogram() -> Histogram<u64> {
-    // Microseconds, 1 µs to 1 hour, 2 significant digits.
+    // Microseconds, 1 µs to 1 hour, 2 significant digits (about 26 KiB of counts).
     Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static histogram bounds")
 }
 
-#[derive(Clone)]
+/// A product's request latency in µs. Its counts (about 26 KiB) are only
+/// allocated when the first value is recorded or merged in, so products the
+/// Agent never uses cost nothing, per worker and per hub slot. Reads go
+/// through `Deref` to a [`Histogram`] (a shared empty one until then).
+#[derive(Default)]
+pub struct Latency(Option<Histogram<u64>>);
+
+impl Latency {
+    pub fn record(&mut self, micros: u64) {
+        let _ = self.0.get_or_insert_with(new_histogram).record(micros);
+    }
+
+    fn add(&mut self, o: &Latency) {
+        if let Some(src) = o.0.as_ref().filter(|h| !h.is_empty()) {
+            let _ = self.0.get_or_insert_with(new_histogram).add(src);
+        }
+    }
+}
+
+impl Deref for Latency {
+    type Target = Histogram<u64>;
+
+    fn deref(&self) -> &Histogram<u64> {
+        static EMPTY: OnceLock<Histogram<u64>> = OnceLock::new();
+        self.0.as_ref().unwrap_or_else(|| EMPTY.get_or_init(new_histogram))
+    }
+}
+
+impl Clone for Latency {
+    fn clone(&self) -> Self {
+        Latency(self.0.clone())
+    }
+
+    /// Copies into the counts already allocated (publishing runs a few times a second).
+    fn clone_from(&mut self, o: &Self) {
+        match (&mut self.0, &o.0) {
+            (Some(dst), Some(src)) => {
+                let _ = dst.set_to(src);
+            }
+            (dst, src) => dst.clone_from(src),
+        }
+    }
+}
+
+#[derive(Default)]
 pub struct ProductStats {
     /// By status class: 1xx..5xx.
     pub requests: [u64; 5],
@@ -110,22 +155,19 @@ pub struct ProductStats {
     pub pool_misses: u64,
     pub open_connections: i64,
     /// Request latency in µs, from a complete head to a complete answer.
-    pub latency: Histogram<u64>,
+    pub latency: Latency,
 }
 
-impl Default for ProductStats {
-    fn default() -> Self {
-        ProductStats {
-            requests: [0; 5],
-            bytes_in: 0,
-            bytes_out: 0,
-            errors: [0; ErrorCause::ALL.len()],
-            refused: 0,
-            pool_hits: 0,
-            pool_misses: 0,
-            open_connections: 0,
-            latency: new_histogram(),
-        }
+impl Clone for ProductStats {
+    fn clone(&self) -> Self {
+        ProductStats { latency: self.latency.clone(), ..*self }
+    }
+
+    /// Keeps the latency counts' allocation (see [`Latency::clone_from`]).
+    fn clone_from(&mut self, o: &Self) {
+        let mut latency = std::mem::take(&mut self.latency);
+        latency.clone_from(&o.latency);
+        *self = ProductStats { latency, ..*o };
     }
 }
 
@@ -151,7 +193,7 @@ impl ProductStats {
         self.pool_hits += o.pool_hits;
         self.pool_misses += o.pool_misses;
         self.open_connections += o.open_connections;
-        let _ = self.latency.add(&o.latency);
+        self.latency.add(&o.latency);
     }
 }
 
@@ -162,10 +204,21 @@ pub struct UpstreamStats {
 }
 
 /// One worker's counters (or the sum over all workers).
-#[derive(Clone)]
 pub struct WorkerStats {
     pub products: Vec<ProductStats>,
     pub upstreams: Vec<UpstreamStats>,
+}
+
+impl Clone for WorkerStats {
+    fn clone(&self) -> Self {
+        WorkerStats { products: self.products.clone(), upstreams: self.upstreams.clone() }
+    }
+
+    /// Element-wise, so publishing into a hub slot reuses its allocations.
+    fn clone_from(&mut self, o: &Self) {
+        self.products.clone_from(&o.products);
+        self.upstreams.clone_from(&o.upstreams);
+    }
 }
 
 impl WorkerStats {
@@ -184,7 +237,7 @@ impl WorkerStats {
         let p = self.product(offset);
         let class = (status / 100).clamp(1, 5) as usize - 1;
         p.requests[class] += 1;
-        let _ = p.latency.record((latency.as_micros() as u64).max(1));
+        p.latency.record((latency.as_micros() as u64).max(1));
     }
 
     pub fn record_error(&mut self, offset: u16, cause: ErrorCause) {
@@ -259,6 +312,25 @@ mod tests {
         assert_eq!(m.products[1].error(ErrorCause::Timeout), 1);
         assert_eq!(m.products[1].latency.len(), 2);
         assert_eq!(m.upstreams[0].sessions_open, 2);
+    }
+
+    #[test]
+    fn latency_counts_allocated_on_first_value() {
+        let mut w = WorkerStats::new(1);
+        assert!(w.products.iter().all(|p| p.latency.0.is_none()));
+        assert!(w.products[2].latency.is_empty());
+        w.record_answer(2, 200, Duration::from_millis(3));
+        assert!(w.products[2].latency.0.is_some());
+        assert!(w.products[3].latency.0.is_none());
+
+        let hub = StatsHub::new(1, 1);
+        hub.publish(0, &w);
+        w.record_answer(2, 200, Duration::from_millis(5));
+        hub.publish(0, &w);
+        let m = hub.merged();
+        assert_eq!(m.products[2].latency.len(), 2);
+        assert_eq!(m.products[2].latency.max(), w.products[2].latency.max());
+        assert!(m.products[3].latency.0.is_none());
     }
 
     #[test]

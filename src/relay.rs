@@ -34,6 +34,8 @@ use crate::upstream::{open_session, Directory, OpenError};
 
 /// Read buffer per direction: one TLS record's worth of plaintext.
 pub const IO_BUF: usize = 16 * 1024;
+/// Other addresses tried after a failed connect or handshake.
+pub const CONNECT_RETRIES: usize = 3;
 
 /// Lifecycle phase published by the control thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -481,25 +483,38 @@ async fn acquire<B: Backend>(
             addr: None,
         });
     }
-    let i = ctx.next_addr.get();
-    ctx.next_addr.set(i.wrapping_add(1));
-    let addr = resolved.addrs[i % resolved.addrs.len()];
-    match open_session::<B>(addr, ctx.tls.clone(), ctx.server_name(upstream), ctx.config.connect_timeout).await {
-        Ok(s) => {
-            ctx.stats.borrow_mut().upstreams[upstream].sessions_open += 1;
-            tracing::debug!(upstream = ctx.upstream_host(upstream), %addr, tls = %s.session.describe(), "upstream session opened");
-            Ok((s, false))
-        }
-        Err(e) => {
-            let cause = match &e {
-                OpenError::NoAddress { .. } => ErrorCause::Unresolved,
-                OpenError::Connect { .. } => ErrorCause::Connect,
-                OpenError::ConnectTimeout { .. } => ErrorCause::ConnectTimeout,
-                OpenError::Tls { .. } | OpenError::TlsTimeout { .. } => ErrorCause::Tls,
-            };
-            Err(Failure::Upstream { cause, detail: e.to_string(), addr: e.addr() })
+    // Round-robin over the host's addresses; a failed connect or handshake
+    // (nothing of the request written yet) moves on to the next address,
+    // up to CONNECT_RETRIES more times (like HAProxy's retries + redispatch).
+    let first = ctx.next_addr.get();
+    ctx.next_addr.set(first.wrapping_add(1));
+    let n = resolved.addrs.len();
+    let attempts = n.min(1 + CONNECT_RETRIES);
+    let mut failure = None;
+    for k in 0..attempts {
+        let addr = resolved.addrs[(first + k) % n];
+        match open_session::<B>(addr, ctx.tls.clone(), ctx.server_name(upstream), ctx.config.connect_timeout).await {
+            Ok(s) => {
+                ctx.stats.borrow_mut().upstreams[upstream].sessions_open += 1;
+                tracing::debug!(upstream = ctx.upstream_host(upstream), %addr, tls = %s.session.describe(), "upstream session opened");
+                return Ok((s, false));
+            }
+            Err(e) => {
+                let cause = match &e {
+                    OpenError::NoAddress { .. } => ErrorCause::Unresolved,
+                    OpenError::Connect { .. } => ErrorCause::Connect,
+                    OpenError::ConnectTimeout { .. } => ErrorCause::ConnectTimeout,
+                    OpenError::Tls { .. } | OpenError::TlsTimeout { .. } => ErrorCause::Tls,
+                };
+                if k + 1 < attempts {
+                    ctx.stats.borrow_mut().record_error(offset, cause);
+                    tracing::warn!(product = PRODUCTS[offset as usize].name, upstream = ctx.upstream_host(upstream), %addr, cause = cause.label(), error = %e, "upstream address failed; trying the next one");
+                }
+                failure = Some(Failure::Upstream { cause, detail: e.to_string(), addr: e.addr() });
+            }
         }
     }
+    Err(failure.expect("at least one attempt"))
 }
 
 /// Relays one request and its answer. Returns the status sent and whether

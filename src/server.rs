@@ -86,13 +86,13 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
         config = %source,
         "fipsrelay starting"
     );
-    if let Some(addr) = config.override_addr {
-        tracing::warn!(%addr, "upstream.override_addr is set: every product is sent to this address (test and demo setting)");
+    if !config.override_addrs.is_empty() {
+        tracing::warn!(addrs = ?config.override_addrs, "upstream.override_addr is set: every product is sent there (test and demo setting)");
     }
 
     let config = Arc::new(config);
     let routes = Arc::new(RouteTable::new(&config));
-    let directory = Arc::new(Directory::new(&routes, config.override_addr));
+    let directory = Arc::new(Directory::new(&routes, &config.override_addrs));
     let hub = Arc::new(StatsHub::new(workers, routes.upstreams.len()));
     let info =
         Arc::new(StatusInfo { version: VERSION, fips_module, io_backend: backend, workers, routes: routes.clone() });

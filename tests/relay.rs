@@ -562,3 +562,29 @@ both_backends!(slowloris_head_gets_408_within_header_timeout, |io: &str| {
     // A normal request right after is served.
     assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"{}").status, 202);
 });
+
+both_backends!(dead_address_is_skipped_before_any_request_byte, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let ca = intake.ca_file.display().to_string();
+    // Two addresses for every host: a dead one first, then the intake.
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        &format!(
+            "upstream.override_addr = \"{dead}, {}\"\nupstream.ca_file = \"{ca}\"\nworkers.threads = 1",
+            intake.addr()
+        ),
+    );
+    for i in 0..6 {
+        let r = relay.request(1, "POST", "/api/v2/series", &[("Connection", "close")], format!("{i}").as_bytes());
+        assert_eq!(r.status, 202, "request {i}: {}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(intake.mock.records().len(), 6);
+    let log = relay.log();
+    assert!(log.contains("trying the next one") && log.contains(&dead.to_string()), "{log}");
+    relay.wait_metric("fipsrelay_upstream_errors_total{product=\"metrics\",cause=\"connect\"}", |v| v >= 1.0);
+});

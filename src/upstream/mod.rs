@@ -35,23 +35,25 @@ pub struct Resolved {
 pub struct Directory {
     entries: Vec<ArcSwap<Resolved>>,
     hosts: Vec<String>,
-    fixed: Option<SocketAddr>,
+    /// Addresses come from `upstream.override_addr`: never resolved.
+    fixed: bool,
 }
 
 /// Up to this many addresses are kept per host (like the original's backends).
 pub const MAX_ADDRS_PER_HOST: usize = 5;
 
 impl Directory {
-    pub fn new(routes: &RouteTable, override_addr: Option<SocketAddr>) -> Directory {
+    pub fn new(routes: &RouteTable, override_addrs: &[SocketAddr]) -> Directory {
         let n = routes.upstreams.len();
-        let initial = match override_addr {
-            Some(a) => Resolved { addrs: vec![a], error: None },
-            None => Resolved { addrs: vec![], error: Some("not resolved yet".into()) },
+        let initial = if override_addrs.is_empty() {
+            Resolved { addrs: vec![], error: Some("not resolved yet".into()) }
+        } else {
+            Resolved { addrs: override_addrs.to_vec(), error: None }
         };
         Directory {
             entries: (0..n).map(|_| ArcSwap::from_pointee(initial.clone())).collect(),
             hosts: routes.upstreams.iter().map(|u| u.host.clone()).collect(),
-            fixed: override_addr,
+            fixed: !override_addrs.is_empty(),
         }
     }
 
@@ -62,7 +64,7 @@ impl Directory {
     /// Resolves every host with the system resolver (blocking; control
     /// thread only). A failed lookup keeps the last good addresses.
     pub fn refresh(&self) {
-        if self.fixed.is_some() {
+        if self.fixed {
             return;
         }
         for (i, host) in self.hosts.iter().enumerate() {
