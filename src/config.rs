@@ -25,6 +25,7 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: &str = "120s";
 pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
 pub const DEFAULT_DNS_REFRESH: &str = "30s";
 
@@ -137,6 +138,7 @@ pub struct RawLimits {
     pub max_body_bytes: u64,
     pub client_idle_timeout: String,
     pub header_timeout: String,
+    pub max_connections: usize,
 }
 
 impl Default for RawLimits {
@@ -146,6 +148,7 @@ impl Default for RawLimits {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT.into(),
             header_timeout: DEFAULT_HEADER_TIMEOUT.into(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -224,6 +227,8 @@ pub struct Config {
     pub client_idle_timeout: Duration,
     /// A request head must be complete this long after its first byte.
     pub header_timeout: Duration,
+    /// Agent connections one worker serves at once; beyond, 503 and close.
+    pub max_connections: usize,
     pub drain_timeout: Duration,
     pub dns_refresh: Duration,
     pub log_level: String,
@@ -407,6 +412,9 @@ impl RawConfig {
                 "the default 65536 fits every Agent request",
             ));
         }
+        if self.limits.max_connections == 0 {
+            return Err(invalid("limits.max_connections", 0, "must be at least 1", "the default is 4096 per worker"));
+        }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid(
                 "limits.max_body_bytes",
@@ -449,6 +457,7 @@ impl RawConfig {
             max_body_bytes: self.limits.max_body_bytes,
             client_idle_timeout: duration("limits.client_idle_timeout", &self.limits.client_idle_timeout)?,
             header_timeout: duration("limits.header_timeout", &self.limits.header_timeout)?,
+            max_connections: self.limits.max_connections,
             drain_timeout: duration("shutdown.drain_timeout", &self.shutdown.drain_timeout)?,
             dns_refresh: duration("dns.refresh", &self.dns.refresh)?,
             log_level,

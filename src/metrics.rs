@@ -49,10 +49,12 @@ pub enum ErrorCause {
     Unconfigured,
     /// Shutdown's drain timeout struck first.
     Draining,
+    /// More Agent connections than `limits.max_connections` on a worker.
+    Overloaded,
 }
 
 impl ErrorCause {
-    pub const ALL: [ErrorCause; 10] = [
+    pub const ALL: [ErrorCause; 11] = [
         ErrorCause::Unresolved,
         ErrorCause::Connect,
         ErrorCause::ConnectTimeout,
@@ -63,6 +65,7 @@ impl ErrorCause {
         ErrorCause::Write,
         ErrorCause::Unconfigured,
         ErrorCause::Draining,
+        ErrorCause::Overloaded,
     ];
 
     pub fn label(self) -> &'static str {
@@ -77,13 +80,14 @@ impl ErrorCause {
             ErrorCause::Write => "write",
             ErrorCause::Unconfigured => "unconfigured",
             ErrorCause::Draining => "draining",
+            ErrorCause::Overloaded => "overloaded",
         }
     }
 
     /// The status the Agent gets: always one it retries (DESIGN §1).
     pub fn status(self) -> u16 {
         match self {
-            ErrorCause::Unresolved | ErrorCause::Unconfigured | ErrorCause::Draining => 503,
+            ErrorCause::Unresolved | ErrorCause::Unconfigured | ErrorCause::Draining | ErrorCause::Overloaded => 503,
             ErrorCause::Timeout => 504,
             _ => 502,
         }

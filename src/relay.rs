@@ -233,6 +233,10 @@ pub async fn serve<B: Backend>(ctx: Rc<WorkerCtx<B>>, io: B::Stream, offset: u16
     ctx.connections.set(ctx.connections.get() + 1);
     ctx.stats.borrow_mut().product(offset).open_connections += 1;
     let _guard = ConnGuard { ctx: &ctx, offset };
+    if ctx.connections.get() > ctx.config.max_connections {
+        over_limit(&ctx, io, offset, peer).await;
+        return;
+    }
     let mut down = Downstream { io, buf: Vec::with_capacity(IO_BUF), start: 0, eof: false };
     let mut scratch = Vec::with_capacity(1024);
     let mut answer_buf: Vec<u8> = Vec::new();
@@ -242,6 +246,31 @@ pub async fn serve<B: Backend>(ctx: Rc<WorkerCtx<B>>, io: B::Stream, offset: u16
             _ => break,
         }
     }
+    let _ = down.io.shutdown_write();
+}
+
+/// A connection beyond `limits.max_connections`: read what the Agent sends
+/// (bounded by the header timeout and a small buffer), answer 503 so it
+/// retries later, close. Nothing is forwarded.
+async fn over_limit<B: Backend>(ctx: &WorkerCtx<B>, io: B::Stream, offset: u16, peer: SocketAddr) {
+    let product = PRODUCTS[offset as usize].name;
+    let mut down = Downstream { io, buf: Vec::with_capacity(2048), start: 0, eof: false };
+    let deadline = Instant::now() + ctx.config.header_timeout;
+    while !down.filled().windows(4).any(|w| w == b"\r\n\r\n") && !down.eof && down.buf.len() < down.buf.capacity() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !matches!(tokio::time::timeout(left, down.fill(2048)).await, Ok(Ok(n)) if n > 0) {
+            break;
+        }
+    }
+    ctx.stats.borrow_mut().record_error(offset, ErrorCause::Overloaded);
+    tracing::warn!(product, %peer, limit = ctx.config.max_connections, "too many Agent connections on this worker; answered 503");
+    let mut out = Vec::new();
+    let body = format!(
+        "fipsrelay: Service Unavailable (overloaded): more than {} connections on this worker (limits.max_connections)",
+        ctx.config.max_connections
+    );
+    http1::local_response(503, &body, true, &mut out);
+    let _ = down.write(&mut out).await;
     let _ = down.io.shutdown_write();
 }
 

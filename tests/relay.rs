@@ -588,3 +588,25 @@ both_backends!(dead_address_is_skipped_before_any_request_byte, |io: &str| {
     assert!(log.contains("trying the next one") && log.contains(&dead.to_string()), "{log}");
     relay.wait_metric("fipsrelay_upstream_errors_total{product=\"metrics\",cause=\"connect\"}", |v| v >= 1.0);
 });
+
+both_backends!(connections_beyond_the_limit_get_503_not_a_queue, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay =
+        Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "workers.threads = 1\nlimits.max_connections = 2");
+    let mut a = relay.connect(1);
+    let mut b = relay.connect(1);
+    assert_eq!(a.request("POST", "/api/v2/series", &[], b"a").status, 202);
+    assert_eq!(b.request("POST", "/api/v2/series", &[], b"b").status, 202);
+    // Two connections held open: the third is answered 503 at once and closed.
+    let mut c = relay.connect(1);
+    let r = c.request("POST", "/api/v2/series", &[], b"c");
+    assert_eq!(r.status, 503);
+    assert!(String::from_utf8_lossy(&r.body).contains("limits.max_connections"));
+    assert!(c.closed_by_peer());
+    assert_eq!(intake.mock.records().len(), 2, "nothing from the refused connection is forwarded");
+    // Once one closes, new connections are served again.
+    drop(a);
+    assert!(eventually(Duration::from_secs(5), || relay.request(1, "POST", "/api/v2/series", &[], b"d").status == 202));
+    assert_eq!(b.request("POST", "/api/v2/series", &[], b"e").status, 202);
+});
