@@ -9,6 +9,7 @@
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod diagnose;
 pub mod http1;
 pub mod io;
 pub mod listener;

@@ -48,6 +48,13 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Check every upstream through the relay's own stack: resolve, connect,
+    /// FIPS TLS handshake, one request. Exit 0 when all pass, 1 otherwise.
+    Diagnose {
+        /// Send GET /api/v1/validate with this key to the API host (never printed).
+        #[arg(long, value_name = "KEY", env = "DD_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+    },
     /// Host tuning for high volume (read-only checks).
     #[command(subcommand)]
     Tuning(TuningCommand),
@@ -78,7 +85,10 @@ fn main() -> ExitCode {
     // `no_thp` so it never asks for them itself.
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     let cli = Cli::parse();
-    if matches!(cli.command, Some(Command::CheckConfig | Command::Version | Command::Tuning(_))) {
+    if matches!(
+        cli.command,
+        Some(Command::CheckConfig | Command::Version | Command::Tuning(_) | Command::Diagnose { .. })
+    ) {
         // Printing commands end quietly when their reader goes away (`| head`).
         // `run` keeps Rust's SIGPIPE = ignore: a closed socket must be an error, not a signal.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -96,6 +106,16 @@ fn main() -> ExitCode {
                 keep,
             };
             fipsrelay::demo::run(&opts).map_err(anyhow::Error::from)
+        }
+        Command::Diagnose { api_key } => {
+            return match diagnose(cli.config, api_key) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("{}", logging::scrub(&format!("fipsrelay: error: {}", error_text(&e))));
+                    ExitCode::from(2)
+                }
+            };
         }
         Command::Tuning(TuningCommand::Check { profile, verbose }) => {
             return match tuning_check(cli.config, profile, verbose) {
@@ -184,6 +204,14 @@ fn tuning_check(path: Option<PathBuf>, profile: Option<String>, verbose: bool) -
     let text = if verbose { format!("{report:#}") } else { format!("{report}") };
     println!("{}", text.trim_end());
     Ok(report.exit_code())
+}
+
+fn diagnose(path: Option<PathBuf>, api_key: Option<String>) -> anyhow::Result<bool> {
+    let (config, source) = load(path.as_deref())?;
+    println!("# diagnose: site {} ({source}), FIPS module {}", config.site, crypto::module_description());
+    let checks = fipsrelay::diagnose::run(&config, api_key.as_deref())?;
+    print!("{}", logging::scrub(&fipsrelay::diagnose::render(&checks)));
+    Ok(checks.iter().all(|c| c.ok))
 }
 
 fn version() -> anyhow::Result<()> {

@@ -610,3 +610,46 @@ both_backends!(connections_beyond_the_limit_get_503_not_a_queue, |io: &str| {
     assert!(eventually(Duration::from_secs(5), || relay.request(1, "POST", "/api/v2/series", &[], b"d").status == 202));
     assert_eq!(b.request("POST", "/api/v2/series", &[], b"e").status, 202);
 });
+
+#[test]
+fn diagnose_checks_every_upstream_and_names_failures() {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!("[upstream]\noverride_addr = \"{}\"\nca_file = \"{}\"\n", intake.addr(), intake.ca_file.display()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(relay_bin())
+        .args(["diagnose", "--config"])
+        .arg(&good)
+        .args(["--api-key", FAKE_KEY])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("16 of 16 upstream hosts passed"), "{text}");
+    assert!(text.contains("PASS api.ddog-gov.com") && text.contains("GET /api/v1/validate 202"), "{text}");
+    assert!(text.contains("TLSv1_3 TLS13_AES_256_GCM_SHA384"), "{text}");
+    assert!(!text.contains(FAKE_KEY), "the API key must not be printed");
+    let validated = intake.mock.records().into_iter().filter(|r| r.path == "/api/v1/validate").collect::<Vec<_>>();
+    assert_eq!(validated.len(), 1);
+    assert_eq!(validated[0].header("dd-api-key"), Some(FAKE_KEY));
+    assert_eq!(validated[0].sni.as_deref(), Some("api.ddog-gov.com"));
+
+    let other = TestPki::generate(&[]);
+    let wrong = dir.path().join("wrong-ca.pem");
+    std::fs::write(&wrong, &other.ca_cert_pem).unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!("[upstream]\noverride_addr = \"{}\"\nca_file = \"{}\"\n", intake.addr(), wrong.display()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(relay_bin()).args(["diagnose", "--config"]).arg(&bad).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL metrics.agent.ddog-gov.com") && text.contains("invalid peer certificate"), "{text}");
+    assert!(text.contains("0 of 16 upstream hosts passed"), "{text}");
+}

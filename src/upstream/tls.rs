@@ -401,7 +401,15 @@ impl<S: Stream> TlsSession<S> {
 
     /// Negotiated protocol version and suite, for logs and `version`.
     pub fn describe(&self) -> String {
-        format!("{:?} {:?}", self.conn.protocol_version(), self.conn.negotiated_cipher_suite().map(|s| s.suite()))
+        match (self.conn.protocol_version(), self.conn.negotiated_cipher_suite()) {
+            (Some(v), Some(s)) => format!("{v:?} {:?}", s.suite()),
+            _ => "handshake not complete".to_string(),
+        }
+    }
+
+    /// The intake's end-entity certificate (DER), for `diagnose`.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        self.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref())
     }
 }
 

@@ -1,0 +1,190 @@
+//! `fipsrelay diagnose`: checks every upstream the config routes to, through
+//! the relay's own stack: resolve, TCP connect, FIPS TLS handshake (version,
+//! suite, peer certificate subject and expiry), then one HTTP request
+//! (`HEAD /`, or `GET /api/v1/validate` with `--api-key` on the API host).
+//! Prints a table of pass/fail with the reason, like `datadog-agent diagnose`.
+//!
+//! It opens its own short-lived sessions on a private epoll runtime and never
+//! touches a running relay. The API key is sent only to the API host and is
+//! never printed.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::crypto::{self, CryptoError, TrustSource};
+use crate::http1::{self, Method};
+use crate::io::{epoll::Epoll, Backend};
+use crate::route::RouteTable;
+use crate::upstream::{open_session, INTAKE_PORT};
+
+/// One upstream host's result.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub host: String,
+    pub products: String,
+    pub addr: Option<SocketAddr>,
+    pub tls: String,
+    pub certificate: String,
+    pub http: String,
+    pub ok: bool,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiagnoseError {
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("cannot start the diagnose runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Runs every check; the relay's config decides hosts, trust and timeouts.
+pub fn run(config: &Config, api_key: Option<&str>) -> Result<Vec<Check>, DiagnoseError> {
+    let trust = match &config.ca_file {
+        Some(p) => TrustSource::CaFile(p.clone()),
+        None => TrustSource::System,
+    };
+    let tls = crypto::client_config(&trust)?;
+    let routes = RouteTable::new(config);
+    let mut checks = Vec::new();
+    for up in &routes.upstreams {
+        let check = Epoll::block_on(check_host(config, tls.clone(), &up.host, up.products.join(", "), api_key))
+            .map_err(DiagnoseError::Runtime)?;
+        checks.push(check);
+    }
+    Ok(checks)
+}
+
+async fn check_host(
+    config: &Config,
+    tls: Arc<rustls::ClientConfig>,
+    host: &str,
+    products: String,
+    api_key: Option<&str>,
+) -> Check {
+    let mut c = Check {
+        host: host.to_string(),
+        products,
+        addr: None,
+        tls: "-".into(),
+        certificate: "-".into(),
+        http: "-".into(),
+        ok: false,
+        reason: String::new(),
+    };
+    // 1. Resolve (or the override addresses).
+    let addrs: Vec<SocketAddr> = if !config.override_addrs.is_empty() {
+        config.override_addrs.clone()
+    } else {
+        match (host, INTAKE_PORT).to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                c.reason = format!("DNS: {e}");
+                return c;
+            }
+        }
+    };
+    let Some(&addr) = addrs.first() else {
+        c.reason = "DNS: no address".into();
+        return c;
+    };
+    c.addr = Some(addr);
+    // 2 + 3. Connect and handshake through the relay's own session code.
+    let server_name = config.server_name.as_deref().unwrap_or(host);
+    let started = Instant::now();
+    let mut pooled = match open_session::<Epoll>(addr, tls, server_name, config.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            c.reason = e.to_string();
+            return c;
+        }
+    };
+    c.tls = format!("{} in {} ms", pooled.session.describe(), started.elapsed().as_millis());
+    c.certificate = pooled.session.peer_certificate().map(describe_certificate).unwrap_or_else(|| "none".into());
+    // 4. One request.
+    let validate = api_key.is_some() && host.starts_with("api.");
+    let mut request = String::new();
+    if let (true, Some(key)) = (validate, api_key) {
+        let _ = write!(request, "GET /api/v1/validate HTTP/1.1\r\nHost: {host}\r\nDD-API-KEY: {key}\r\n");
+    } else {
+        let _ = write!(request, "HEAD / HTTP/1.1\r\nHost: {host}\r\n");
+    }
+    request.push_str("User-Agent: fipsrelay-diagnose\r\nConnection: close\r\n\r\n");
+    if let Err(e) = pooled.session.write_plain(request.as_bytes()).await {
+        c.reason = format!("sending the request: {e}");
+        return c;
+    }
+    let method = if validate { Method::Get } else { Method::Head };
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut head_out = Vec::new();
+    let deadline = config.response_timeout;
+    let answer = tokio::time::timeout(deadline, async {
+        loop {
+            match http1::parse_response(&buf, 64 * 1024, method, true, &mut head_out) {
+                Ok(Some(h)) if h.status >= 200 => return Ok(h.status),
+                Ok(Some(h)) => {
+                    buf.drain(..h.head_len);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            if buf.len() == buf.capacity() {
+                return Err("answer head too large".to_string());
+            }
+            match pooled.session.read_plain(&mut buf).await {
+                Ok(0) => return Err("the intake closed the connection before answering".into()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    match answer {
+        Err(_) => c.reason = format!("no answer within upstream.response_timeout ({deadline:?})"),
+        Ok(Err(e)) => c.reason = e,
+        Ok(Ok(status)) => {
+            c.http = format!("{} {}", if validate { "GET /api/v1/validate" } else { "HEAD /" }, status);
+            if validate && !(200..300).contains(&status) {
+                c.reason = format!("the API key was not accepted ({status})");
+            } else {
+                c.ok = true;
+                c.reason = "reachable over FIPS TLS".into();
+            }
+        }
+    }
+    pooled.session.close().await;
+    c
+}
+
+fn describe_certificate(der: &[u8]) -> String {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, cert)) => {
+            let left = cert.validity().time_to_expiration().map(|d| d.whole_days());
+            let until = cert.validity().not_after.to_datetime().date();
+            match left {
+                Some(days) => format!("{} (expires {until}, in {days} days)", cert.subject()),
+                None => format!("{} (EXPIRED {until})", cert.subject()),
+            }
+        }
+        Err(e) => format!("unparsable certificate: {e}"),
+    }
+}
+
+/// The table `fipsrelay diagnose` prints.
+pub fn render(checks: &[Check]) -> String {
+    let mut s = String::new();
+    for c in checks {
+        let _ = writeln!(s, "{} {}  ({})", if c.ok { "PASS" } else { "FAIL" }, c.host, c.products);
+        let _ = writeln!(s, "     address:     {}", c.addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()));
+        let _ = writeln!(s, "     tls:         {}", c.tls);
+        let _ = writeln!(s, "     certificate: {}", c.certificate);
+        let _ = writeln!(s, "     http:        {}", c.http);
+        let _ = writeln!(s, "     result:      {}", c.reason);
+    }
+    let passed = checks.iter().filter(|c| c.ok).count();
+    let _ = writeln!(s, "{passed} of {} upstream hosts passed", checks.len());
+    s
+}
