@@ -63,6 +63,15 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     pub dns: RawDns,
     pub log: RawLog,
+    pub run: RawRun,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRun {
+    /// Started as root, become this user after binding (the packaged default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -233,6 +242,7 @@ pub struct Config {
     pub dns_refresh: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub run_user: Option<String>,
     /// The raw form after environment overrides, for `check-config`.
     pub raw: RawConfig,
 }
@@ -462,6 +472,12 @@ impl RawConfig {
             dns_refresh: duration("dns.refresh", &self.dns.refresh)?,
             log_level,
             log_format,
+            run_user: match &self.run.user {
+                Some(u) if u.trim().is_empty() => {
+                    return Err(invalid("run.user", u, "is empty", "name an unprivileged user, or remove the key"))
+                }
+                other => other.as_ref().map(|u| u.trim().to_string()),
+            },
             raw: self.clone(),
         })
     }

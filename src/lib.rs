@@ -15,6 +15,7 @@ pub mod io;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod privileges;
 pub mod procstat;
 pub mod relay;
 pub mod route;

@@ -153,9 +153,6 @@ fn error_text(e: &anyhow::Error) -> String {
 fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let (config, source) = load(path.as_deref())?;
     logging::init(&config.log_level, config.log_format);
-    if unsafe { libc::geteuid() } == 0 {
-        tracing::warn!("running as root; run as an unprivileged user (the systemd unit does)");
-    }
     server::run(config, source)?;
     Ok(())
 }

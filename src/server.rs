@@ -32,6 +32,8 @@ pub enum StartError {
     UringUnavailable(String),
     #[error("cannot start the control loop: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
     #[error("cannot start worker {id}: {why}")]
     Worker { id: usize, why: String },
 }
@@ -62,8 +64,11 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
         Some(p) => TrustSource::CaFile(p.clone()),
         None => TrustSource::System,
     };
-    // Fail before binding anything if the FIPS checks or the trust store fail.
+    // Fail before binding anything if the FIPS checks, the trust store or run.user fail.
     crypto::client_config(&trust)?;
+    if let (Some(user), 0) = (&config.run_user, unsafe { libc::geteuid() }) {
+        crate::privileges::lookup(user)?;
+    }
     let (backend, fallback) = choose_backend(config.io)?;
     let cpus = allowed_cpus();
     let workers = if config.threads > 0 { config.threads } else { cpus.len().max(1) };
@@ -98,6 +103,25 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
         Arc::new(StatusInfo { version: VERSION, fips_module, io_backend: backend, workers, routes: routes.clone() });
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
 
+    // Everything that needs root is done: ports bound, CA file read (one TLS
+    // config per worker, built now). Drop to run.user before any thread starts.
+    let mut tls_configs = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        tls_configs.push(crypto::client_config(&trust)?);
+    }
+    match &config.run_user {
+        Some(user) => match crate::privileges::drop_to(user)? {
+            crate::privileges::Outcome::Dropped { uid, gid } => {
+                tracing::info!(user = %user, uid, gid, "dropped root privileges; no capabilities kept")
+            }
+            crate::privileges::Outcome::NotRoot => {}
+        },
+        None if unsafe { libc::geteuid() } == 0 => {
+            tracing::warn!("running as root; set run.user (the packaged default) or start as an unprivileged user")
+        }
+        None => {}
+    }
+
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
     // First resolution before accepting, bounded so a dead DNS does not block the start.
     {
@@ -109,8 +133,7 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut handles = Vec::with_capacity(workers);
-    for (id, mine) in listeners.into_iter().enumerate() {
-        let tls = crypto::client_config(&trust)?;
+    for ((id, mine), tls) in listeners.into_iter().enumerate().zip(tls_configs) {
         let core = if config.pin && !cpus.is_empty() { Some(cpus[id % cpus.len()]) } else { None };
         let (config, routes, directory, hub, info, phase, ready) = (
             config.clone(),

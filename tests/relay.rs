@@ -653,3 +653,39 @@ fn diagnose_checks_every_upstream_and_names_failures() {
     assert!(text.contains("FAIL metrics.agent.ddog-gov.com") && text.contains("invalid peer certificate"), "{text}");
     assert!(text.contains("0 of 16 upstream hosts passed"), "{text}");
 }
+
+both_backends!(root_drops_to_run_user_and_keeps_serving, |io: &str| {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: privilege drop not testable here");
+        return;
+    }
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "run.user = \"nobody\"");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap();
+    let field = |name: &str| status.lines().find(|l| l.starts_with(name)).unwrap().to_string();
+    let nobody = "65534";
+    assert!(field("Uid:").split_whitespace().skip(1).all(|u| u == nobody), "{}", field("Uid:"));
+    assert!(field("Gid:").split_whitespace().skip(1).all(|g| g == nobody), "{}", field("Gid:"));
+    assert!(field("CapEff:").ends_with("0000000000000000"), "{}", field("CapEff:"));
+    assert!(field("CapPrm:").ends_with("0000000000000000"), "{}", field("CapPrm:"));
+    assert!(relay.log().contains("dropped root privileges"));
+    // Still relays over FIPS TLS as nobody, new sessions included.
+    for i in 0..3 {
+        let r = relay.request(1 + i, "POST", "/", &[], b"x");
+        assert_eq!(r.status, 202);
+    }
+});
+
+#[test]
+fn unknown_run_user_fails_the_start() {
+    let dir = TestDir::new();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[listen]\nport_range_start = 31003\n[run]\nuser = \"no-such-user-fipsrelay\"\n").unwrap();
+    let out = std::process::Command::new(relay_bin()).args(["run", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(!out.status.success());
+        assert!(err.contains("run.user") && err.contains("no such user"), "{err}");
+    }
+}
