@@ -80,7 +80,7 @@ pub fn drop_to(user: &str) -> Result<Outcome, PrivilegeError> {
     for field in ["CapEff:", "CapPrm:"] {
         if let Some(line) = status.lines().find(|l| l.starts_with(field)) {
             let value = line[field.len()..].trim();
-            if value.trim_start_matches('0').len() > 0 {
+            if !value.trim_start_matches('0').is_empty() {
                 return Err(PrivilegeError::StillPrivileged {
                     user: user.to_string(),
                     what: format!("{field} {value}"),
