@@ -666,14 +666,9 @@ async fn forward<B: Backend>(
 
     // Stream the answer; the head goes out with the first body bytes.
     let mut answer = AnswerOut { head: upstream_head, head_pending: true };
-    let cut = |cause: ErrorCause, detail: String| Failure::AnswerCut { cause, detail };
     let mut sent: u64 = 0;
     let complete = match answer_head.framing {
-        BodyFraming::None => {
-            let clean = answer_buf.is_empty();
-            answer.send(down, answer_buf, 0).await?;
-            clean
-        }
+        BodyFraming::None => answer_buf.is_empty(),
         BodyFraming::Length(total) => loop {
             let n = ((total - sent) as usize).min(answer_buf.len());
             let extra = answer_buf.len() - n;
@@ -685,19 +680,19 @@ async fn forward<B: Backend>(
             if sent == total {
                 break true;
             }
-            read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await.map_err(|(c, d)| cut(c, d))?;
+            read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await.map_err(|(c, d)| answer.fail(c, d, addr))?;
         },
         BodyFraming::Chunked => {
             let mut scanner = ChunkedScanner::new();
             loop {
-                let n = scanner.scan(answer_buf).map_err(|e| cut(ErrorCause::BadAnswer, e.to_string()))?;
+                let n = scanner.scan(answer_buf).map_err(|e| answer.fail(ErrorCause::BadAnswer, e.to_string(), addr))?;
                 let extra = answer_buf.len() - n;
                 answer.send(down, answer_buf, n).await?;
                 if scanner.is_done() {
                     sent = scanner.payload;
                     break extra == 0;
                 }
-                read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await.map_err(|(c, d)| cut(c, d))?;
+                read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await.map_err(|(c, d)| answer.fail(c, d, addr))?;
             }
         }
         BodyFraming::UntilClose => loop {
@@ -707,10 +702,11 @@ async fn forward<B: Backend>(
             match read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await {
                 Ok(()) => {}
                 Err((ErrorCause::Closed, _)) => break false,
-                Err((c, d)) => return Err(cut(c, d)),
+                Err((c, d)) => return Err(answer.fail(c, d, addr)),
             }
         },
     };
+    answer.finish(down).await?;
     ctx.stats.borrow_mut().product(offset).bytes_out += sent;
 
     let keep_client = !client_close && answer_head.framing != BodyFraming::UntilClose;
@@ -780,21 +776,40 @@ struct AnswerOut<'a> {
 }
 
 impl AnswerOut<'_> {
+    /// An upstream failure mid-answer: while nothing has reached the Agent
+    /// yet it can still get a status it retries; after that, only a cut.
+    fn fail(&self, cause: ErrorCause, detail: String, addr: SocketAddr) -> Failure {
+        if self.head_pending {
+            Failure::Upstream { cause, detail, addr: Some(addr) }
+        } else {
+            Failure::AnswerCut { cause, detail }
+        }
+    }
+
     /// Sends `body[..n]` (after the head, the first time) and empties `body`.
+    /// With no body bytes the head stays back: see [`AnswerOut::finish`].
     async fn send<S: Stream>(&mut self, down: &mut Downstream<S>, body: &mut Vec<u8>, n: usize) -> Result<(), Failure> {
-        let res = if self.head_pending {
+        let res = if n == 0 {
+            Ok(())
+        } else if self.head_pending {
             self.head_pending = false;
             self.head.extend_from_slice(&body[..n]);
-            body.clear();
             down.write(self.head).await
-        } else if n > 0 {
+        } else {
             body.truncate(n);
             down.write(body).await
-        } else {
-            Ok(())
         };
         body.clear();
         res.map_err(|e| Failure::Downstream(e.to_string()))
+    }
+
+    /// Sends the head if no body byte carried it (empty bodies).
+    async fn finish<S: Stream>(&mut self, down: &mut Downstream<S>) -> Result<(), Failure> {
+        if !self.head_pending {
+            return Ok(());
+        }
+        self.head_pending = false;
+        down.write(self.head).await.map_err(|e| Failure::Downstream(e.to_string()))
     }
 }
 
