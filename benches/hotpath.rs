@@ -246,7 +246,7 @@ fn bench_allocs(requests: u64) {
         }
         let base = base + if io == "uring" { 0 } else { 32 };
         let toml = format!(
-            "[listen]\nport_range_start = {base}\n[workers]\nthreads = 1\npin = false\nio = \"{io}\"\n[upstream]\noverride_addr = \"{}\"\nca_file = \"{}\"\n[shutdown]\ndrain_timeout = \"1s\"\n",
+            "[listen]\nport_range_start = {base}\n[workers]\nthreads = 1\npin = false\nio = \"{io}\"\n[upstream]\noverride_addr = \"{}\"\nca_file = \"{}\"\n[shutdown]\ndrain_timeout = \"1s\"\n[admin]\nenabled = false\n",
             mock.addr(),
             ca.display()
         );

@@ -26,6 +26,8 @@ port_range_start = $base
 [upstream]
 ca_file = "$work/tls/ca.pem"
 override_addr = "$mock"
+[admin]
+token_file = "$work/admin.token"
 TOML
 "$bin/fipsrelay" run --config "$work/fipsrelay.toml" 2>"$work/relay.log" &
 pids+=($!)

@@ -28,6 +28,7 @@ pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
 pub const DEFAULT_DNS_REFRESH: &str = "30s";
+pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "/etc/fipsrelay/admin.token";
 
 /// Environment variables that override the file, in the order applied.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -64,6 +65,22 @@ pub struct RawConfig {
     pub dns: RawDns,
     pub log: RawLog,
     pub run: RawRun,
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Serve `/admin/*` on the status port (bearer token required).
+    pub enabled: bool,
+    /// The bearer token; created (mode 0600) at start when missing.
+    pub token_file: PathBuf,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self { enabled: true, token_file: PathBuf::from(DEFAULT_ADMIN_TOKEN_FILE) }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -243,6 +260,10 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub run_user: Option<String>,
+    /// `/admin/*` served on the status port.
+    pub admin_enabled: bool,
+    /// Where the admin bearer token lives (read, or created, at start).
+    pub admin_token_file: PathBuf,
     /// The raw form after environment overrides, for `check-config`.
     pub raw: RawConfig,
 }
@@ -439,12 +460,24 @@ impl RawConfig {
             other => return Err(invalid("log.format", other, "unknown log format", "use text or json")),
         };
         let log_level = self.log.level.trim().to_ascii_lowercase();
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        if let Err(e) = crate::logging::parse_filter(&log_level) {
+            let problem = match e {
+                crate::logging::FilterError::Invalid { reason, .. } => format!("not a log level or filter ({reason})"),
+                other => other.to_string(),
+            };
             return Err(invalid(
                 "log.level",
                 &self.log.level,
-                "not a log level or filter",
-                "use one of error, warn, info, debug, trace",
+                problem,
+                "use one of error, warn, info, debug, trace, or target=level directives",
+            ));
+        }
+        if self.admin.token_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "admin.token_file",
+                "",
+                "is empty",
+                "write the path of the admin token file (default /etc/fipsrelay/admin.token), or set admin.enabled = false",
             ));
         }
         Ok(Config {
@@ -478,9 +511,37 @@ impl RawConfig {
                 }
                 other => other.as_ref().map(|u| u.trim().to_string()),
             },
+            admin_enabled: self.admin.enabled,
+            admin_token_file: self.admin.token_file.clone(),
             raw: self.clone(),
         })
     }
+}
+
+/// Config keys (`section.key`) whose value differs between `old` and `new`,
+/// sorted. Both are compared as written (after environment overrides).
+pub fn changed_keys(old: &RawConfig, new: &RawConfig) -> Vec<String> {
+    fn flatten(raw: &RawConfig) -> std::collections::BTreeMap<String, toml::Value> {
+        let mut out = std::collections::BTreeMap::new();
+        if let Ok(toml::Value::Table(sections)) = toml::Value::try_from(raw) {
+            for (section, table) in sections {
+                match table {
+                    toml::Value::Table(keys) => {
+                        out.extend(keys.into_iter().map(|(k, v)| (format!("{section}.{k}"), v)));
+                    }
+                    other => {
+                        out.insert(section, other);
+                    }
+                }
+            }
+        }
+        out
+    }
+    let (old, new) = (flatten(old), flatten(new));
+    let mut keys: Vec<String> = old.keys().chain(new.keys()).filter(|k| old.get(*k) != new.get(*k)).cloned().collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 fn is_dns_label(l: &str) -> bool {
@@ -569,6 +630,26 @@ mod tests {
         assert!(raw.validate().unwrap_err().to_string().contains("upstream.override_addr"));
         raw.upstream.override_addr = Some("127.0.0.1:1, [::1]:2".into());
         assert_eq!(raw.validate().unwrap().override_addrs.len(), 2);
+    }
+
+    #[test]
+    fn admin_defaults_and_changed_keys() {
+        let c = RawConfig::default().validate().unwrap();
+        assert!(c.admin_enabled);
+        assert_eq!(c.admin_token_file, PathBuf::from(DEFAULT_ADMIN_TOKEN_FILE));
+        let raw = parse_str("[admin]\nenabled = false\ntoken_file = \"/tmp/t\"\n").unwrap();
+        assert!(!raw.validate().unwrap().admin_enabled);
+        assert!(parse_str("[admin]\ntoken = \"x\"\n").is_err());
+        let e = parse_str("[admin]\ntoken_file = \"\"\n").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("admin.token_file"), "{e}");
+
+        let old = RawConfig::default();
+        assert!(changed_keys(&old, &old.clone()).is_empty());
+        let mut new = old.clone();
+        new.log.level = "debug".into();
+        new.listen.port_range_start = 9903;
+        new.upstream.ca_file = Some("/x.pem".into());
+        assert_eq!(changed_keys(&old, &new), ["listen.port_range_start", "log.level", "upstream.ca_file"]);
     }
 
     #[test]

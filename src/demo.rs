@@ -162,7 +162,7 @@ fn run_in(
     let base = free_port_base()?;
     let config = dir.join("fipsrelay.toml");
     let toml = format!(
-        "[listen]\nport_range_start = {base}\n[upstream]\noverride_addr = \"{mock_addr}\"\nca_file = \"{}\"\n[log]\nlevel = \"warn\"\n",
+        "[listen]\nport_range_start = {base}\n[upstream]\noverride_addr = \"{mock_addr}\"\nca_file = \"{}\"\n[log]\nlevel = \"warn\"\n[admin]\nenabled = false\n",
         tls.join("ca.pem").display()
     );
     std::fs::write(&config, toml).map_err(|source| DemoError::Dir { path: config.clone(), source })?;

@@ -6,6 +6,8 @@
 //! `relay` → `upstream::{pool, tls}`, with `io` as the seam under all of it
 //! and `crypto` the only place a TLS config is built.
 
+pub mod admin;
+pub mod buffers;
 pub mod config;
 pub mod crypto;
 pub mod demo;

@@ -6,14 +6,38 @@
 //! (the shape of Datadog API and application keys); the last 5 characters of
 //! a bare key are kept so operators can tell keys apart. Nothing may write a
 //! log line around this module.
+//!
+//! The level filter sits behind a `tracing_subscriber::reload` layer so the
+//! control loop can change it at runtime ([`set_filter`]: the admin API and
+//! config reload). Disabled call sites stay cached as disabled: the hot path
+//! pays nothing for the reload layer.
 
 use std::borrow::Cow;
 use std::io::{self, Write};
 use std::sync::OnceLock;
 
 use regex::Regex;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::LogFormat;
+
+/// Why a new log filter was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("{directive:?} is not a log level or filter: {reason}; use off, error, warn, info, debug, trace, or directives such as info,fipsrelay=debug")]
+    Invalid { directive: String, reason: String },
+    #[error("the log filter cannot be changed: logging was not set up by fipsrelay")]
+    NotInstalled,
+    #[error("the log filter could not be changed: {0}")]
+    Reload(String),
+}
+
+/// The handle on the installed filter, set once by [`init`].
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+/// `RUST_LOG` was set at start and chose the filter.
+static FROM_ENV: OnceLock<bool> = OnceLock::new();
 
 struct Patterns {
     header: Regex,
@@ -71,17 +95,72 @@ impl Write for ScrubbingWriter {
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`.
 pub fn init(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| ScrubbingWriter)
-        .with_target(false)
-        .with_ansi(false);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let (filter, from_env) = match EnvFilter::try_from_default_env() {
+        Ok(f) => (f, true),
+        Err(_) => (EnvFilter::new(level), false),
     };
+    let (filter, handle) = reload::Layer::new(filter);
+    let text = (format == LogFormat::Text)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(|| ScrubbingWriter).with_target(false).with_ansi(false));
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(|| ScrubbingWriter)
+            .with_target(false)
+            .with_ansi(false)
+    });
+    if tracing_subscriber::registry().with(filter).with(text).with(json).try_init().is_ok() {
+        let _ = FILTER.set(handle);
+        let _ = FROM_ENV.set(from_env);
+    }
+}
+
+/// Parses a level or `EnvFilter` directive list, strictly (any bad directive fails).
+pub fn parse_filter(directive: &str) -> Result<EnvFilter, FilterError> {
+    let d = directive.trim();
+    if d.is_empty() {
+        return Err(FilterError::Invalid { directive: d.into(), reason: "empty".into() });
+    }
+    if d.chars().any(char::is_control) {
+        return Err(FilterError::Invalid {
+            directive: d.escape_debug().to_string(),
+            reason: "control characters".into(),
+        });
+    }
+    // EnvFilter reads a bare word as a target to enable at every level, so a
+    // typo such as "debg" would silence everything else: a directive without
+    // `=` must be a level.
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    if let Some(bare) = d
+        .split(',')
+        .map(str::trim)
+        .find(|p| !p.is_empty() && !p.contains('=') && !LEVELS.iter().any(|l| p.eq_ignore_ascii_case(l)))
+    {
+        return Err(FilterError::Invalid {
+            directive: d.into(),
+            reason: format!("{bare:?} is neither a level nor target=level"),
+        });
+    }
+    EnvFilter::builder().parse(d).map_err(|e| FilterError::Invalid { directive: d.into(), reason: e.to_string() })
+}
+
+/// Replaces the running log filter; returns it as now in effect.
+pub fn set_filter(directive: &str) -> Result<String, FilterError> {
+    let filter = parse_filter(directive)?;
+    let handle = FILTER.get().ok_or(FilterError::NotInstalled)?;
+    handle.reload(filter).map_err(|e| FilterError::Reload(e.to_string()))?;
+    Ok(current_filter().unwrap_or_else(|| directive.trim().to_string()))
+}
+
+/// The filter in effect, when [`init`] installed one.
+pub fn current_filter() -> Option<String> {
+    FILTER.get()?.with_current(|f| f.to_string()).ok()
+}
+
+/// Whether `RUST_LOG` chose the filter at start (it then wins over `log.level`).
+pub fn filter_from_env() -> bool {
+    FROM_ENV.get().copied().unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -108,5 +187,16 @@ mod tests {
         assert_eq!(scrub("Authorization: Bearer tok123"), "Authorization: Bearer ********");
         assert_eq!(scrub("nothing secret here"), "nothing secret here");
         assert!(scrub(&format!("k={KEY}")).ends_with("bcdef"));
+    }
+
+    #[test]
+    fn filters_are_checked_strictly() {
+        for ok in ["debug", "INFO", "info,fipsrelay=debug", " warn \n", "fipsrelay::upstream=trace", "off"] {
+            assert!(parse_filter(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "info,fipsrelay=loud", "=debug", "info\ndebug", "debg", "info,fipsrelay"] {
+            let e = parse_filter(bad).unwrap_err().to_string();
+            assert!(e.contains("not a log level or filter"), "{bad}: {e}");
+        }
     }
 }

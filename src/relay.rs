@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 use tokio::sync::watch;
 
+use crate::admin::{self, AdminCommand, AdminReply, Route};
+use crate::buffers::BufferPool;
 use crate::config::Config;
 use crate::http1::{self, BodyFraming, ChunkedScanner, Method, RequestError, RequestHead};
 use crate::io::{Backend, Stream};
@@ -34,6 +36,11 @@ use crate::upstream::{open_session, Directory, OpenError};
 
 /// Read buffer per direction: one TLS record's worth of plaintext.
 pub const IO_BUF: usize = 16 * 1024;
+/// Read buffer of a connection waiting for its next request: Agent requests
+/// up to this size still arrive in one read; larger ones borrow a pooled one.
+pub const IDLE_BUF: usize = 4 * 1024;
+/// Pooled buffers kept per worker between requests.
+pub const MAX_FREE_BUFFERS: usize = 256;
 /// Other addresses tried after a failed connect or handshake.
 pub const CONNECT_RETRIES: usize = 3;
 
@@ -55,6 +62,8 @@ pub struct WorkerCtx<B: Backend> {
     pub directory: Arc<Directory>,
     pub tls: Arc<ClientConfig>,
     pub pool: RefCell<Pool<B::Stream>>,
+    /// I/O buffers lent to connections while they carry a request.
+    pub buffers: RefCell<BufferPool>,
     pub stats: RefCell<WorkerStats>,
     pub hub: Arc<StatsHub>,
     pub info: Arc<StatusInfo>,
@@ -81,6 +90,7 @@ impl<B: Backend> WorkerCtx<B> {
         WorkerCtx {
             id,
             pool: RefCell::new(Pool::new(n, config.max_idle_per_host, config.upstream_idle_timeout)),
+            buffers: RefCell::new(BufferPool::new(MAX_FREE_BUFFERS)),
             stats: RefCell::new(WorkerStats::new(n)),
             config,
             routes,
@@ -159,10 +169,13 @@ impl<B: Backend> Drop for SessionGuard<'_, B> {
 /// The Agent side of a connection: the socket and its read buffer.
 struct Downstream<S: Stream> {
     io: S,
-    /// Unconsumed input is `buf[start..]`.
+    /// Unconsumed input is `buf[start..]`. Between requests this is the small
+    /// idle buffer; during a request with more input, a pooled one.
     buf: Vec<u8>,
     start: usize,
     eof: bool,
+    /// The idle buffer, kept here while `buf` is a pooled one.
+    idle: Vec<u8>,
 }
 
 impl<S: Stream> Downstream<S> {
@@ -178,15 +191,21 @@ impl<S: Stream> Downstream<S> {
         }
     }
 
-    /// Reads more input; may grow the buffer up to `limit` bytes. `Ok(0)` at EOF.
-    async fn fill(&mut self, limit: usize) -> io::Result<usize> {
+    /// Reads more input; may move to a pooled buffer, and grow it up to
+    /// `limit` bytes for an oversized head. `Ok(0)` at EOF.
+    async fn fill(&mut self, limit: usize, pool: &RefCell<BufferPool>) -> io::Result<usize> {
         if self.start > 0 && self.buf.len() == self.buf.capacity() {
             self.buf.drain(..self.start);
             self.start = 0;
         }
         if self.buf.len() == self.buf.capacity() {
-            let room = limit.saturating_sub(self.buf.capacity()).max(1);
-            self.buf.reserve_exact(room.min(self.buf.capacity().max(IO_BUF)));
+            if self.buf.capacity() <= IDLE_BUF {
+                // More than the idle buffer holds: borrow a pooled one.
+                self.borrow_big(pool);
+            } else {
+                let room = limit.saturating_sub(self.buf.capacity()).max(1);
+                self.buf.reserve_exact(room.min(self.buf.capacity().max(IO_BUF)));
+            }
         }
         let buf = std::mem::take(&mut self.buf);
         let (res, buf) = self.io.read(buf).await;
@@ -196,6 +215,28 @@ impl<S: Stream> Downstream<S> {
             self.eof = true;
         }
         Ok(n)
+    }
+
+    /// Moves to a pooled buffer (body reads: a whole record per read).
+    fn borrow_big(&mut self, pool: &RefCell<BufferPool>) {
+        if self.buf.capacity() <= IDLE_BUF {
+            let mut big = pool.borrow_mut().take();
+            big.extend_from_slice(&self.buf[self.start..]);
+            let mut idle = std::mem::replace(&mut self.buf, big);
+            idle.clear();
+            self.idle = idle;
+            self.start = 0;
+        }
+    }
+
+    /// Between requests: give a borrowed buffer back and wait on the idle one.
+    fn park(&mut self, pool: &RefCell<BufferPool>) {
+        if self.filled().is_empty() && self.buf.capacity() > IDLE_BUF && self.idle.capacity() > 0 {
+            let big = std::mem::replace(&mut self.buf, std::mem::take(&mut self.idle));
+            pool.borrow_mut().give_back(big);
+            self.buf.clear();
+            self.start = 0;
+        }
     }
 
     async fn write(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
@@ -237,16 +278,18 @@ pub async fn serve<B: Backend>(ctx: Rc<WorkerCtx<B>>, io: B::Stream, offset: u16
         over_limit(&ctx, io, offset, peer).await;
         return;
     }
-    let mut down = Downstream { io, buf: Vec::with_capacity(IO_BUF), start: 0, eof: false };
+    let mut down = Downstream { io, buf: Vec::with_capacity(IDLE_BUF), start: 0, eof: false, idle: Vec::new() };
     let mut scratch = Vec::with_capacity(1024);
     let mut answer_buf: Vec<u8> = Vec::new();
     loop {
+        down.park(&ctx.buffers);
         match serve_one(&ctx, &mut down, offset, peer, &mut scratch, &mut answer_buf).await {
             Outcome::KeepAlive if ctx.draining().is_none() => continue,
             _ => break,
         }
     }
     let _ = down.io.shutdown_write();
+    down.park(&ctx.buffers);
 }
 
 /// A connection beyond `limits.max_connections`: read what the Agent sends
@@ -254,11 +297,11 @@ pub async fn serve<B: Backend>(ctx: Rc<WorkerCtx<B>>, io: B::Stream, offset: u16
 /// retries later, close. Nothing is forwarded.
 async fn over_limit<B: Backend>(ctx: &WorkerCtx<B>, io: B::Stream, offset: u16, peer: SocketAddr) {
     let product = PRODUCTS[offset as usize].name;
-    let mut down = Downstream { io, buf: Vec::with_capacity(2048), start: 0, eof: false };
+    let mut down = Downstream { io, buf: Vec::with_capacity(2048), start: 0, eof: false, idle: Vec::new() };
     let deadline = Instant::now() + ctx.config.header_timeout;
     while !down.filled().windows(4).any(|w| w == b"\r\n\r\n") && !down.eof && down.buf.len() < down.buf.capacity() {
         let left = deadline.saturating_duration_since(Instant::now());
-        if !matches!(tokio::time::timeout(left, down.fill(2048)).await, Ok(Ok(n)) if n > 0) {
+        if !matches!(tokio::time::timeout(left, down.fill(2048, &ctx.buffers)).await, Ok(Ok(n)) if n > 0) {
             break;
         }
     }
@@ -314,7 +357,7 @@ async fn serve_one<B: Backend>(
             None => cfg.client_idle_timeout,
             Some(t) => cfg.header_timeout.saturating_sub(t.elapsed()),
         };
-        let read = down.fill(cfg.max_header_bytes + 1);
+        let read = down.fill(cfg.max_header_bytes + 1, &ctx.buffers);
         let res = tokio::select! {
             r = tokio::time::timeout(wait, read) => r,
             _ = ctx.drain_started(), if idle => return Outcome::Close,
@@ -343,7 +386,7 @@ async fn serve_one<B: Backend>(
     let started = Instant::now();
     ctx.in_flight.set(ctx.in_flight.get() + 1);
     let outcome = match route {
-        ProductRoute::Status => answer_status(ctx, down, &head, scratch).await,
+        ProductRoute::Status => answer_status(ctx, down, &head, scratch, peer).await,
         ProductRoute::Unconfigured { reason } => {
             let close = true;
             fail_upstream(ctx, down, offset, peer, "(none)", ErrorCause::Unconfigured, reason, None, scratch, close)
@@ -353,7 +396,9 @@ async fn serve_one<B: Backend>(
         ProductRoute::Forward { .. } => {
             let upstream =
                 ctx.routes.upstream_for(offset, head.target(scratch)).expect("forward route has an upstream");
+            *answer_buf = ctx.buffers.borrow_mut().take();
             let res = forward(ctx, down, offset, upstream, &head, scratch, answer_buf).await;
+            ctx.buffers.borrow_mut().give_back(std::mem::take(answer_buf));
             match res {
                 Ok((status, keep)) => {
                     ctx.stats.borrow_mut().record_answer(offset, status, started.elapsed());
@@ -451,7 +496,11 @@ async fn answer_status<B: Backend>(
     down: &mut Downstream<B::Stream>,
     head: &RequestHead,
     scratch: &mut Vec<u8>,
+    peer: SocketAddr,
 ) -> Outcome {
+    if admin::is_admin_target(head.target(scratch)) {
+        return answer_admin(ctx, down, head, scratch, peer).await;
+    }
     let has_body = head.framing != BodyFraming::None;
     let method_ok = matches!(head.method, Method::Get | Method::Head);
     let close = head.close || has_body;
@@ -479,6 +528,128 @@ async fn answer_status<B: Backend>(
         return Outcome::Close;
     }
     Outcome::KeepAlive
+}
+
+/// `/admin/*` on the status port: read the small body, check the bearer
+/// token, hand the command to the control loop, answer. The connection is
+/// closed after every admin answer. `scratch` holds the rendered head.
+async fn answer_admin<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    head: &RequestHead,
+    scratch: &mut Vec<u8>,
+    peer: SocketAddr,
+) -> Outcome {
+    let access = &ctx.info.admin;
+    let Some(token) = &access.token else {
+        let reply = AdminReply::new(
+            404,
+            "not found: the admin API is off (admin.enabled = false, or no token file could be created at start: see the start log)",
+        );
+        return send_admin(down, &reply, &[], scratch).await;
+    };
+    let req = admin::inspect(scratch, token);
+    let body = match read_admin_body(ctx, down, head).await {
+        Ok(body) => body,
+        Err(reply) => return send_admin(down, &reply, &[], scratch).await,
+    };
+    if !req.authorized {
+        tracing::warn!(%peer, route = %req.path, "admin request refused: missing or wrong bearer token");
+        let reply = AdminReply::new(401, "unauthorized: send Authorization: Bearer <the token in admin.token_file>");
+        return send_admin(down, &reply, &[("WWW-Authenticate", "Bearer")], scratch).await;
+    }
+    let reply = match req.route {
+        Route::Drain => {
+            let reply = AdminReply::new(
+                202,
+                format!(
+                    "draining: no new connections; requests in flight get up to {:?} (shutdown.drain_timeout), then fipsrelay exits",
+                    ctx.config.drain_timeout
+                ),
+            );
+            // The answer goes out first: draining closes this worker's connections.
+            send_admin(down, &reply, &[], scratch).await;
+            if access.commands.send(AdminCommand::Drain { peer }).is_err() {
+                tracing::warn!(%peer, "admin drain request dropped: the control loop is already stopping");
+            }
+            return Outcome::Close;
+        }
+        Route::LogLevel => match String::from_utf8(body) {
+            Ok(directive) => {
+                admin::ask_control(access, |reply| AdminCommand::SetLogLevel { peer, directive, reply }).await
+            }
+            Err(_) => AdminReply::new(400, "the log level must be UTF-8 text such as debug or info,fipsrelay=debug"),
+        },
+        Route::Reload => admin::ask_control(access, |reply| AdminCommand::Reload { peer, reply }).await,
+        Route::WrongMethod { allow } => {
+            let reply = AdminReply::new(405, format!("{} takes {allow}", req.path));
+            return send_admin(down, &reply, &[("Allow", allow)], scratch).await;
+        }
+        Route::NotFound => AdminReply::new(
+            404,
+            format!(
+                "unknown admin route {}: use POST /admin/drain, PUT /admin/log-level or POST /admin/reload",
+                req.path
+            ),
+        ),
+    };
+    send_admin(down, &reply, &[], scratch).await
+}
+
+/// Reads an admin request body: Content-Length only, at most `admin::MAX_BODY`.
+async fn read_admin_body<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    head: &RequestHead,
+) -> Result<Vec<u8>, AdminReply> {
+    let len = match head.framing {
+        BodyFraming::None | BodyFraming::UntilClose => return Ok(Vec::new()),
+        BodyFraming::Chunked => {
+            return Err(AdminReply::new(
+                400,
+                format!(
+                    "chunked bodies are not accepted on the admin API: send Content-Length (at most {} bytes)",
+                    admin::MAX_BODY
+                ),
+            ))
+        }
+        BodyFraming::Length(n) if n > admin::MAX_BODY => {
+            return Err(AdminReply::new(
+                413,
+                format!("admin request body of {n} bytes is over {} bytes", admin::MAX_BODY),
+            ))
+        }
+        BodyFraming::Length(n) => n as usize,
+    };
+    if head.expect_continue && down.filled().len() < len {
+        let mut cont = Vec::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
+        if down.write(&mut cont).await.is_err() {
+            return Err(AdminReply::new(400, "the client went away"));
+        }
+    }
+    let deadline = Instant::now() + ctx.config.header_timeout;
+    while down.filled().len() < len {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, down.fill(IO_BUF, &ctx.buffers)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err(AdminReply::new(400, "the request body ended early")),
+            Err(_) => return Err(AdminReply::new(408, "request body not received in time (limits.header_timeout)")),
+        }
+    }
+    let body = down.filled()[..len].to_vec();
+    down.consume(len);
+    Ok(body)
+}
+
+async fn send_admin<S: Stream>(
+    down: &mut Downstream<S>,
+    reply: &AdminReply,
+    extra: &[(&str, &str)],
+    scratch: &mut Vec<u8>,
+) -> Outcome {
+    admin::render(reply, extra, scratch);
+    let _ = down.write(scratch).await;
+    Outcome::Close
 }
 
 /// Takes a live pooled session or opens a new one.
@@ -598,7 +769,7 @@ async fn forward<B: Backend>(
     let idle = ctx.config.client_idle_timeout;
     while !body.done() {
         if down.filled().is_empty() {
-            read_body(down, idle).await?;
+            read_body(down, idle, &ctx.buffers).await?;
         }
         let n = body.take(down.filled(), usize::MAX, ctx.config.max_body_bytes)?;
         pooled.session.write_plain(&down.filled()[..n]).await.map_err(|e| Failure::Upstream {
@@ -614,9 +785,6 @@ async fn forward<B: Backend>(
     // Wait for the answer head, bounded by the response timeout and the drain deadline.
     let client_close = head.close || ctx.draining().is_some();
     answer_buf.clear();
-    if answer_buf.capacity() < IO_BUF {
-        answer_buf.reserve_exact(IO_BUF);
-    }
     let head_limit = ctx.config.max_header_bytes;
     let read_head = async {
         loop {
@@ -680,19 +848,24 @@ async fn forward<B: Backend>(
             if sent == total {
                 break true;
             }
-            read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await.map_err(|(c, d)| answer.fail(c, d, addr))?;
+            read_answer(&mut pooled, answer_buf, ctx.config.response_timeout)
+                .await
+                .map_err(|(c, d)| answer.fail(c, d, addr))?;
         },
         BodyFraming::Chunked => {
             let mut scanner = ChunkedScanner::new();
             loop {
-                let n = scanner.scan(answer_buf).map_err(|e| answer.fail(ErrorCause::BadAnswer, e.to_string(), addr))?;
+                let n =
+                    scanner.scan(answer_buf).map_err(|e| answer.fail(ErrorCause::BadAnswer, e.to_string(), addr))?;
                 let extra = answer_buf.len() - n;
                 answer.send(down, answer_buf, n).await?;
                 if scanner.is_done() {
                     sent = scanner.payload;
                     break extra == 0;
                 }
-                read_answer(&mut pooled, answer_buf, ctx.config.response_timeout).await.map_err(|(c, d)| answer.fail(c, d, addr))?;
+                read_answer(&mut pooled, answer_buf, ctx.config.response_timeout)
+                    .await
+                    .map_err(|(c, d)| answer.fail(c, d, addr))?;
             }
         }
         BodyFraming::UntilClose => loop {
@@ -813,8 +986,13 @@ impl AnswerOut<'_> {
     }
 }
 
-async fn read_body<S: Stream>(down: &mut Downstream<S>, idle: Duration) -> Result<(), Failure> {
-    match tokio::time::timeout(idle, down.fill(IO_BUF)).await {
+async fn read_body<S: Stream>(
+    down: &mut Downstream<S>,
+    idle: Duration,
+    pool: &RefCell<BufferPool>,
+) -> Result<(), Failure> {
+    down.borrow_big(pool);
+    match tokio::time::timeout(idle, down.fill(IO_BUF, pool)).await {
         Err(_) => Err(Failure::Downstream("client stopped sending the body".into())),
         Ok(Err(e)) => Err(Failure::Downstream(e.to_string())),
         Ok(Ok(0)) => Err(Failure::Downstream("client closed mid-body".into())),

@@ -1,15 +1,18 @@
 //! Starting and stopping the relay: FIPS checks, backend choice, CPU
-//! placement, binding, the worker threads, and the control loop (signals,
-//! DNS refresh, drain).
+//! placement, binding, the admin token, the worker threads, and the control
+//! loop (signals, admin commands, config reload, DNS refresh, drain).
 //!
 //! The control loop runs on the calling thread; workers get read-mostly
-//! state (`Arc`s and a `watch` channel) and nothing else.
+//! state (`Arc`s and a `watch` channel) and nothing else. Admin requests
+//! reach the control loop as [`AdminCommand`]s over a channel; nothing on
+//! the data path takes a lock.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use crate::admin::{self, AdminAccess, AdminCommand, AdminReply, Reloader, TokenError, TokenSource};
 use crate::config::{Config, IoChoice, Source};
 use crate::crypto::{self, CryptoError, TrustSource};
 use crate::io::{epoll::Epoll, uring::Uring, Backend};
@@ -36,6 +39,8 @@ pub enum StartError {
     Privileges(#[from] crate::privileges::PrivilegeError),
     #[error("cannot start worker {id}: {why}")]
     Worker { id: usize, why: String },
+    #[error(transparent)]
+    AdminToken(#[from] TokenError),
 }
 
 /// The backend the config asks for, after probing: (name, fallback reason).
@@ -53,12 +58,37 @@ pub fn choose_backend(choice: IoChoice) -> Result<(&'static str, Option<String>)
     }
 }
 
+/// `PUT /admin/log-level`: validate, log who changes it to what, apply.
+fn set_log_level(peer: std::net::SocketAddr, directive: &str) -> AdminReply {
+    if let Err(e) = crate::logging::parse_filter(directive) {
+        tracing::warn!(%peer, error = %e, "admin log level change refused");
+        return AdminReply::new(400, e.to_string());
+    }
+    let from = crate::logging::current_filter().unwrap_or_default();
+    tracing::info!(%peer, from = %from, to = %directive.trim(), "log level changed through the admin API");
+    match crate::logging::set_filter(directive) {
+        Ok(now) => AdminReply::new(200, format!("log level set to {now}")),
+        Err(e) => AdminReply::new(500, e.to_string()),
+    }
+}
+
+/// Logs how a reload (SIGHUP or the admin API) ended.
+fn log_reload(trigger: &str, peer: Option<std::net::SocketAddr>, reply: &AdminReply) {
+    let peer = peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+    let outcome = reply.body.trim_end().replace('\n', "; ");
+    if reply.status == 200 {
+        tracing::info!(trigger, %peer, outcome = %outcome, "config reloaded");
+    } else {
+        tracing::warn!(trigger, %peer, status = reply.status, outcome = %outcome, "config reload refused");
+    }
+}
+
 /// CPUs this process may run on (taskset, systemd CPUAffinity, cpusets).
 pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
     core_affinity::get_core_ids().unwrap_or_default()
 }
 
-/// Runs the relay until SIGTERM or SIGINT, then drains and returns.
+/// Runs the relay until SIGTERM, SIGINT or `POST /admin/drain`, then drains and returns.
 pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     let trust = match &config.ca_file {
         Some(p) => TrustSource::CaFile(p.clone()),
@@ -95,12 +125,48 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
         tracing::warn!(addrs = ?config.override_addrs, "upstream.override_addr is set: every product is sent there (test and demo setting)");
     }
 
+    // The admin token is read (or created) while still privileged, before run.user.
+    // With the default path, a token that cannot be created (a non-root start
+    // with no /etc/fipsrelay) disables the admin API with a warning instead of
+    // failing the start; an explicit admin.token_file, or an insecure one, fails.
+    let default_path = config.admin_token_file == std::path::Path::new(crate::config::DEFAULT_ADMIN_TOKEN_FILE);
+    let admin_token = if config.admin_enabled {
+        match admin::load_or_create_token(&config.admin_token_file) {
+            Ok((token, how)) => {
+                match how {
+                    TokenSource::Created => {
+                        tracing::info!(token_file = %config.admin_token_file.display(), "admin API token created (mode 0600)")
+                    }
+                    TokenSource::Read => {
+                        tracing::debug!(token_file = %config.admin_token_file.display(), "admin API token read")
+                    }
+                }
+                Some(token)
+            }
+            Err(e @ TokenError::Create { .. }) if default_path => {
+                tracing::warn!(error = %e, "admin API disabled: no token; status, metrics and health stay available");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    let (admin_tx, mut admin_rx) = mpsc::unbounded_channel::<AdminCommand>();
+    let mut reloader = Reloader::new(source.clone(), config.raw.clone());
+
     let config = Arc::new(config);
     let routes = Arc::new(RouteTable::new(&config));
     let directory = Arc::new(Directory::new(&routes, &config.override_addrs));
     let hub = Arc::new(StatsHub::new(workers, routes.upstreams.len()));
-    let info =
-        Arc::new(StatusInfo { version: VERSION, fips_module, io_backend: backend, workers, routes: routes.clone() });
+    let info = Arc::new(StatusInfo {
+        version: VERSION,
+        fips_module,
+        io_backend: backend,
+        workers,
+        routes: routes.clone(),
+        admin: AdminAccess { token: admin_token, commands: admin_tx },
+    });
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
 
     // Everything that needs root is done: ports bound, CA file read (one TLS
@@ -176,12 +242,28 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     control.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(StartError::Runtime)?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(StartError::Runtime)?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(StartError::Runtime)?;
         let mut refresh = tokio::time::interval(config.dns_refresh);
         refresh.tick().await;
         let signal = loop {
             tokio::select! {
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
+                _ = hup.recv() => log_reload("SIGHUP", None, &reloader.reload()),
+                Some(command) = admin_rx.recv() => match command {
+                    AdminCommand::Drain { peer } => {
+                        tracing::info!(%peer, "drain requested through the admin API");
+                        break "POST /admin/drain";
+                    }
+                    AdminCommand::SetLogLevel { peer, directive, reply } => {
+                        let _ = reply.send(set_log_level(peer, &directive));
+                    }
+                    AdminCommand::Reload { peer, reply } => {
+                        let answer = reloader.reload();
+                        log_reload("POST /admin/reload", Some(peer), &answer);
+                        let _ = reply.send(answer);
+                    }
+                },
                 _ = refresh.tick() => {
                     let d = directory.clone();
                     tokio::task::spawn_blocking(move || d.refresh());

@@ -1,6 +1,8 @@
 //! The status port (offset 0): a plain-text summary on `/`, Prometheus text
-//! on `/metrics`, JSON on `/health`. Read-only: it answers GET and HEAD only
-//! and changes nothing.
+//! on `/metrics`, JSON on `/health`. These pages are read-only: they answer
+//! GET and HEAD only and change nothing. The same port carries the admin API
+//! (`/admin/*`, see [`crate::admin`]), which needs a bearer token and only
+//! hands commands to the control loop.
 
 use std::fmt::Write as _;
 
@@ -14,6 +16,8 @@ pub struct StatusInfo {
     pub io_backend: &'static str,
     pub workers: usize,
     pub routes: std::sync::Arc<RouteTable>,
+    /// The admin API's token and command channel to the control loop.
+    pub admin: crate::admin::AdminAccess,
 }
 
 /// Renders the answer for `path`: (status, content type, body).

@@ -148,7 +148,7 @@ pub fn start_relay(bins: &Bins, dir: &Path, mock: &Mock, cpu: Option<usize>, thr
     std::fs::write(
         &config,
         format!(
-            "[listen]\nport_range_start = {base}\n[workers]\nthreads = {threads}\npin = false\nio = \"{io}\"\n[upstream]\noverride_addr = \"{}\"\nca_file = \"{}\"\nmax_idle_per_host = 256\n[log]\nlevel = \"warn\"\n",
+            "[listen]\nport_range_start = {base}\n[workers]\nthreads = {threads}\npin = false\nio = \"{io}\"\n[upstream]\noverride_addr = \"{}\"\nca_file = \"{}\"\nmax_idle_per_host = 256\n[log]\nlevel = \"warn\"\n[admin]\nenabled = false\n",
             mock.addr,
             mock.ca.display()
         ),

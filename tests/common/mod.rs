@@ -2,7 +2,7 @@
 //! PKI, a real TLS mock intake (in-process, its own thread and runtime), and
 //! plain-TCP clients. Ports come from the kernel or are retried; every wait
 //! polls with a deadline.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -100,11 +100,28 @@ pub fn relay_bin() -> &'static str {
     env!("CARGO_BIN_EXE_fipsrelay")
 }
 
-/// A free 16-port range on 127.0.0.1 (best effort: the relay re-checks).
-fn candidate_base(attempt: u32) -> u16 {
-    let seed = std::process::id() as u64 * 7919 + attempt as u64 * 104729 + Instant::now().elapsed().as_nanos() as u64;
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
-    20000 + ((seed ^ nanos.wrapping_mul(2654435761)) % 2500) as u16 * 16
+/// A candidate 16-port range on 127.0.0.1, below the kernel's ephemeral range
+/// (32768+) so that client ports in TIME-WAIT never collide with it. Best
+/// effort: the relay re-checks, and `Relay::start` tries another on a clash.
+pub fn candidate_base(attempt: u32) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let mix =
+        (std::process::id().wrapping_mul(7919) ^ nanos.wrapping_mul(2654435761)).wrapping_add(n * 97 + attempt * 31);
+    20000 + (mix % 750) as u16 * 16
+}
+
+/// A range of 16 ports that can all be bound right now.
+pub fn free_range() -> u16 {
+    for attempt in 0..200 {
+        let base = candidate_base(attempt);
+        if (0..16).all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free 16-port range below 32000");
 }
 
 impl Relay {
@@ -258,6 +275,8 @@ pub fn render_config(base: u16, io: &str, upstream: SocketAddr, ca_file: &Path, 
         ("log".into(), vec![]),
         ("limits".into(), vec![]),
         ("shutdown".into(), vec![]),
+        // The admin token lives beside the CA file, never in /etc/fipsrelay.
+        ("admin".into(), vec![format!("token_file = \"{}\"", ca_file.with_file_name("admin.token").display())]),
     ];
     for line in extra.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let (key, value) = line.split_once('=').expect("section.key = value");

@@ -1,0 +1,86 @@
+//! 10,000 concurrent idle Agent connections: all accepted, all still served,
+//! and the memory each costs the relay (reported in the test log) shows that
+//! an idle connection holds no large buffer.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+
+/// Raises this process's open-file limit (the relay inherits it); returns it.
+fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
+}
+
+/// The two backend variants each hold 10,000 sockets in this process: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+both_backends!(ten_thousand_idle_connections_are_cheap_and_served, |io: &str| {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let limit = raise_nofile();
+    let n: usize = 10_000.min(limit.saturating_sub(1_000) as usize);
+    assert!(n >= 2_000, "open-file limit {limit} too low for this test");
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        "workers.threads = 2\nlimits.max_connections = 20000",
+    );
+    // Warm up the upstream pool, then take the baseline.
+    assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"warm").status, 202);
+    std::thread::sleep(Duration::from_millis(300));
+    let base = fipsrelay::procstat::rss_kib(relay.pid());
+
+    let mut clients: Vec<Client> = (0..n).map(|_| relay.connect(1)).collect();
+    let relay_port = relay.port(1);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let m = relay.status_page("/metrics");
+            m.lines()
+                .find(|l| l.starts_with("fipsrelay_open_connections{product=\"metrics\"}"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|v| v >= n)
+        }),
+        "the relay did not accept all {n} connections on port {relay_port}"
+    );
+    let connected = fipsrelay::procstat::rss_kib(relay.pid());
+
+    // Every connection is still served (one request each, in turn, so the
+    // upstream pool stays small), then sits idle again with the others.
+    for (i, c) in clients.iter_mut().enumerate() {
+        send(c.stream(), "POST", "/api/v2/series", &[], format!("{{\"n\":{i}}}").as_bytes()).unwrap();
+        let r = c.read_response(false).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(r.status, 202, "connection {i}: {}", String::from_utf8_lossy(&r.body));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let idle_after = fipsrelay::procstat::rss_kib(relay.pid());
+    let per_conn = |kib: u64| (kib.saturating_sub(base) as f64 * 1024.0 / n as f64) as u64;
+    eprintln!(
+        "{io}: {n} idle connections: relay RSS {base} KiB before, {connected} KiB connected ({} B/conn), {idle_after} KiB after one request each ({} B/conn)",
+        per_conn(connected),
+        per_conn(idle_after)
+    );
+    assert_eq!(intake.mock.records().len(), n + 1);
+    // An idle connection holds its small read buffer and bookkeeping, no 16 KiB buffer.
+    assert!(per_conn(idle_after) < 12 * 1024, "{} bytes per idle connection", per_conn(idle_after));
+    // Close with RST (linger 0): 10,000 sockets in TIME-WAIT would crowd the
+    // ephemeral ports other tests bind near.
+    for c in &clients {
+        let _ = socket2::SockRef::from(c.reader.get_ref()).set_linger(Some(Duration::ZERO));
+    }
+    drop(clients);
+    let _ = std::io::stderr().flush();
+});
