@@ -2,7 +2,6 @@
 //! loose), drain, runtime log level, config reload (SIGHUP too), and the
 //! token never reaching the log.
 
-#[allow(unused_imports)]
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
