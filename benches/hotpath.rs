@@ -63,23 +63,8 @@ static GLOBAL: Counting = Counting;
 
 // ---- helpers ----
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!(
-        "{} x {}, kernel {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        cpu,
-        kernel.trim()
-    )
-}
+mod harness;
+use harness::machine;
 
 /// Runs `op` in batches, records ns per op, prints a summary line.
 fn measure(name: &str, bytes_per_op: usize, iters: u64, mut op: impl FnMut()) {
@@ -184,11 +169,8 @@ fn bench_tls(iters: u64) {
     }
 }
 
-/// Pool take + give_back of a live TLS session (the take includes the
-/// liveness check on the real socket), on the epoll backend.
-fn bench_pool(iters: u64) {
-    use fipsrelay::io::{epoll::Epoll, Backend};
-    use fipsrelay::upstream::pool::Pool;
+/// A TLS mock intake on its own thread, and the path of its CA.
+fn in_process_intake() -> (tempfile::TempDir, std::path::PathBuf, loadgen::mock::MockIntake) {
     let dir = tempfile::tempdir().unwrap();
     let pki = loadgen::pki::TestPki::generate(&[]);
     let ca = dir.path().join("ca.pem");
@@ -199,6 +181,15 @@ fn bench_pool(iters: u64) {
         pki.leaf_key_pem.clone(),
     ))
     .unwrap();
+    (dir, ca, mock)
+}
+
+/// Pool take + give_back of a live TLS session (the take includes the
+/// liveness check on the real socket), on the epoll backend.
+fn bench_pool(iters: u64) {
+    use fipsrelay::io::{epoll::Epoll, Backend};
+    use fipsrelay::upstream::pool::Pool;
+    let (_dir, ca, mock) = in_process_intake();
     let cfg = fipsrelay::crypto::client_config(&fipsrelay::crypto::TrustSource::CaFile(ca)).unwrap();
     Epoll::block_on(async move {
         let session = fipsrelay::upstream::open_session::<Epoll>(
@@ -224,16 +215,7 @@ fn bench_pool(iters: u64) {
 /// End to end through an in-process relay: allocations on worker threads
 /// per forwarded request, in steady state (after warm-up).
 fn bench_allocs(requests: u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = loadgen::pki::TestPki::generate(&[]);
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &pki.ca_cert_pem).unwrap();
-    let mock = loadgen::mock::MockIntake::start(loadgen::mock::MockConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        pki.leaf_cert_pem.clone(),
-        pki.leaf_key_pem.clone(),
-    ))
-    .unwrap();
+    let (_dir, ca, mock) = in_process_intake();
     let base = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port().clamp(20000, 60000) / 16 * 16
