@@ -688,3 +688,20 @@ fn unknown_run_user_fails_the_start() {
         assert!(err.contains("run.user") && err.contains("no such user"), "{err}");
     }
 }
+
+both_backends!(client_half_close_still_gets_the_answer, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    for body in [&b"{}"[..], &payload(100_000, 9)[..]] {
+        let mut c = relay.connect(1);
+        send(c.stream(), "POST", "/api/v2/series", &[], body).unwrap();
+        c.stream().shutdown(std::net::Shutdown::Write).unwrap();
+        let r = c.read_response(false).expect("answer after half-close");
+        assert_eq!(r.status, 202);
+        assert!(c.closed_by_peer(), "the relay closes once the answer is out");
+    }
+    let records = intake.mock.records();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1].body_hash, body_hash(&payload(100_000, 9)));
+});
