@@ -176,6 +176,8 @@ struct Downstream<S: Stream> {
     eof: bool,
     /// The idle buffer, kept here while `buf` is a pooled one.
     idle: Vec<u8>,
+    /// How long a write to the Agent may stall (it stopped reading).
+    write_timeout: Duration,
 }
 
 impl<S: Stream> Downstream<S> {
@@ -240,7 +242,14 @@ impl<S: Stream> Downstream<S> {
     }
 
     async fn write(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
-        let (res, buf) = self.io.write_all(std::mem::take(out)).await;
+        let write = self.io.write_all(std::mem::take(out));
+        let Ok((res, buf)) = tokio::time::timeout(self.write_timeout, write).await else {
+            // The buffer stays with the cancelled operation; the connection is done.
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the Agent stopped reading (limits.client_idle_timeout)",
+            ));
+        };
         *out = buf;
         out.clear();
         res
@@ -278,7 +287,14 @@ pub async fn serve<B: Backend>(ctx: Rc<WorkerCtx<B>>, io: B::Stream, offset: u16
         over_limit(&ctx, io, offset, peer).await;
         return;
     }
-    let mut down = Downstream { io, buf: Vec::with_capacity(IDLE_BUF), start: 0, eof: false, idle: Vec::new() };
+    let mut down = Downstream {
+        io,
+        buf: Vec::with_capacity(IDLE_BUF),
+        start: 0,
+        eof: false,
+        idle: Vec::new(),
+        write_timeout: ctx.config.client_idle_timeout,
+    };
     let mut scratch = Vec::with_capacity(1024);
     let mut answer_buf: Vec<u8> = Vec::new();
     loop {
@@ -297,7 +313,14 @@ pub async fn serve<B: Backend>(ctx: Rc<WorkerCtx<B>>, io: B::Stream, offset: u16
 /// retries later, close. Nothing is forwarded.
 async fn over_limit<B: Backend>(ctx: &WorkerCtx<B>, io: B::Stream, offset: u16, peer: SocketAddr) {
     let product = PRODUCTS[offset as usize].name;
-    let mut down = Downstream { io, buf: Vec::with_capacity(2048), start: 0, eof: false, idle: Vec::new() };
+    let mut down = Downstream {
+        io,
+        buf: Vec::with_capacity(2048),
+        start: 0,
+        eof: false,
+        idle: Vec::new(),
+        write_timeout: ctx.config.header_timeout,
+    };
     let deadline = Instant::now() + ctx.config.header_timeout;
     while !down.filled().windows(4).any(|w| w == b"\r\n\r\n") && !down.eof && down.buf.len() < down.buf.capacity() {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -743,7 +766,7 @@ async fn forward<B: Backend>(
     let mut allow_pooled = true;
     let mut pooled = loop {
         let (mut s, reused) = acquire(ctx, offset, upstream, allow_pooled).await?;
-        match s.session.write_plain(upstream_head).await {
+        match write_upstream(&mut s, upstream_head, ctx.config.response_timeout).await {
             Ok(()) => break s,
             Err(e) if reused && allow_pooled => {
                 tracing::debug!(upstream = ctx.upstream_host(upstream), error = %e, "pooled session dead on first write; retrying on a new one");
@@ -772,11 +795,9 @@ async fn forward<B: Backend>(
             read_body(down, idle, &ctx.buffers).await?;
         }
         let n = body.take(down.filled(), usize::MAX, ctx.config.max_body_bytes)?;
-        pooled.session.write_plain(&down.filled()[..n]).await.map_err(|e| Failure::Upstream {
-            cause: ErrorCause::Write,
-            detail: e.to_string(),
-            addr: Some(addr),
-        })?;
+        write_upstream(&mut pooled, &down.filled()[..n], ctx.config.response_timeout)
+            .await
+            .map_err(|e| Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(addr) })?;
         down.consume(n);
     }
     let body_bytes = body.payload();
@@ -983,6 +1004,18 @@ impl AnswerOut<'_> {
         }
         self.head_pending = false;
         down.write(self.head).await.map_err(|e| Failure::Downstream(e.to_string()))
+    }
+}
+
+/// Encrypts and writes to the intake; a write stalled longer than `timeout`
+/// (the intake stopped reading) fails.
+async fn write_upstream<S: Stream>(pooled: &mut PooledSession<S>, data: &[u8], timeout: Duration) -> io::Result<()> {
+    match tokio::time::timeout(timeout, pooled.session.write_plain(data)).await {
+        Ok(res) => res,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the intake stopped reading the request for {timeout:?} (upstream.response_timeout)"),
+        )),
     }
 }
 

@@ -705,3 +705,22 @@ both_backends!(client_half_close_still_gets_the_answer, |io: &str| {
     assert_eq!(records.len(), 2);
     assert_eq!(records[1].body_hash, body_hash(&payload(100_000, 9)));
 });
+
+both_backends!(agent_that_stops_reading_is_dropped_after_the_idle_timeout, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "limits.client_idle_timeout = \"1s\"");
+    // A 16 MB answer to a client that never reads it: the relay's writes stall.
+    intake.mock.set_behavior(Behavior { body: "x".repeat(16 << 20), ..Behavior::default() });
+    let mut stalled = relay.connect(1);
+    send(stalled.stream(), "POST", "/api/v2/series", &[], b"{}").unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || relay.log().contains("the Agent stopped reading")),
+        "the stalled write was not given up:\n{}",
+        relay.log()
+    );
+    // The relay is not stuck: others are served.
+    intake.mock.set_behavior(Behavior::default());
+    assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"{}").status, 202);
+    drop(stalled);
+});
