@@ -151,6 +151,9 @@ fn error_text(e: &anyhow::Error) -> String {
 }
 
 fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    // A SIGHUP (reload) that comes before the control loop installs its
+    // handler must not kill the relay with the default action.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let (config, source) = load(path.as_deref())?;
     logging::init(&config.log_level, config.log_format);
     server::run(config, source)?;
