@@ -106,6 +106,11 @@ fn is_hop_by_hop(name: &str) -> bool {
         .any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// Content-Length and Transfer-Encoding: never removed on a `Connection` token.
+fn is_framing_field(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
+}
+
 /// Bytes a head may not contain: NUL, a CR not followed by LF, an LF not
 /// preceded by CR, obs-fold (a line starting with SP or HTAB).
 fn check_line_endings(head: &[u8]) -> Result<(), RequestError> {
@@ -234,6 +239,11 @@ pub fn parse_request(
     if chunked && content_length.is_some() {
         return Err(RequestError::LengthAndChunked);
     }
+    // `Connection: content-length` would strip the framing field from the
+    // upstream head while the body is still forwarded: a smuggling shape.
+    if connection_tokens.iter().any(|t| is_framing_field(t)) {
+        return Err(RequestError::Malformed("Connection header names a framing field"));
+    }
     if chunked && http10 {
         return Err(RequestError::BadTransferEncoding);
     }
@@ -341,10 +351,15 @@ pub fn parse_response(
             }
             return Ok(None);
         }
+        Ok(httparse::Status::Complete(n)) if n > max_head => return Err(ResponseError::TooLarge(max_head)),
         Ok(httparse::Status::Complete(n)) => n,
         Err(e) => return Err(ResponseError::Malformed(e.to_string())),
     };
     let status = resp.code.unwrap_or(0);
+    // httparse takes any three digits; a status the Agent can't read back is refused (502).
+    if !(100..=999).contains(&status) {
+        return Err(ResponseError::Malformed(format!("status code {status:03} out of range")));
+    }
     let http10 = resp.version == Some(0);
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
@@ -369,7 +384,9 @@ pub fn parse_response(
             if http10 && has_token(h.value, "keep-alive") {
                 upstream_close = false;
             }
-            connection_tokens.extend(h.value.split(|&b| b == b',').map(trim));
+            // The framing fields are kept whatever Connection says: the Agent must
+            // frame the body exactly as the relay does.
+            connection_tokens.extend(h.value.split(|&b| b == b',').map(trim).filter(|t| !is_framing_field(t)));
         }
     }
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 || request_method == Method::Head {

@@ -260,6 +260,9 @@ const MALFORMED: &[(&str, u16)] = &[
     ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\nContent-Length: 1\r\n\r\na", 400),
     ("POST /api/v2/series HTTP/1.1\nHost: x\nContent-Length: 1\n\na", 400),
     ("POST http://evil.example/api/v2/series HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na", 400),
+    // Fuzz finding F1: Connection must not strip a framing field from the upstream head.
+    ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\nA", 400),
+    ("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nConnection: close, Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
 ];
 
 both_backends!(malformed_requests_get_400_and_reach_nothing, |io: &str| {
