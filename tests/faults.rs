@@ -24,20 +24,30 @@ fn loadgen_bin() -> PathBuf {
 
 /// Runs a verified closed-loop load against `port` for `secs` and returns loadgen's JSON report.
 fn verified_load(dir: &std::path::Path, intake: &Intake, port: u16, secs: &str, conns: usize) -> serde_json::Value {
+    load(dir, intake, port, secs, conns, true)
+}
+
+/// Load without `--verify`: for faults that stop every TLS handshake with the
+/// mock, its control connection included.
+fn load(
+    dir: &std::path::Path,
+    intake: &Intake,
+    port: u16,
+    secs: &str,
+    conns: usize,
+    verify: bool,
+) -> serde_json::Value {
     let json = dir.join(format!("load-{port}-{}.json", std::process::id() as u64 * 1000 + rand_suffix()));
-    let out = Command::new(loadgen_bin())
-        .args(["--target", &format!("http://127.0.0.1:{port}/api/v2/series")])
+    let mut cmd = Command::new(loadgen_bin());
+    cmd.args(["--target", &format!("http://127.0.0.1:{port}/api/v2/series")])
         .args(["--connections", &conns.to_string(), "--duration", secs, "--timeout", "5s", "-q"])
         .args(["--payload", "series", "--body-size", "256-2k"])
-        .args(["--verify", &format!("https://{}", intake.addr())])
-        .arg("--verify-ca")
-        .arg(&intake.ca_file)
         .arg("--json")
-        .arg(&json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+        .arg(&json);
+    if verify {
+        cmd.args(["--verify", &format!("https://{}", intake.addr())]).arg("--verify-ca").arg(&intake.ca_file);
+    }
+    let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
     let text = std::fs::read_to_string(&json).unwrap_or_else(|_| {
         panic!(
             "loadgen wrote no report ({}):\n{}\n{}",
@@ -80,7 +90,7 @@ both_backends!(fault_matrix_loses_nothing_and_answers_retryable_statuses, |io: &
         io,
         intake.addr(),
         &intake.ca_file,
-        "upstream.response_timeout = \"400ms\"\nworkers.threads = 1",
+        "upstream.response_timeout = \"400ms\"\nupstream.connect_timeout = \"300ms\"\nworkers.threads = 1",
     );
     let port = relay.port(1);
     // Baseline: clean run, then the memory reference.
@@ -113,10 +123,24 @@ both_backends!(fault_matrix_loses_nothing_and_answers_retryable_statuses, |io: &
         assert_eq!(report["ok"], 0, "{name}: no 2xx can come out of this fault");
         assert!(report["requests"].as_u64().unwrap() > 0, "{name}: no load ran");
         eprintln!("{io} {name}: status {} errors {} verify {}", report["status"], report["errors"], report["verify"]);
-        if name == "close after head" || name == "reset after request" {
+        if matches!(name, "close after head" | "reset after request") {
             // Nothing of the answer reached the client yet: a clean retryable status, not a cut.
             assert_eq!(report["errors"]["total"], 0, "{name}: {}", report["errors"]);
         }
+    }
+    // Faults that stop every TLS handshake: nothing reaches the intake, every
+    // answer is the relay's retryable status, no client error.
+    for (name, fault) in
+        [("TLS alert during the handshake", Fault::TlsAlert), ("accept, then never answer", Fault::Blackhole)]
+    {
+        intake.mock.set_behavior(Behavior { fault, ..Behavior::default() });
+        let before = intake.mock.stats().requests;
+        let report = load(dir.path(), &intake, port, "700ms", 4, false);
+        eprintln!("{io} {name}: status {} errors {}", report["status"], report["errors"]);
+        assert!(report["requests"].as_u64().unwrap() > 0, "{name}: no load ran");
+        assert_eq!(statuses(&report), vec![502], "{name}: {}", report["status"]);
+        assert_eq!(report["errors"]["total"], 0, "{name}: {}", report["errors"]);
+        assert_eq!(intake.mock.stats().requests, before, "{name}: nothing may reach the intake");
     }
     for status in [500u16, 503, 429, 413, 403, 400] {
         intake.mock.set_behavior(Behavior { status, ..Behavior::default() });

@@ -38,8 +38,9 @@ struct Args {
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     latency: Duration,
     /// none | reset | close-mid-answer | close-after-head | slow:<duration> |
-    /// drop-record | duplicate-record | corrupt-record (the last three prove
-    /// `loadgen --verify` works).
+    /// drop-record | duplicate-record | corrupt-record (these three prove
+    /// `loadgen --verify` works) | blackhole (accept, never answer) |
+    /// tls-alert (a fatal handshake_failure alert).
     #[arg(long, default_value = "none")]
     fault: Fault,
     /// Accept only ChaCha20-Poly1305 suites.

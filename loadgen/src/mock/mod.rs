@@ -24,7 +24,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::CipherSuite;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::server::TlsStream;
@@ -87,13 +87,25 @@ pub enum Fault {
     /// Answer normally but record the hash of the body with its first byte
     /// flipped: a corrupted body.
     CorruptRecord,
+    /// Accept the TCP connection, then never read or write (until the mock
+    /// stops or [`BLACKHOLE_HOLD`] passes): the TLS handshake never finishes.
+    Blackhole,
+    /// Read the ClientHello, answer with a fatal TLS alert
+    /// (handshake_failure), close.
+    TlsAlert,
 }
+
+/// How long a blackholed connection is held before the mock lets it go.
+pub const BLACKHOLE_HOLD: Duration = Duration::from_secs(60);
+
+/// A TLS 1.2-framed fatal `handshake_failure` alert record.
+const HANDSHAKE_FAILURE_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseFaultError {
     #[error(
         "unknown fault {0:?}; use none, reset, close-mid-answer, close-after-head, slow:<duration>, \
-         drop-record, duplicate-record or corrupt-record"
+         drop-record, duplicate-record, corrupt-record, blackhole or tls-alert"
     )]
     Unknown(String),
     #[error("bad duration in fault: {0}")]
@@ -114,6 +126,8 @@ impl FromStr for Fault {
             "drop-record" => Ok(Fault::DropRecord),
             "duplicate-record" => Ok(Fault::DuplicateRecord),
             "corrupt-record" => Ok(Fault::CorruptRecord),
+            "blackhole" => Ok(Fault::Blackhole),
+            "tls-alert" => Ok(Fault::TlsAlert),
             _ => match s.strip_prefix("slow:") {
                 Some(d) => Ok(Fault::SlowAnswer(parse_duration(d)?)),
                 None => Err(ParseFaultError::Unknown(s.to_owned())),
@@ -462,8 +476,26 @@ enum Next {
     Abort,
 }
 
-async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>, id: u64) {
+async fn serve_connection(mut tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>, id: u64) {
     let _ = tcp.set_nodelay(true);
+    // Connection-level faults act before TLS.
+    match shared.behavior().fault {
+        Fault::Blackhole => {
+            shared.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(BLACKHOLE_HOLD).await;
+            drop(tcp);
+            return;
+        }
+        Fault::TlsAlert => {
+            shared.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            let mut hello = vec![0u8; 16 * 1024];
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.read(&mut hello)).await;
+            let _ = tcp.write_all(&HANDSHAKE_FAILURE_ALERT).await;
+            let _ = tcp.shutdown().await;
+            return;
+        }
+        _ => {}
+    }
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         _ => {
@@ -545,7 +577,13 @@ async fn serve_one(conn: &mut Conn, shared: &Shared, sni: &Option<String>, conne
     }
     let body = behavior.body.as_bytes();
     match behavior.fault {
-        Fault::None | Fault::DropRecord | Fault::DuplicateRecord | Fault::CorruptRecord => {}
+        // Connection-level faults act at accept; a session already open answers normally.
+        Fault::None
+        | Fault::DropRecord
+        | Fault::DuplicateRecord
+        | Fault::CorruptRecord
+        | Fault::Blackhole
+        | Fault::TlsAlert => {}
         Fault::SlowAnswer(delay) => tokio::time::sleep(delay).await,
         Fault::ResetAfterRequest => {
             conn.get_ref().get_ref().0.set_zero_linger()?;
