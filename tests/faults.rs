@@ -103,6 +103,7 @@ both_backends!(fault_matrix_loses_nothing_and_answers_retryable_statuses, |io: &
     let relay_made = [502u16, 503, 504];
     for (name, behavior) in [
         ("reset after request", Behavior { fault: Fault::ResetAfterRequest, ..Behavior::default() }),
+        ("reset mid-request", Behavior { fault: Fault::ResetMidRequest, ..Behavior::default() }),
         ("close mid-answer", Behavior { fault: Fault::CloseMidAnswer, ..Behavior::default() }),
         ("close after head", Behavior { fault: Fault::CloseAfterHead, ..Behavior::default() }),
         (
@@ -123,7 +124,7 @@ both_backends!(fault_matrix_loses_nothing_and_answers_retryable_statuses, |io: &
         assert_eq!(report["ok"], 0, "{name}: no 2xx can come out of this fault");
         assert!(report["requests"].as_u64().unwrap() > 0, "{name}: no load ran");
         eprintln!("{io} {name}: status {} errors {} verify {}", report["status"], report["errors"], report["verify"]);
-        if matches!(name, "close after head" | "reset after request") {
+        if matches!(name, "close after head" | "reset after request" | "reset mid-request") {
             // Nothing of the answer reached the client yet: a clean retryable status, not a cut.
             assert_eq!(report["errors"]["total"], 0, "{name}: {}", report["errors"]);
         }

@@ -39,7 +39,7 @@ struct Args {
     latency: Duration,
     /// none | reset | close-mid-answer | close-after-head | slow:<duration> |
     /// drop-record | duplicate-record | corrupt-record (these three prove
-    /// `loadgen --verify` works) | blackhole (accept, never answer) |
+    /// `loadgen --verify` works) | reset-mid-request | blackhole (accept, never answer) |
     /// tls-alert (a fatal handshake_failure alert).
     #[arg(long, default_value = "none")]
     fault: Fault,

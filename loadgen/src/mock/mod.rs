@@ -87,6 +87,9 @@ pub enum Fault {
     /// Answer normally but record the hash of the body with its first byte
     /// flipped: a corrupted body.
     CorruptRecord,
+    /// Read the request head, then close with SO_LINGER 0 (TCP RST) without
+    /// reading the body: the sender is cut mid-request.
+    ResetMidRequest,
     /// Accept the TCP connection, then never read or write (until the mock
     /// stops or [`BLACKHOLE_HOLD`] passes): the TLS handshake never finishes.
     Blackhole,
@@ -105,7 +108,7 @@ const HANDSHAKE_FAILURE_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x
 pub enum ParseFaultError {
     #[error(
         "unknown fault {0:?}; use none, reset, close-mid-answer, close-after-head, slow:<duration>, \
-         drop-record, duplicate-record, corrupt-record, blackhole or tls-alert"
+         drop-record, duplicate-record, corrupt-record, reset-mid-request, blackhole or tls-alert"
     )]
     Unknown(String),
     #[error("bad duration in fault: {0}")]
@@ -127,6 +130,7 @@ impl FromStr for Fault {
             "duplicate-record" => Ok(Fault::DuplicateRecord),
             "corrupt-record" => Ok(Fault::CorruptRecord),
             "blackhole" => Ok(Fault::Blackhole),
+            "reset-mid-request" => Ok(Fault::ResetMidRequest),
             "tls-alert" => Ok(Fault::TlsAlert),
             _ => match s.strip_prefix("slow:") {
                 Some(d) => Ok(Fault::SlowAnswer(parse_duration(d)?)),
@@ -535,6 +539,11 @@ async fn serve_one(conn: &mut Conn, shared: &Shared, sni: &Option<String>, conne
         conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         conn.flush().await?;
     }
+    let control_path = matches!(head.target.split('?').next(), Some(STATS_PATH | HASHES_PATH | RESET_PATH));
+    if shared.behavior().fault == Fault::ResetMidRequest && !control_path {
+        conn.get_ref().get_ref().0.set_zero_linger()?;
+        return Ok(Next::Abort);
+    }
     // Decided before the body is read, since it changes how it is hashed.
     let corrupt = shared.behavior().fault == Fault::CorruptRecord;
     let mut hasher = BodyHasher::new();
@@ -583,7 +592,8 @@ async fn serve_one(conn: &mut Conn, shared: &Shared, sni: &Option<String>, conne
         | Fault::DuplicateRecord
         | Fault::CorruptRecord
         | Fault::Blackhole
-        | Fault::TlsAlert => {}
+        | Fault::TlsAlert
+        | Fault::ResetMidRequest => {}
         Fault::SlowAnswer(delay) => tokio::time::sleep(delay).await,
         Fault::ResetAfterRequest => {
             conn.get_ref().get_ref().0.set_zero_linger()?;
