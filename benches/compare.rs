@@ -79,26 +79,18 @@ fn main() {
     }
     println!();
     println!(
-        "{:<30} {:>10} {:>12} {:>9} {:>9} {:>10} {:>9}",
+        "{:<34} {:>10} {:>12} {:>9} {:>9} {:>10} {:>9}",
         "workload / proxy", "req/s", "CPU µs/req", "p50 µs", "p99 µs", "p99.9 µs", "RSS MiB"
     );
     let mut json_rows = Vec::new();
     for (name, r, h) in &rows {
         println!("{name}");
         for (label, s) in [("  fipsrelay", r), ("  haproxy", h)] {
-            println!(
-                "{label:<30} {:>10.0} {:>12.1} {:>9.0} {:>9.0} {:>10.0} {:>9.1}",
-                s.req_per_s,
-                s.cpu_us_per_req,
-                s.p50_us,
-                s.p99_us,
-                s.p99_9_us,
-                s.rss_kib as f64 / 1024.0
-            );
+            println!("{}", s.row(label));
         }
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
         println!(
-            "{:<30} {:>10.2} {:>12.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2}",
+            "{:<34} {:>10.2} {:>12.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2}",
             "  ratio fipsrelay/haproxy",
             ratio(r.req_per_s, h.req_per_s),
             ratio(r.cpu_us_per_req, h.cpu_us_per_req),

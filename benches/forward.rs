@@ -34,16 +34,7 @@ fn main() {
             let target = start_relay(&bins, dir.path(), &mock, relay_cpu, 1, io);
             let w = Workload { name: "", body, connections: 64, rate: None };
             let s = run_load(&bins, dir.path(), &target, &w, secs, warmup, load_cpu);
-            println!(
-                "{:<34} {:>10.0} {:>12.1} {:>9.0} {:>9.0} {:>10.0} {:>9.1}",
-                format!("{io} {label} closed, 64 conns"),
-                s.req_per_s,
-                s.cpu_us_per_req,
-                s.p50_us,
-                s.p99_us,
-                s.p99_9_us,
-                s.rss_kib as f64 / 1024.0
-            );
+            println!("{}", s.row(&format!("{io} {label} closed, 64 conns")));
             assert!(s.errors == 0, "{} errors", s.errors);
         }
     }

@@ -260,6 +260,21 @@ pub fn run_load(
     }
 }
 
+impl Sample {
+    /// One table row: label, req/s, CPU µs/req, p50/p99/p99.9 µs, RSS MiB.
+    pub fn row(&self, label: &str) -> String {
+        format!(
+            "{label:<34} {:>10.0} {:>12.1} {:>9.0} {:>9.0} {:>10.0} {:>9.1}",
+            self.req_per_s,
+            self.cpu_us_per_req,
+            self.p50_us,
+            self.p99_us,
+            self.p99_9_us,
+            self.rss_kib as f64 / 1024.0
+        )
+    }
+}
+
 /// Median of each field over samples.
 pub fn median(samples: &[Sample]) -> Sample {
     fn med(mut v: Vec<f64>) -> f64 {
