@@ -28,6 +28,13 @@ pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
 pub const DEFAULT_DNS_REFRESH: &str = "30s";
+pub const DEFAULT_DNS_TIMEOUT: &str = "5s";
+pub const DEFAULT_HEALTH_INTERVAL: &str = "10s";
+pub const DEFAULT_HEALTH_TIMEOUT: &str = "5s";
+pub const DEFAULT_HEALTH_RISE: u32 = 2;
+pub const DEFAULT_HEALTH_FALL: u32 = 3;
+/// The shortest re-resolution interval, whatever the TTL says.
+pub const MIN_DNS_REFRESH: Duration = Duration::from_secs(1);
 pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "/etc/fipsrelay/admin.token";
 
 /// Environment variables that override the file, in the order applied.
@@ -63,6 +70,7 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub shutdown: RawShutdown,
     pub dns: RawDns,
+    pub health: RawHealth,
     pub log: RawLog,
     pub run: RawRun,
     pub admin: RawAdmin,
@@ -135,6 +143,8 @@ pub struct RawUpstream {
     pub override_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub appsec_host: Option<String>,
+    /// The intake's TLS port for resolved hosts.
+    pub port: u16,
     pub connect_timeout: String,
     pub response_timeout: String,
     pub idle_timeout: String,
@@ -149,6 +159,7 @@ impl Default for RawUpstream {
             server_name: None,
             override_addr: None,
             appsec_host: None,
+            port: 443,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT.into(),
             response_timeout: DEFAULT_RESPONSE_TIMEOUT.into(),
             idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT.into(),
@@ -194,12 +205,50 @@ impl Default for RawShutdown {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawDns {
+    /// Re-resolve every host this often (sooner when a TTL is shorter).
     pub refresh: String,
+    /// Name servers as IP or IP:PORT; empty = the system resolver (getaddrinfo).
+    pub nameservers: Vec<String>,
+    /// `ipv4` or `ipv6`: use that family when a host has both.
+    pub prefer: String,
+    /// Bound on one lookup.
+    pub timeout: String,
 }
 
 impl Default for RawDns {
     fn default() -> Self {
-        Self { refresh: DEFAULT_DNS_REFRESH.into() }
+        Self {
+            refresh: DEFAULT_DNS_REFRESH.into(),
+            nameservers: Vec::new(),
+            prefer: "ipv4".into(),
+            timeout: DEFAULT_DNS_TIMEOUT.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    /// Active checks (TCP connect + FIPS TLS handshake per address) and passive marking.
+    pub enabled: bool,
+    pub interval: String,
+    /// Bound on one check's connect and handshake, each.
+    pub timeout: String,
+    /// Consecutive successful checks that bring a down address back.
+    pub rise: u32,
+    /// Consecutive failures (checks or live connects) that take an address down.
+    pub fall: u32,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: DEFAULT_HEALTH_INTERVAL.into(),
+            timeout: DEFAULT_HEALTH_TIMEOUT.into(),
+            rise: DEFAULT_HEALTH_RISE,
+            fall: DEFAULT_HEALTH_FALL,
+        }
     }
 }
 
@@ -224,6 +273,32 @@ pub enum IoChoice {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+/// DNS settings (`[dns]`).
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    pub refresh: Duration,
+    /// Empty: the system resolver. Else these, through hickory-resolver.
+    pub nameservers: Vec<SocketAddr>,
+    pub prefer: IpFamily,
+    pub timeout: Duration,
+}
+
+/// Health check settings (`[health]`).
+#[derive(Debug, Clone, Copy)]
+pub struct HealthConfig {
+    pub enabled: bool,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
@@ -244,6 +319,8 @@ pub struct Config {
     /// Addresses to send every product to (tests, demos, benches); empty = resolve hosts.
     pub override_addrs: Vec<SocketAddr>,
     pub appsec_host: Option<String>,
+    /// The TLS port of resolved hosts (443; tests and TLS proxies set another).
+    pub upstream_port: u16,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub upstream_idle_timeout: Duration,
@@ -256,7 +333,8 @@ pub struct Config {
     /// Agent connections one worker serves at once; beyond, 503 and close.
     pub max_connections: usize,
     pub drain_timeout: Duration,
-    pub dns_refresh: Duration,
+    pub dns: DnsConfig,
+    pub health: HealthConfig,
     pub log_level: String,
     pub log_format: LogFormat,
     pub run_user: Option<String>,
@@ -492,6 +570,10 @@ impl RawConfig {
             server_name: self.upstream.server_name.as_ref().map(|s| s.trim().to_string()),
             override_addrs,
             appsec_host: self.upstream.appsec_host.as_ref().map(|s| s.trim().to_ascii_lowercase()),
+            upstream_port: match self.upstream.port {
+                0 => return Err(invalid("upstream.port", 0, "is not a port", "use 443, the intake's port")),
+                p => p,
+            },
             connect_timeout: duration("upstream.connect_timeout", &self.upstream.connect_timeout)?,
             response_timeout: duration("upstream.response_timeout", &self.upstream.response_timeout)?,
             upstream_idle_timeout: duration("upstream.idle_timeout", &self.upstream.idle_timeout)?,
@@ -502,7 +584,8 @@ impl RawConfig {
             header_timeout: duration("limits.header_timeout", &self.limits.header_timeout)?,
             max_connections: self.limits.max_connections,
             drain_timeout: duration("shutdown.drain_timeout", &self.shutdown.drain_timeout)?,
-            dns_refresh: duration("dns.refresh", &self.dns.refresh)?,
+            dns: self.dns.validate()?,
+            health: self.health.validate()?,
             log_level,
             log_format,
             run_user: match &self.run.user {
@@ -542,6 +625,58 @@ pub fn changed_keys(old: &RawConfig, new: &RawConfig) -> Vec<String> {
     keys.sort();
     keys.dedup();
     keys
+}
+
+impl RawDns {
+    fn validate(&self) -> Result<DnsConfig, ConfigError> {
+        let nameservers = self
+            .nameservers
+            .iter()
+            .map(|n| {
+                let n = n.trim();
+                n.parse::<SocketAddr>().or_else(|_| n.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53))).map_err(|e| {
+                    invalid(
+                        "dns.nameservers",
+                        n,
+                        e,
+                        "write IP addresses, optionally with a port (\"10.0.0.2\", \"10.0.0.3:5353\", \"[fd00::2]:53\"), or an empty list for the system resolver",
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let prefer = match self.prefer.trim() {
+            "ipv4" => IpFamily::V4,
+            "ipv6" => IpFamily::V6,
+            other => return Err(invalid("dns.prefer", other, "unknown address family", "use ipv4 or ipv6")),
+        };
+        let refresh = duration("dns.refresh", &self.refresh)?;
+        if refresh < MIN_DNS_REFRESH {
+            return Err(invalid(
+                "dns.refresh",
+                &self.refresh,
+                "shorter than one second",
+                "use at least \"1s\" (default \"30s\")",
+            ));
+        }
+        Ok(DnsConfig { refresh, nameservers, prefer, timeout: duration("dns.timeout", &self.timeout)? })
+    }
+}
+
+impl RawHealth {
+    fn validate(&self) -> Result<HealthConfig, ConfigError> {
+        for (key, v) in [("health.rise", self.rise), ("health.fall", self.fall)] {
+            if !(1..=100).contains(&v) {
+                return Err(invalid(key, v, "must be between 1 and 100", "the defaults are rise = 2, fall = 3"));
+            }
+        }
+        Ok(HealthConfig {
+            enabled: self.enabled,
+            interval: duration("health.interval", &self.interval)?,
+            timeout: duration("health.timeout", &self.timeout)?,
+            rise: self.rise,
+            fall: self.fall,
+        })
+    }
 }
 
 fn is_dns_label(l: &str) -> bool {
@@ -650,6 +785,36 @@ mod tests {
         new.listen.port_range_start = 9903;
         new.upstream.ca_file = Some("/x.pem".into());
         assert_eq!(changed_keys(&old, &new), ["listen.port_range_start", "log.level", "upstream.ca_file"]);
+    }
+
+    #[test]
+    fn dns_and_health_keys() {
+        let c = RawConfig::default().validate().unwrap();
+        assert!(c.dns.nameservers.is_empty());
+        assert_eq!(c.dns.prefer, IpFamily::V4);
+        assert_eq!(c.dns.refresh, Duration::from_secs(30));
+        assert!(c.health.enabled);
+        assert_eq!((c.health.rise, c.health.fall), (2, 3));
+        assert_eq!(c.health.interval, Duration::from_secs(10));
+
+        let raw =
+            parse_str("[dns]\nnameservers = [\"10.0.0.2\", \"127.0.0.1:5353\", \"[::1]:53\"]\nprefer = \"ipv6\"\n")
+                .unwrap();
+        let c = raw.validate().unwrap();
+        assert_eq!(c.dns.nameservers[0], "10.0.0.2:53".parse().unwrap());
+        assert_eq!(c.dns.nameservers[1], "127.0.0.1:5353".parse().unwrap());
+        assert_eq!(c.dns.prefer, IpFamily::V6);
+
+        for (text, key) in [
+            ("[dns]\nnameservers = [\"dns.example\"]\n", "dns.nameservers"),
+            ("[dns]\nprefer = \"ipv5\"\n", "dns.prefer"),
+            ("[dns]\nrefresh = \"100ms\"\n", "dns.refresh"),
+            ("[health]\nfall = 0\n", "health.fall"),
+            ("[health]\ninterval = \"soon\"\n", "health.interval"),
+        ] {
+            let e = parse_str(text).unwrap().validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

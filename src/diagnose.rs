@@ -9,7 +9,7 @@
 //! never printed.
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use crate::crypto::{self, CryptoError, TrustSource};
 use crate::http1::{self, Method};
 use crate::io::{epoll::Epoll, Backend};
 use crate::route::RouteTable;
-use crate::upstream::{open_session, INTAKE_PORT};
+use crate::upstream::open_session;
 
 /// One upstream host's result.
 #[derive(Debug, Clone)]
@@ -79,10 +79,14 @@ async fn check_host(
     let addrs: Vec<SocketAddr> = if !config.override_addrs.is_empty() {
         config.override_addrs.clone()
     } else {
-        match (host, INTAKE_PORT).to_socket_addrs() {
-            Ok(a) => a.collect(),
+        // The same resolver as `run`: the system one, or dns.nameservers.
+        let resolver = crate::upstream::dns::Resolver::new(&config.dns);
+        match resolver.lookup(host).await {
+            Ok(a) => {
+                crate::upstream::dns::socket_addrs(&a.ips, config.upstream_port, crate::upstream::MAX_ADDRS_PER_HOST)
+            }
             Err(e) => {
-                c.reason = format!("DNS: {e}");
+                c.reason = format!("DNS ({}): {e}", resolver.describe());
                 return c;
             }
         }

@@ -23,6 +23,7 @@ pub const M_REFUSED: &str = "fipsrelay_refused_requests_total";
 pub const M_OPEN_CONNECTIONS: &str = "fipsrelay_open_connections";
 pub const M_UPSTREAM_SESSIONS_OPEN: &str = "fipsrelay_upstream_sessions_open";
 pub const M_UPSTREAM_SESSIONS_IDLE: &str = "fipsrelay_upstream_sessions_idle";
+pub const M_UPSTREAM_ADDRESS_UP: &str = "fipsrelay_upstream_address_up";
 pub const M_LATENCY: &str = "fipsrelay_request_duration_seconds";
 pub const M_UPTIME: &str = "fipsrelay_uptime_seconds";
 
@@ -51,10 +52,12 @@ pub enum ErrorCause {
     Draining,
     /// More Agent connections than `limits.max_connections` on a worker.
     Overloaded,
+    /// Every address of the host is marked down by the health checks.
+    Down,
 }
 
 impl ErrorCause {
-    pub const ALL: [ErrorCause; 11] = [
+    pub const ALL: [ErrorCause; 12] = [
         ErrorCause::Unresolved,
         ErrorCause::Connect,
         ErrorCause::ConnectTimeout,
@@ -66,6 +69,7 @@ impl ErrorCause {
         ErrorCause::Unconfigured,
         ErrorCause::Draining,
         ErrorCause::Overloaded,
+        ErrorCause::Down,
     ];
 
     pub fn label(self) -> &'static str {
@@ -81,13 +85,18 @@ impl ErrorCause {
             ErrorCause::Unconfigured => "unconfigured",
             ErrorCause::Draining => "draining",
             ErrorCause::Overloaded => "overloaded",
+            ErrorCause::Down => "upstream_down",
         }
     }
 
     /// The status the Agent gets: always one it retries (DESIGN §1).
     pub fn status(self) -> u16 {
         match self {
-            ErrorCause::Unresolved | ErrorCause::Unconfigured | ErrorCause::Draining | ErrorCause::Overloaded => 503,
+            ErrorCause::Unresolved
+            | ErrorCause::Unconfigured
+            | ErrorCause::Draining
+            | ErrorCause::Overloaded
+            | ErrorCause::Down => 503,
             ErrorCause::Timeout => 504,
             _ => 502,
         }

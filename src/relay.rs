@@ -695,7 +695,7 @@ async fn acquire<B: Backend>(
         st.product(offset).pool_misses += 1;
     }
     let resolved = ctx.directory.get(upstream);
-    if resolved.addrs.is_empty() {
+    if resolved.endpoints.is_empty() {
         return Err(Failure::Upstream {
             cause: ErrorCause::Unresolved,
             detail: OpenError::NoAddress {
@@ -706,36 +706,65 @@ async fn acquire<B: Backend>(
             addr: None,
         });
     }
-    // Round-robin over the host's addresses; a failed connect or handshake
-    // (nothing of the request written yet) moves on to the next address,
-    // up to CONNECT_RETRIES more times (like HAProxy's retries + redispatch).
+    // Round-robin over the host's addresses that are up; a failed connect or
+    // handshake (nothing of the request written yet) moves on to the next
+    // one, up to CONNECT_RETRIES more times (like HAProxy's retries +
+    // redispatch), and counts against the address's health at once.
+    let n = resolved.endpoints.len();
+    let up = resolved.up_count();
+    if up == 0 {
+        return Err(Failure::Upstream {
+            cause: ErrorCause::Down,
+            detail: format!("all {n} addresses of {} are down", ctx.upstream_host(upstream)),
+            addr: None,
+        });
+    }
     let first = ctx.next_addr.get();
     ctx.next_addr.set(first.wrapping_add(1));
-    let n = resolved.addrs.len();
-    let attempts = n.min(1 + CONNECT_RETRIES);
+    let attempts = up.min(1 + CONNECT_RETRIES);
     let mut failure = None;
-    for k in 0..attempts {
-        let addr = resolved.addrs[(first + k) % n];
+    let mut tried = 0;
+    for k in 0..n {
+        if tried == attempts {
+            break;
+        }
+        let endpoint = &resolved.endpoints[(first + k) % n];
+        if !endpoint.is_up() {
+            continue;
+        }
+        tried += 1;
+        let addr = endpoint.addr;
         match open_session::<B>(addr, ctx.tls.clone(), ctx.server_name(upstream), ctx.config.connect_timeout).await {
-            Ok(s) => {
+            Ok(mut s) => {
+                endpoint.connected();
+                s.endpoint = Some(endpoint.clone());
                 ctx.stats.borrow_mut().upstreams[upstream].sessions_open += 1;
                 tracing::debug!(upstream = ctx.upstream_host(upstream), %addr, tls = %s.session.describe(), "upstream session opened");
                 return Ok((s, false));
             }
             Err(e) => {
+                ctx.directory.connect_failed(upstream, endpoint, &e);
                 let cause = match &e {
                     OpenError::NoAddress { .. } => ErrorCause::Unresolved,
                     OpenError::Connect { .. } => ErrorCause::Connect,
                     OpenError::ConnectTimeout { .. } => ErrorCause::ConnectTimeout,
                     OpenError::Tls { .. } | OpenError::TlsTimeout { .. } => ErrorCause::Tls,
                 };
-                if k + 1 < attempts {
+                if tried < attempts {
                     ctx.stats.borrow_mut().record_error(offset, cause);
                     tracing::warn!(product = PRODUCTS[offset as usize].name, upstream = ctx.upstream_host(upstream), %addr, cause = cause.label(), error = %e, "upstream address failed; trying the next one");
                 }
                 failure = Some(Failure::Upstream { cause, detail: e.to_string(), addr: e.addr() });
             }
         }
+    }
+    if failure.is_none() {
+        // Every address went down while we were trying the others.
+        return Err(Failure::Upstream {
+            cause: ErrorCause::Down,
+            detail: format!("all {n} addresses of {} are down", ctx.upstream_host(upstream)),
+            addr: None,
+        });
     }
     Err(failure.expect("at least one attempt"))
 }

@@ -21,7 +21,7 @@ use crate::metrics::StatsHub;
 use crate::relay::{Phase, WorkerCtx};
 use crate::route::RouteTable;
 use crate::status::StatusInfo;
-use crate::upstream::Directory;
+use crate::upstream::{self, dns::Resolver, Directory};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -81,6 +81,11 @@ fn log_reload(trigger: &str, peer: Option<std::net::SocketAddr>, reply: &AdminRe
     } else {
         tracing::warn!(trigger, %peer, status = reply.status, outcome = %outcome, "config reload refused");
     }
+}
+
+/// The TLS server name (SNI, certificate name) for each upstream.
+fn server_names(config: &Config, routes: &RouteTable) -> Vec<String> {
+    routes.upstreams.iter().map(|u| config.server_name.clone().unwrap_or_else(|| u.host.clone())).collect()
 }
 
 /// CPUs this process may run on (taskset, systemd CPUAffinity, cpusets).
@@ -157,7 +162,7 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
 
     let config = Arc::new(config);
     let routes = Arc::new(RouteTable::new(&config));
-    let directory = Arc::new(Directory::new(&routes, &config.override_addrs));
+    let directory = Arc::new(Directory::new(&routes, &config.override_addrs, config.health));
     let hub = Arc::new(StatsHub::new(workers, routes.upstreams.len()));
     let info = Arc::new(StatusInfo {
         version: VERSION,
@@ -165,6 +170,7 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
         io_backend: backend,
         workers,
         routes: routes.clone(),
+        directory: directory.clone(),
         admin: AdminAccess { token: admin_token, commands: admin_tx },
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
@@ -175,6 +181,7 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     for _ in 0..workers {
         tls_configs.push(crypto::client_config(&trust)?);
     }
+    let check_tls = crypto::client_config(&trust)?;
     match &config.run_user {
         Some(user) => match crate::privileges::drop_to(user)? {
             crate::privileges::Outcome::Dropped { uid, gid } => {
@@ -189,11 +196,62 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     }
 
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
-    // First resolution before accepting, bounded so a dead DNS does not block the start.
-    {
-        let d = directory.clone();
-        let _ = control.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || d.refresh())).await
+    // The control thread's tasks (DNS, health checks) are local: the I/O
+    // seam's futures are not Send.
+    let local = tokio::task::LocalSet::new();
+    if !directory.is_fixed() {
+        // One lookup loop per host. The first answers are awaited before
+        // accepting, bounded so that a dead DNS does not block the start:
+        // hosts without an address answer 503 until they resolve.
+        let resolver = Arc::new(control.block_on(async { Resolver::new(&config.dns) }));
+        tracing::info!(resolver = resolver.describe(), refresh = ?config.dns.refresh, "resolving upstream hosts");
+        let (first_tx, mut first_rx) = mpsc::unbounded_channel();
+        for id in 0..directory.len() {
+            let task = upstream::resolve_forever(
+                directory.clone(),
+                resolver.clone(),
+                id,
+                config.dns.refresh,
+                config.upstream_port,
+                first_tx.clone(),
+            );
+            local.spawn_local(task);
+        }
+        drop(first_tx);
+        let hosts = directory.len();
+        let (answered, resolved) = local.block_on(&control, async {
+            let (mut answered, mut resolved) = (0, 0);
+            let _ = tokio::time::timeout(config.dns.timeout + Duration::from_secs(1), async {
+                while let Some(ok) = first_rx.recv().await {
+                    answered += 1;
+                    resolved += usize::from(ok);
+                    if answered == hosts {
+                        break;
+                    }
+                }
+            })
+            .await;
+            (answered, resolved)
+        });
+        if resolved < hosts {
+            tracing::warn!(
+                resolved,
+                hosts,
+                pending = hosts - answered,
+                "not every upstream host resolved at start; starting anyway (503 for those until they resolve)"
+            );
+        }
+    }
+    if config.health.enabled {
+        let (d, tls, names, interval) =
+            (directory.clone(), Arc::new(check_tls), server_names(&config, &routes), config.health.interval);
+        local.spawn_local(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                upstream::health::check_all(&d, &tls, &names).await;
+            }
         });
     }
 
@@ -239,12 +297,10 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     }
     tracing::info!(workers, "fipsrelay ready");
 
-    control.block_on(async {
+    local.block_on(&control, async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(StartError::Runtime)?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(StartError::Runtime)?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(StartError::Runtime)?;
-        let mut refresh = tokio::time::interval(config.dns_refresh);
-        refresh.tick().await;
         let signal = loop {
             tokio::select! {
                 _ = term.recv() => break "SIGTERM",
@@ -264,10 +320,6 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
                         let _ = reply.send(answer);
                     }
                 },
-                _ = refresh.tick() => {
-                    let d = directory.clone();
-                    tokio::task::spawn_blocking(move || d.refresh());
-                }
             }
         };
         let deadline = Instant::now() + config.drain_timeout;
@@ -282,6 +334,10 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     let served: u64 = totals.products.iter().map(|p| p.total_requests()).sum();
     tracing::info!(requests = served, "fipsrelay stopped");
     // The control runtime may hold a DNS lookup in its blocking pool: do not wait for it.
+    {
+        let _in_runtime = control.enter();
+        drop(local);
+    }
     control.shutdown_background();
     Ok(())
 }

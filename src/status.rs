@@ -16,6 +16,8 @@ pub struct StatusInfo {
     pub io_backend: &'static str,
     pub workers: usize,
     pub routes: std::sync::Arc<RouteTable>,
+    /// Upstream addresses and their health, as the workers see them.
+    pub directory: std::sync::Arc<crate::upstream::Directory>,
     /// The admin API's token and command channel to the control loop.
     pub admin: crate::admin::AdminAccess,
 }
@@ -74,6 +76,22 @@ fn summary(info: &StatusInfo, hub: &StatsHub) -> String {
             idle,
             host
         );
+    }
+    let _ = writeln!(s, "\n{:<40} {:<6} addresses", "upstream", "up");
+    for id in 0..info.directory.len() {
+        let r = info.directory.get(id);
+        let addrs: Vec<String> =
+            r.endpoints.iter().map(|e| format!("{} {}", e.addr, if e.is_up() { "UP" } else { "DOWN" })).collect();
+        let mut line = format!(
+            "{:<40} {:<6} {}",
+            info.directory.host(id),
+            format!("{}/{}", r.up_count(), r.endpoints.len()),
+            addrs.join(", ")
+        );
+        if let Some(e) = &r.error {
+            line.push_str(&format!("  (DNS: {e})"));
+        }
+        let _ = writeln!(s, "{}", line.trim_end());
     }
     s
 }
@@ -152,6 +170,21 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
         for (i, u) in info.routes.upstreams.iter().enumerate() {
             let v = if idle { m.upstreams[i].sessions_idle } else { m.upstreams[i].sessions_open };
             let _ = writeln!(s, "{name}{{upstream=\"{}\"}} {}", u.host, v);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "# HELP {M_UPSTREAM_ADDRESS_UP} 1 if the upstream address passes its health checks.\n# TYPE {M_UPSTREAM_ADDRESS_UP} gauge"
+    );
+    for id in 0..info.directory.len() {
+        for e in info.directory.get(id).endpoints.iter() {
+            let host = info.directory.host(id);
+            let _ = writeln!(
+                s,
+                "{M_UPSTREAM_ADDRESS_UP}{{upstream=\"{host}\",address=\"{}\"}} {}",
+                e.addr,
+                u8::from(e.is_up())
+            );
         }
     }
     let _ = writeln!(

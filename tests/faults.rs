@@ -90,7 +90,8 @@ both_backends!(fault_matrix_loses_nothing_and_answers_retryable_statuses, |io: &
         io,
         intake.addr(),
         &intake.ca_file,
-        "upstream.response_timeout = \"400ms\"\nupstream.connect_timeout = \"300ms\"\nworkers.threads = 1",
+        "upstream.response_timeout = \"400ms\"\nupstream.connect_timeout = \"300ms\"\nworkers.threads = 1\n\
+         health.enabled = true\nhealth.interval = \"200ms\"\nhealth.timeout = \"300ms\"",
     );
     let port = relay.port(1);
     // Baseline: clean run, then the memory reference.
@@ -130,18 +131,34 @@ both_backends!(fault_matrix_loses_nothing_and_answers_retryable_statuses, |io: &
         }
     }
     // Faults that stop every TLS handshake: nothing reaches the intake, every
-    // answer is the relay's retryable status, no client error.
-    for (name, fault) in
-        [("TLS alert during the handshake", Fault::TlsAlert), ("accept, then never answer", Fault::Blackhole)]
-    {
+    // answer is the relay's retryable status, no client error. The first
+    // failed handshakes get 502; they take the only address down (passive
+    // marking, health.fall = 3), and from then on the answer is 503 at once.
+    // When the fault ends, the active checks bring the address back.
+    for (name, fault, why) in [
+        ("TLS alert during the handshake", Fault::TlsAlert, "is DOWN: TLS handshake failed"),
+        ("accept, then never answer", Fault::Blackhole, "is DOWN: TLS handshake timeout after 300ms"),
+    ] {
         intake.mock.set_behavior(Behavior { fault, ..Behavior::default() });
         let before = intake.mock.stats().requests;
         let report = load(dir.path(), &intake, port, "700ms", 4, false);
         eprintln!("{io} {name}: status {} errors {}", report["status"], report["errors"]);
         assert!(report["requests"].as_u64().unwrap() > 0, "{name}: no load ran");
-        assert_eq!(statuses(&report), vec![502], "{name}: {}", report["status"]);
+        assert_eq!(
+            report["status"]["503"],
+            report["requests"].as_u64().unwrap() - report["status"]["502"].as_u64().unwrap_or(0),
+            "{name}: {}",
+            report["status"]
+        );
+        assert!(statuses(&report).contains(&503), "{name}: the address never went down: {}", report["status"]);
         assert_eq!(report["errors"]["total"], 0, "{name}: {}", report["errors"]);
         assert_eq!(intake.mock.stats().requests, before, "{name}: nothing may reach the intake");
+        assert!(relay.log().contains(why), "{name}: no transition line with {why:?}:\n{}", relay.log());
+        intake.mock.set_behavior(Behavior::default());
+        let up =
+            relay.wait_metric("fipsrelay_upstream_address_up{upstream=\"metrics.agent.ddog-gov.com\"", |v| v == 1.0);
+        assert_eq!(up, 1.0, "{name}: the address did not come back up:\n{}", relay.log());
+        assert!(relay.log().contains("is UP: 2 consecutive checks passed"), "{}", relay.log());
     }
     for status in [500u16, 503, 429, 413, 403, 400] {
         intake.mock.set_behavior(Behavior { status, ..Behavior::default() });

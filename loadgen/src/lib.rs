@@ -2,12 +2,14 @@
 //! terminates TLS and counts and hashes what it receives (`mock`), the PKI
 //! it serves with (`pki`), the body hash shared with the load generator
 //! (`hash`), a tiny blocking HTTP/1.1 client for tests (`client`), a
-//! duration parser for command lines (`duration`) and the load generator
-//! behind the `loadgen` binary (`load`). Nothing here is used by
+//! duration parser for command lines (`duration`), the load generator
+//! behind the `loadgen` binary (`load`) and a mock DNS server answering from
+//! a zone file, for tests of DNS re-resolution (`dns`). Nothing here is used by
 //! the relay at run time, and nothing here may enable aws-lc: every rustls
 //! config in this crate is built with the ring provider, explicitly.
 
 pub mod client;
+pub mod dns;
 pub mod duration;
 pub mod hash;
 pub mod load;

@@ -5,30 +5,40 @@
 //! Errors record which step failed, because the step decides the status the
 //! Agent gets (DESIGN §1): no address → 503, connect or TLS → 502.
 
+pub mod dns;
+pub mod health;
 pub mod pool;
 pub mod tls;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rustls::ClientConfig;
 
+use crate::config::HealthConfig;
 use crate::io::{Backend, Stream};
 use crate::route::{RouteTable, UpstreamId};
+use health::Endpoint;
 use pool::PooledSession;
 use tls::{TlsError, TlsSession};
 
 /// The intake's TLS port.
 pub const INTAKE_PORT: u16 = 443;
 
-/// The addresses of one upstream host as last resolved.
+/// The addresses of one upstream host as last resolved, each with its health.
 #[derive(Debug, Clone, Default)]
 pub struct Resolved {
-    pub addrs: Vec<SocketAddr>,
+    pub endpoints: Vec<Arc<Endpoint>>,
     /// The last resolution error, kept with the last good addresses.
     pub error: Option<String>,
+}
+
+impl Resolved {
+    pub fn up_count(&self) -> usize {
+        self.endpoints.iter().filter(|e| e.is_up()).count()
+    }
 }
 
 /// Addresses for every upstream, swapped whole by the control thread.
@@ -37,23 +47,35 @@ pub struct Directory {
     hosts: Vec<String>,
     /// Addresses come from `upstream.override_addr`: never resolved.
     fixed: bool,
+    pub health: HealthConfig,
 }
 
 /// Up to this many addresses are kept per host (like the original's backends).
 pub const MAX_ADDRS_PER_HOST: usize = 5;
 
 impl Directory {
-    pub fn new(routes: &RouteTable, override_addrs: &[SocketAddr]) -> Directory {
-        let n = routes.upstreams.len();
-        let initial = if override_addrs.is_empty() {
-            Resolved { addrs: vec![], error: Some("not resolved yet".into()) }
-        } else {
-            Resolved { addrs: override_addrs.to_vec(), error: None }
-        };
+    pub fn new(routes: &RouteTable, override_addrs: &[SocketAddr], health: HealthConfig) -> Directory {
+        let entries = routes
+            .upstreams
+            .iter()
+            .map(|_| {
+                // Each host gets its own endpoints, even for shared override
+                // addresses: health is per host and address (SNI differs).
+                ArcSwap::from_pointee(if override_addrs.is_empty() {
+                    Resolved { endpoints: vec![], error: Some("not resolved yet".into()) }
+                } else {
+                    Resolved {
+                        endpoints: override_addrs.iter().map(|a| Arc::new(Endpoint::new(*a))).collect(),
+                        error: None,
+                    }
+                })
+            })
+            .collect();
         Directory {
-            entries: (0..n).map(|_| ArcSwap::from_pointee(initial.clone())).collect(),
+            entries,
             hosts: routes.upstreams.iter().map(|u| u.host.clone()).collect(),
             fixed: !override_addrs.is_empty(),
+            health,
         }
     }
 
@@ -61,37 +83,107 @@ impl Directory {
         self.entries[id].load_full()
     }
 
-    /// Resolves every host with the system resolver (blocking; control
-    /// thread only). A failed lookup keeps the last good addresses.
-    pub fn refresh(&self) {
-        if self.fixed {
-            return;
-        }
-        for (i, host) in self.hosts.iter().enumerate() {
-            let previous = self.entries[i].load_full();
-            let next = match (host.as_str(), INTAKE_PORT).to_socket_addrs() {
-                Ok(addrs) => {
-                    let mut addrs: Vec<SocketAddr> = addrs.collect();
-                    addrs.dedup();
-                    addrs.truncate(MAX_ADDRS_PER_HOST);
-                    if addrs.is_empty() {
-                        Resolved { addrs: previous.addrs.clone(), error: Some("no address".into()) }
-                    } else {
-                        if previous.addrs != addrs {
-                            tracing::info!(host = %host, addrs = ?addrs, "upstream resolved");
-                        }
-                        Resolved { addrs, error: None }
-                    }
+    pub fn host(&self, id: UpstreamId) -> &str {
+        &self.hosts[id]
+    }
+
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// Whether addresses come from `upstream.override_addr` (never resolved).
+    pub fn is_fixed(&self) -> bool {
+        self.fixed
+    }
+
+    /// Applies a lookup: new addresses replace the old ones (an address in
+    /// both keeps its health); a failure keeps the last good addresses.
+    /// Returns whether the set of addresses changed.
+    pub fn apply(&self, id: UpstreamId, lookup: Result<Vec<SocketAddr>, String>) -> bool {
+        let previous = self.entries[id].load_full();
+        let host = &self.hosts[id];
+        let next = match lookup {
+            Ok(mut addrs) => {
+                addrs.dedup();
+                addrs.truncate(MAX_ADDRS_PER_HOST);
+                let endpoints: Vec<Arc<Endpoint>> = addrs
+                    .iter()
+                    .map(|a| {
+                        previous
+                            .endpoints
+                            .iter()
+                            .find(|e| e.addr == *a)
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(Endpoint::new(*a)))
+                    })
+                    .collect();
+                for gone in previous.endpoints.iter().filter(|e| !addrs.contains(&e.addr)) {
+                    gone.retire();
                 }
-                Err(e) => {
-                    if previous.error.is_none() || previous.addrs.is_empty() {
-                        tracing::warn!(host = %host, error = %e, kept = previous.addrs.len(), "cannot resolve upstream host");
-                    }
-                    Resolved { addrs: previous.addrs.clone(), error: Some(e.to_string()) }
+                let old: Vec<SocketAddr> = previous.endpoints.iter().map(|e| e.addr).collect();
+                if old != addrs {
+                    tracing::info!(upstream = %host, addrs = ?addrs, previous = ?old, "upstream resolved");
+                } else if previous.error.is_some() {
+                    tracing::info!(upstream = %host, addrs = ?addrs, "upstream resolves again");
                 }
-            };
-            self.entries[i].store(Arc::new(next));
+                Resolved { endpoints, error: None }
+            }
+            Err(e) => {
+                if previous.endpoints.is_empty() {
+                    if previous.error.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(upstream = %host, error = %e, "cannot resolve upstream host; requests to it get 503 until it resolves");
+                    }
+                } else if previous.error.is_none() {
+                    tracing::warn!(upstream = %host, error = %e, kept = previous.endpoints.len(), "cannot resolve upstream host; keeping the last good addresses");
+                }
+                Resolved { endpoints: previous.endpoints.clone(), error: Some(e) }
+            }
+        };
+        let changed = next.endpoints.len() != previous.endpoints.len()
+            || next.endpoints.iter().zip(&previous.endpoints).any(|(a, b)| !Arc::ptr_eq(a, b));
+        self.entries[id].store(Arc::new(next));
+        changed
+    }
+
+    /// A connect or handshake to `endpoint` failed on the data path: it
+    /// counts as a failed check at once.
+    pub fn connect_failed(&self, id: UpstreamId, endpoint: &Endpoint, error: &OpenError) {
+        if let Some(t) = endpoint.failed(&self.health) {
+            health::log_transition(self, id, endpoint.addr, t, &health::reason(error));
         }
+    }
+}
+
+/// Resolves host `id` now and then forever: every `dns.refresh`, sooner
+/// when the answer's TTL is shorter, every few seconds while it fails.
+/// Whether the first lookup succeeded is sent on `first` (for the bounded wait at start).
+pub async fn resolve_forever(
+    directory: Arc<Directory>,
+    resolver: Arc<dns::Resolver>,
+    id: UpstreamId,
+    refresh: Duration,
+    port: u16,
+    first: tokio::sync::mpsc::UnboundedSender<bool>,
+) {
+    let mut first = Some(first);
+    loop {
+        let host = directory.host(id).to_string();
+        let result = resolver.lookup(&host).await;
+        let wait = match &result {
+            Ok(a) => dns::next_refresh(Instant::now(), refresh, a.valid_until),
+            Err(_) => dns::retry_after_failure(refresh),
+        };
+        let ok = result.is_ok();
+        directory.apply(id, result.map(|a| dns::socket_addrs(&a.ips, port, MAX_ADDRS_PER_HOST)));
+        if let Some(tx) = first.take() {
+            let _ = tx.send(ok);
+        }
+        tracing::trace!(upstream = %host, next_in = ?wait, "next DNS lookup scheduled");
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -141,5 +233,5 @@ pub async fn open_session<B: Backend>(
         Ok(Err(source)) => return Err(OpenError::Tls { addr, source }),
         Ok(Ok(s)) => s,
     };
-    Ok(PooledSession { session, addr, uses: 0 })
+    Ok(PooledSession { session, addr, uses: 0, endpoint: None })
 }

@@ -6,8 +6,10 @@
 //! The pool never opens sessions itself: the relay does, on a miss.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::health::Endpoint;
 use super::tls::TlsSession;
 use crate::io::Stream;
 use crate::route::UpstreamId;
@@ -18,6 +20,8 @@ pub struct PooledSession<S: Stream> {
     pub addr: SocketAddr,
     /// Requests this session carried before the current one.
     pub uses: u64,
+    /// The address's health: a session to an address marked down is not reused.
+    pub endpoint: Option<Arc<Endpoint>>,
 }
 
 struct Idle<S: Stream> {
@@ -42,7 +46,11 @@ impl<S: Stream> Pool<S> {
         let stack = &mut self.idle[id];
         let mut dropped = 0;
         while let Some(mut idle) = stack.pop() {
-            if now.duration_since(idle.since) < self.idle_timeout && idle.session.session.is_reusable_now() {
+            let healthy = match &idle.session.endpoint {
+                Some(e) => e.is_usable(),
+                None => true,
+            };
+            if healthy && now.duration_since(idle.since) < self.idle_timeout && idle.session.session.is_reusable_now() {
                 return (Some(idle.session), dropped);
             }
             dropped += 1;

@@ -87,6 +87,18 @@ impl Intake {
     pub fn addr(&self) -> SocketAddr {
         self.mock.addr()
     }
+
+    /// Another mock intake at `listen`, serving the same certificate.
+    pub fn sibling(&self, listen: SocketAddr) -> MockIntake {
+        let cfg = MockConfig::new(listen, self.pki.leaf_cert_pem.clone(), self.pki.leaf_key_pem.clone());
+        MockIntake::start(cfg).unwrap_or_else(|e| panic!("mock intake on {listen}: {e}"))
+    }
+}
+
+/// A TCP port on 127.0.0.1 with nothing listening (connects are refused).
+pub fn refused_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
 }
 
 pub struct Relay {
@@ -275,6 +287,10 @@ pub fn render_config(base: u16, io: &str, upstream: SocketAddr, ca_file: &Path, 
         ("log".into(), vec![]),
         ("limits".into(), vec![]),
         ("shutdown".into(), vec![]),
+        // Health checks open their own connections to the mock, which would
+        // blur the tests that count upstream connections: off unless a test
+        // turns them on ("health.enabled = true").
+        ("health".into(), vec!["enabled = false".into()]),
         // The admin token lives beside the CA file, never in /etc/fipsrelay.
         ("admin".into(), vec![format!("token_file = \"{}\"", ca_file.with_file_name("admin.token").display())]),
     ];
@@ -286,7 +302,10 @@ pub fn render_config(base: u16, io: &str, upstream: SocketAddr, ca_file: &Path, 
             Some((_, lines)) => {
                 let k = key.trim();
                 lines.retain(|l| !l.starts_with(&format!("{k} ")));
-                lines.push(entry);
+                // "section.key = -" removes a key the harness sets.
+                if value.trim() != "-" {
+                    lines.push(entry);
+                }
             }
             None => sections.push((section.to_string(), vec![entry])),
         }

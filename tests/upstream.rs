@@ -1,0 +1,265 @@
+//! Upstream resilience end to end: health checks (active and passive),
+//! balancing over healthy addresses, "all down" answered at once, and DNS
+//! through `dns.nameservers` against a real UDP DNS server (loadgen's
+//! `MockDns`): answers that change, fail, or are missing at start.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use loadgen::dns::MockDns;
+
+const SERIES: &str = "/api/v2/series";
+const METRICS_HOST: &str = "metrics.agent.ddog-gov.com";
+
+fn post_series(relay: &Relay) -> u16 {
+    relay.request(1, "POST", SERIES, &[("Content-Type", "application/json")], b"{\"series\":[]}").status
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+both_backends!(dead_address_goes_down_and_comes_back_up, |io: &str| {
+    let dir = TestDir::new();
+    let mut intake = Intake::start(dir.path());
+    let dead = refused_addr();
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        &format!(
+            "upstream.override_addr = \"{}, {dead}\"\nhealth.enabled = true\nhealth.interval = \"200ms\"\nhealth.rise = 2\nhealth.fall = 2",
+            intake.addr()
+        ),
+    );
+    // Active checks take it down: one transition line with the reason and the count.
+    let down = format!("upstream {METRICS_HOST} {dead} is DOWN: connect failed");
+    assert!(eventually(Duration::from_secs(5), || relay.log().contains(&down)), "{}", relay.log());
+    let log = relay.log();
+    assert_eq!(count(&log, &down), 1, "one line per transition:\n{log}");
+    assert!(log.contains(&format!("{down}: Connection refused (os error 111) (1 of 2 addresses up)")), "{log}");
+
+    // Balancing uses the healthy address only: no request tries the dead one.
+    let retries = count(&relay.log(), "trying the next one");
+    for _ in 0..20 {
+        assert_eq!(post_series(&relay), 202);
+    }
+    assert_eq!(count(&relay.log(), "trying the next one"), retries, "{}", relay.log());
+    let metrics = relay.status_page("/metrics");
+    assert!(
+        metrics.contains(&format!("fipsrelay_upstream_address_up{{upstream=\"{METRICS_HOST}\",address=\"{dead}\"}} 0")),
+        "{metrics}"
+    );
+    let status = relay.status_page("/");
+    assert!(status.contains(&format!("{dead} DOWN")) && status.contains("1/2"), "{status}");
+
+    // An intake appears at the dead address: `rise` good checks bring it back.
+    let second = intake.sibling(dead);
+    let up = format!("upstream {METRICS_HOST} {dead} is UP: 2 consecutive checks passed (2 of 2 addresses up)");
+    assert!(eventually(Duration::from_secs(5), || relay.log().contains(&up)), "{}", relay.log());
+    // The first intake goes away: everything moves to the address that came back.
+    intake.mock.shutdown();
+    for _ in 0..20 {
+        assert_eq!(post_series(&relay), 202, "{}", relay.log());
+    }
+    assert_eq!(second.stats().requests, 20, "the address back up carries the traffic");
+});
+
+both_backends!(connect_failures_mark_an_address_down_at_once, |io: &str| {
+    // Both addresses pass the first active check at start; the next one is
+    // an hour away. Then one intake goes away: only the data path can take
+    // its address down, and it does on the first failed connect (fall = 1).
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let mut second = intake.sibling("127.0.0.1:0".parse().unwrap());
+    let gone = second.addr();
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        &format!(
+            "upstream.override_addr = \"{gone}, {}\"\nhealth.enabled = true\nhealth.interval = \"1h\"\nhealth.fall = 1\nworkers.threads = 1",
+            intake.addr()
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!relay.log().contains("is DOWN"), "{}", relay.log());
+    second.shutdown();
+    for _ in 0..10 {
+        assert_eq!(post_series(&relay), 202);
+    }
+    let log = relay.log();
+    let down = format!("upstream {METRICS_HOST} {gone} is DOWN: connect failed");
+    assert_eq!(count(&log, &down), 1, "{log}");
+    // Only the request that met the failure tried the next address.
+    assert!(count(&log, "trying the next one") <= 1, "{log}");
+    assert_eq!(intake.mock.stats().requests + second.stats().requests, 10);
+});
+
+both_backends!(all_addresses_down_answers_503_at_once, |io: &str| {
+    // The intake accepts and never answers: each handshake needs the whole
+    // 2 s connect timeout to fail. Once the address is down, the relay must
+    // not wait for that any more.
+    let dir = TestDir::new();
+    let intake = Intake::start_with(
+        dir.path(),
+        Behavior { fault: Fault::Blackhole, ..Behavior::default() },
+        CipherMode::Default,
+    );
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        "upstream.connect_timeout = \"2s\"\nhealth.enabled = true\nhealth.interval = \"200ms\"\nhealth.timeout = \"300ms\"\nhealth.fall = 1",
+    );
+    let down = format!(
+        "upstream {METRICS_HOST} {} is DOWN: TLS handshake timeout after 300ms (0 of 1 addresses up)",
+        intake.addr()
+    );
+    assert!(eventually(Duration::from_secs(5), || relay.log().contains(&down)), "{}", relay.log());
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(post_series(&relay), 503);
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(1500), "503 took {took:?}: it waited for a connect");
+    }
+    let v =
+        relay.wait_metric("fipsrelay_upstream_errors_total{product=\"metrics\",cause=\"upstream_down\"}", |v| v >= 5.0);
+    assert!(v >= 5.0, "{v}");
+    assert_eq!(intake.mock.stats().requests, 0);
+
+    // The intake recovers: the address comes back and requests flow.
+    intake.mock.set_behavior(Behavior::default());
+    let up = relay.wait_metric(&format!("fipsrelay_upstream_address_up{{upstream=\"{METRICS_HOST}\""), |v| v == 1.0);
+    assert_eq!(up, 1.0, "{}", relay.log());
+    assert_eq!(post_series(&relay), 202);
+});
+
+#[test]
+fn health_checks_disabled_never_mark_down() {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let dead = refused_addr();
+    let relay = Relay::start(
+        dir.path(),
+        "epoll",
+        dead,
+        &intake.ca_file,
+        "health.enabled = false\nhealth.interval = \"100ms\"\nhealth.fall = 1",
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    for _ in 0..4 {
+        assert_eq!(post_series(&relay), 502);
+    }
+    assert!(!relay.log().contains("is DOWN"), "{}", relay.log());
+}
+
+/// Every upstream host the default config uses.
+fn upstream_hosts() -> Vec<String> {
+    let config = fipsrelay::config::RawConfig::default().validate().unwrap();
+    fipsrelay::route::RouteTable::new(&config).upstreams.iter().map(|u| u.host.clone()).collect()
+}
+
+/// Writes the zone atomically (write, then rename): `line(host)` per host.
+fn write_zone(path: &Path, line: impl Fn(&str) -> String) {
+    let text: String = upstream_hosts().iter().map(|h| line(h) + "\n").collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Relay config lines for resolving through the mock DNS at `dns`, intake port `port`.
+fn dns_config(dns: SocketAddr, port: u16, extra: &str) -> String {
+    format!("upstream.override_addr = -\nupstream.port = {port}\ndns.nameservers = [\"{dns}\"]\ndns.timeout = \"1s\"\n{extra}")
+}
+
+#[test]
+fn dns_answer_change_moves_traffic_and_a_failing_dns_keeps_the_last_answer() {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let port = intake.addr().port();
+    let second = intake.sibling(SocketAddr::from(([127, 0, 0, 2], port)));
+    let zone = dir.path().join("zone.txt");
+    write_zone(&zone, |h| format!("{h} A 127.0.0.1 1"));
+    let dns = MockDns::start("127.0.0.1:0".parse().unwrap(), zone.clone()).unwrap();
+    // dns.refresh is 30 s: only the 1 s TTL can make the relay see a change in time.
+    let relay = Relay::start(
+        dir.path(),
+        "epoll",
+        intake.addr(),
+        &intake.ca_file,
+        &dns_config(dns.local_addr(), port, "dns.refresh = \"30s\""),
+    );
+    assert!(relay.log().contains("resolving upstream hosts"), "{}", relay.log());
+    for _ in 0..3 {
+        assert_eq!(post_series(&relay), 202);
+    }
+    assert_eq!(intake.mock.stats().requests, 3);
+    assert_eq!(second.stats().requests, 0);
+
+    // The answer changes: traffic follows within a few TTLs, and pooled
+    // sessions to the address that left the answer are not reused.
+    write_zone(&zone, |h| format!("{h} A 127.0.0.2 1"));
+    let moved = format!("127.0.0.2:{port}");
+    assert!(
+        eventually(Duration::from_secs(6), || relay
+            .log()
+            .lines()
+            .any(|l| l.contains("upstream resolved") && l.contains(METRICS_HOST) && l.contains(&moved))),
+        "{}",
+        relay.log()
+    );
+    for _ in 0..5 {
+        assert_eq!(post_series(&relay), 202);
+    }
+    assert_eq!(second.stats().requests, 5, "every request after the change goes to the new address");
+    assert_eq!(intake.mock.stats().requests, 3);
+
+    // DNS fails: the last good answer is kept and requests still flow.
+    write_zone(&zone, |h| format!("{h} SERVFAIL"));
+    assert!(
+        eventually(Duration::from_secs(6), || relay.log().contains("cannot resolve upstream host")),
+        "{}",
+        relay.log()
+    );
+    for _ in 0..3 {
+        assert_eq!(post_series(&relay), 202);
+    }
+    assert_eq!(second.stats().requests, 8);
+    let status = relay.status_page("/");
+    assert!(status.contains("(DNS: "), "the status page shows the DNS error: {status}");
+}
+
+#[test]
+fn starts_without_dns_answers_503_then_serves_once_resolved() {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    // A UDP port with nobody on it yet: every lookup fails.
+    let dns_addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        "epoll",
+        intake.addr(),
+        &intake.ca_file,
+        &dns_config(dns_addr, intake.addr().port(), "dns.refresh = \"2s\""),
+    );
+    assert!(relay.log().contains("not every upstream host resolved at start"), "{}", relay.log());
+    assert_eq!(post_series(&relay), 503);
+    let v =
+        relay.wait_metric("fipsrelay_upstream_errors_total{product=\"metrics\",cause=\"unresolved\"}", |v| v >= 1.0);
+    assert!(v >= 1.0);
+
+    // The name server comes up: the relay resolves on its next retry.
+    let zone = dir.path().join("zone.txt");
+    write_zone(&zone, |h| format!("{h} A 127.0.0.1 60"));
+    let _dns = MockDns::start(dns_addr, zone).unwrap();
+    assert!(eventually(Duration::from_secs(8), || post_series(&relay) == 202), "{}", relay.log());
+    assert_eq!(intake.mock.stats().requests, 1);
+}
