@@ -58,6 +58,16 @@ impl std::fmt::Debug for AdminToken {
 }
 
 impl AdminToken {
+    /// The token a previous process handed over (restart in place).
+    pub fn from_handover(bytes: Vec<u8>) -> AdminToken {
+        AdminToken(bytes.trim_ascii().to_vec())
+    }
+
+    /// The secret, only for handing it to the next process.
+    pub fn secret(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Whether `presented` is the token, in time independent of where they
     /// differ. A length mismatch is rejected without looking at the content.
     pub fn matches(&self, presented: &[u8]) -> bool {
@@ -284,8 +294,8 @@ fn reason(status: u16) -> &'static str {
 pub enum ReloadPlan {
     /// The file does not load or validate: 400 with the config error.
     Invalid(String),
-    /// Keys other than `log.level` changed: 409, nothing applied.
-    NeedsRestart(Vec<String>),
+    /// Keys other than `log.level` changed: restart in place with `config`.
+    Restart { config: Box<Config>, keys: Vec<String> },
     /// Apply `log_level` (None: `RUST_LOG` overrides it) and keep `config`.
     Apply { config: Box<Config>, log_level: Option<String> },
 }
@@ -303,30 +313,29 @@ pub fn plan_reload(running: &RawConfig, loaded: Result<Config, ConfigError>, rus
     let restart: Vec<String> =
         config::changed_keys(running, &new.raw).into_iter().filter(|k| !RUNTIME_KEYS.contains(&k.as_str())).collect();
     if !restart.is_empty() {
-        return ReloadPlan::NeedsRestart(restart);
+        return ReloadPlan::Restart { config: Box::new(new), keys: restart };
     }
     let log_level = (!rust_log_set).then(|| new.log_level.clone());
     ReloadPlan::Apply { config: Box::new(new), log_level }
 }
 
 impl ReloadPlan {
-    /// The answer for a plan that applies nothing (400, 409); None for `Apply`.
+    /// The answer for a plan that applies nothing (400); None otherwise.
     pub fn refusal(&self) -> Option<AdminReply> {
         match self {
             ReloadPlan::Invalid(e) => Some(AdminReply::new(400, format!("config not reloaded: {e}"))),
-            ReloadPlan::NeedsRestart(keys) => {
-                let mut body = String::from("config not reloaded, nothing applied:\n");
-                for k in keys {
-                    body.push_str(&format!("{k} changed: restart fipsrelay to apply\n"));
-                }
-                body.push_str(
-                    "only log.level applies at runtime; `systemctl restart fipsrelay` drains requests in flight first\n",
-                );
-                Some(AdminReply::new(409, body))
-            }
-            ReloadPlan::Apply { .. } => None,
+            ReloadPlan::Restart { .. } | ReloadPlan::Apply { .. } => None,
         }
     }
+}
+
+/// How a reload ends.
+#[derive(Debug)]
+pub enum Reload {
+    /// Answered (applied in place, or refused).
+    Done(AdminReply),
+    /// Needs a restart in place with `config`, for these reasons.
+    Restart { config: Box<Config>, reasons: Vec<String> },
 }
 
 /// Re-reads the config the relay was started with and applies what can
@@ -341,8 +350,10 @@ impl Reloader {
         Reloader { source, running }
     }
 
-    /// Reloads (admin API or SIGHUP) and returns the answer to give.
-    pub fn reload(&mut self) -> AdminReply {
+    /// Reloads (admin API or SIGHUP). `binary_replaced`: the file the relay
+    /// was started from is another one now (a package upgrade), which needs
+    /// a restart in place even with the same config.
+    pub fn reload(&mut self, binary_replaced: bool) -> Reload {
         let path: Option<PathBuf> = match &self.source {
             Source::File(p) => Some(p.clone()),
             Source::Defaults => None,
@@ -350,18 +361,31 @@ impl Reloader {
         let loaded = config::load(path.as_deref(), &|k| std::env::var(k).ok()).map(|(c, _)| c);
         let plan = plan_reload(&self.running, loaded, crate::logging::filter_from_env());
         if let Some(refused) = plan.refusal() {
-            return refused;
+            return Reload::Done(refused);
         }
-        let ReloadPlan::Apply { config, log_level } = plan else { unreachable!("refusal() covers the rest") };
+        let (config, log_level) = match plan {
+            ReloadPlan::Restart { config, keys } => {
+                let mut reasons: Vec<String> = keys.into_iter().map(|k| format!("{k} changed")).collect();
+                if binary_replaced {
+                    reasons.push("the binary was replaced".into());
+                }
+                return Reload::Restart { config, reasons };
+            }
+            ReloadPlan::Apply { config, .. } if binary_replaced => {
+                return Reload::Restart { config, reasons: vec!["the binary was replaced".into()] };
+            }
+            ReloadPlan::Apply { config, log_level } => (config, log_level),
+            ReloadPlan::Invalid(_) => unreachable!("refusal() covers it"),
+        };
         let applied = match log_level {
             None => "log.level not applied: RUST_LOG is set and overrides it".to_string(),
             Some(level) => match crate::logging::set_filter(&level) {
                 Ok(now) => format!("log.level = {now:?} applied"),
-                Err(e) => return AdminReply::new(500, format!("config not reloaded: {e}")),
+                Err(e) => return Reload::Done(AdminReply::new(500, format!("config not reloaded: {e}"))),
             },
         };
         self.running = config.raw;
-        AdminReply::new(200, format!("config reloaded from {}: {applied}", self.source))
+        Reload::Done(AdminReply::new(200, format!("config reloaded from {}: {applied}", self.source)))
     }
 }
 
@@ -435,7 +459,7 @@ mod tests {
     }
 
     #[test]
-    fn reload_plan_applies_only_log_level() {
+    fn reload_plan_applies_log_level_and_restarts_for_the_rest() {
         let running = RawConfig::default();
         let mut raw = running.clone();
         raw.log.level = "debug".into();
@@ -445,11 +469,13 @@ mod tests {
         }
         assert!(matches!(plan_reload(&running, raw.validate(), true), ReloadPlan::Apply { log_level: None, .. }));
         raw.listen.port_range_start = 9903;
-        let plan = plan_reload(&running, raw.validate(), false);
-        let reply = plan.refusal().unwrap();
-        assert_eq!(reply.status, 409);
-        assert!(reply.body.contains("listen.port_range_start changed: restart fipsrelay to apply"), "{}", reply.body);
-        assert!(!reply.body.contains("log.level changed"), "{}", reply.body);
+        match plan_reload(&running, raw.validate(), false) {
+            ReloadPlan::Restart { config, keys } => {
+                assert_eq!(keys, ["listen.port_range_start"]);
+                assert_eq!(config.port_range_start, 9903);
+            }
+            other => panic!("{other:?}"),
+        }
         raw.upstream.connect_timeout = "soon".into();
         let reply = plan_reload(&running, raw.validate(), false).refusal().unwrap();
         assert_eq!(reply.status, 400);

@@ -79,6 +79,50 @@ pub fn bind_all(ip: IpAddr, port_start: u16, workers: usize) -> Result<Vec<Worke
     Ok(all)
 }
 
+/// Binds the range as [`bind_all`] does, but takes the listeners a previous
+/// process handed over where they match an address of the range. Each
+/// inherited listener is used by exactly one worker (or shared, when there
+/// are more workers than inherited listeners for a port), so no accept queue
+/// is left unserved. Returns the listeners not in the range, for the caller
+/// to log and close.
+pub fn bind_all_adopting(
+    ip: IpAddr,
+    port_start: u16,
+    workers: usize,
+    mut inherited: Vec<(SocketAddr, TcpListener)>,
+) -> Result<(Vec<WorkerListeners>, Vec<SocketAddr>), BindError> {
+    let mut all: Vec<WorkerListeners> = (0..workers).map(|_| Vec::with_capacity(PORT_COUNT as usize)).collect();
+    for offset in 0..PORT_COUNT {
+        let addr = SocketAddr::new(ip, port_start + offset);
+        let (mine, rest): (Vec<_>, Vec<_>) = inherited.into_iter().partition(|(a, _)| *a == addr);
+        inherited = rest;
+        if mine.is_empty() {
+            probe_exclusive(addr).map_err(|e| classify(addr, e))?;
+            for w in all.iter_mut() {
+                w.push((offset, bind_one(addr).map_err(|e| classify(addr, e))?));
+            }
+            continue;
+        }
+        let n = mine.len();
+        let mine: Vec<TcpListener> = mine.into_iter().map(|(_, l)| l).collect();
+        for i in n..workers {
+            let shared = mine[i % n].try_clone().map_err(|e| classify(addr, e))?;
+            all[i].push((offset, shared));
+        }
+        for (j, l) in mine.into_iter().enumerate() {
+            l.set_nonblocking(true).map_err(|e| classify(addr, e))?;
+            all[j % workers].push((offset, l));
+        }
+    }
+    Ok((all, inherited.into_iter().map(|(a, _)| a).collect()))
+}
+
+/// Fails if `addr` cannot be bound exclusively now: for checking, before a
+/// restart in place, that the new range is free.
+pub fn check_free(addr: SocketAddr) -> Result<(), BindError> {
+    probe_exclusive(addr).map_err(|e| classify(addr, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +135,39 @@ mod tests {
         assert!(err.contains(&format!("cannot bind 127.0.0.1:{port}")), "{err}");
         assert!(err.contains("Address already in use"), "{err}");
         assert!(err.contains("DD_FIPS_PORT_RANGE_START"), "{err}");
+    }
+
+    #[test]
+    fn adopting_serves_every_inherited_listener() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let base = loop {
+            let p = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            if p <= 65535 - PORT_COUNT
+                && (0..PORT_COUNT).all(|o| std::net::TcpListener::bind(("127.0.0.1", p + o)).is_ok())
+            {
+                break p;
+            }
+        };
+        // Three workers' worth handed over; two workers now: one takes two.
+        let old = bind_all(ip, base, 3).unwrap();
+        let inherited: Vec<(SocketAddr, TcpListener)> =
+            old.into_iter().flatten().map(|(_, l)| (l.local_addr().unwrap(), l)).collect();
+        let (now, stray) = bind_all_adopting(ip, base, 2, inherited).unwrap();
+        assert!(stray.is_empty());
+        assert_eq!(now[0].iter().filter(|(o, _)| *o == 1).count(), 2);
+        assert_eq!(now[1].iter().filter(|(o, _)| *o == 1).count(), 1);
+        // One worker's worth handed over; three workers now: they share it.
+        let inherited: Vec<(SocketAddr, TcpListener)> = now
+            .into_iter()
+            .flatten()
+            .filter(|(o, _)| *o == 0)
+            .take(1)
+            .map(|(_, l)| (l.local_addr().unwrap(), l))
+            .collect();
+        let (now, _) = bind_all_adopting(ip, base, 3, inherited).unwrap();
+        for w in &now {
+            assert_eq!(w.iter().filter(|(o, _)| *o == 0).count(), 1);
+        }
     }
 
     #[test]

@@ -49,8 +49,12 @@ pub const CONNECT_RETRIES: usize = 3;
 pub enum Phase {
     Running,
     /// Stop accepting, finish what was read, answer 503 at `deadline`.
+    /// With `handover`, a restart in place: connections idle at a request
+    /// boundary are handed to the next process instead of closed, and
+    /// answers keep the connection alive.
     Draining {
         deadline: Instant,
+        handover: bool,
     },
 }
 
@@ -72,6 +76,8 @@ pub struct WorkerCtx<B: Backend> {
     pub in_flight: Cell<usize>,
     pub connections: Cell<usize>,
     next_addr: Cell<usize>,
+    /// Idle Agent connections for the next process (restart in place only).
+    pub handed_over: Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>,
 }
 
 impl<B: Backend> WorkerCtx<B> {
@@ -85,6 +91,7 @@ impl<B: Backend> WorkerCtx<B> {
         hub: Arc<StatsHub>,
         info: Arc<StatusInfo>,
         phase: watch::Receiver<Phase>,
+        handed_over: Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>,
     ) -> Self {
         let n = routes.upstreams.len();
         WorkerCtx {
@@ -102,13 +109,14 @@ impl<B: Backend> WorkerCtx<B> {
             in_flight: Cell::new(0),
             connections: Cell::new(0),
             next_addr: Cell::new(0),
+            handed_over,
         }
     }
 
     pub fn draining(&self) -> Option<Instant> {
         match *self.phase.borrow() {
             Phase::Running => None,
-            Phase::Draining { deadline } => Some(deadline),
+            Phase::Draining { deadline, .. } => Some(deadline),
         }
     }
 
@@ -116,7 +124,7 @@ impl<B: Backend> WorkerCtx<B> {
     async fn drain_deadline(&self) {
         let mut rx = self.phase.clone();
         loop {
-            if let Phase::Draining { deadline } = *rx.borrow_and_update() {
+            if let Phase::Draining { deadline, .. } = *rx.borrow_and_update() {
                 tokio::time::sleep_until(deadline.into()).await;
                 return;
             }
@@ -124,6 +132,11 @@ impl<B: Backend> WorkerCtx<B> {
                 std::future::pending::<()>().await;
             }
         }
+    }
+
+    /// Whether this drain is a restart in place (connections handed over).
+    pub fn handing_over(&self) -> bool {
+        matches!(*self.phase.borrow(), Phase::Draining { handover: true, .. })
     }
 
     /// Resolves once draining starts.
@@ -219,6 +232,20 @@ impl<S: Stream> Downstream<S> {
         Ok(n)
     }
 
+    /// Between requests: waits for the next request's first bytes, into the
+    /// idle buffer. Cancel-safe (see [`Stream::read_ready`]): a drain or an
+    /// idle timeout can abandon it without losing a byte of the next request.
+    async fn fill_ready(&mut self) -> io::Result<usize> {
+        if self.buf.len() == self.buf.capacity() {
+            self.buf.reserve(IDLE_BUF);
+        }
+        let n = self.io.read_ready(&mut self.buf).await?;
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n)
+    }
+
     /// Moves to a pooled buffer (body reads: a whole record per read).
     fn borrow_big(&mut self, pool: &RefCell<BufferPool>) {
         if self.buf.capacity() <= IDLE_BUF {
@@ -262,6 +289,8 @@ enum Outcome {
     KeepAlive,
     /// Close the connection (answered with `Connection: close`, or broken).
     Close,
+    /// Draining started while the connection waited for its next request.
+    Idle,
 }
 
 /// A failure after the head was parsed.
@@ -301,11 +330,36 @@ pub async fn serve<B: Backend>(ctx: Rc<WorkerCtx<B>>, io: B::Stream, offset: u16
         down.park(&ctx.buffers);
         match serve_one(&ctx, &mut down, offset, peer, &mut scratch, &mut answer_buf).await {
             Outcome::KeepAlive if ctx.draining().is_none() => continue,
+            Outcome::KeepAlive | Outcome::Idle if ctx.handing_over() && down.filled().is_empty() && !down.eof => {
+                hand_over(&ctx, down, peer);
+                return;
+            }
+            // Bytes of the next request already read: serve it first.
+            Outcome::KeepAlive if ctx.handing_over() && !down.eof => continue,
             _ => break,
         }
     }
     let _ = down.io.shutdown_write();
     down.park(&ctx.buffers);
+}
+
+/// Restart in place: gives the connection, idle at a request boundary with
+/// nothing of the next request read, to the next process. A duplicate of
+/// the descriptor keeps the socket open; this side closes its own without
+/// a shutdown, so the Agent sees nothing.
+fn hand_over<B: Backend>(ctx: &WorkerCtx<B>, mut down: Downstream<B::Stream>, peer: SocketAddr) {
+    down.park(&ctx.buffers);
+    // SAFETY: dup of a descriptor this connection owns; the copy is owned below.
+    let fd = unsafe { libc::fcntl(down.io.raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        tracing::warn!(%peer, error = %io::Error::last_os_error(), "cannot hand the connection over; closing it");
+        let _ = down.io.shutdown_write();
+        return;
+    }
+    // SAFETY: fd is a fresh duplicate owned by nothing else.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    ctx.handed_over.lock().unwrap_or_else(|e| e.into_inner()).push(owned);
+    tracing::trace!(%peer, "idle connection handed over");
 }
 
 /// A connection beyond `limits.max_connections`: read what the Agent sends
@@ -354,11 +408,18 @@ async fn serve_one<B: Backend>(
     let route = &ctx.routes.routes[offset as usize];
     // Wait for a complete head. Idle waits end on the idle timeout or at drain.
     let mut head_started: Option<Instant> = (!down.filled().is_empty()).then(Instant::now);
+    // Bytes of a partial head already seen to hold no line end: a head is
+    // parsed again only when a line was completed (or it grew past the
+    // limit), so a client trickling bytes costs a scan of its new bytes,
+    // not a parse of the whole head per byte.
+    let mut scanned = 0;
     let head = loop {
-        let upstream_host = ctx.routes.upstream_for(offset, head_target(down.filled())).map(|id| ctx.upstream_host(id));
-        if !down.filled().is_empty() {
-            match http1::parse_request(down.filled(), cfg.max_header_bytes, cfg.max_body_bytes, upstream_host, scratch)
-            {
+        let filled = down.filled();
+        let line_done = filled.get(scanned..).is_some_and(|new| new.contains(&b'\n'));
+        scanned = filled.len();
+        if line_done || filled.len() > cfg.max_header_bytes {
+            let upstream_host = ctx.routes.upstream_for(offset, head_target(filled)).map(|id| ctx.upstream_host(id));
+            match http1::parse_request(filled, cfg.max_header_bytes, cfg.max_body_bytes, upstream_host, scratch) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(e) => {
@@ -380,10 +441,13 @@ async fn serve_one<B: Backend>(
             None => cfg.client_idle_timeout,
             Some(t) => cfg.header_timeout.saturating_sub(t.elapsed()),
         };
-        let read = down.fill(cfg.max_header_bytes + 1, &ctx.buffers);
-        let res = tokio::select! {
-            r = tokio::time::timeout(wait, read) => r,
-            _ = ctx.drain_started(), if idle => return Outcome::Close,
+        let res = if idle {
+            tokio::select! {
+                r = tokio::time::timeout(wait, down.fill_ready()) => r,
+                _ = ctx.drain_started() => return Outcome::Idle,
+            }
+        } else {
+            tokio::time::timeout(wait, down.fill(cfg.max_header_bytes + 1, &ctx.buffers)).await
         };
         match res {
             Err(_) if idle => return Outcome::Close,
@@ -833,7 +897,7 @@ async fn forward<B: Backend>(
     ctx.stats.borrow_mut().product(offset).bytes_in += body_bytes;
 
     // Wait for the answer head, bounded by the response timeout and the drain deadline.
-    let client_close = head.close || ctx.draining().is_some();
+    let client_close = head.close || (ctx.draining().is_some() && !ctx.handing_over());
     answer_buf.clear();
     let head_limit = ctx.config.max_header_bytes;
     let read_head = async {

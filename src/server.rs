@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use crate::admin::{self, AdminAccess, AdminCommand, AdminReply, Reloader, TokenError, TokenSource};
 use crate::config::{Config, IoChoice, Source};
 use crate::crypto::{self, CryptoError, TrustSource};
+use crate::handover;
 use crate::io::{epoll::Epoll, uring::Uring, Backend};
 use crate::listener::{self, BindError};
 use crate::metrics::StatsHub;
@@ -41,6 +42,16 @@ pub enum StartError {
     Worker { id: usize, why: String },
     #[error(transparent)]
     AdminToken(#[from] TokenError),
+    #[error("restart in place failed: cannot execute {binary}: {source}")]
+    Restart { binary: String, source: std::io::Error },
+}
+
+/// Why the control loop ended.
+enum Stop {
+    /// SIGTERM, SIGINT or the admin API: drain and exit.
+    Drain(&'static str),
+    /// A reload that needs a new process: hand over and exec `binary`.
+    Restart { binary: std::path::PathBuf },
 }
 
 /// The backend the config asks for, after probing: (name, fallback reason).
@@ -78,6 +89,8 @@ fn log_reload(trigger: &str, peer: Option<std::net::SocketAddr>, reply: &AdminRe
     let outcome = reply.body.trim_end().replace('\n', "; ");
     if reply.status == 200 {
         tracing::info!(trigger, %peer, outcome = %outcome, "config reloaded");
+    } else if reply.status == 202 {
+        tracing::info!(trigger, %peer, outcome = %outcome, "config reload needs a new process");
     } else {
         tracing::warn!(trigger, %peer, status = reply.status, outcome = %outcome, "config reload refused");
     }
@@ -95,10 +108,19 @@ pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
 
 /// Runs the relay until SIGTERM, SIGINT or `POST /admin/drain`, then drains and returns.
 pub fn run(config: Config, source: Source) -> Result<(), StartError> {
-    let trust = match &config.ca_file {
-        Some(p) => TrustSource::CaFile(p.clone()),
-        None => TrustSource::System,
+    // First: what a previous process handed over (restart in place).
+    let inherited = match handover::take_inherited() {
+        Some((inherited, problems)) => {
+            for p in problems {
+                tracing::warn!(problem = %p, "ignoring part of what the previous process handed over");
+            }
+            Some(inherited)
+        }
+        None => None,
     };
+    let started_binary = handover::current_binary().ok();
+    let binary_identity = started_binary.as_deref().and_then(handover::file_identity);
+    let trust = trust_of(&config);
     // Fail before binding anything if the FIPS checks, the trust store or run.user fail.
     crypto::client_config(&trust)?;
     if let (Some(user), 0) = (&config.run_user, unsafe { libc::geteuid() }) {
@@ -108,7 +130,24 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     let cpus = allowed_cpus();
     let workers = if config.threads > 0 { config.threads } else { cpus.len().max(1) };
 
-    let listeners = listener::bind_all(config.listen_address, config.port_range_start, workers)?;
+    let (inherited_listeners, inherited_conns, inherited_token) = match inherited {
+        Some(i) => (i.listeners, i.connections, i.token),
+        None => (Vec::new(), Vec::new(), None),
+    };
+    let took_over = (inherited_listeners.len(), inherited_conns.len());
+    let listeners = if inherited_listeners.is_empty() {
+        listener::bind_all(config.listen_address, config.port_range_start, workers)?
+    } else {
+        let (listeners, stray) =
+            listener::bind_all_adopting(config.listen_address, config.port_range_start, workers, inherited_listeners)?;
+        for addr in stray {
+            tracing::warn!(%addr, "closing a listener handed over by the previous process: not in the new listen range");
+        }
+        listeners
+    };
+    // Kept to hand over at the next restart in place (one per socket).
+    let listener_fds = unique_sockets(&listeners);
+    let adopted = adopt_connections(&config, inherited_conns, workers);
     if !config.listen_address.is_loopback() {
         tracing::warn!(address = %config.listen_address, "listening on a non-loopback address: Agent traffic to the relay is plaintext, so FIPS compliance is not retained off-host");
     }
@@ -126,6 +165,13 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
         config = %source,
         "fipsrelay starting"
     );
+    if took_over != (0, 0) {
+        tracing::info!(
+            listeners = took_over.0,
+            connections = took_over.1,
+            "restarted in place: took over the listeners and idle connections of the previous process"
+        );
+    }
     if !config.override_addrs.is_empty() {
         tracing::warn!(addrs = ?config.override_addrs, "upstream.override_addr is set: every product is sent there (test and demo setting)");
     }
@@ -135,7 +181,10 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     // with no /etc/fipsrelay) disables the admin API with a warning instead of
     // failing the start; an explicit admin.token_file, or an insecure one, fails.
     let default_path = config.admin_token_file == std::path::Path::new(crate::config::DEFAULT_ADMIN_TOKEN_FILE);
-    let admin_token = if config.admin_enabled {
+    let admin_token = if let (true, Some(bytes)) = (config.admin_enabled, inherited_token) {
+        tracing::debug!("admin API token handed over by the previous process");
+        Some(admin::AdminToken::from_handover(bytes))
+    } else if config.admin_enabled {
         match admin::load_or_create_token(&config.admin_token_file) {
             Ok((token, how)) => {
                 match how {
@@ -256,10 +305,11 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     }
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handed_over = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut handles = Vec::with_capacity(workers);
-    for ((id, mine), tls) in listeners.into_iter().enumerate().zip(tls_configs) {
+    for (((id, mine), tls), adopted) in listeners.into_iter().enumerate().zip(tls_configs).zip(adopted) {
         let core = if config.pin && !cpus.is_empty() { Some(cpus[id % cpus.len()]) } else { None };
-        let (config, routes, directory, hub, info, phase, ready) = (
+        let (config, routes, directory, hub, info, phase, ready, handed) = (
             config.clone(),
             routes.clone(),
             directory.clone(),
@@ -267,6 +317,7 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
             info.clone(),
             phase_rx.clone(),
             ready_tx.clone(),
+            handed_over.clone(),
         );
         let handle = std::thread::Builder::new()
             .name(format!("fipsrelay-w{id}"))
@@ -277,11 +328,11 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
                     }
                 }
                 if backend == Uring::NAME {
-                    let ctx = WorkerCtx::<Uring>::new(id, config, routes, directory, tls, hub, info, phase);
-                    crate::worker::run(ctx, mine, ready);
+                    let ctx = WorkerCtx::<Uring>::new(id, config, routes, directory, tls, hub, info, phase, handed);
+                    crate::worker::run(ctx, mine, adopted, ready);
                 } else {
-                    let ctx = WorkerCtx::<Epoll>::new(id, config, routes, directory, tls, hub, info, phase);
-                    crate::worker::run(ctx, mine, ready);
+                    let ctx = WorkerCtx::<Epoll>::new(id, config, routes, directory, tls, hub, info, phase, handed);
+                    crate::worker::run(ctx, mine, adopted, ready);
                 }
             })
             .map_err(|e| StartError::Worker { id, why: e.to_string() })?;
@@ -297,41 +348,81 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     }
     tracing::info!(workers, "fipsrelay ready");
 
-    local.block_on(&control, async {
+    let running =
+        Running { config: &config, binary: started_binary, binary_identity, token: info.admin.token.is_some() };
+    let stop = local.block_on(&control, async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(StartError::Runtime)?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(StartError::Runtime)?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(StartError::Runtime)?;
-        let signal = loop {
+        let stop = loop {
             tokio::select! {
-                _ = term.recv() => break "SIGTERM",
-                _ = int.recv() => break "SIGINT",
-                _ = hup.recv() => log_reload("SIGHUP", None, &reloader.reload()),
+                _ = term.recv() => break Stop::Drain("SIGTERM"),
+                _ = int.recv() => break Stop::Drain("SIGINT"),
+                _ = hup.recv() => {
+                    let (answer, restart) = running.reload(&mut reloader);
+                    log_reload("SIGHUP", None, &answer);
+                    if let Some(binary) = restart {
+                        break Stop::Restart { binary };
+                    }
+                }
                 Some(command) = admin_rx.recv() => match command {
                     AdminCommand::Drain { peer } => {
                         tracing::info!(%peer, "drain requested through the admin API");
-                        break "POST /admin/drain";
+                        break Stop::Drain("POST /admin/drain");
                     }
                     AdminCommand::SetLogLevel { peer, directive, reply } => {
                         let _ = reply.send(set_log_level(peer, &directive));
                     }
                     AdminCommand::Reload { peer, reply } => {
-                        let answer = reloader.reload();
+                        let (answer, restart) = running.reload(&mut reloader);
                         log_reload("POST /admin/reload", Some(peer), &answer);
                         let _ = reply.send(answer);
+                        if let Some(binary) = restart {
+                            break Stop::Restart { binary };
+                        }
                     }
                 },
             }
         };
         let deadline = Instant::now() + config.drain_timeout;
-        tracing::info!(signal, drain_timeout = ?config.drain_timeout, "stopping: no new connections, finishing requests in flight");
-        let _ = phase_tx.send(Phase::Draining { deadline });
-        Ok::<(), StartError>(())
+        match &stop {
+            Stop::Drain(signal) => {
+                tracing::info!(signal, drain_timeout = ?config.drain_timeout, "stopping: no new connections, finishing requests in flight");
+                let _ = phase_tx.send(Phase::Draining { deadline, handover: false });
+            }
+            Stop::Restart { binary } => {
+                tracing::info!(binary = %binary.display(), drain_timeout = ?config.drain_timeout, "restarting in place: finishing requests in flight, then handing the listeners and idle connections over");
+                let _ = phase_tx.send(Phase::Draining { deadline, handover: true });
+            }
+        }
+        Ok::<Stop, StartError>(stop)
     })?;
     for h in handles {
         let _ = h.join();
     }
     let totals = hub.merged();
     let served: u64 = totals.products.iter().map(|p| p.total_requests()).sum();
+    if let Stop::Restart { binary } = stop {
+        let connections = std::mem::take(&mut *handed_over.lock().unwrap_or_else(|e| e.into_inner()));
+        let token = match info.admin.token.as_ref().map(|t| handover::token_memfd(t.secret())) {
+            Some(Ok(fd)) => Some(fd),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot hand the admin token over; the next process reads admin.token_file");
+                None
+            }
+            None => None,
+        };
+        tracing::info!(
+            requests = served,
+            listeners = listener_fds.len(),
+            connections = connections.len(),
+            "handing over to the new process"
+        );
+        let out = handover::Outgoing { listeners: listener_fds, connections, token };
+        let source = handover::exec(&binary, out);
+        tracing::error!(binary = %binary.display(), error = %source, "restart in place failed; exiting (the service manager restarts fipsrelay)");
+        return Err(StartError::Restart { binary: binary.display().to_string(), source });
+    }
     tracing::info!(requests = served, "fipsrelay stopped");
     // The control runtime may hold a DNS lookup in its blocking pool: do not wait for it.
     {
@@ -340,4 +431,129 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     }
     control.shutdown_background();
     Ok(())
+}
+
+fn trust_of(config: &Config) -> TrustSource {
+    match &config.ca_file {
+        Some(p) => TrustSource::CaFile(p.clone()),
+        None => TrustSource::System,
+    }
+}
+
+/// One descriptor per listening socket (workers may share one), duplicated
+/// close-on-exec, to hand over at a restart in place.
+fn unique_sockets(listeners: &[listener::WorkerListeners]) -> Vec<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (_, l) in listeners.iter().flatten() {
+        let Ok(dup) = l.try_clone() else { continue };
+        let fd = std::os::fd::OwnedFd::from(dup);
+        let id = std::fs::File::from(fd.try_clone().expect("dup")).metadata().map(|m| m.ino()).unwrap_or(0);
+        if seen.insert(id) {
+            out.push(fd);
+        }
+    }
+    out
+}
+
+/// Idle Agent connections handed over by the previous process, spread over
+/// the workers; those on a port outside the new range are closed.
+fn adopt_connections(config: &Config, conns: Vec<std::net::TcpStream>, workers: usize) -> Vec<crate::worker::Adopted> {
+    let mut out: Vec<crate::worker::Adopted> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, c) in conns.into_iter().enumerate() {
+        let offset = c.local_addr().ok().and_then(|a| {
+            let p = a.port().checked_sub(config.port_range_start)?;
+            (a.ip() == config.listen_address && p < crate::config::PORT_COUNT).then_some(p)
+        });
+        match offset {
+            Some(o) => out[i % workers].push((o, c)),
+            None => {
+                tracing::info!(local = ?c.local_addr().ok(), "closing a handed-over connection: its port is not in the new listen range")
+            }
+        }
+    }
+    out
+}
+
+/// What a reload compares against and checks before a restart in place.
+struct Running<'a> {
+    config: &'a Config,
+    binary: Option<std::path::PathBuf>,
+    binary_identity: Option<(u64, u64)>,
+    /// Whether the admin token is held (it is handed over).
+    token: bool,
+}
+
+impl Running<'_> {
+    /// Runs a reload: the answer, and the binary to exec when the reload
+    /// needs a restart in place and every check before it passed.
+    fn reload(&self, reloader: &mut Reloader) -> (AdminReply, Option<std::path::PathBuf>) {
+        let replaced = match (&self.binary, self.binary_identity) {
+            (Some(b), Some(id)) => handover::file_identity(b).is_some_and(|now| now != id),
+            _ => false,
+        };
+        match reloader.reload(replaced) {
+            admin::Reload::Done(reply) => (reply, None),
+            admin::Reload::Restart { config, reasons } => match self.check_restart(&config) {
+                Ok(binary) => {
+                    let reply = AdminReply::new(
+                        202,
+                        format!(
+                            "restarting in place to apply: {}; requests in flight finish first, then the listeners and idle connections are handed over to the new process (same PID)\n",
+                            reasons.join(", ")
+                        ),
+                    );
+                    (reply, Some(binary))
+                }
+                Err(why) => (AdminReply::new(409, format!("config not reloaded, nothing applied: {why}\n")), None),
+            },
+        }
+    }
+
+    /// Everything a restart in place needs, checked now, so that a failure
+    /// refuses the reload instead of leaving no process.
+    fn check_restart(&self, new: &Config) -> Result<std::path::PathBuf, String> {
+        let binary = handover::current_binary().map_err(|e| format!("cannot find the fipsrelay binary: {e}"))?;
+        // The binary runs here, and its FIPS module passes its self-tests.
+        let out = std::process::Command::new(&binary)
+            .arg("version")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} version failed ({}): {}",
+                binary.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let euid = unsafe { libc::geteuid() };
+        if new.run_user != self.config.run_user && euid != 0 {
+            return Err(
+                "run.user changed, and this process no longer runs as root: `systemctl restart fipsrelay` to apply"
+                    .into(),
+            );
+        }
+        crypto::client_config(&trust_of(new)).map_err(|e| e.to_string())?;
+        choose_backend(new.io).map_err(|e| e.to_string())?;
+        if new.listen_address != self.config.listen_address || new.port_range_start != self.config.port_range_start {
+            for offset in 0..crate::config::PORT_COUNT {
+                let addr = std::net::SocketAddr::new(new.listen_address, new.port(offset));
+                let ours = new.listen_address == self.config.listen_address
+                    && (self.config.port(0)..=self.config.port(crate::config::PORT_COUNT - 1)).contains(&addr.port());
+                if !ours {
+                    listener::check_free(addr).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        if new.admin_enabled
+            && !self.token
+            && new.admin_token_file != std::path::Path::new(crate::config::DEFAULT_ADMIN_TOKEN_FILE)
+        {
+            admin::load_or_create_token(&new.admin_token_file).map_err(|e| e.to_string())?;
+        }
+        Ok(binary)
+    }
 }

@@ -18,10 +18,14 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Pause after an accept error such as EMFILE, so it is not a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Agent connections a previous process handed over: `(port offset, stream)`.
+pub type Adopted = Vec<(u16, std::net::TcpStream)>;
+
 /// Runs the worker's event loop on this thread until the drain completes.
 pub fn run<B: Backend>(
     ctx: WorkerCtx<B>,
     listeners: WorkerListeners,
+    adopted: Adopted,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let id = ctx.id;
@@ -36,6 +40,17 @@ pub fn run<B: Backend>(
                 Err(e) => {
                     let _ = ready.send(Err(format!("worker {}: cannot register listener on port {port}: {e}", ctx.id)));
                     return;
+                }
+            }
+        }
+        for (offset, stream) in adopted {
+            let peer = stream.peer_addr();
+            match (B::stream(stream), peer) {
+                (Ok(s), Ok(peer)) => {
+                    tokio::task::spawn_local(relay::serve(ctx.clone(), s, offset, peer));
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(worker = ctx.id, error = %e, "cannot take over a handed-over connection; it is closed")
                 }
             }
         }

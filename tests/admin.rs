@@ -97,13 +97,14 @@ both_backends!(admin_api_end_to_end, |io: &str| {
     let r = admin(&relay, "POST", "/admin/reload", Some(&token), b"");
     assert_eq!(r.status, 200, "{}", text(&r));
     assert!(text(&r).contains("log.level = \"warn\" applied"), "{}", text(&r));
-    let moved = original
-        .replace(&format!("port_range_start = {}", relay.base), &format!("port_range_start = {}", relay.base + 16));
-    std::fs::write(&config, &moved).unwrap();
+    // A restart-only key whose new value cannot work: checked before the
+    // restart in place, refused with the reason, nothing applied.
+    let ca = std::fs::read_to_string(&config).unwrap();
+    let ca_line = ca.lines().find(|l| l.starts_with("ca_file")).unwrap().to_string();
+    std::fs::write(&config, original.replace(&ca_line, "ca_file = \"/nonexistent/ca.pem\"")).unwrap();
     let r = admin(&relay, "POST", "/admin/reload", Some(&token), b"");
     assert_eq!(r.status, 409, "{}", text(&r));
-    assert!(text(&r).contains("listen.port_range_start changed: restart fipsrelay to apply"), "{}", text(&r));
-    assert!(!text(&r).contains("log.level changed"), "{}", text(&r));
+    assert!(text(&r).contains("nothing applied") && text(&r).contains("/nonexistent/ca.pem"), "{}", text(&r));
     std::fs::write(&config, original.replace("[log]\n", "[log]\nlevel = \"loud\"\n")).unwrap();
     let r = admin(&relay, "POST", "/admin/reload", Some(&token), b"");
     assert_eq!(r.status, 400, "{}", text(&r));

@@ -220,3 +220,53 @@ both_backends!(sigterm_under_load_leaves_nothing_unanswered, |io: &str| {
         "{v}"
     );
 });
+
+both_backends!(sighup_restart_in_place_under_load_loses_nothing, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    let pid = relay.pid();
+    let config = relay.log_path.with_extension("toml");
+    // An Agent connection that is idle while the restart happens.
+    let mut idle = relay.connect(1);
+    assert_eq!(idle.request("POST", "/api/v2/series", &[], b"before").status, 202);
+
+    // Under load, a restart-only key changes (workers.threads 2 -> 1) and SIGHUP.
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("threads = 2"), "{text}");
+    let changed = text.replace("threads = 2", "threads = 1");
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        std::fs::write(&config, changed).unwrap();
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+    });
+    let report = verified_load(dir.path(), &intake, relay.port(1), "2500ms", 8);
+    restarter.join().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || relay.log().matches("fipsrelay ready").count() == 2),
+        "{}",
+        relay.log()
+    );
+    let log = relay.log();
+    eprintln!("{io}: {} / errors {} / verify {}", report["status"], report["errors"], report["verify"]);
+    // Every request answered by the intake, none lost, none refused, no
+    // connection dropped: the restart is invisible to the Agent.
+    assert_verified(&report, "restart in place");
+    assert_eq!(statuses(&report), vec![202], "{}\n{log}", report["status"]);
+    assert_eq!(report["errors"]["total"], 0, "{}\n{log}", report["errors"]);
+    assert!(report["ok"].as_u64().unwrap() > 50, "{}", report["ok"]);
+    let v = &report["verify"];
+    assert_eq!(v["mock_bodies"], v["bodies"], "{v}");
+    assert!(log.contains("restarting in place to apply: workers.threads changed"), "{log}");
+    assert!(log.contains("took over the listeners and idle connections"), "{log}");
+    // Same process, new config.
+    assert_eq!(relay.pid(), pid);
+    unsafe {
+        assert_eq!(libc::kill(pid, 0), 0, "the relay is gone");
+    }
+    assert!(relay.status_page("/").contains("(1 workers)"), "{}", relay.status_page("/"));
+    // The idle connection was handed over: it carries the next request.
+    assert_eq!(idle.request("POST", "/api/v2/series", &[], b"after").status, 202);
+    // (loadgen --verify reset the mock's records at its start.)
+    assert!(intake.mock.records().iter().any(|r| r.body_len == 5));
+});

@@ -727,3 +727,42 @@ both_backends!(agent_that_stops_reading_is_dropped_after_the_idle_timeout, |io: 
     assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"{}").status, 202);
     drop(stalled);
 });
+
+#[test]
+fn restart_in_place_after_dropping_root_keeps_the_admin_token() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: privilege drop not testable here");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, "run.user = \"nobody\"");
+    // The packaged layout: config and CA readable by run.user, the token root's alone.
+    let config = relay.log_path.with_extension("toml");
+    for (p, mode) in [(dir.path(), 0o755), (config.as_path(), 0o644), (intake.ca_file.as_path(), 0o644)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let token_file = intake.ca_file.with_file_name("admin.token");
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("[limits]\n", "[limits]\nmax_body_bytes = 1000\n")).unwrap();
+    let bearer = format!("Bearer {token}");
+    let r = relay.request(0, "POST", "/admin/reload", &[("Authorization", &bearer)], b"");
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        eventually(Duration::from_secs(10), || relay.log().matches("fipsrelay ready").count() == 2),
+        "{}",
+        relay.log()
+    );
+    // The new process runs as nobody, applies the new limit, and still knows
+    // the token it could not read from the root-owned file.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+    assert!(uid.split_whitespace().skip(1).all(|u| u == "65534"), "{uid}");
+    assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], &payload(2000, 1)).status, 413);
+    assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], &payload(500, 1)).status, 202);
+    let r = relay.request(0, "PUT", "/admin/log-level", &[("Authorization", &bearer)], b"info");
+    assert_eq!(r.status, 200, "{}\n{}", String::from_utf8_lossy(&r.body), relay.log());
+    assert!(!relay.log().contains(&token), "the token reached the log");
+}

@@ -30,6 +30,17 @@ impl Stream for EpollStream {
         (res, buf)
     }
 
+    async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
+        loop {
+            self.0.readable().await?;
+            match self.0.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
         socket2::SockRef::from(&self.0).shutdown(std::net::Shutdown::Write)
     }
@@ -59,6 +70,11 @@ impl Backend for Epoll {
     fn listener(l: std::net::TcpListener) -> io::Result<EpollListener> {
         l.set_nonblocking(true)?;
         Ok(EpollListener(tokio::net::TcpListener::from_std(l)?))
+    }
+
+    fn stream(s: std::net::TcpStream) -> io::Result<EpollStream> {
+        s.set_nonblocking(true)?;
+        Ok(EpollStream(tokio::net::TcpStream::from_std(s)?))
     }
 
     async fn connect(addr: SocketAddr) -> io::Result<EpollStream> {

@@ -26,6 +26,12 @@ pub trait Stream: 'static {
     async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
     /// Writes all of `buf[..len()]`.
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+    /// Waits until the socket is readable, then appends what it holds to
+    /// the spare capacity of `buf`; `Ok(0)` at end of stream. Cancel-safe:
+    /// dropped before it returns, it has consumed nothing, whereas a
+    /// dropped `read` may leave an io_uring operation in flight that eats
+    /// the next bytes. For waits that may be abandoned (between requests).
+    async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
     /// Half-closes the write side.
     fn shutdown_write(&self) -> io::Result<()>;
     fn set_nodelay(&self) -> io::Result<()>;
@@ -47,6 +53,8 @@ pub trait Backend: Copy + Send + 'static {
     const NAME: &'static str;
     /// Wraps a bound, listening, non-blocking std listener.
     fn listener(l: std::net::TcpListener) -> io::Result<Self::Listener>;
+    /// Wraps an accepted std stream (one handed over by a previous process).
+    fn stream(s: std::net::TcpStream) -> io::Result<Self::Stream>;
     async fn connect(addr: SocketAddr) -> io::Result<Self::Stream>;
     /// Runs `fut` to completion on this thread, with a tokio `LocalSet` so
     /// that `tokio::task::spawn_local` and `tokio::time` work inside.

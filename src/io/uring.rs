@@ -7,6 +7,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio_uring::buf::BoundedBuf;
 
 use super::{Backend, Listener, Stream};
@@ -17,39 +19,92 @@ const RING_ENTRIES: u32 = 1024;
 #[derive(Debug, Clone, Copy)]
 pub struct Uring;
 
-pub struct UringStream(tokio_uring::net::TcpStream);
-pub struct UringListener(tokio_uring::net::TcpListener);
+pub struct UringStream {
+    /// Readiness through the runtime's epoll reactor, registered at the
+    /// first cancel-safe wait. Declared first: it deregisters before the
+    /// socket closes.
+    ready: Option<AsyncFd<BorrowedSocket>>,
+    inner: tokio_uring::net::TcpStream,
+}
+
+impl UringStream {
+    fn new(inner: tokio_uring::net::TcpStream) -> Self {
+        UringStream { ready: None, inner }
+    }
+}
+
+/// The socket's descriptor, borrowed from the `TcpStream` that owns it.
+struct BorrowedSocket(RawFd);
+
+impl AsRawFd for BorrowedSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+/// Accepts through readiness (the runtime's epoll reactor) and `accept4`,
+/// not an io_uring accept: when the accept loop stops (drain, restart in
+/// place), no accept stays in flight to take a connection nobody serves.
+pub struct UringListener(AsyncFd<std::net::TcpListener>);
 
 impl Stream for UringStream {
     async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
         let len = buf.len();
-        let (res, slice) = self.0.read(buf.slice(len..)).await;
+        let (res, slice) = self.inner.read(buf.slice(len..)).await;
         (res, slice.into_inner())
     }
 
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        self.0.write_all(buf).await
+        self.inner.write_all(buf).await
+    }
+
+    async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        // A plain recv, never an io_uring read: nothing stays in flight if
+        // this wait is abandoned.
+        let fd = self.inner.as_raw_fd();
+        if let Some(n) = super::recv_now(fd, buf)? {
+            return Ok(n);
+        }
+        if self.ready.is_none() {
+            // SAFETY: `fd` is owned by `self.inner`, which outlives `ready`
+            // (dropped first, by field order) and never changes descriptor.
+            let registered = unsafe { AsyncFd::register_with_interest(BorrowedSocket(fd), Interest::READABLE) };
+            self.ready = Some(registered?);
+        }
+        let ready = self.ready.as_ref().expect("registered above");
+        loop {
+            let mut guard = ready.readable().await?;
+            match super::recv_now(fd, buf)? {
+                Some(n) => return Ok(n),
+                None => guard.clear_ready(),
+            }
+        }
     }
 
     fn shutdown_write(&self) -> io::Result<()> {
-        self.0.shutdown(std::net::Shutdown::Write)
+        self.inner.shutdown(std::net::Shutdown::Write)
     }
 
     fn set_nodelay(&self) -> io::Result<()> {
-        self.0.set_nodelay(true)
+        self.inner.set_nodelay(true)
     }
 
     fn raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+        self.inner.as_raw_fd()
     }
 }
 
 impl Listener for UringListener {
     type Stream = UringStream;
     async fn accept(&self) -> io::Result<(UringStream, SocketAddr)> {
-        let (s, a) = self.0.accept().await?;
-        Ok((UringStream(s), a))
+        loop {
+            let mut guard = self.0.readable().await?;
+            match guard.try_io(|l| l.get_ref().accept()) {
+                Ok(Ok((s, peer))) => return Ok((UringStream::new(tokio_uring::net::TcpStream::from_std(s)), peer)),
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
     }
 }
 
@@ -59,11 +114,18 @@ impl Backend for Uring {
     const NAME: &'static str = "io_uring";
 
     fn listener(l: std::net::TcpListener) -> io::Result<UringListener> {
-        Ok(UringListener(tokio_uring::net::TcpListener::from_std(l)))
+        l.set_nonblocking(true)?;
+        // SAFETY: the AsyncFd owns the listener, hence its descriptor.
+        let registered = unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) };
+        Ok(UringListener(registered?))
+    }
+
+    fn stream(s: std::net::TcpStream) -> io::Result<UringStream> {
+        Ok(UringStream::new(tokio_uring::net::TcpStream::from_std(s)))
     }
 
     async fn connect(addr: SocketAddr) -> io::Result<UringStream> {
-        Ok(UringStream(tokio_uring::net::TcpStream::connect(addr).await?))
+        Ok(UringStream::new(tokio_uring::net::TcpStream::connect(addr).await?))
     }
 
     fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {

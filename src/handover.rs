@@ -1,0 +1,238 @@
+//! Restarting in place without dropping a connection: a reload that needs
+//! a restart (a restart-only key changed, or the binary on disk was
+//! replaced) re-executes the binary in the same process (same PID, so
+//! systemd keeps tracking it) and hands over, as inherited file descriptors:
+//! - every listening socket: connections that arrive meanwhile wait in
+//!   their accept queues and the new process accepts them;
+//! - every idle Agent connection, at a request boundary with nothing read
+//!   of the next request: the new process reads its next request;
+//! - the admin token (in a memfd), which a process that dropped root can no
+//!   longer read from its root-owned file.
+//!
+//! The descriptor numbers travel in one environment variable, [`ENV`]; the
+//! new process takes them first thing and marks them close-on-exec again.
+
+use std::ffi::OsString;
+use std::io::{Read, Seek, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+/// Carries the descriptor numbers: `v1 l=3,4 c=9,10 t=7`.
+pub const ENV: &str = "FIPSRELAY_HANDOVER";
+
+/// What the previous process handed over, checked and ready to use.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    pub listeners: Vec<(SocketAddr, TcpListener)>,
+    pub connections: Vec<TcpStream>,
+    pub token: Option<Vec<u8>>,
+}
+
+impl Inherited {
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty() && self.connections.is_empty() && self.token.is_none()
+    }
+}
+
+/// What this process hands over: descriptors that stay open across exec.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    pub listeners: Vec<OwnedFd>,
+    pub connections: Vec<OwnedFd>,
+    pub token: Option<OwnedFd>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Numbers {
+    listeners: Vec<RawFd>,
+    connections: Vec<RawFd>,
+    token: Option<RawFd>,
+}
+
+fn encode(n: &Numbers) -> String {
+    let list = |v: &[RawFd]| v.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",");
+    let mut s = format!("v1 l={} c={}", list(&n.listeners), list(&n.connections));
+    if let Some(t) = n.token {
+        s.push_str(&format!(" t={t}"));
+    }
+    s
+}
+
+fn decode(s: &str) -> Result<Numbers, String> {
+    let mut parts = s.split_ascii_whitespace();
+    if parts.next() != Some("v1") {
+        return Err(format!("{ENV} has an unknown format: {s:?}"));
+    }
+    let fds = |v: &str| -> Result<Vec<RawFd>, String> {
+        v.split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| match x.parse::<RawFd>() {
+                Ok(fd) if fd > 2 => Ok(fd),
+                _ => Err(format!("{ENV}: {x:?} is not a descriptor number above 2")),
+            })
+            .collect()
+    };
+    let mut n = Numbers::default();
+    for part in parts {
+        match part.split_once('=') {
+            Some(("l", v)) => n.listeners = fds(v)?,
+            Some(("c", v)) => n.connections = fds(v)?,
+            Some(("t", v)) => n.token = fds(v)?.first().copied(),
+            _ => return Err(format!("{ENV}: unknown part {part:?}")),
+        }
+    }
+    Ok(n)
+}
+
+/// Takes an inherited descriptor: it must be open; it is made close-on-exec.
+fn adopt(fd: RawFd) -> Result<OwnedFd, String> {
+    // SAFETY: fcntl on an integer is harmless; F_GETFD only reports flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(format!("descriptor {fd} is not open"));
+    }
+    // SAFETY: as above; the descriptor was handed to this process to own.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// The descriptors a previous process handed over, if this process was
+/// started by a handover. Call once, first thing in `run`, before any other
+/// descriptor is opened. A descriptor that is not what it should be is
+/// closed and reported in the second value; the rest are still used.
+pub fn take_inherited() -> Option<(Inherited, Vec<String>)> {
+    let raw = std::env::var(ENV).ok()?;
+    // Not for the next exec or any child.
+    std::env::remove_var(ENV);
+    let numbers = match decode(&raw) {
+        Ok(n) => n,
+        Err(e) => return Some((Inherited::default(), vec![e])),
+    };
+    let mut problems = Vec::new();
+    let mut got = Inherited::default();
+    for fd in numbers.listeners {
+        match adopt(fd) {
+            Ok(owned) => {
+                let sock = socket2::Socket::from(owned);
+                match (sock.is_listener(), sock.local_addr().ok().and_then(|a| a.as_socket())) {
+                    (Ok(true), Some(addr)) => got.listeners.push((addr, sock.into())),
+                    _ => problems.push(format!("descriptor {fd} is not a listening TCP socket")),
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    for fd in numbers.connections {
+        match adopt(fd) {
+            Ok(owned) => {
+                let stream = TcpStream::from(owned);
+                match stream.peer_addr() {
+                    Ok(_) => got.connections.push(stream),
+                    Err(e) => problems.push(format!("descriptor {fd} is not a connected TCP socket: {e}")),
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    if let Some(fd) = numbers.token {
+        match adopt(fd) {
+            Ok(owned) => {
+                let mut f = std::fs::File::from(owned);
+                let mut token = Vec::new();
+                match f.rewind().and_then(|_| (&mut f).take(4096).read_to_end(&mut token)) {
+                    Ok(_) if !token.is_empty() => got.token = Some(token),
+                    Ok(_) => problems.push("the handed-over admin token is empty".into()),
+                    Err(e) => problems.push(format!("cannot read the handed-over admin token: {e}")),
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    Some((got, problems))
+}
+
+/// Puts the admin token in an anonymous memory file for the next process.
+pub fn token_memfd(token: &[u8]) -> std::io::Result<OwnedFd> {
+    // SAFETY: a fresh descriptor is returned or -1; the name is a C string.
+    let fd = unsafe { libc::memfd_create(c"fipsrelay-admin-token".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned here.
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    f.write_all(token)?;
+    f.rewind()?;
+    Ok(f.into())
+}
+
+/// The binary to run next: the path this process was started from, which a
+/// package upgrade may have replaced (then `/proc/self/exe` reads
+/// "… (deleted)" and the new file is what runs next).
+pub fn current_binary() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let s = exe.to_string_lossy();
+    Ok(match s.strip_suffix(" (deleted)") {
+        Some(stripped) => PathBuf::from(stripped),
+        None => exe,
+    })
+}
+
+/// (device, inode) of a file, to notice that the binary was replaced.
+pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Replaces this process with `binary` and the same arguments, keeping the
+/// outgoing descriptors open. Returns only if exec failed.
+pub fn exec(binary: &Path, out: Outgoing) -> std::io::Error {
+    let numbers = Numbers {
+        listeners: out.listeners.iter().map(|f| f.as_raw_fd()).collect(),
+        connections: out.connections.iter().map(|f| f.as_raw_fd()).collect(),
+        token: out.token.as_ref().map(|f| f.as_raw_fd()),
+    };
+    let all = out.listeners.iter().chain(&out.connections).chain(out.token.as_ref());
+    for fd in all {
+        // SAFETY: clearing FD_CLOEXEC on a descriptor this process owns.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        if flags >= 0 {
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags & !libc::FD_CLOEXEC) };
+        }
+    }
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let err = std::process::Command::new(binary).args(args).env(ENV, encode(&numbers)).exec();
+    // Still here: the descriptors close with `out`.
+    drop(out);
+    err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_round_trip_and_bad_values_are_refused() {
+        let n = Numbers { listeners: vec![3, 4, 5], connections: vec![9], token: Some(7) };
+        assert_eq!(encode(&n), "v1 l=3,4,5 c=9 t=7");
+        assert_eq!(decode(&encode(&n)).unwrap(), n);
+        let empty = Numbers::default();
+        assert_eq!(decode(&encode(&empty)).unwrap(), empty);
+        assert!(decode("v2 l=3").is_err());
+        assert!(decode("v1 l=1").unwrap_err().contains("above 2"));
+        assert!(decode("v1 l=x").is_err());
+        assert!(decode("v1 z=3").is_err());
+    }
+
+    #[test]
+    fn token_memfd_reads_back() {
+        let fd = token_memfd(b"0123456789abcdef0123").unwrap();
+        let mut f = std::fs::File::from(fd);
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "0123456789abcdef0123");
+    }
+}
