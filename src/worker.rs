@@ -17,6 +17,8 @@ use crate::relay::{self, WorkerCtx};
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Pause after an accept error such as EMFILE, so it is not a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one accept error line per listener this often.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Agent connections a previous process handed over: `(port offset, stream)`.
 pub type Adopted = Vec<(u16, std::net::TcpStream)>;
@@ -87,7 +89,10 @@ pub fn run<B: Backend>(
 }
 
 async fn accept_loop<B: Backend>(ctx: Rc<WorkerCtx<B>>, listener: B::Listener, offset: u16, port: u16) {
-    let mut logged_error = false;
+    // One line per ACCEPT_LOG_EVERY at most, with the failures in between
+    // counted: descriptors running out (EMFILE) comes and goes under load.
+    let mut last_log: Option<Instant> = None;
+    let mut unlogged = 0u64;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -95,13 +100,15 @@ async fn accept_loop<B: Backend>(ctx: Rc<WorkerCtx<B>>, listener: B::Listener, o
         };
         match accepted {
             Ok((stream, peer)) => {
-                logged_error = false;
                 tokio::task::spawn_local(relay::serve(ctx.clone(), stream, offset, peer));
             }
             Err(e) => {
-                if !logged_error {
-                    tracing::error!(worker = ctx.id, port, error = %e, "accept failed; backing off (raise LimitNOFILE if this is EMFILE)");
-                    logged_error = true;
+                if last_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                    tracing::error!(worker = ctx.id, port, error = %e, failures_since_last_line = unlogged, "accept failed; backing off (raise LimitNOFILE if this is EMFILE)");
+                    last_log = Some(Instant::now());
+                    unlogged = 0;
+                } else {
+                    unlogged += 1;
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }

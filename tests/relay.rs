@@ -766,3 +766,56 @@ fn restart_in_place_after_dropping_root_keeps_the_admin_token() {
     assert_eq!(r.status, 200, "{}\n{}", String::from_utf8_lossy(&r.body), relay.log());
     assert!(!relay.log().contains(&token), "the token reached the log");
 }
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+both_backends!(emfile_on_accept_backs_off_with_one_line_and_recovers, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "workers.threads = 1");
+    let pid = relay.pid();
+    // No descriptor left for the relay: the soft limit below what it holds
+    // now (at exactly that, one that frees up now and then lets an accept
+    // through, and that request gets 502 when its upstream connect fails).
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) }, 0);
+    let tight = libc::rlimit { rlim_cur: open - 4, rlim_max: old.rlim_max };
+    assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &tight, std::ptr::null_mut()) }, 0);
+    // Three Agents connect (the kernel completes the handshakes) and send.
+    let addr = relay.addr(1);
+    let clients: Vec<_> = (0..3u8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.request("POST", "/api/v2/series", &[], &[b'a' + i; 10]).status
+            })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || relay.log().contains("accept failed; backing off")),
+        "{}",
+        relay.log()
+    );
+    // Backing off, not spinning: well under a CPU second per second.
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_seconds(pid) - before;
+    assert!(spent < 0.5, "the relay spent {spent:.2} CPU s in 1 s of EMFILE");
+    let log = relay.log();
+    assert_eq!(log.matches("accept failed; backing off").count(), 1, "{log}");
+    assert!(log.contains("Too many open files"), "{log}");
+    // Descriptors again: every waiting connection is accepted and served.
+    assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()) }, 0);
+    for c in clients {
+        assert_eq!(c.join().unwrap(), 202);
+    }
+    assert_eq!(intake.mock.stats().requests, 3);
+});
