@@ -263,3 +263,39 @@ fn starts_without_dns_answers_503_then_serves_once_resolved() {
     assert!(eventually(Duration::from_secs(8), || post_series(&relay) == 202), "{}", relay.log());
     assert_eq!(intake.mock.stats().requests, 1);
 }
+
+#[test]
+fn dns_prefer_picks_the_address_family() {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let port = intake.addr().port();
+    // Hosts without IPv6 on loopback cannot run this test.
+    let v6_listen = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    if std::net::TcpListener::bind(v6_listen).is_err() {
+        eprintln!("no ::1 here: skipping");
+        return;
+    }
+    let v6 = intake.sibling(v6_listen);
+    let zone = dir.path().join("zone.txt");
+    write_zone(&zone, |h| format!("{h} A 127.0.0.1 60\n{h} AAAA ::1 60"));
+    let dns = MockDns::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
+    for (prefer, want_v6) in [("ipv6", true), ("ipv4", false)] {
+        let relay = Relay::start(
+            dir.path(),
+            "epoll",
+            intake.addr(),
+            &intake.ca_file,
+            &dns_config(dns.local_addr(), port, &format!("dns.prefer = \"{prefer}\"")),
+        );
+        let (v4_before, v6_before) = (intake.mock.stats().requests, v6.stats().requests);
+        for _ in 0..3 {
+            assert_eq!(post_series(&relay), 202, "{}", relay.log());
+        }
+        let (v4_got, v6_got) = (intake.mock.stats().requests - v4_before, v6.stats().requests - v6_before);
+        assert_eq!((v4_got, v6_got), if want_v6 { (0, 3) } else { (3, 0) }, "dns.prefer = {prefer}");
+        // Only the preferred family is kept when the host has both.
+        let status = relay.status_page("/");
+        let line = status.lines().find(|l| l.starts_with(METRICS_HOST)).unwrap().to_string();
+        assert!(line.contains("1/1"), "{line}");
+    }
+}
