@@ -819,3 +819,33 @@ both_backends!(emfile_on_accept_backs_off_with_one_line_and_recovers, |io: &str|
     }
     assert_eq!(intake.mock.stats().requests, 3);
 });
+
+#[test]
+fn restart_in_place_can_switch_the_io_backend_and_keep_idle_connections() {
+    if skip_uring() || fipsrelay::io::probe_uring().is_err() {
+        eprintln!("io_uring unavailable: skipping");
+        return;
+    }
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, "");
+    let config = relay.log_path.with_extension("toml");
+    let mut idle = relay.connect(1);
+    assert_eq!(idle.request("POST", "/api/v2/series", &[], b"0").status, 202);
+    for (n, (from, to, shown)) in
+        [("epoll", "uring", "io: io_uring"), ("uring", "epoll", "io: epoll")].iter().enumerate()
+    {
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text.replace(&format!("io = \"{from}\""), &format!("io = \"{to}\""))).unwrap();
+        unsafe { libc::kill(relay.pid(), libc::SIGHUP) };
+        assert!(
+            eventually(Duration::from_secs(10), || relay.log().matches("fipsrelay ready").count() == n + 2),
+            "{}",
+            relay.log()
+        );
+        assert!(relay.status_page("/").contains(shown), "{}", relay.status_page("/"));
+        // The same Agent connection, handed over from one backend to the other.
+        assert_eq!(idle.request("POST", "/api/v2/series", &[], b"1").status, 202, "{}", relay.log());
+    }
+    assert_eq!(intake.mock.stats().requests, 3);
+}

@@ -121,6 +121,11 @@ impl Backend for Uring {
     }
 
     fn stream(s: std::net::TcpStream) -> io::Result<UringStream> {
+        // Handed over by an epoll process, the socket may be O_NONBLOCK (a
+        // flag of the shared file description). Kernel 6.18 waits anyway,
+        // but io_uring reads of an O_NONBLOCK file may return EAGAIN on
+        // others; clear it, as for sockets this backend accepts itself.
+        s.set_nonblocking(false)?;
         Ok(UringStream::new(tokio_uring::net::TcpStream::from_std(s)))
     }
 
