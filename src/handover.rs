@@ -9,8 +9,10 @@
 //! - the admin token (in a memfd), which a process that dropped root can no
 //!   longer read from its root-owned file.
 //!
-//! The descriptor numbers travel in one environment variable, [`ENV`]; the
-//! new process takes them first thing and marks them close-on-exec again.
+//! The descriptor numbers are written to a memfd (an environment string is
+//! limited to 128 KiB, about 20,000 numbers); one environment variable,
+//! [`ENV`], names that memfd. The new process takes them first thing and
+//! marks them close-on-exec again.
 
 use std::ffi::OsString;
 use std::io::{Read, Seek, Write};
@@ -19,7 +21,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-/// Carries the descriptor numbers: `v1 l=3,4 c=9,10 t=7`.
+/// Names the memfd that lists the descriptors: `v1 m=5`. The memfd holds
+/// `v1 l=3,4 c=9,10 t=7` (listeners, connections, token).
 pub const ENV: &str = "FIPSRELAY_HANDOVER";
 
 /// What the previous process handed over, checked and ready to use.
@@ -108,9 +111,17 @@ pub fn take_inherited() -> Option<(Inherited, Vec<String>)> {
     let raw = std::env::var(ENV).ok()?;
     // Not for the next exec or any child.
     std::env::remove_var(ENV);
-    let numbers = match decode(&raw) {
-        Ok(n) => n,
+    let list = match read_list(&raw) {
+        Ok(list) => list,
         Err(e) => return Some((Inherited::default(), vec![e])),
+    };
+    let numbers = match decode(&list) {
+        Ok(n) => n,
+        Err(e) => {
+            // Whatever was listed must not stay open and inheritable.
+            close_listed(&list);
+            return Some((Inherited::default(), vec![e]));
+        }
     };
     let mut problems = Vec::new();
     let mut got = Inherited::default();
@@ -155,18 +166,49 @@ pub fn take_inherited() -> Option<(Inherited, Vec<String>)> {
     Some((got, problems))
 }
 
-/// Puts the admin token in an anonymous memory file for the next process.
-pub fn token_memfd(token: &[u8]) -> std::io::Result<OwnedFd> {
+/// Reads the descriptor list from the memfd that `ENV` (`v1 m=N`) names.
+fn read_list(env: &str) -> Result<String, String> {
+    let fd = env
+        .strip_prefix("v1 m=")
+        .and_then(|n| n.trim().parse::<RawFd>().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| format!("{ENV} has an unknown format: {env:?}"))?;
+    let mut f = std::fs::File::from(adopt(fd)?);
+    let mut list = String::new();
+    f.rewind()
+        .and_then(|_| (&mut f).take(16 << 20).read_to_string(&mut list))
+        .map_err(|e| format!("cannot read the handover list: {e}"))?;
+    Ok(list)
+}
+
+/// Closes every descriptor number in a list that could not be decoded.
+fn close_listed(list: &str) {
+    for n in list.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<RawFd>().ok()) {
+        if n > 2 {
+            if let Ok(fd) = adopt(n) {
+                drop(fd);
+            }
+        }
+    }
+}
+
+/// An anonymous memory file holding `bytes`, read from its start.
+fn memfd(name: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<OwnedFd> {
     // SAFETY: a fresh descriptor is returned or -1; the name is a C string.
-    let fd = unsafe { libc::memfd_create(c"fipsrelay-admin-token".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: fd was just created and is owned here.
     let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    f.write_all(token)?;
+    f.write_all(bytes)?;
     f.rewind()?;
     Ok(f.into())
+}
+
+/// Puts the admin token in an anonymous memory file for the next process.
+pub fn token_memfd(token: &[u8]) -> std::io::Result<OwnedFd> {
+    memfd(c"fipsrelay-admin-token", token)
 }
 
 /// The binary to run next: the path this process was started from, which a
@@ -195,7 +237,11 @@ pub fn exec(binary: &Path, out: Outgoing) -> std::io::Error {
         connections: out.connections.iter().map(|f| f.as_raw_fd()).collect(),
         token: out.token.as_ref().map(|f| f.as_raw_fd()),
     };
-    let all = out.listeners.iter().chain(&out.connections).chain(out.token.as_ref());
+    let list = match memfd(c"fipsrelay-handover", encode(&numbers).as_bytes()) {
+        Ok(fd) => fd,
+        Err(e) => return e,
+    };
+    let all = out.listeners.iter().chain(&out.connections).chain(out.token.as_ref()).chain(Some(&list));
     for fd in all {
         // SAFETY: clearing FD_CLOEXEC on a descriptor this process owns.
         let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
@@ -204,9 +250,10 @@ pub fn exec(binary: &Path, out: Outgoing) -> std::io::Error {
         }
     }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let err = std::process::Command::new(binary).args(args).env(ENV, encode(&numbers)).exec();
-    // Still here: the descriptors close with `out`.
-    drop(out);
+    let env = format!("v1 m={}", list.as_raw_fd());
+    let err = std::process::Command::new(binary).args(args).env(ENV, env).exec();
+    // Still here: the descriptors close with `out` and `list`.
+    drop((out, list));
     err
 }
 
@@ -225,6 +272,20 @@ mod tests {
         assert!(decode("v1 l=1").unwrap_err().contains("above 2"));
         assert!(decode("v1 l=x").is_err());
         assert!(decode("v1 z=3").is_err());
+    }
+
+    #[test]
+    fn the_list_travels_in_a_memfd_of_any_size() {
+        let n = Numbers { listeners: (3..35).collect(), connections: (100..60_000).collect(), token: None };
+        let text = encode(&n);
+        assert!(text.len() > 128 * 1024, "more than an environment string may hold");
+        let fd = memfd(c"test", text.as_bytes()).unwrap();
+        let raw = fd.as_raw_fd();
+        std::mem::forget(fd); // read_list takes ownership of the number
+        let back = read_list(&format!("v1 m={raw}")).unwrap();
+        assert_eq!(decode(&back).unwrap(), n);
+        assert!(read_list("v1 m=x").is_err());
+        assert!(read_list("l=3").is_err());
     }
 
     #[test]

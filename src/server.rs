@@ -51,7 +51,7 @@ enum Stop {
     /// SIGTERM, SIGINT or the admin API: drain and exit.
     Drain(&'static str),
     /// A reload that needs a new process: hand over and exec `binary`.
-    Restart { binary: std::path::PathBuf },
+    Restart { binary: std::path::PathBuf, hand_token: bool },
 }
 
 /// The backend the config asks for, after probing: (name, fallback reason).
@@ -146,7 +146,7 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
         listeners
     };
     // Kept to hand over at the next restart in place (one per socket).
-    let listener_fds = unique_sockets(&listeners);
+    let mut listener_fds = unique_sockets(&listeners);
     let adopted = adopt_connections(&config, inherited_conns, workers);
     if !config.listen_address.is_loopback() {
         tracing::warn!(address = %config.listen_address, "listening on a non-loopback address: Agent traffic to the relay is plaintext, so FIPS compliance is not retained off-host");
@@ -270,7 +270,11 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
         let hosts = directory.len();
         let (answered, resolved) = local.block_on(&control, async {
             let (mut answered, mut resolved) = (0, 0);
-            let _ = tokio::time::timeout(config.dns.timeout + Duration::from_secs(1), async {
+            // After a restart in place, connections already wait in the
+            // accept queues: a shorter wait, then 503 until DNS answers.
+            let wait =
+                if took_over.0 > 0 { Duration::from_secs(1) } else { config.dns.timeout + Duration::from_secs(1) };
+            let _ = tokio::time::timeout(wait, async {
                 while let Some(ok) = first_rx.recv().await {
                     answered += 1;
                     resolved += usize::from(ok);
@@ -350,10 +354,16 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
 
     let running =
         Running { config: &config, binary: started_binary, binary_identity, token: info.admin.token.is_some() };
-    let stop = local.block_on(&control, async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(StartError::Runtime)?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(StartError::Runtime)?;
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(StartError::Runtime)?;
+    let (mut term, mut int, mut hup) = {
+        let _in_runtime = control.enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).map_err(StartError::Runtime)?,
+            signal(SignalKind::interrupt()).map_err(StartError::Runtime)?,
+            signal(SignalKind::hangup()).map_err(StartError::Runtime)?,
+        )
+    };
+    let mut stop = local.block_on(&control, async {
         let stop = loop {
             tokio::select! {
                 _ = term.recv() => break Stop::Drain("SIGTERM"),
@@ -361,8 +371,8 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
                 _ = hup.recv() => {
                     let (answer, restart) = running.reload(&mut reloader);
                     log_reload("SIGHUP", None, &answer);
-                    if let Some(binary) = restart {
-                        break Stop::Restart { binary };
+                    if let Some(stop) = restart {
+                        break stop;
                     }
                 }
                 Some(command) = admin_rx.recv() => match command {
@@ -377,8 +387,8 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
                         let (answer, restart) = running.reload(&mut reloader);
                         log_reload("POST /admin/reload", Some(peer), &answer);
                         let _ = reply.send(answer);
-                        if let Some(binary) = restart {
-                            break Stop::Restart { binary };
+                        if let Some(stop) = restart {
+                            break stop;
                         }
                     }
                 },
@@ -390,21 +400,52 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
                 tracing::info!(signal, drain_timeout = ?config.drain_timeout, "stopping: no new connections, finishing requests in flight");
                 let _ = phase_tx.send(Phase::Draining { deadline, handover: false });
             }
-            Stop::Restart { binary } => {
+            Stop::Restart { binary, .. } => {
                 tracing::info!(binary = %binary.display(), drain_timeout = ?config.drain_timeout, "restarting in place: finishing requests in flight, then handing the listeners and idle connections over");
                 let _ = phase_tx.send(Phase::Draining { deadline, handover: true });
             }
         }
         Ok::<Stop, StartError>(stop)
     })?;
-    for h in handles {
-        let _ = h.join();
+    if let Stop::Drain(_) = stop {
+        // Only a restart in place needs them: closed now, new connects are
+        // refused at once instead of queueing for nobody.
+        listener_fds.clear();
+        for h in handles {
+            let _ = h.join();
+        }
+    } else {
+        // While the workers finish, a SIGTERM or SIGINT turns the restart
+        // into a plain stop: idle connections are closed, nothing is exec'd.
+        let joiner = std::thread::spawn(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        });
+        local.block_on(&control, async {
+            while !joiner.is_finished() {
+                tokio::select! {
+                    _ = term.recv() => stop = Stop::Drain("SIGTERM"),
+                    _ = int.recv() => stop = Stop::Drain("SIGINT"),
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => continue,
+                }
+                tracing::info!("stop requested during the restart in place: closing instead of handing over");
+                let deadline = match *phase_tx.borrow() {
+                    Phase::Draining { deadline, .. } => deadline,
+                    Phase::Running => Instant::now() + config.drain_timeout,
+                };
+                let _ = phase_tx.send(Phase::Draining { deadline, handover: false });
+                break;
+            }
+        });
+        let _ = joiner.join();
     }
     let totals = hub.merged();
     let served: u64 = totals.products.iter().map(|p| p.total_requests()).sum();
-    if let Stop::Restart { binary } = stop {
+    if let Stop::Restart { binary, hand_token } = stop {
         let connections = std::mem::take(&mut *handed_over.lock().unwrap_or_else(|e| e.into_inner()));
-        let token = match info.admin.token.as_ref().map(|t| handover::token_memfd(t.secret())) {
+        let held = info.admin.token.as_ref().filter(|_| hand_token);
+        let token = match held.map(|t| handover::token_memfd(t.secret())) {
             Some(Ok(fd)) => Some(fd),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "cannot hand the admin token over; the next process reads admin.token_file");
@@ -448,10 +489,12 @@ fn unique_sockets(listeners: &[listener::WorkerListeners]) -> Vec<std::os::fd::O
     let mut out = Vec::new();
     for (_, l) in listeners.iter().flatten() {
         let Ok(dup) = l.try_clone() else { continue };
-        let fd = std::os::fd::OwnedFd::from(dup);
-        let id = std::fs::File::from(fd.try_clone().expect("dup")).metadata().map(|m| m.ino()).unwrap_or(0);
-        if seen.insert(id) {
-            out.push(fd);
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(dup));
+        // Without an inode to tell sockets apart, keep it: a duplicate only
+        // means one more listener for the same queue in the next process.
+        let id = file.metadata().map(|m| m.ino()).ok();
+        if id.is_none_or(|id| seen.insert(id)) {
+            out.push(std::os::fd::OwnedFd::from(file));
         }
     }
     out
@@ -464,7 +507,8 @@ fn adopt_connections(config: &Config, conns: Vec<std::net::TcpStream>, workers: 
     for (i, c) in conns.into_iter().enumerate() {
         let offset = c.local_addr().ok().and_then(|a| {
             let p = a.port().checked_sub(config.port_range_start)?;
-            (a.ip() == config.listen_address && p < crate::config::PORT_COUNT).then_some(p)
+            let ip_ok = config.listen_address.is_unspecified() || a.ip() == config.listen_address;
+            (ip_ok && p < crate::config::PORT_COUNT).then_some(p)
         });
         match offset {
             Some(o) => out[i % workers].push((o, c)),
@@ -488,7 +532,7 @@ struct Running<'a> {
 impl Running<'_> {
     /// Runs a reload: the answer, and the binary to exec when the reload
     /// needs a restart in place and every check before it passed.
-    fn reload(&self, reloader: &mut Reloader) -> (AdminReply, Option<std::path::PathBuf>) {
+    fn reload(&self, reloader: &mut Reloader) -> (AdminReply, Option<Stop>) {
         let replaced = match (&self.binary, self.binary_identity) {
             (Some(b), Some(id)) => handover::file_identity(b).is_some_and(|now| now != id),
             _ => false,
@@ -496,7 +540,7 @@ impl Running<'_> {
         match reloader.reload(replaced) {
             admin::Reload::Done(reply) => (reply, None),
             admin::Reload::Restart { config, reasons } => match self.check_restart(&config) {
-                Ok(binary) => {
+                Ok(stop) => {
                     let reply = AdminReply::new(
                         202,
                         format!(
@@ -504,7 +548,7 @@ impl Running<'_> {
                             reasons.join(", ")
                         ),
                     );
-                    (reply, Some(binary))
+                    (reply, Some(stop))
                 }
                 Err(why) => (AdminReply::new(409, format!("config not reloaded, nothing applied: {why}\n")), None),
             },
@@ -513,7 +557,7 @@ impl Running<'_> {
 
     /// Everything a restart in place needs, checked now, so that a failure
     /// refuses the reload instead of leaving no process.
-    fn check_restart(&self, new: &Config) -> Result<std::path::PathBuf, String> {
+    fn check_restart(&self, new: &Config) -> Result<Stop, String> {
         let binary = handover::current_binary().map_err(|e| format!("cannot find the fipsrelay binary: {e}"))?;
         // The binary runs here, and its FIPS module passes its self-tests.
         let out = std::process::Command::new(&binary)
@@ -536,6 +580,9 @@ impl Running<'_> {
                     .into(),
             );
         }
+        if let (Some(user), 0) = (&new.run_user, euid) {
+            crate::privileges::lookup(user).map_err(|e| e.to_string())?;
+        }
         crypto::client_config(&trust_of(new)).map_err(|e| e.to_string())?;
         choose_backend(new.io).map_err(|e| e.to_string())?;
         if new.listen_address != self.config.listen_address || new.port_range_start != self.config.port_range_start {
@@ -548,12 +595,19 @@ impl Running<'_> {
                 }
             }
         }
-        if new.admin_enabled
-            && !self.token
-            && new.admin_token_file != std::path::Path::new(crate::config::DEFAULT_ADMIN_TOKEN_FILE)
-        {
-            admin::load_or_create_token(&new.admin_token_file).map_err(|e| e.to_string())?;
+        // The token goes over unless the new config points elsewhere: then
+        // the new process reads that file, which must work now, as this user.
+        let same_file = new.admin_token_file == self.config.admin_token_file;
+        let hand_token = self.token && same_file;
+        if new.admin_enabled && !hand_token {
+            match admin::load_or_create_token(&new.admin_token_file) {
+                Ok(_) => {}
+                // The new process turns the API off with a warning, as at a start.
+                Err(TokenError::Create { .. })
+                    if new.admin_token_file == std::path::Path::new(crate::config::DEFAULT_ADMIN_TOKEN_FILE) => {}
+                Err(e) => return Err(e.to_string()),
+            }
         }
-        Ok(binary)
+        Ok(Stop::Restart { binary, hand_token })
     }
 }

@@ -102,6 +102,8 @@ async fn accept_loop<B: Backend>(ctx: Rc<WorkerCtx<B>>, listener: B::Listener, o
             Ok((stream, peer)) => {
                 tokio::task::spawn_local(relay::serve(ctx.clone(), stream, offset, peer));
             }
+            // The client gave up before the accept: nothing to log or wait for.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
             Err(e) => {
                 if last_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
                     tracing::error!(worker = ctx.id, port, error = %e, failures_since_last_line = unlogged, "accept failed; backing off (raise LimitNOFILE if this is EMFILE)");

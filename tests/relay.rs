@@ -849,3 +849,54 @@ fn restart_in_place_can_switch_the_io_backend_and_keep_idle_connections() {
     }
     assert_eq!(intake.mock.stats().requests, 3);
 }
+
+#[test]
+fn drain_closes_the_listeners_at_once() {
+    // A request in flight keeps the drain going; meanwhile new connects are
+    // refused instead of queueing where nobody will accept them.
+    let dir = TestDir::new();
+    let intake = Intake::start_with(
+        dir.path(),
+        Behavior { latency: Duration::from_millis(1500), ..Behavior::default() },
+        CipherMode::Default,
+    );
+    let mut relay = Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, "");
+    let addr = relay.addr(1);
+    let in_flight =
+        std::thread::spawn(move || Client::connect(addr).request("POST", "/api/v2/series", &[], b"x").status);
+    assert!(eventually(Duration::from_secs(5), || intake.mock.connections_accepted() > 0));
+    unsafe { libc::kill(relay.pid(), libc::SIGTERM) };
+    assert!(eventually(Duration::from_secs(5), || relay.log().contains("stopping: no new connections")));
+    std::thread::sleep(Duration::from_millis(100));
+    let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+    assert!(refused.is_err(), "a connect during the drain was accepted by the kernel");
+    assert_eq!(in_flight.join().unwrap(), 202);
+    assert!(relay.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn sigterm_during_a_restart_in_place_stops_instead() {
+    let dir = TestDir::new();
+    let intake = Intake::start_with(
+        dir.path(),
+        Behavior { latency: Duration::from_millis(1500), ..Behavior::default() },
+        CipherMode::Default,
+    );
+    let mut relay = Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, "");
+    let config = relay.log_path.with_extension("toml");
+    let addr = relay.addr(1);
+    let in_flight =
+        std::thread::spawn(move || Client::connect(addr).request("POST", "/api/v2/series", &[], b"x").status);
+    assert!(eventually(Duration::from_secs(5), || intake.mock.connections_accepted() > 0));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("threads = 2", "threads = 1")).unwrap();
+    unsafe { libc::kill(relay.pid(), libc::SIGHUP) };
+    assert!(eventually(Duration::from_secs(5), || relay.log().contains("restarting in place: finishing")));
+    unsafe { libc::kill(relay.pid(), libc::SIGTERM) };
+    assert_eq!(in_flight.join().unwrap(), 202, "the request in flight is still answered");
+    let status = relay.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    let log = relay.log();
+    assert!(log.contains("stop requested during the restart in place"), "{log}");
+    assert_eq!(log.matches("fipsrelay starting").count(), 1, "nothing was exec'd: {log}");
+}
