@@ -62,10 +62,12 @@ impl Stream for UringStream {
         // A plain recv, never an io_uring read: nothing stays in flight if
         // this wait is abandoned.
         let fd = self.inner.as_raw_fd();
-        if let Some(n) = super::recv_now(fd, buf)? {
-            return Ok(n);
-        }
         if self.ready.is_none() {
+            // The first request often arrives with the connection: no
+            // registration needed when it is already there.
+            if let Some(n) = super::recv_now(fd, buf)? {
+                return Ok(n);
+            }
             // SAFETY: `fd` is owned by `self.inner`, which outlives `ready`
             // (dropped first, by field order) and never changes descriptor.
             let registered = unsafe { AsyncFd::register_with_interest(BorrowedSocket(fd), Interest::READABLE) };
@@ -74,8 +76,18 @@ impl Stream for UringStream {
         let ready = self.ready.as_ref().expect("registered above");
         loop {
             let mut guard = ready.readable().await?;
+            let room = buf.capacity() - buf.len();
             match super::recv_now(fd, buf)? {
-                Some(n) => return Ok(n),
+                Some(n) => {
+                    // A short read emptied the socket: forget this readiness
+                    // now rather than learn it from an EAGAIN at the next
+                    // wait. Bytes that arrive later are a new edge, which
+                    // clear_ready never erases.
+                    if n > 0 && n < room {
+                        guard.clear_ready();
+                    }
+                    return Ok(n);
+                }
                 None => guard.clear_ready(),
             }
         }
