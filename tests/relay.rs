@@ -339,23 +339,31 @@ both_backends!(credentials_never_reach_the_log, |io: &str| {
     assert!(!log.contains(&FAKE_KEY[..20]), "API key prefix leaked into the log:\n{log}");
 });
 
+/// A relay (`io`, `extra` config lines) in front of an intake that answers
+/// after `latency`, with one request in flight through it: the intake holds
+/// it (the mock records a request on arrival, then waits), its answer is
+/// the handle's.
+struct InFlight {
+    intake: Intake,
+    relay: Relay,
+    answer: std::thread::JoinHandle<Response>,
+}
+
+fn request_in_flight(dir: &std::path::Path, io: &str, latency: Duration, extra: &str) -> InFlight {
+    let intake = Intake::start_with(dir, Behavior { latency, ..Behavior::default() }, CipherMode::Default);
+    let relay = Relay::start(dir, io, intake.addr(), &intake.ca_file, extra);
+    let addr = relay.addr(1);
+    let answer = std::thread::spawn(move || Client::connect(addr).request("POST", "/api/v2/series", &[], b"{}"));
+    assert!(eventually(Duration::from_secs(5), || intake.mock.stats().requests == 1), "{}", relay.log());
+    InFlight { intake, relay, answer }
+}
+
 both_backends!(graceful_shutdown_answers_in_flight_requests, |io: &str| {
     let dir = TestDir::new();
-    let intake = Intake::start_with(
-        dir.path(),
-        Behavior { latency: Duration::from_millis(800), ..Behavior::default() },
-        CipherMode::Default,
-    );
-    let mut relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    let InFlight { intake: _intake, mut relay, answer: in_flight } =
+        request_in_flight(dir.path(), io, Duration::from_millis(800), "");
     let addr = relay.addr(1);
     let idle = relay.connect(5); // an idle keep-alive connection must not hold the drain
-    let in_flight = std::thread::spawn(move || {
-        let mut c = Client::connect(addr);
-        c.request("POST", "/api/v2/series", &[], b"{\"in\":\"flight\"}")
-    });
-    // The mock records a request on arrival, then waits 800 ms before answering:
-    // once it is counted, the request is in flight inside the relay.
-    assert!(eventually(Duration::from_secs(5), || intake.mock.stats().requests == 1));
     let status = relay.terminate(Duration::from_secs(15));
     let r = in_flight.join().unwrap();
     assert_eq!(r.status, 202, "in-flight request answered by the intake");
@@ -367,18 +375,8 @@ both_backends!(graceful_shutdown_answers_in_flight_requests, |io: &str| {
 
 both_backends!(drain_timeout_answers_503, |io: &str| {
     let dir = TestDir::new();
-    let intake = Intake::start_with(
-        dir.path(),
-        Behavior { latency: Duration::from_secs(5), ..Behavior::default() },
-        CipherMode::Default,
-    );
-    let mut relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "shutdown.drain_timeout = \"300ms\"");
-    let addr = relay.addr(1);
-    let in_flight = std::thread::spawn(move || {
-        let mut c = Client::connect(addr);
-        c.request("POST", "/api/v2/series", &[], b"{}")
-    });
-    assert!(eventually(Duration::from_secs(5), || intake.mock.connections_accepted() > 0));
+    let InFlight { intake: _intake, mut relay, answer: in_flight } =
+        request_in_flight(dir.path(), io, Duration::from_secs(5), "shutdown.drain_timeout = \"300ms\"");
     std::thread::sleep(Duration::from_millis(200));
     let status = relay.terminate(Duration::from_secs(10));
     assert_eq!(in_flight.join().unwrap().status, 503);
@@ -855,45 +853,30 @@ fn drain_closes_the_listeners_at_once() {
     // A request in flight keeps the drain going; meanwhile new connects are
     // refused instead of queueing where nobody will accept them.
     let dir = TestDir::new();
-    let intake = Intake::start_with(
-        dir.path(),
-        Behavior { latency: Duration::from_millis(1500), ..Behavior::default() },
-        CipherMode::Default,
-    );
-    let mut relay = Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, "");
+    let InFlight { intake: _intake, mut relay, answer: in_flight } =
+        request_in_flight(dir.path(), "epoll", Duration::from_millis(1500), "");
     let addr = relay.addr(1);
-    let in_flight =
-        std::thread::spawn(move || Client::connect(addr).request("POST", "/api/v2/series", &[], b"x").status);
-    assert!(eventually(Duration::from_secs(5), || intake.mock.connections_accepted() > 0));
     unsafe { libc::kill(relay.pid(), libc::SIGTERM) };
     assert!(eventually(Duration::from_secs(5), || relay.log().contains("stopping: no new connections")));
     std::thread::sleep(Duration::from_millis(100));
     let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
     assert!(refused.is_err(), "a connect during the drain was accepted by the kernel");
-    assert_eq!(in_flight.join().unwrap(), 202);
+    assert_eq!(in_flight.join().unwrap().status, 202);
     assert!(relay.wait_exit(Duration::from_secs(10)).success());
 }
 
 #[test]
 fn sigterm_during_a_restart_in_place_stops_instead() {
     let dir = TestDir::new();
-    let intake = Intake::start_with(
-        dir.path(),
-        Behavior { latency: Duration::from_millis(1500), ..Behavior::default() },
-        CipherMode::Default,
-    );
-    let mut relay = Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, "");
+    let InFlight { intake: _intake, mut relay, answer: in_flight } =
+        request_in_flight(dir.path(), "epoll", Duration::from_millis(1500), "");
     let config = relay.log_path.with_extension("toml");
-    let addr = relay.addr(1);
-    let in_flight =
-        std::thread::spawn(move || Client::connect(addr).request("POST", "/api/v2/series", &[], b"x").status);
-    assert!(eventually(Duration::from_secs(5), || intake.mock.connections_accepted() > 0));
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("threads = 2", "threads = 1")).unwrap();
     unsafe { libc::kill(relay.pid(), libc::SIGHUP) };
     assert!(eventually(Duration::from_secs(5), || relay.log().contains("restarting in place: finishing")));
     unsafe { libc::kill(relay.pid(), libc::SIGTERM) };
-    assert_eq!(in_flight.join().unwrap(), 202, "the request in flight is still answered");
+    assert_eq!(in_flight.join().unwrap().status, 202, "the request in flight is still answered");
     let status = relay.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status}");
     let log = relay.log();
