@@ -692,6 +692,11 @@ fn rustls_pki_name(s: &str) -> Option<rustls::pki_types::ServerName<'static>> {
 }
 
 impl Config {
+    /// The TLS server name (SNI, certificate check) for upstream `host`.
+    pub fn server_name_for<'a>(&'a self, host: &'a str) -> &'a str {
+        self.server_name.as_deref().unwrap_or(host)
+    }
+
     /// The listening port for a port offset.
     pub fn port(&self, offset: u16) -> u16 {
         self.port_range_start + offset

@@ -97,7 +97,7 @@ async fn check_host(
     };
     c.addr = Some(addr);
     // 2 + 3. Connect and handshake through the relay's own session code.
-    let server_name = config.server_name.as_deref().unwrap_or(host);
+    let server_name = config.server_name_for(host);
     let started = Instant::now();
     let mut pooled = match open_session::<Epoll>(addr, tls, server_name, config.connect_timeout).await {
         Ok(s) => s,

@@ -150,16 +150,9 @@ pub fn take_inherited() -> Option<(Inherited, Vec<String>)> {
         }
     }
     if let Some(fd) = numbers.token {
-        match adopt(fd) {
-            Ok(owned) => {
-                let mut f = std::fs::File::from(owned);
-                let mut token = Vec::new();
-                match f.rewind().and_then(|_| (&mut f).take(4096).read_to_end(&mut token)) {
-                    Ok(_) if !token.is_empty() => got.token = Some(token),
-                    Ok(_) => problems.push("the handed-over admin token is empty".into()),
-                    Err(e) => problems.push(format!("cannot read the handed-over admin token: {e}")),
-                }
-            }
+        match read_memfd(fd, 4096, "the handed-over admin token") {
+            Ok(token) if !token.is_empty() => got.token = Some(token),
+            Ok(_) => problems.push("the handed-over admin token is empty".into()),
             Err(e) => problems.push(e),
         }
     }
@@ -173,12 +166,18 @@ fn read_list(env: &str) -> Result<String, String> {
         .and_then(|n| n.trim().parse::<RawFd>().ok())
         .filter(|fd| *fd > 2)
         .ok_or_else(|| format!("{ENV} has an unknown format: {env:?}"))?;
+    let list = read_memfd(fd, 16 << 20, "the handover list")?;
+    String::from_utf8(list).map_err(|_| "the handover list is not text".into())
+}
+
+/// Takes an inherited memfd and reads it from its start, at most `limit` bytes.
+fn read_memfd(fd: RawFd, limit: u64, what: &str) -> Result<Vec<u8>, String> {
     let mut f = std::fs::File::from(adopt(fd)?);
-    let mut list = String::new();
+    let mut bytes = Vec::new();
     f.rewind()
-        .and_then(|_| (&mut f).take(16 << 20).read_to_string(&mut list))
-        .map_err(|e| format!("cannot read the handover list: {e}"))?;
-    Ok(list)
+        .and_then(|_| (&mut f).take(limit).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {what}: {e}"))?;
+    Ok(bytes)
 }
 
 /// Closes every descriptor number in a list that could not be decoded.

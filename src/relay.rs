@@ -150,7 +150,7 @@ impl<B: Backend> WorkerCtx<B> {
     }
 
     fn server_name(&self, id: UpstreamId) -> &str {
-        self.config.server_name.as_deref().unwrap_or_else(|| self.upstream_host(id))
+        self.config.server_name_for(self.upstream_host(id))
     }
 }
 
@@ -775,18 +775,20 @@ async fn acquire<B: Backend>(
     // one, up to CONNECT_RETRIES more times (like HAProxy's retries +
     // redispatch), and counts against the address's health at once.
     let n = resolved.endpoints.len();
+    let all_down = || Failure::Upstream {
+        cause: ErrorCause::Down,
+        detail: format!("all {n} addresses of {} are down", ctx.upstream_host(upstream)),
+        addr: None,
+    };
     let up = resolved.up_count();
     if up == 0 {
-        return Err(Failure::Upstream {
-            cause: ErrorCause::Down,
-            detail: format!("all {n} addresses of {} are down", ctx.upstream_host(upstream)),
-            addr: None,
-        });
+        return Err(all_down());
     }
     let first = ctx.next_addr.get();
     ctx.next_addr.set(first.wrapping_add(1));
     let attempts = up.min(1 + CONNECT_RETRIES);
-    let mut failure = None;
+    // Stays so if every address goes down while the others are tried.
+    let mut failure = all_down();
     let mut tried = 0;
     for k in 0..n {
         if tried == attempts {
@@ -818,19 +820,11 @@ async fn acquire<B: Backend>(
                     ctx.stats.borrow_mut().record_error(offset, cause);
                     tracing::warn!(product = PRODUCTS[offset as usize].name, upstream = ctx.upstream_host(upstream), %addr, cause = cause.label(), error = %e, "upstream address failed; trying the next one");
                 }
-                failure = Some(Failure::Upstream { cause, detail: e.to_string(), addr: e.addr() });
+                failure = Failure::Upstream { cause, detail: e.to_string(), addr: e.addr() };
             }
         }
     }
-    if failure.is_none() {
-        // Every address went down while we were trying the others.
-        return Err(Failure::Upstream {
-            cause: ErrorCause::Down,
-            detail: format!("all {n} addresses of {} are down", ctx.upstream_host(upstream)),
-            addr: None,
-        });
-    }
-    Err(failure.expect("at least one attempt"))
+    Err(failure)
 }
 
 /// Relays one request and its answer. Returns the status sent and whether

@@ -98,7 +98,7 @@ fn log_reload(trigger: &str, peer: Option<std::net::SocketAddr>, reply: &AdminRe
 
 /// The TLS server name (SNI, certificate name) for each upstream.
 fn server_names(config: &Config, routes: &RouteTable) -> Vec<String> {
-    routes.upstreams.iter().map(|u| config.server_name.clone().unwrap_or_else(|| u.host.clone())).collect()
+    routes.upstreams.iter().map(|u| config.server_name_for(&u.host).to_string()).collect()
 }
 
 /// CPUs this process may run on (taskset, systemd CPUAffinity, cpusets).
