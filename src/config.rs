@@ -28,6 +28,8 @@ pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
 pub const DEFAULT_DNS_REFRESH: &str = "30s";
+/// The intake's TLS port.
+pub const DEFAULT_UPSTREAM_PORT: u16 = 443;
 pub const DEFAULT_DNS_TIMEOUT: &str = "5s";
 pub const DEFAULT_HEALTH_INTERVAL: &str = "10s";
 pub const DEFAULT_HEALTH_TIMEOUT: &str = "5s";
@@ -159,7 +161,7 @@ impl Default for RawUpstream {
             server_name: None,
             override_addr: None,
             appsec_host: None,
-            port: 443,
+            port: DEFAULT_UPSTREAM_PORT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT.into(),
             response_timeout: DEFAULT_RESPONSE_TIMEOUT.into(),
             idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT.into(),

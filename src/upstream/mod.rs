@@ -24,9 +24,6 @@ use health::Endpoint;
 use pool::PooledSession;
 use tls::{TlsError, TlsSession};
 
-/// The intake's TLS port.
-pub const INTAKE_PORT: u16 = 443;
-
 /// The addresses of one upstream host as last resolved, each with its health.
 #[derive(Debug, Clone, Default)]
 pub struct Resolved {
@@ -102,8 +99,7 @@ impl Directory {
 
     /// Applies a lookup: new addresses replace the old ones (an address in
     /// both keeps its health); a failure keeps the last good addresses.
-    /// Returns whether the set of addresses changed.
-    pub fn apply(&self, id: UpstreamId, lookup: Result<Vec<SocketAddr>, String>) -> bool {
+    pub fn apply(&self, id: UpstreamId, lookup: Result<Vec<SocketAddr>, String>) {
         let previous = self.entries[id].load_full();
         let host = &self.hosts[id];
         let next = match lookup {
@@ -143,10 +139,7 @@ impl Directory {
                 Resolved { endpoints: previous.endpoints.clone(), error: Some(e) }
             }
         };
-        let changed = next.endpoints.len() != previous.endpoints.len()
-            || next.endpoints.iter().zip(&previous.endpoints).any(|(a, b)| !Arc::ptr_eq(a, b));
         self.entries[id].store(Arc::new(next));
-        changed
     }
 
     /// A connect or handshake to `endpoint` failed on the data path: it
