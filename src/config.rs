@@ -76,6 +76,15 @@ pub struct RawConfig {
     pub log: RawLog,
     pub run: RawRun,
     pub admin: RawAdmin,
+    pub crypto: RawCrypto,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCrypto {
+    /// Run even when the linked FIPS module is not one `crypto::MODULE_TABLE`
+    /// marks CMVP-validated (warned at start and every hour). Off by default.
+    pub allow_unvalidated_module: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -344,6 +353,8 @@ pub struct Config {
     pub admin_enabled: bool,
     /// Where the admin bearer token lives (read, or created, at start).
     pub admin_token_file: PathBuf,
+    /// `crypto.allow_unvalidated_module`: run on a module that is not validated.
+    pub allow_unvalidated_module: bool,
     /// The raw form after environment overrides, for `check-config`.
     pub raw: RawConfig,
 }
@@ -598,6 +609,7 @@ impl RawConfig {
             },
             admin_enabled: self.admin.enabled,
             admin_token_file: self.admin.token_file.clone(),
+            allow_unvalidated_module: self.crypto.allow_unvalidated_module,
             raw: self.clone(),
         })
     }

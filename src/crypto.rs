@@ -1,9 +1,13 @@
 //! FIPS cryptography: the aws-lc-rs FIPS provider, the suite and group lists,
-//! the trust store, and the one place a rustls `ClientConfig` is built.
+//! the trust store, the one place a rustls `ClientConfig` is built, and the
+//! table of AWS-LC FIPS modules with their CMVP status ([`MODULE_TABLE`]).
 //!
 //! Every config built here is checked with `ClientConfig::fips()`; the relay
-//! refuses to start when the check fails. This module must never build a
-//! config that skips certificate verification or uses a non-FIPS provider.
+//! refuses to start when the check fails, and when the linked module is not
+//! one the table marks validated (unless `crypto.allow_unvalidated_module`).
+//! This module must never build a config that skips certificate verification
+//! or uses a non-FIPS provider, and never reports a module it has not read
+//! from the linked library at run time.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +34,12 @@ pub enum CryptoError {
     NoSystemRoots(String),
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error(
+        "the linked FIPS module is {module}, which is not a CMVP-validated module; build fipsrelay as shipped \
+         (Cargo.lock pins {PINNED_CRATE} = AWS-LC FIPS {PINNED_MODULE_VERSION}, certificate #{PINNED_CERTIFICATE}; \
+         see README \"Security\"), or set crypto.allow_unvalidated_module = true to run it anyway"
+    )]
+    UnvalidatedModule { module: String },
 }
 
 /// TLS 1.3 and 1.2 suites accepted by the US1-FED intake: AES-GCM only (DESIGN §1).
@@ -58,10 +68,218 @@ pub fn assert_fips_module() -> Result<(), CryptoError> {
     aws_lc_rs::try_fips_mode().map_err(CryptoError::NotFipsModule)
 }
 
-/// "AWS-LC FIPS <version>", for `version` and the start log line.
-pub fn module_description() -> String {
-    format!("AWS-LC FIPS {}", aws_lc_rs::awslc_version())
+/// The crate that carries the module, as `Cargo.toml` pins it (`=`) and
+/// `deny.toml` enforces. Kept in step with [`PINNED_MODULE_VERSION`] by a test.
+pub const PINNED_CRATE: &str = "aws-lc-fips-sys 0.13.17";
+/// The AWS-LC FIPS library version that [`PINNED_CRATE`] builds.
+pub const PINNED_MODULE_VERSION: &str = "3.6.0";
+/// The certificate of the pinned module, as linked (static).
+pub const PINNED_CERTIFICATE: u32 = 5314;
+
+/// How the module is linked into the relay. A CMVP certificate covers one
+/// linkage: AWS-LC's static and dynamic builds have separate certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linkage {
+    /// Built into the `fipsrelay` executable (aws-lc-fips-sys' bundled build).
+    Static,
+    /// Loaded from a shared library (a system AWS-LC install).
+    Dynamic,
 }
+
+impl Linkage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Linkage::Static => "static",
+            Linkage::Dynamic => "dynamic",
+        }
+    }
+}
+
+/// What the CMVP says of a module version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleStatus {
+    /// FIPS 140-3 validated, under this certificate number.
+    Validated { certificate: u32 },
+    /// Tested by a lab and submitted: on the CMVP "Modules In Process" list.
+    InProcess,
+    /// Not in [`MODULE_TABLE`]: nothing known, treated as not validated.
+    Unknown,
+}
+
+impl ModuleStatus {
+    /// The `status` label of `fipsrelay_fips_module_info` and `/health`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModuleStatus::Validated { .. } => "validated",
+            ModuleStatus::InProcess => "in_process",
+            ModuleStatus::Unknown => "unknown",
+        }
+    }
+
+    pub fn certificate(self) -> Option<u32> {
+        match self {
+            ModuleStatus::Validated { certificate } => Some(certificate),
+            _ => None,
+        }
+    }
+}
+
+/// One row of [`MODULE_TABLE`]: a FIPS release line from a library version
+/// on, in one linkage.
+#[derive(Debug, Clone, Copy)]
+pub struct ModuleEntry {
+    /// The FIPS branch: 3 is AWS-LC-FIPS 3.x.
+    pub line: u32,
+    /// The lowest library version of the line that the row covers.
+    pub from: (u32, u32, u32),
+    pub linkage: Linkage,
+    pub status: ModuleStatus,
+}
+
+/// Every AWS-LC FIPS module this build knows, with its CMVP status.
+///
+/// Sources (checked 2026-12-01): aws-lc `crypto/fipsmodule/FIPS.md`
+/// ("AWS-LC-FIPS v3.1 (static library): certificate #5314", "(dynamic
+/// library): certificate #5298"; v4.0 static and dynamic under "Modules in
+/// Process"); aws-lc PR 3382 ("the v3 certificates validate AWS-LC FIPS 3.1.0,
+/// not 3.0.0"); the aws-lc-rs v1.17.1 and v1.18.0 release notes (the 3.x module
+/// of aws-lc-rs 1.17.x is validated under #5314 / #5298, 4.x is in process).
+/// A version the table does not list (3.0.x, 2.x, 5.x, a non-FIPS build) is
+/// [`ModuleStatus::Unknown`]. When the CMVP validates another module, add its
+/// row here with the certificate number, and change the pins (README "Security").
+pub const MODULE_TABLE: &[ModuleEntry] = &[
+    ModuleEntry {
+        line: 3,
+        from: (3, 1, 0),
+        linkage: Linkage::Static,
+        status: ModuleStatus::Validated { certificate: 5314 },
+    },
+    ModuleEntry {
+        line: 3,
+        from: (3, 1, 0),
+        linkage: Linkage::Dynamic,
+        status: ModuleStatus::Validated { certificate: 5298 },
+    },
+    ModuleEntry { line: 4, from: (4, 0, 0), linkage: Linkage::Static, status: ModuleStatus::InProcess },
+    ModuleEntry { line: 4, from: (4, 0, 0), linkage: Linkage::Dynamic, status: ModuleStatus::InProcess },
+];
+
+/// The module this process runs, as read from the linked library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FipsModule {
+    /// AWS-LC's own version string, e.g. "AWS-LC FIPS 3.6.0".
+    pub full: String,
+    /// The library version, e.g. "3.6.0".
+    pub version: String,
+    pub linkage: Linkage,
+    pub status: ModuleStatus,
+}
+
+fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
+    let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
+    let v = (it.next()??, it.next()??, it.next().unwrap_or(Some(0))?);
+    it.next().is_none().then_some(v)
+}
+
+/// The table's word on `version` (e.g. "3.6.0") in `linkage`. A build that
+/// is not a FIPS build (`fips_build == false`) is always unknown.
+pub fn lookup(version: &str, linkage: Linkage, fips_build: bool) -> ModuleStatus {
+    let Some(v) = parse_version(version).filter(|_| fips_build) else { return ModuleStatus::Unknown };
+    MODULE_TABLE
+        .iter()
+        .filter(|e| e.line == v.0 && e.linkage == linkage && v >= e.from)
+        .max_by_key(|e| e.from)
+        .map_or(ModuleStatus::Unknown, |e| e.status)
+}
+
+impl FipsModule {
+    /// Builds the record from what the library says of itself.
+    pub fn from_parts(full: &str, linkage: Linkage) -> FipsModule {
+        let version = full.rsplit_once(' ').map_or(full, |(_, v)| v).to_string();
+        let fips_build = full.starts_with("AWS-LC FIPS ");
+        let status = lookup(&version, linkage, fips_build);
+        FipsModule { full: full.to_string(), version, linkage, status }
+    }
+
+    pub fn is_validated(&self) -> bool {
+        matches!(self.status, ModuleStatus::Validated { .. })
+    }
+
+    /// The `certificate` label: the number, or "none".
+    pub fn certificate_label(&self) -> String {
+        self.status.certificate().map_or_else(|| "none".to_string(), |c| c.to_string())
+    }
+}
+
+impl std::fmt::Display for FipsModule {
+    /// "AWS-LC FIPS 3.6.0 static, FIPS 140-3 certificate #5314, validated".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}, ", self.full, self.linkage.name())?;
+        match self.status {
+            ModuleStatus::Validated { certificate } => write!(f, "FIPS 140-3 certificate #{certificate}, validated"),
+            ModuleStatus::InProcess => f.write_str("CMVP modules in process, NOT validated"),
+            ModuleStatus::Unknown => f.write_str("not a known CMVP-validated module"),
+        }
+    }
+}
+
+/// Where the module's code lives: in this executable, or in a shared library.
+/// Decided at run time by asking the dynamic loader which object holds the
+/// module's `FIPS_mode` and which holds a function of the relay's own.
+fn linked_linkage() -> Linkage {
+    fn object_base(addr: *const libc::c_void) -> Option<usize> {
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        // SAFETY: dladdr only reads the loader's tables; `info` is a valid out pointer.
+        (unsafe { libc::dladdr(addr, &mut info) } != 0).then_some(info.dli_fbase as usize)
+    }
+    let module = object_base(aws_lc_fips_sys::FIPS_mode as *const libc::c_void);
+    let ours = object_base(linked_linkage as *const libc::c_void);
+    match (module, ours) {
+        (Some(m), Some(o)) if m != o => Linkage::Dynamic,
+        _ => Linkage::Static,
+    }
+}
+
+/// The module linked into this process, read from aws-lc at run time.
+pub fn linked_module() -> FipsModule {
+    // The module's own version string, from inside its boundary: "AWS-LC FIPS
+    // 3.6.0" in a FIPS build, "AWS-LC 1.x" otherwise.
+    // SAFETY: returns a pointer to a static NUL-terminated string.
+    let full = unsafe { std::ffi::CStr::from_ptr(aws_lc_fips_sys::awslc_version_string()) };
+    let mut module = FipsModule::from_parts(&full.to_string_lossy(), linked_linkage());
+    if aws_lc_rs::try_fips_mode().is_err() {
+        // A FIPS build whose self-tests or mode check failed is no module at all.
+        module.status = ModuleStatus::Unknown;
+    }
+    module
+}
+
+/// The module, described for `version`, the start line and the status page.
+pub fn module_description() -> String {
+    linked_module().to_string()
+}
+
+/// What `run` may do with `module`: go on (validated), go on with a warning
+/// (`allow_unvalidated`), or refuse to start.
+pub fn admit(module: &FipsModule, allow_unvalidated: bool) -> Result<Admission, CryptoError> {
+    match (module.is_validated(), allow_unvalidated) {
+        (true, _) => Ok(Admission::Validated),
+        (false, true) => Ok(Admission::AllowedUnvalidated),
+        (false, false) => Err(CryptoError::UnvalidatedModule { module: module.to_string() }),
+    }
+}
+
+/// The outcome of [`admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Validated,
+    /// Not validated, run anyway because `crypto.allow_unvalidated_module`:
+    /// warn at start and every hour.
+    AllowedUnvalidated,
+}
+
+/// How often the warning about an unvalidated module repeats.
+pub const UNVALIDATED_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Where certificates are checked against.
 #[derive(Debug, Clone)]
@@ -136,6 +354,59 @@ mod tests {
     fn module_is_fips() {
         assert_fips_module().unwrap();
         assert!(fips_provider().fips());
+    }
+
+    /// The module read at run time from aws-lc is the pinned one, built in
+    /// statically, and the table marks it validated. Fails when a dependency
+    /// change (or a system AWS-LC picked up by the build) moves the module.
+    #[test]
+    fn linked_module_is_the_pinned_validated_one() {
+        let m = linked_module();
+        assert_eq!(m.full, format!("AWS-LC FIPS {PINNED_MODULE_VERSION}"), "{m}");
+        assert_eq!(m.linkage, Linkage::Static, "{m}");
+        assert_eq!(m.status, ModuleStatus::Validated { certificate: PINNED_CERTIFICATE }, "{m}");
+        assert!(m.is_validated());
+        assert_eq!(admit(&m, false).unwrap(), Admission::Validated);
+        assert_eq!(
+            m.to_string(),
+            format!("AWS-LC FIPS {PINNED_MODULE_VERSION} static, FIPS 140-3 certificate #5314, validated")
+        );
+        // The compile-time pin of the sys crate agrees with the run-time read.
+        let header = std::str::from_utf8(aws_lc_fips_sys::AWSLC_VERSION_NUMBER_STRING).unwrap();
+        assert_eq!(header.trim_end_matches('\0'), PINNED_MODULE_VERSION);
+        assert!(PINNED_CRATE.starts_with("aws-lc-fips-sys "));
+    }
+
+    #[test]
+    fn table_lookup() {
+        use ModuleStatus::*;
+        assert_eq!(lookup("3.1.0", Linkage::Static, true), Validated { certificate: 5314 });
+        assert_eq!(lookup("3.6.0", Linkage::Dynamic, true), Validated { certificate: 5298 });
+        // The v3 certificates validate 3.1.0, not 3.0.x.
+        assert_eq!(lookup("3.0.9", Linkage::Static, true), Unknown);
+        assert_eq!(lookup("4.2.0", Linkage::Static, true), InProcess);
+        assert_eq!(lookup("2.0.17", Linkage::Static, true), Unknown);
+        assert_eq!(lookup("5.1.0", Linkage::Static, true), Unknown);
+        assert_eq!(lookup("3.6.0", Linkage::Static, false), Unknown, "a non-FIPS build is never validated");
+        assert_eq!(lookup("3.6", Linkage::Static, true), Validated { certificate: 5314 });
+        assert_eq!(lookup("garbage", Linkage::Static, true), Unknown);
+        assert_eq!(lookup("3.6.0.1", Linkage::Static, true), Unknown);
+    }
+
+    #[test]
+    fn unvalidated_module_is_refused_unless_allowed() {
+        let v4 = FipsModule::from_parts("AWS-LC FIPS 4.2.0", Linkage::Static);
+        assert_eq!(v4.status, ModuleStatus::InProcess);
+        assert_eq!(v4.certificate_label(), "none");
+        let e = admit(&v4, false).unwrap_err().to_string();
+        assert!(e.contains("AWS-LC FIPS 4.2.0 static"), "{e}");
+        assert!(e.contains("crypto.allow_unvalidated_module = true"), "{e}");
+        assert!(e.contains("aws-lc-fips-sys 0.13.17"), "{e}");
+        assert_eq!(admit(&v4, true).unwrap(), Admission::AllowedUnvalidated);
+        let plain = FipsModule::from_parts("AWS-LC 1.73.0", Linkage::Static);
+        assert_eq!(plain.status, ModuleStatus::Unknown);
+        assert!(admit(&plain, false).is_err());
+        assert_eq!(v4.to_string(), "AWS-LC FIPS 4.2.0 static, CMVP modules in process, NOT validated");
     }
 
     #[test]

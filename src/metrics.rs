@@ -26,6 +26,7 @@ pub const M_UPSTREAM_SESSIONS_IDLE: &str = "fipsrelay_upstream_sessions_idle";
 pub const M_UPSTREAM_ADDRESS_UP: &str = "fipsrelay_upstream_address_up";
 pub const M_LATENCY: &str = "fipsrelay_request_duration_seconds";
 pub const M_UPTIME: &str = "fipsrelay_uptime_seconds";
+pub const M_FIPS_MODULE: &str = "fipsrelay_fips_module_info";
 
 /// How often a worker publishes its stats.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(200);

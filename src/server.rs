@@ -101,6 +101,16 @@ fn server_names(config: &Config, routes: &RouteTable) -> Vec<String> {
     routes.upstreams.iter().map(|u| config.server_name_for(&u.host).to_string()).collect()
 }
 
+/// The warning for a module run through `crypto.allow_unvalidated_module`:
+/// at start and every [`crypto::UNVALIDATED_WARNING_INTERVAL`].
+fn warn_unvalidated(module: &crypto::FipsModule) {
+    tracing::warn!(
+        fips = %module,
+        status = module.status.name(),
+        "the FIPS module is NOT CMVP-validated (crypto.allow_unvalidated_module = true): traffic is not FIPS 140-validated"
+    );
+}
+
 /// CPUs this process may run on (taskset, systemd CPUAffinity, cpusets).
 pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
     core_affinity::get_core_ids().unwrap_or_default()
@@ -121,8 +131,11 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     let started_binary = handover::current_binary().ok();
     let binary_identity = started_binary.as_deref().and_then(handover::file_identity);
     let trust = trust_of(&config);
-    // Fail before binding anything if the FIPS checks, the trust store or run.user fail.
+    // Fail before binding anything if the FIPS checks, the module's CMVP
+    // status, the trust store or run.user fail.
     crypto::client_config(&trust)?;
+    let fips_module = crypto::linked_module();
+    let admission = crypto::admit(&fips_module, config.allow_unvalidated_module)?;
     if let (Some(user), 0) = (&config.run_user, unsafe { libc::geteuid() }) {
         crate::privileges::lookup(user)?;
     }
@@ -154,7 +167,6 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     if let Some(why) = &fallback {
         tracing::warn!(reason = %why, "io_uring unavailable; using the epoll backend");
     }
-    let fips_module = crypto::module_description();
     tracing::info!(
         version = VERSION,
         fips = %fips_module,
@@ -165,6 +177,9 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
         config = %source,
         "fipsrelay starting"
     );
+    if admission == crypto::Admission::AllowedUnvalidated {
+        warn_unvalidated(&fips_module);
+    }
     if took_over != (0, 0) {
         tracing::info!(
             listeners = took_over.0,
@@ -294,6 +309,17 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
                 "not every upstream host resolved at start; starting anyway (503 for those until they resolve)"
             );
         }
+    }
+    if admission == crypto::Admission::AllowedUnvalidated {
+        let module = info.fips_module.clone();
+        local.spawn_local(async move {
+            let start = tokio::time::Instant::now() + crypto::UNVALIDATED_WARNING_INTERVAL;
+            let mut tick = tokio::time::interval_at(start, crypto::UNVALIDATED_WARNING_INTERVAL);
+            loop {
+                tick.tick().await;
+                warn_unvalidated(&module);
+            }
+        });
     }
     if config.health.enabled {
         let (d, tls, names, interval) =

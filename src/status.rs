@@ -12,7 +12,8 @@ use crate::route::{ProductRoute, RouteTable, PRODUCTS};
 /// What the status pages need to know besides the counters.
 pub struct StatusInfo {
     pub version: &'static str,
-    pub fips_module: String,
+    /// The linked FIPS module and its CMVP status (`crypto::MODULE_TABLE`).
+    pub fips_module: crate::crypto::FipsModule,
     pub io_backend: &'static str,
     pub workers: usize,
     pub routes: std::sync::Arc<RouteTable>,
@@ -97,14 +98,25 @@ fn summary(info: &StatusInfo, hub: &StatsHub) -> String {
 }
 
 fn health(info: &StatusInfo, hub: &StatsHub) -> String {
-    format!(
-        "{{\"status\":\"ok\",\"version\":\"{}\",\"fips\":true,\"fips_module\":\"{}\",\"io\":\"{}\",\"workers\":{},\"uptime_seconds\":{}}}\n",
-        info.version,
-        info.fips_module,
-        info.io_backend,
-        info.workers,
-        hub.started.elapsed().as_secs()
-    )
+    let m = &info.fips_module;
+    let module = serde_json::json!({
+        "name": m.full,
+        "version": m.version,
+        "linkage": m.linkage.name(),
+        "certificate": m.status.certificate(),
+        "status": m.status.name(),
+        "validated": m.is_validated(),
+    });
+    let body = serde_json::json!({
+        "status": "ok",
+        "version": info.version,
+        "fips": true,
+        "fips_module": module,
+        "io": info.io_backend,
+        "workers": info.workers,
+        "uptime_seconds": hub.started.elapsed().as_secs(),
+    });
+    format!("{body}\n")
 }
 
 /// Latency histogram bucket bounds, in seconds.
@@ -118,6 +130,20 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
 
     let _ = writeln!(s, "# HELP {M_UPTIME} Seconds since the relay started.\n# TYPE {M_UPTIME} gauge");
     let _ = writeln!(s, "{M_UPTIME} {}", hub.started.elapsed().as_secs());
+
+    let fm = &info.fips_module;
+    let _ = writeln!(
+        s,
+        "# HELP {M_FIPS_MODULE} The linked FIPS module: version, CMVP certificate and status (always 1).\n# TYPE {M_FIPS_MODULE} gauge"
+    );
+    let _ = writeln!(
+        s,
+        "{M_FIPS_MODULE}{{version=\"{}\",certificate=\"{}\",status=\"{}\",linkage=\"{}\"}} 1",
+        fm.version,
+        fm.certificate_label(),
+        fm.status.name(),
+        fm.linkage.name()
+    );
 
     let _ = writeln!(
         s,

@@ -397,12 +397,24 @@ both_backends!(status_port_serves_summary_metrics_health, |io: &str| {
     assert!(metrics.contains("fipsrelay_request_body_bytes_total{product=\"traces\"} 6"));
     assert!(metrics.contains("fipsrelay_upstream_sessions_open{upstream=\"trace.agent.ddog-gov.com\"}"));
     let summary = relay.status_page("/");
-    assert!(summary.contains("fips: enabled (AWS-LC FIPS"), "{summary}");
+    let module = "AWS-LC FIPS 3.6.0 static, FIPS 140-3 certificate #5314, validated";
+    assert!(summary.contains(&format!("fips: enabled ({module})")), "{summary}");
+    assert!(metrics.contains(
+        "fipsrelay_fips_module_info{version=\"3.6.0\",certificate=\"5314\",status=\"validated\",linkage=\"static\"} 1"
+    ), "{metrics}");
+    assert!(relay.log().contains(&format!("fips={module}")), "{}", relay.log());
     let backend = if io == "uring" { "io: io_uring" } else { "io: epoll" };
     assert!(summary.contains(backend), "{summary}");
     assert!(summary.lines().any(|l| l.starts_with("traces (2)") && l.contains(" 3 ")), "{summary}");
     let health = relay.status_page("/health");
     assert!(health.contains("\"status\":\"ok\"") && health.contains("\"fips\":true"), "{health}");
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    let m = &health["fips_module"];
+    assert_eq!(m["version"], "3.6.0", "{health}");
+    assert_eq!(m["certificate"], 5314, "{health}");
+    assert_eq!(m["status"], "validated", "{health}");
+    assert_eq!(m["linkage"], "static", "{health}");
+    assert_eq!(m["validated"], true, "{health}");
     assert_eq!(relay.request(0, "POST", "/admin", &[], b"x").status, 405);
     assert_eq!(relay.request(0, "GET", "/nope", &[], b"").status, 404);
 });
@@ -481,9 +493,40 @@ fn version_reports_fips_module() {
     let out = std::process::Command::new(relay_bin()).arg("version").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("fips: enabled (AWS-LC FIPS "), "{text}");
+    assert!(
+        text.contains("fips: enabled (AWS-LC FIPS 3.6.0 static, FIPS 140-3 certificate #5314, validated)"),
+        "{text}"
+    );
     assert!(text.contains("TLS13_AES_256_GCM_SHA384") && !text.contains("CHACHA"), "{text}");
     assert!(text.contains("io_uring: "), "{text}");
+}
+
+/// Only the FIPS module encrypts: the relay binary links the pinned FIPS
+/// build of AWS-LC (symbols prefixed `aws_lc_fips_0_13_17_`) and none of the
+/// non-FIPS AWS-LC that rustls' `aws_lc_rs` feature also compiles
+/// (`aws_lc_0_<version>_`).
+#[test]
+fn binary_links_only_the_fips_module() {
+    let bin = std::fs::read(relay_bin()).unwrap();
+    let has = |needle: &[u8]| bin.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"aws_lc_fips_0_13_17_"), "the pinned FIPS module's symbols are missing");
+    assert!(!has(b"aws_lc_0_"), "the binary links a non-FIPS AWS-LC (aws_lc_0_* symbols)");
+}
+
+#[test]
+fn unvalidated_module_key_is_checked() {
+    let dir = TestDir::new();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[crypto]\nallow_unvalidated_module = \"yes\"\n").unwrap();
+    let out = std::process::Command::new(relay_bin()).args(["check-config", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("allow_unvalidated_module"), "{err}");
+    std::fs::write(&config, "[crypto]\nallow_unvalidated_module = true\n").unwrap();
+    let out = std::process::Command::new(relay_bin()).args(["check-config", "--config"]).arg(&config).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("allow_unvalidated_module = true"), "{text}");
 }
 
 #[test]
