@@ -5,8 +5,14 @@
 //! interleaved (fipsrelay, HAProxy, fipsrelay, …); medians are reported with
 //! the ratio fipsrelay/HAProxy, and the whole result is written as JSON.
 //!
-//! Run: `benches/compare.sh` (installs HAProxy when missing), or
-//! `cargo bench --bench compare -- [--quick] [--secs N] [--reps N] [--json FILE]`.
+//! A second rig cross-checks the closed-loop rows with tools nobody here
+//! wrote: `wrk` (Debian) as the Agent and nginx-full as the TLS intake
+//! (`echo_read_request_body`, then 202), wrk and nginx on CPU 0, the proxy
+//! alone on CPU 1 as before. Both rigs' ratios are printed.
+//!
+//! Run: `benches/compare.sh` (installs HAProxy, wrk and nginx-full when
+//! missing), or
+//! `cargo bench --bench compare -- [--quick] [--secs N] [--reps N] [--json FILE] [--no-external]`.
 
 mod harness;
 
@@ -103,8 +109,63 @@ fn main() {
             "ratio": {"req_per_s": ratio(r.req_per_s, h.req_per_s), "cpu_us_per_req": ratio(r.cpu_us_per_req, h.cpu_us_per_req), "p99_us": ratio(r.p99_us, h.p99_us)}}));
     }
     println!("idle RSS: fipsrelay {:.1} MiB, haproxy {:.1} MiB", idle.0 as f64 / 1024.0, idle.1 as f64 / 1024.0);
+    drop(mock);
+
+    // The external rig: wrk → proxy → nginx (TLS, reads the whole body).
+    let mut external_rows = Vec::new();
+    let wrk_ok = std::path::Path::new("/usr/bin/wrk").exists();
+    if has_flag("--no-external") {
+        println!("# external rig skipped (--no-external)");
+    } else if !wrk_ok || nginx_bin().is_none() || echo_module().is_none() {
+        println!("# external rig skipped: needs /usr/bin/wrk and nginx-full's echo module (benches/compare.sh installs them)");
+    } else {
+        let tls = dir.path().join("tls");
+        let nginx = start_nginx_intake(dir.path(), &tls, load_cpu);
+        println!();
+        println!("# external rig: wrk -t1 (Debian) → proxy → nginx-full TLS intake (echo_read_request_body; 202), wrk + nginx on CPU {load_cpu:?}");
+        println!(
+            "{:<34} {:>10} {:>12} {:>9} {:>9} {:>10} {:>9}",
+            "workload / proxy", "req/s", "CPU µs/req", "p50 µs", "p99 µs", "", "RSS MiB"
+        );
+        for (name, bytes, conns) in
+            [("1 KiB closed loop, 64 conns (wrk)", 1024, 64), ("64 KiB closed loop, 64 conns (wrk)", 65536, 64)]
+        {
+            let (mut rs, mut hs) = (Vec::new(), Vec::new());
+            for _ in 0..reps {
+                for kind in ["fipsrelay", "haproxy"] {
+                    let target = match kind {
+                        "fipsrelay" => start_relay_to(&bins, dir.path(), nginx.addr, &nginx.ca, proxy_cpu, 1, "auto"),
+                        _ => start_haproxy_to(&haproxy, dir.path(), nginx.addr, &nginx.ca, proxy_cpu, 1),
+                    };
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    let s = run_wrk(dir.path(), &target, bytes, conns, secs, load_cpu);
+                    if kind == "fipsrelay" {
+                        rs.push(s)
+                    } else {
+                        hs.push(s)
+                    }
+                }
+            }
+            let (r, h) = (median(&rs), median(&hs));
+            println!("{name}");
+            for (label, s) in [("  fipsrelay", &r), ("  haproxy", &h)] {
+                println!("{}", s.row(label));
+            }
+            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+            println!(
+                "{:<34} {:>10.2} {:>12.2} {:>9.2} {:>9.2}",
+                "  ratio fipsrelay/haproxy",
+                ratio(r.req_per_s, h.req_per_s),
+                ratio(r.cpu_us_per_req, h.cpu_us_per_req),
+                ratio(r.p50_us, h.p50_us),
+                ratio(r.p99_us, h.p99_us)
+            );
+            external_rows.push(serde_json::json!({"workload": name, "fipsrelay": r, "haproxy": h,
+                "ratio": {"req_per_s": ratio(r.req_per_s, h.req_per_s), "cpu_us_per_req": ratio(r.cpu_us_per_req, h.cpu_us_per_req), "p99_us": ratio(r.p99_us, h.p99_us)}}));
+        }
+    }
     let out = serde_json::json!({"machine": machine(), "haproxy": version, "secs": secs, "reps": reps, "rows": json_rows,
-        "idle_rss_kib": {"fipsrelay": idle.0, "haproxy": idle.1}});
+        "external_rows": external_rows, "idle_rss_kib": {"fipsrelay": idle.0, "haproxy": idle.1}});
     let path = arg_value("--json").unwrap_or_else(|| "target/compare.json".into());
     std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
     println!("# JSON written to {path}");

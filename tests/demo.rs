@@ -1,4 +1,5 @@
-//! `fipsrelay demo --seconds 2` runs end to end and its verification matches.
+//! `fipsrelay demo` runs end to end at its default length (10 s, the README's
+//! first command) and its verification matches.
 //! Needs the workspace binaries (mock-intake, loadgen) built beside fipsrelay:
 //! `cargo build --workspace` (scripts/test.sh does it).
 
@@ -15,7 +16,8 @@ fn demo_runs_and_verifies() {
             "{b} missing beside fipsrelay: run `cargo build --workspace` first (scripts/test.sh does)"
         );
     }
-    let out = Command::new(relay).args(["demo", "--seconds", "2", "--connections", "8"]).output().unwrap();
+    // No options: exactly what ./scripts/demo.sh runs.
+    let out = Command::new(relay).arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}");

@@ -143,14 +143,27 @@ fn free_base() -> u16 {
 }
 
 pub fn start_relay(bins: &Bins, dir: &Path, mock: &Mock, cpu: Option<usize>, threads: usize, io: &str) -> Target {
+    start_relay_to(bins, dir, mock.addr, &mock.ca, cpu, threads, io)
+}
+
+/// The relay in front of any TLS intake at `addr` whose certificate `ca` signs.
+pub fn start_relay_to(
+    bins: &Bins,
+    dir: &Path,
+    addr: SocketAddr,
+    ca: &Path,
+    cpu: Option<usize>,
+    threads: usize,
+    io: &str,
+) -> Target {
     let base = free_base();
     let config = dir.join(format!("fipsrelay-{base}.toml"));
     std::fs::write(
         &config,
         format!(
             "[listen]\nport_range_start = {base}\n[workers]\nthreads = {threads}\npin = false\nio = \"{io}\"\n[upstream]\noverride_addr = \"{}\"\nca_file = \"{}\"\nmax_idle_per_host = 256\n[log]\nlevel = \"warn\"\n[admin]\nenabled = false\n",
-            mock.addr,
-            mock.ca.display()
+            addr,
+            ca.display()
         ),
     )
     .unwrap();
@@ -170,14 +183,26 @@ pub fn start_relay(bins: &Bins, dir: &Path, mock: &Mock, cpu: Option<usize>, thr
 /// HTTP frontend, TLS backend with `verify required` against the CA,
 /// `http-reuse always`, `nbthread` = threads.
 pub fn start_haproxy(haproxy: &Path, dir: &Path, mock: &Mock, cpu: Option<usize>, threads: usize) -> Target {
+    start_haproxy_to(haproxy, dir, mock.addr, &mock.ca, cpu, threads)
+}
+
+/// HAProxy as the FIPS proxy in front of any TLS intake at `addr`.
+pub fn start_haproxy_to(
+    haproxy: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    ca: &Path,
+    cpu: Option<usize>,
+    threads: usize,
+) -> Target {
     let port = free_base() + 1;
     let config = dir.join(format!("haproxy-{port}.cfg"));
     std::fs::write(
         &config,
         format!(
             "global\n    nbthread {threads}\n    maxconn 4096\n    tune.ssl.default-dh-param 2048\n    ssl-default-server-ciphersuites TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256\n    ssl-default-server-ciphers ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256\n    ssl-default-server-options ssl-min-ver TLSv1.2\n\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 5s\n    timeout server 5s\n    retries 3\n    option redispatch\n\nfrontend metrics-forwarder\n    bind 127.0.0.1:{port}\n    default_backend datadog-metrics\n\nbackend datadog-metrics\n    http-reuse always\n    http-request set-header Host metrics.agent.ddog-gov.com\n    server mothership {} ssl verify required ca-file {} sni str(metrics.agent.ddog-gov.com)\n",
-            mock.addr,
-            mock.ca.display()
+            addr,
+            ca.display()
         ),
     )
     .unwrap();
@@ -304,4 +329,130 @@ pub fn arg_value(name: &str) -> Option<String> {
 
 pub fn has_flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)
+}
+
+/// A Debian nginx as the TLS intake (the external rig): one worker, TLS 1.2
+/// and 1.3 with the mock PKI's leaf certificate, reading the whole body
+/// (`echo_read_request_body`, nginx-full's echo module) before answering 202.
+pub struct NginxIntake {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub ca: PathBuf,
+}
+
+pub fn nginx_bin() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"].iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+pub fn echo_module() -> Option<PathBuf> {
+    let p = PathBuf::from("/usr/share/nginx/modules/ngx_http_echo_module.so");
+    p.exists().then_some(p)
+}
+
+/// Starts nginx with `tls` (a mock-intake PKI directory: ca.pem, cert.pem, key.pem).
+pub fn start_nginx_intake(dir: &Path, tls: &Path, cpu: Option<usize>) -> NginxIntake {
+    let nginx = nginx_bin().expect("nginx not installed: apt-get install nginx-full");
+    let echo = echo_module().expect("nginx's echo module missing: apt-get install nginx-full");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let root = dir.join(format!("nginx-{port}"));
+    std::fs::create_dir_all(&root).unwrap();
+    let conf = root.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "load_module {echo};\nworker_processes 1;\ndaemon off;\npid {r}/nginx.pid;\nerror_log {r}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {r}/body;\n  proxy_temp_path {r}/proxy;\n\
+               fastcgi_temp_path {r}/fastcgi;\n  uwsgi_temp_path {r}/uwsgi;\n  scgi_temp_path {r}/scgi;\n\
+               client_body_buffer_size 128k;\n  client_max_body_size 64m;\n\
+               server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {t}/cert.pem;\n    ssl_certificate_key {t}/key.pem;\n\
+                 ssl_protocols TLSv1.2 TLSv1.3;\n    keepalive_requests 10000000;\n    keepalive_timeout 120s;\n\
+                 location / {{ echo_read_request_body; echo_status 202; echo -n \"{{}}\"; }}\n  }}\n}}\n",
+            echo = echo.display(),
+            r = root.display(),
+            t = tls.display()
+        ),
+    )
+    .unwrap();
+    let child = pinned(&nginx, cpu)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nginx");
+    let mut proc = Proc { child, name: "nginx".into() };
+    wait_port(port, &mut proc);
+    NginxIntake { proc, addr: SocketAddr::from(([127, 0, 0, 1], port)), ca: tls.join("ca.pem") }
+}
+
+/// Runs wrk (Debian's; closed loop, one thread) against `target` with POSTs
+/// of `body_bytes`, and measures the target's CPU over the run. A 1 s wrk run
+/// first warms the pools.
+pub fn run_wrk(
+    dir: &Path,
+    target: &Target,
+    body_bytes: usize,
+    connections: usize,
+    secs: u64,
+    cpu: Option<usize>,
+) -> Sample {
+    let script = dir.join(format!("post-{body_bytes}.lua"));
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", {body_bytes})\n\
+             wrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"DD-API-KEY\"] = \"0123456789abcdef0123456789abcdef\"\n"
+        ),
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{}/api/v2/series", target.metrics_port);
+    let wrk = |d: u64| {
+        let mut c = pinned(Path::new("/usr/bin/wrk"), cpu);
+        c.args(["-t1", "-c", &connections.to_string(), "-d", &format!("{d}s"), "--latency", "-s"])
+            .arg(&script)
+            .arg(&url)
+            .stderr(Stdio::null());
+        c
+    };
+    let _ = wrk(1).stdout(Stdio::null()).status();
+    let cpu0 = cpu_us(target.proc.pid());
+    let out = wrk(secs).output().expect("wrk not installed: apt-get install wrk");
+    let cpu1 = cpu_us(target.proc.pid());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| -> Option<String> {
+        text.lines().map(str::trim).find(|l| l.starts_with(prefix)).map(|l| l[prefix.len()..].trim().to_string())
+    };
+    let dur_us = |v: &str| -> f64 {
+        let v = v.trim();
+        let (num, mult) = if let Some(n) = v.strip_suffix("us") {
+            (n, 1.0)
+        } else if let Some(n) = v.strip_suffix("ms") {
+            (n, 1e3)
+        } else if let Some(n) = v.strip_suffix('s') {
+            (n, 1e6)
+        } else {
+            (v, 1.0)
+        };
+        num.trim().parse::<f64>().unwrap_or(0.0) * mult
+    };
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let non2xx: u64 = field("Non-2xx or 3xx responses:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    Sample {
+        req_per_s: field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0),
+        ok: requests.saturating_sub(non2xx),
+        errors: non2xx,
+        cpu_us_per_req: cpu1.saturating_sub(cpu0) as f64 / requests.max(1) as f64,
+        p50_us: field("50%").map(|v| dur_us(&v)).unwrap_or(0.0),
+        p99_us: field("99%").map(|v| dur_us(&v)).unwrap_or(0.0),
+        p99_9_us: 0.0,
+        rss_kib: rss_kib(target.proc.pid()),
+    }
 }

@@ -70,9 +70,17 @@ struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_long_duration)]
     timeout: Duration,
     /// Open loop at this many requests per second in all (latency counted
-    /// from each request's intended send time); closed loop without it.
+    /// from each request's intended send time; each request waits on a
+    /// timerfd and leaves within µs of it); closed loop without it. The
+    /// report adds the client's own send lag (p50/p99/max) and warns when
+    /// it is large enough to distort the latency figures.
     #[arg(long, short = 'r')]
     rate: Option<f64>,
+    /// Open loop: busy-wait (yielding) this long before each send instead of
+    /// sleeping through it, e.g. 100us; for a client with a CPU of its own
+    /// (it keeps that CPU busy). Removes the idle wake-up from the send lag.
+    #[arg(long, default_value = "0", value_parser = parse_long_duration)]
+    spin: Duration,
     /// series | logs | traces | raw
     #[arg(long, default_value = "series")]
     payload: PayloadKind,
@@ -83,7 +91,9 @@ struct Args {
     #[arg(long, default_value = "none")]
     compress: Compression,
     /// Mock intake to verify against, https://host:port: it is reset
-    /// before the run and every body answered 2xx must be there once.
+    /// before the run and every body answered 2xx must be there once. No
+    /// limit on the run's length: both sides keep fixed-size digests, and
+    /// lost/duplicated/corrupted are reported only when proven.
     #[arg(long, value_name = "MOCK_URL")]
     verify: Option<String>,
     /// PEM CA of the mock intake (default: <--tls-dir>/ca.pem).
@@ -150,6 +160,7 @@ fn options(args: Args) -> Result<(LoadOptions, Option<PathBuf>)> {
         requests: args.requests,
         timeout: args.timeout,
         rate: args.rate,
+        spin: args.spin,
         payload: args.payload,
         body_size: args.body_size,
         compression: args.compress,

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::histogram::Latencies;
 use super::http::{Connection, ExchangeError};
+use super::pace::{tighten_timer_slack, Pacer, SendLag};
 use super::payload::{BodyGen, PayloadPool};
 use super::report::ErrorCounts;
 use super::schedule::Schedule;
@@ -32,9 +33,6 @@ use crate::hash::body_hash;
 /// Pause after a failed connect in closed loop, so a dead target is not
 /// hammered in a tight loop.
 const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(10);
-/// Hashes kept per thread for `--verify` (each list); past it the
-/// verification is reported incomplete.
-const MAX_HASHES_PER_THREAD: usize = 4_000_000;
 /// How often a thread publishes its progress snapshot.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Highest status code counted one by one.
@@ -50,11 +48,15 @@ pub(crate) struct Plan {
     pub threads: usize,
     pub pin: bool,
     pub rate: Option<f64>,
+    /// Open loop: busy-wait this long before each send (see `LoadOptions::spin`).
+    pub spin: Duration,
     pub warmup: Duration,
     pub duration: Duration,
     pub timeout: Duration,
     pub requests: Option<u64>,
     pub collect_hashes: bool,
+    /// With `collect_hashes`: every body answered 2xx, shared by the threads.
+    pub ok_filter: Option<Arc<crate::digest::SentFilter>>,
     pub api_key: String,
     /// Measured requests claimed so far (for `requests`).
     pub claimed: AtomicU64,
@@ -81,6 +83,8 @@ impl Plan {
 /// What one thread measured.
 pub(crate) struct ThreadStats {
     pub latencies: Latencies,
+    /// Open loop: how late the client itself sent (see [`SendLag`]).
+    pub send_lag: SendLag,
     pub requests: u64,
     pub responses: u64,
     pub status: Vec<u64>,
@@ -88,9 +92,11 @@ pub(crate) struct ThreadStats {
     pub connections_opened: u64,
     pub sent_bytes: u64,
     pub received_bytes: u64,
-    pub ok_hashes: Vec<u64>,
+    /// Digest of the bodies answered 2xx (fixed size, `--verify` only).
+    pub ok_digest: Option<Box<crate::digest::BodyDigest>>,
+    /// Bodies sent without a 2xx answer, at most `verify::MAX_UNCONFIRMED`.
     pub unconfirmed_hashes: Vec<u64>,
-    pub hashes_truncated: bool,
+    pub unconfirmed_truncated: bool,
     /// When the last measured request finished.
     pub last_done: Option<Instant>,
 }
@@ -99,6 +105,7 @@ impl Default for ThreadStats {
     fn default() -> Self {
         ThreadStats {
             latencies: Latencies::new(),
+            send_lag: SendLag::default(),
             requests: 0,
             responses: 0,
             status: vec![0; MAX_STATUS + 1],
@@ -106,9 +113,9 @@ impl Default for ThreadStats {
             connections_opened: 0,
             sent_bytes: 0,
             received_bytes: 0,
-            ok_hashes: Vec::new(),
+            ok_digest: None,
             unconfirmed_hashes: Vec::new(),
-            hashes_truncated: false,
+            unconfirmed_truncated: false,
             last_done: None,
         }
     }
@@ -117,6 +124,7 @@ impl Default for ThreadStats {
 impl ThreadStats {
     pub fn merge(&mut self, other: ThreadStats) {
         self.latencies.merge(&other.latencies);
+        self.send_lag.merge(&other.send_lag);
         self.requests += other.requests;
         self.responses += other.responses;
         for (a, b) in self.status.iter_mut().zip(&other.status) {
@@ -126,17 +134,23 @@ impl ThreadStats {
         self.connections_opened += other.connections_opened;
         self.sent_bytes += other.sent_bytes;
         self.received_bytes += other.received_bytes;
-        self.ok_hashes.extend(other.ok_hashes);
-        self.unconfirmed_hashes.extend(other.unconfirmed_hashes);
-        self.hashes_truncated |= other.hashes_truncated;
+        match (&mut self.ok_digest, other.ok_digest) {
+            (Some(mine), Some(theirs)) => mine.merge(&theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
+        for h in other.unconfirmed_hashes {
+            self.keep_unconfirmed(h);
+        }
+        self.unconfirmed_truncated |= other.unconfirmed_truncated;
         self.last_done = self.last_done.max(other.last_done);
     }
 
-    fn keep_hash(list: &mut Vec<u64>, truncated: &mut bool, hash: u64) {
-        if list.len() < MAX_HASHES_PER_THREAD {
-            list.push(hash);
+    fn keep_unconfirmed(&mut self, hash: u64) {
+        if self.unconfirmed_hashes.len() < super::verify::MAX_UNCONFIRMED {
+            self.unconfirmed_hashes.push(hash);
         } else {
-            *truncated = true;
+            self.unconfirmed_truncated = true;
         }
     }
 }
@@ -213,6 +227,8 @@ pub(crate) fn thread_main(
         // Best effort: a refused pin leaves the thread unpinned.
         core_affinity::set_for_current(core);
     }
+    // Open-loop sends wake on timerfds: no timer slack batching them late.
+    tighten_timer_slack();
     let indexes: Vec<usize> = (thread..plan.connections).step_by(plan.threads).collect();
     let setup = (|| -> Result<_, LoadError> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(LoadError::Runtime)?;
@@ -309,15 +325,26 @@ impl Driver {
         let warm_end = self.start + plan.warmup;
         let end = warm_end + plan.duration;
         let mut schedule = plan.rate.map(|rate| Schedule::new(self.start, rate, self.index, plan.connections));
+        let pacer = match schedule.as_ref().map(|_| Pacer::new()) {
+            Some(Ok(p)) => Some(p),
+            Some(Err(_)) => {
+                self.stats.borrow_mut().errors.other += 1;
+                return;
+            }
+            None => None,
+        };
         let mut sequence = 0u64;
+        // When this connection became free: the previous answer (or the start).
+        let mut free_at = self.start;
         loop {
+            // Open loop: the intended time; the request is built before the
+            // wait, so that it leaves at that time, not after its compression.
             let intended = match &mut schedule {
                 Some(schedule) => {
                     let at = schedule.next_send();
                     if at >= end {
                         break;
                     }
-                    tokio::time::sleep_until(at.into()).await;
                     at
                 }
                 None => {
@@ -351,6 +378,17 @@ impl Driver {
             let _ = write!(head, "Content-Length: {}\r\n\r\n", body.len());
             let hash = if plan.collect_hashes { body_hash(body) } else { 0 };
             let request_bytes = (head.len() + body.len()) as u64;
+            if let Some(pacer) = &pacer {
+                if pacer.sleep_until(intended, plan.spin).await.is_err() {
+                    tokio::time::sleep_until(intended.into()).await;
+                }
+                if measured {
+                    // The client's own lateness: from when the request could
+                    // leave (intended, or the previous answer if later) to now.
+                    let lag = Instant::now().saturating_duration_since(intended.max(free_at));
+                    self.stats.borrow_mut().send_lag.record(lag);
+                }
+            }
 
             let slot = &mut self.conn;
             let stats = &self.stats;
@@ -381,6 +419,7 @@ impl Driver {
                 }
             };
             let done = Instant::now();
+            free_at = done;
             let connect_failed = matches!(outcome, Outcome::Failed(ExchangeError::Connect(_)));
             if measured {
                 self.record(outcome, intended, done, request_bytes, hash);
@@ -425,9 +464,12 @@ impl Driver {
         };
         if self.plan.collect_hashes {
             if ok {
-                ThreadStats::keep_hash(&mut stats.ok_hashes, &mut stats.hashes_truncated, hash);
+                stats.ok_digest.get_or_insert_with(Default::default).insert(hash);
+                if let Some(filter) = &self.plan.ok_filter {
+                    filter.insert(hash);
+                }
             } else {
-                ThreadStats::keep_hash(&mut stats.unconfirmed_hashes, &mut stats.hashes_truncated, hash);
+                stats.keep_unconfirmed(hash);
             }
         }
     }

@@ -14,6 +14,7 @@
 mod engine;
 pub mod histogram;
 pub mod http;
+pub mod pace;
 pub mod payload;
 pub mod report;
 pub mod schedule;
@@ -31,7 +32,7 @@ pub use verify::VerifyOptions;
 
 use engine::{Live, Plan, StartGate, ThreadStats};
 use payload::PayloadPool;
-use verify::{MockControl, SentHashes};
+use verify::{MockControl, SentBodies};
 
 /// Longest `duration` (and `warmup`) accepted.
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
@@ -69,6 +70,9 @@ pub struct LoadOptions {
     pub timeout: Duration,
     /// Open loop at this many req/s in all; `None` = closed loop.
     pub rate: Option<f64>,
+    /// Open loop: busy-wait (yielding) this long before each send instead of
+    /// sleeping through it, for a client with a CPU of its own. Zero: sleep.
+    pub spin: Duration,
     pub payload: PayloadKind,
     pub body_size: BodySize,
     pub compression: Compression,
@@ -91,6 +95,7 @@ impl Default for LoadOptions {
             requests: None,
             timeout: DEFAULT_TIMEOUT,
             rate: None,
+            spin: Duration::ZERO,
             payload: PayloadKind::Series,
             body_size: BodySize::default(),
             compression: Compression::None,
@@ -147,6 +152,12 @@ impl LoadOptions {
         if self.timeout.is_zero() {
             return bad("timeout must be above 0".into());
         }
+        if self.spin > Duration::from_millis(10) {
+            return bad(format!("--spin must be at most 10ms, not {:?}", self.spin));
+        }
+        if !self.spin.is_zero() && self.rate.is_none() {
+            return bad("--spin applies to the open loop: give --rate too".to_string());
+        }
         if let Some(rate) = self.rate {
             if !(rate > 0.0 && rate <= MAX_RATE) {
                 return bad(format!("rate must be above 0 and at most {MAX_RATE} req/s, not {rate}"));
@@ -188,11 +199,13 @@ pub fn run(opts: LoadOptions) -> Result<Report, LoadError> {
         threads: opts.threads,
         pin: opts.pin,
         rate: opts.rate,
+        spin: opts.spin,
         warmup: opts.warmup,
         duration: opts.duration,
         timeout: opts.timeout,
         requests: opts.requests,
         collect_hashes: control.is_some(),
+        ok_filter: control.is_some().then(|| Arc::new(crate::digest::SentFilter::default())),
         api_key: fake_api_key(nonce),
         claimed: AtomicU64::new(0),
     });
@@ -252,12 +265,13 @@ pub fn run(opts: LoadOptions) -> Result<Report, LoadError> {
 
     let verify = match &control {
         Some(control) => {
-            let sent = SentHashes {
-                ok: std::mem::take(&mut total.ok_hashes),
+            let sent = SentBodies {
+                ok: total.ok_digest.take().map(|d| *d).unwrap_or_default(),
+                ok_filter: plan.ok_filter.clone(),
                 unconfirmed: std::mem::take(&mut total.unconfirmed_hashes),
-                truncated: total.hashes_truncated,
+                unconfirmed_truncated: total.unconfirmed_truncated,
             };
-            Some(verify::compare(&sent, &control.hashes()?))
+            Some(verify::compare(&sent, &control.digest()?))
         }
         None => None,
     };
@@ -282,6 +296,7 @@ pub fn run(opts: LoadOptions) -> Result<Report, LoadError> {
         sent_bytes: total.sent_bytes,
         received_bytes: total.received_bytes,
         latency_us: total.latencies.summary(),
+        send_lag_us: total.send_lag.summary(),
         verify,
         ..Report::default()
     };
@@ -305,6 +320,8 @@ mod tests {
             LoadOptions { duration: Duration::from_secs(3601), ..ok.clone() },
             LoadOptions { rate: Some(0.0), ..ok.clone() },
             LoadOptions { rate: Some(f64::NAN), ..ok.clone() },
+            LoadOptions { spin: Duration::from_micros(100), ..ok.clone() },
+            LoadOptions { rate: Some(10.0), spin: Duration::from_millis(11), ..ok.clone() },
             LoadOptions { requests: Some(0), ..ok.clone() },
         ] {
             assert!(matches!(bad.validate(), Err(LoadError::Option(_))), "{bad:?}");

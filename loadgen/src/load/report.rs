@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::histogram::LatencySummary;
+use super::pace::SendLagSummary;
 use super::payload::{Compression, PayloadKind};
 
 /// Version of the JSON layout below; bumped on any incompatible change.
@@ -44,16 +45,20 @@ pub const REPORT_SCHEMA: u32 = 1;
 ///     "count": 39990, "min": 80, "mean": 150.2, "stdev": 30.1,
 ///     "p50": 140, "p90": 190, "p99": 400, "p99_9": 900, "p99_99": 2100, "max": 3500
 ///   },
+///   "send_lag_us": null | {           // open loop only: actual send − when it could leave, µs (0.1 steps)
+///     "count": 39990, "p50": 3.2, "p99": 11.5, "max": 240.0
+///   },
+///   "send_lag_unreliable": false,     // true: p99 lag > max(50 µs, 20 % of latency p99); latency figures carry client delay
 ///   "verify": null | {                // only with --verify
-///     "matched": true,                // lost, duplicated and corrupted all 0 and the mock's list complete
+///     "matched": true,                // proven: the mock holds exactly the 2xx bodies (plus unconfirmed ones)
 ///     "bodies": 39980,                // bodies answered 2xx (the multiset compared)
-///     "mock_bodies": 39985,           // hashes the mock returned
-///     "mock_requests": 39985,         // requests the mock counted (> mock_bodies: its record list overflowed)
-///     "lost": 0,                      // answered 2xx, absent at the mock
+///     "mock_bodies": 39985,           // bodies the mock recorded
+///     "mock_requests": 39985,         // requests the mock counted
+///     "lost": 0,                      // answered 2xx, absent at the mock (a lower bound when complete is false)
 ///     "duplicated": 0,                // at the mock more often than sent
 ///     "corrupted": 0,                 // at the mock, never sent at all
 ///     "unconfirmed": 5,               // sent without a 2xx answer, yet at the mock (not a mismatch)
-///     "complete": true                // false: the mock or loadgen dropped hashes past their bounds
+///     "complete": true                // false: too many bodies differ to name each; only "lost" is then proven
 ///   }
 /// }
 /// ```
@@ -82,6 +87,10 @@ pub struct Report {
     pub sent_mb_per_s: f64,
     pub received_mb_per_s: f64,
     pub latency_us: LatencySummary,
+    #[serde(default)]
+    pub send_lag_us: Option<SendLagSummary>,
+    #[serde(default)]
+    pub send_lag_unreliable: bool,
     pub verify: Option<VerifyReport>,
 }
 
@@ -138,12 +147,18 @@ impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.matched {
             write!(f, "verify: MATCH ({} bodies)", self.bodies)?;
+        } else if !self.complete && self.lost > 0 {
+            write!(
+                f,
+                "verify: MISMATCH lost>={} (the mock recorded {} bodies, {} were answered 2xx; too many differ to name each)",
+                self.lost, self.mock_bodies, self.bodies
+            )?;
         } else if !self.complete {
             write!(
                 f,
-                "verify: INCOMPLETE (the mock recorded {} of {} requests, or loadgen kept too few hashes; \
-                 use --requests to stay below the mock's record limit)",
-                self.mock_bodies, self.mock_requests
+                "verify: UNDECIDED (the mock recorded {} bodies, {} were answered 2xx; the difference is too large to tell \
+                 which of the bodies sent without a 2xx answer reached it; nothing is proven lost)",
+                self.mock_bodies, self.bodies
             )?;
         } else {
             write!(
@@ -171,6 +186,7 @@ impl Report {
         self.ok_per_s = self.ok as f64 / d;
         self.sent_mb_per_s = mb(self.sent_bytes as f64 / d);
         self.received_mb_per_s = mb(self.received_bytes as f64 / d);
+        self.send_lag_unreliable = self.send_lag_us.as_ref().is_some_and(|l| l.unreliable(self.latency_us.p99));
     }
 }
 
@@ -232,6 +248,22 @@ impl fmt::Display for Report {
             ms(l.mean as u64),
             l.count
         )?;
+        if let Some(lag) = &self.send_lag_us {
+            writeln!(
+                f,
+                "send lag      p50 {:.1}µs  p99 {:.1}µs  max {:.1}µs  (actual send − intended; the client's own delay)",
+                lag.p50, lag.p99, lag.max
+            )?;
+            if self.send_lag_unreliable {
+                writeln!(
+                    f,
+                    "WARNING       send lag p99 {:.1}µs is above {:.1}µs: the client could not keep the rate on time \
+                     (saturated?), so the latency figures above include its own delay; use fewer req/s per thread or more --threads",
+                    lag.p99,
+                    SendLagSummary::limit_us(l.p99)
+                )?;
+            }
+        }
         if let Some(v) = &self.verify {
             writeln!(f, "{v}")?;
         }

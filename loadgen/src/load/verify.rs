@@ -1,10 +1,16 @@
 //! `--verify`: talks to the mock intake's control endpoints over TLS
-//! (`POST /mock/reset` before the run, `GET /mock/hashes` after it) and
+//! (`POST /mock/reset` before the run, `GET /mock/digest` after it) and
 //! compares, as multisets of body hashes, what the client saw accepted with
-//! what the mock recorded. Builds its rustls config with the ring provider
+//! what the mock recorded. Both sides keep a fixed-size
+//! [`BodyDigest`](crate::digest::BodyDigest), so a run of any length is
+//! verified in bounded memory; the digests name the bodies that differ when
+//! there are few enough. Lost, duplicated and corrupted are reported only when
+//! the comparison proves them. Builds its rustls config with the ring provider
 //! only; it never sends load.
 
 use std::collections::HashMap;
+
+use crate::digest::{BodyDigest, Difference, SentFilter};
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConnection, StreamOwned};
 
 use super::report::VerifyReport;
-use crate::mock::{MockHashes, HASHES_PATH, RESET_PATH};
+use crate::mock::{MockDigest, DIGEST_PATH, RESET_PATH};
 
 /// Connect, read and write timeout for a control request.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,23 +115,30 @@ impl MockControl {
         self.request("POST", RESET_PATH).map(drop)
     }
 
-    pub fn hashes(&self) -> Result<MockHashes, VerifyError> {
-        Ok(serde_json::from_slice(&self.request("GET", HASHES_PATH)?)?)
+    pub fn digest(&self) -> Result<MockDigest, VerifyError> {
+        Ok(serde_json::from_slice(&self.request("GET", DIGEST_PATH)?)?)
     }
 }
 
+/// Bodies sent without a 2xx answer that loadgen keeps one by one (8 MiB);
+/// past it, such bodies can no longer be told from duplicates.
+pub const MAX_UNCONFIRMED: usize = 1 << 20;
+
 /// What the client sent, by outcome.
-#[derive(Clone, Debug, Default)]
-pub struct SentHashes {
-    /// Hashes of bodies answered 2xx.
-    pub ok: Vec<u64>,
-    /// Hashes of bodies sent (at least in part) without a 2xx answer.
+#[derive(Default)]
+pub struct SentBodies {
+    /// Digest of the bodies answered 2xx.
+    pub ok: BodyDigest,
+    /// The same bodies, for "was this body sent?" ([`SentFilter`]).
+    pub ok_filter: Option<std::sync::Arc<SentFilter>>,
+    /// Hashes of bodies sent (at least in part) without a 2xx answer: they
+    /// may or may not have reached the intake.
     pub unconfirmed: Vec<u64>,
-    /// Some hashes were not kept (past the client's bound).
-    pub truncated: bool,
+    /// More than [`MAX_UNCONFIRMED`] such bodies: not all were kept.
+    pub unconfirmed_truncated: bool,
 }
 
-fn counts(hashes: &[u64]) -> HashMap<u64, u64> {
+fn counts(hashes: &[u64]) -> HashMap<u64, i64> {
     let mut map = HashMap::with_capacity(hashes.len());
     for &h in hashes {
         *map.entry(h).or_insert(0) += 1;
@@ -133,36 +146,71 @@ fn counts(hashes: &[u64]) -> HashMap<u64, u64> {
     map
 }
 
-/// Compares `sent` with what the mock recorded. For each hash: answered 2xx
-/// `a` times, sent without 2xx `u` times, recorded `m` times:
-/// - `m < a`: `a - m` lost;
-/// - `m > a`: up to `u` of the extra are unconfirmed (a non-2xx that still
-///   got through), the rest duplicated — or corrupted when `a + u = 0`
-///   (bytes the client never sent).
-pub fn compare(sent: &SentHashes, mock: &MockHashes) -> VerifyReport {
-    let ok = counts(&sent.ok);
-    let unconfirmed = counts(&sent.unconfirmed);
-    let recorded = counts(&mock.hashes);
+/// Compares `sent` with what the mock recorded. With D = recorded − answered
+/// 2xx, for each body of D:
+/// - fewer at the mock than answered 2xx: lost;
+/// - more at the mock: first the bodies sent without a 2xx that still got
+///   through (unconfirmed, not a mismatch), then duplicated when the body was
+///   sent, or corrupted when it never was (bytes the client never sent).
+///
+/// When D is too large to name its bodies, the counts still prove a lower
+/// bound on the lost ones; nothing else is claimed.
+pub fn compare(sent: &SentBodies, mock: &MockDigest) -> VerifyReport {
+    let recorded = &mock.digest;
     let mut report = VerifyReport {
-        bodies: sent.ok.len() as u64,
-        mock_bodies: mock.hashes.len() as u64,
+        bodies: sent.ok.count,
+        mock_bodies: recorded.count,
         mock_requests: mock.requests,
-        complete: !sent.truncated && mock.requests == mock.hashes.len() as u64,
+        complete: true,
         ..VerifyReport::default()
     };
-    for (hash, &a) in &ok {
-        let m = recorded.get(hash).copied().unwrap_or(0);
-        report.lost += a.saturating_sub(m);
-    }
-    for (hash, &m) in &recorded {
-        let a = ok.get(hash).copied().unwrap_or(0);
-        let u = unconfirmed.get(hash).copied().unwrap_or(0);
-        if a + u == 0 {
-            report.corrupted += m;
-        } else if m > a {
-            let extra = m - a;
-            report.unconfirmed += extra.min(u);
-            report.duplicated += extra.saturating_sub(u);
+    let items = match recorded.difference(&sent.ok) {
+        Difference::Equal => Vec::new(),
+        Difference::Named(items) => items,
+        Difference::TooLarge { count } => {
+            // Too many differences to name. All of them explained by the
+            // unconfirmed bodies is still a match; else only the count proves
+            // anything.
+            let mut expected = sent.ok.clone();
+            for &h in &sent.unconfirmed {
+                expected.insert(h);
+            }
+            if !sent.unconfirmed_truncated && recorded.difference(&expected) == Difference::Equal {
+                report.unconfirmed = sent.unconfirmed.len() as u64;
+                report.matched = true;
+                return report;
+            }
+            report.complete = false;
+            report.lost = (-count).max(0) as u64;
+            return report;
+        }
+    };
+    let mut unconfirmed = counts(&sent.unconfirmed);
+    for (h, n) in items {
+        if n < 0 {
+            report.lost += n.unsigned_abs();
+            continue;
+        }
+        let u = unconfirmed.get(&h).copied().unwrap_or(0);
+        let through = n.min(u);
+        if through > 0 {
+            unconfirmed.insert(h, u - through);
+        }
+        report.unconfirmed += through as u64;
+        let extra = (n - through) as u64;
+        if extra == 0 {
+            continue;
+        }
+        if sent.unconfirmed_truncated {
+            // Could be one of the unconfirmed bodies not kept.
+            report.complete = false;
+        }
+        // Sent (answered 2xx, or unconfirmed): a duplicate. Never sent: corrupted.
+        let was_sent = u > 0 || sent.ok_filter.as_ref().is_some_and(|f| f.may_contain(h));
+        if was_sent {
+            report.duplicated += extra;
+        } else {
+            report.corrupted += extra;
         }
     }
     report.matched = report.complete && report.lost == 0 && report.duplicated == 0 && report.corrupted == 0;
@@ -173,12 +221,22 @@ pub fn compare(sent: &SentHashes, mock: &MockHashes) -> VerifyReport {
 mod tests {
     use super::*;
 
-    fn sent(ok: &[u64], unconfirmed: &[u64]) -> SentHashes {
-        SentHashes { ok: ok.to_vec(), unconfirmed: unconfirmed.to_vec(), truncated: false }
+    fn sent(ok: &[u64], unconfirmed: &[u64]) -> SentBodies {
+        let filter = std::sync::Arc::new(SentFilter::default());
+        let mut digest = BodyDigest::new();
+        for &h in ok {
+            digest.insert(h);
+            filter.insert(h);
+        }
+        SentBodies { ok: digest, ok_filter: Some(filter), unconfirmed: unconfirmed.to_vec(), ..SentBodies::default() }
     }
 
-    fn mock(hashes: &[u64]) -> MockHashes {
-        MockHashes { requests: hashes.len() as u64, hashes: hashes.to_vec() }
+    fn mock(hashes: &[u64]) -> MockDigest {
+        let mut digest = BodyDigest::new();
+        for &h in hashes {
+            digest.insert(h);
+        }
+        MockDigest { requests: hashes.len() as u64, digest }
     }
 
     #[test]
@@ -205,16 +263,33 @@ mod tests {
         assert_eq!(r.unconfirmed, 1);
         // ...but arriving twice is one duplicate.
         let r = compare(&sent(&[1], &[7]), &mock(&[1, 7, 7]));
-        assert_eq!((r.matched, r.unconfirmed, r.duplicated), (false, 1, 1));
+        assert_eq!((r.matched, r.unconfirmed, r.duplicated, r.corrupted), (false, 1, 1, 0));
     }
 
     #[test]
-    fn incomplete_lists_never_match() {
-        let m = MockHashes { requests: 5, hashes: vec![1, 2] };
-        let r = compare(&sent(&[1, 2], &[]), &m);
-        assert!(!r.matched && !r.complete);
-        let r = compare(&SentHashes { ok: vec![1], unconfirmed: vec![], truncated: true }, &mock(&[1]));
-        assert!(!r.matched);
+    fn long_runs_are_verified_in_bounded_memory() {
+        // 2 million bodies: equal digests match; a few lost are named.
+        let hs: Vec<u64> = (0..2_000_000u64).map(|i| crate::hash::body_hash(&i.to_le_bytes())).collect();
+        let s = sent(&hs, &[]);
+        let r = compare(&s, &mock(&hs));
+        assert!(r.matched && r.complete, "{r:?}");
+        let r = compare(&s, &mock(&hs[3..]));
+        assert_eq!((r.matched, r.lost, r.duplicated, r.corrupted, r.complete), (false, 3, 0, 0, true));
+        // Too many lost to name: the count still proves how many.
+        let r = compare(&s, &mock(&hs[..1_000_000]));
+        assert_eq!((r.matched, r.lost, r.complete), (false, 1_000_000, false));
+    }
+
+    #[test]
+    fn many_unconfirmed_arrivals_still_match() {
+        // 100,000 bodies answered 503 that all reached the mock: too many to
+        // name, but exactly the unconfirmed set.
+        let un: Vec<u64> = (0..100_000u64).map(|i| crate::hash::body_hash(&i.to_be_bytes())).collect();
+        let r = compare(&sent(&[1, 2], &un), &mock(&[&[1u64, 2][..], &un].concat()));
+        assert!(r.matched && r.unconfirmed == 100_000, "{r:?}");
+        // Half of them arrived: nothing is proven lost, and no match is claimed.
+        let r = compare(&sent(&[1, 2], &un), &mock(&[&[1u64, 2][..], &un[..50_000]].concat()));
+        assert!(!r.matched && !r.complete && r.lost == 0, "{r:?}");
     }
 
     #[test]

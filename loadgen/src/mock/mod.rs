@@ -3,9 +3,12 @@
 //! decoded body, records who asked for what (SNI, Host, path, headers) and
 //! answers as the current [`Behavior`] says — including the faults a real
 //! intake or network shows (reset, truncated answer, slow answer). It serves
-//! its own counters as JSON at `GET /mock/stats`, every recorded body hash at
-//! `GET /mock/hashes` and zeroes everything on `POST /mock/reset` (none of the
-//! three is counted as a request). It is test tooling: it must
+//! its own counters as JSON at `GET /mock/stats`, the digest of every recorded
+//! body hash ([`crate::digest::BodyDigest`], fixed size however many requests)
+//! at `GET /mock/digest` and zeroes everything on `POST /mock/reset` (none of
+//! the three is counted as a request). Its memory is bounded: the digest is
+//! fixed, and only the first [`MAX_RECORDS`] requests are kept one by one.
+//! It is test tooling: it must
 //! never be used as a real server, and it builds rustls configs with the ring
 //! provider only.
 
@@ -36,14 +39,15 @@ use request::{ReadError, RequestHead};
 
 /// Path of the counters endpoint; requests to it are not recorded.
 pub const STATS_PATH: &str = "/mock/stats";
-/// `GET` here answers [`MockHashes`] as JSON; not recorded.
-pub const HASHES_PATH: &str = "/mock/hashes";
+/// `GET` here answers [`MockDigest`] as JSON; not recorded.
+pub const DIGEST_PATH: &str = "/mock/digest";
 /// `POST` here zeroes every counter and record ([`MockIntake::reset`]); not
 /// recorded.
 pub const RESET_PATH: &str = "/mock/reset";
-/// Records kept for [`MockIntake::records`]; later requests still count in
-/// [`MockStats`] but are not recorded one by one.
-pub const MAX_RECORDS: usize = 200_000;
+/// Records kept for [`MockIntake::records`] (a few hundred bytes each); later
+/// requests still count in [`MockStats`] and the digest but are not kept one
+/// by one. Verification never depends on them.
+pub const MAX_RECORDS: usize = 20_000;
 /// Listen backlog.
 const BACKLOG: u32 = 1024;
 /// Read buffer per connection; bodies pass through it in pieces this big.
@@ -219,14 +223,13 @@ pub struct MockStats {
     pub by_path: BTreeMap<String, u64>,
 }
 
-/// Every recorded body hash, as served at [`HASHES_PATH`].
+/// What the mock recorded, as served at [`DIGEST_PATH`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MockHashes {
-    /// Requests counted since start or the last reset; more than
-    /// `hashes.len()` when records were dropped past [`MAX_RECORDS`].
+pub struct MockDigest {
+    /// Requests counted since start or the last reset.
     pub requests: u64,
-    /// [`crate::hash::body_hash`] of every recorded body, oldest first.
-    pub hashes: Vec<u64>,
+    /// Digest of the [`crate::hash::body_hash`] of every recorded body.
+    pub digest: crate::digest::BodyDigest,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +283,7 @@ pub fn server_config(cfg: &MockConfig) -> Result<rustls::ServerConfig, MockConfi
 struct Recorded {
     records: Vec<RequestRecord>,
     stats: MockStats,
+    digest: crate::digest::BodyDigest,
 }
 
 /// State shared by the handle and the server tasks.
@@ -308,12 +312,14 @@ impl Shared {
     }
 
     fn record(&self, record: RequestRecord) {
-        let mut recorded = self.recorded();
+        let mut guard = self.recorded();
+        let recorded = &mut *guard;
         let stats = &mut recorded.stats;
         stats.requests += 1;
         stats.body_bytes += record.body_len;
         stats.hash_count += 1;
         stats.hash_sum = stats.hash_sum.wrapping_add(record.body_hash);
+        recorded.digest.insert(record.body_hash);
         let host = record.host.clone().or_else(|| record.sni.clone()).unwrap_or_default();
         *stats.by_host.entry(host).or_default() += 1;
         let path = record.path.split('?').next().unwrap_or_default();
@@ -328,9 +334,9 @@ impl Shared {
         }
     }
 
-    fn hashes(&self) -> MockHashes {
+    fn digest(&self) -> MockDigest {
         let recorded = self.recorded();
-        MockHashes { requests: recorded.stats.requests, hashes: recorded.records.iter().map(|r| r.body_hash).collect() }
+        MockDigest { requests: recorded.stats.requests, digest: recorded.digest.clone() }
     }
 
     fn reset(&self) {
@@ -395,9 +401,9 @@ impl MockIntake {
         self.shared.stats()
     }
 
-    /// Every recorded body hash (what `GET /mock/hashes` serves).
-    pub fn hashes(&self) -> MockHashes {
-        self.shared.hashes()
+    /// The digest of every recorded body (what `GET /mock/digest` serves).
+    pub fn digest(&self) -> MockDigest {
+        self.shared.digest()
     }
 
     /// Zeroes every counter and drops every record (what `POST /mock/reset`
@@ -539,7 +545,7 @@ async fn serve_one(conn: &mut Conn, shared: &Shared, sni: &Option<String>, conne
         conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         conn.flush().await?;
     }
-    let control_path = matches!(head.target.split('?').next(), Some(STATS_PATH | HASHES_PATH | RESET_PATH));
+    let control_path = matches!(head.target.split('?').next(), Some(STATS_PATH | DIGEST_PATH | RESET_PATH));
     if shared.behavior().fault == Fault::ResetMidRequest && !control_path {
         conn.get_ref().get_ref().0.set_zero_linger()?;
         return Ok(Next::Abort);
@@ -558,7 +564,7 @@ async fn serve_one(conn: &mut Conn, shared: &Shared, sni: &Option<String>, conne
 
     let control = match (head.method.as_str(), head.target.split('?').next()) {
         ("GET", Some(STATS_PATH)) => Some(serde_json::to_string(&shared.stats()).map_err(io::Error::other)?),
-        ("GET", Some(HASHES_PATH)) => Some(serde_json::to_string(&shared.hashes()).map_err(io::Error::other)?),
+        ("GET", Some(DIGEST_PATH)) => Some(serde_json::to_string(&shared.digest()).map_err(io::Error::other)?),
         ("POST", Some(RESET_PATH)) => {
             shared.reset();
             Some("{}".to_owned())
