@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the build needs on a fresh Debian 12 machine with rustup:
 # cmake and Go build the AWS-LC FIPS module (aws-lc-fips-sys), a C compiler
-# and clang's libraries for bindgen. Idempotent; asks apt only when missing.
+# and clang's libraries for bindgen; ApacheBench (ab, apache2-utils) for the
+# HTTP/1.0 keep-alive test in tests/relay.rs. Idempotent; asks apt only when
+# missing.
 set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v ab >/dev/null 2>&1 || need+=(apache2-utils)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

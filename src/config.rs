@@ -32,6 +32,7 @@ pub const DEFAULT_DNS_REFRESH: &str = "30s";
 pub const DEFAULT_UPSTREAM_PORT: u16 = 443;
 pub const DEFAULT_DNS_TIMEOUT: &str = "5s";
 pub const DEFAULT_HEALTH_INTERVAL: &str = "10s";
+pub const DEFAULT_HEALTH_DOWN_INTERVAL: &str = "500ms";
 pub const DEFAULT_HEALTH_TIMEOUT: &str = "5s";
 pub const DEFAULT_HEALTH_RISE: u32 = 2;
 pub const DEFAULT_HEALTH_FALL: u32 = 3;
@@ -243,6 +244,9 @@ pub struct RawHealth {
     /// Active checks (TCP connect + FIPS TLS handshake per address) and passive marking.
     pub enabled: bool,
     pub interval: String,
+    /// First check of an address that went down comes this soon, then the
+    /// gap doubles up to `interval` (HAProxy's `fastinter`/`downinter`).
+    pub down_interval: String,
     /// Bound on one check's connect and handshake, each.
     pub timeout: String,
     /// Consecutive successful checks that bring a down address back.
@@ -256,6 +260,7 @@ impl Default for RawHealth {
         Self {
             enabled: true,
             interval: DEFAULT_HEALTH_INTERVAL.into(),
+            down_interval: DEFAULT_HEALTH_DOWN_INTERVAL.into(),
             timeout: DEFAULT_HEALTH_TIMEOUT.into(),
             rise: DEFAULT_HEALTH_RISE,
             fall: DEFAULT_HEALTH_FALL,
@@ -304,6 +309,8 @@ pub struct DnsConfig {
 pub struct HealthConfig {
     pub enabled: bool,
     pub interval: Duration,
+    /// First check of a down address; the gap doubles up to `interval`.
+    pub down_interval: Duration,
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
@@ -683,9 +690,14 @@ impl RawHealth {
                 return Err(invalid(key, v, "must be between 1 and 100", "the defaults are rise = 2, fall = 3"));
             }
         }
+        let interval = duration("health.interval", &self.interval)?;
+        // Never slower than the normal interval (a short health.interval in
+        // tests and demos keeps the default 500ms from exceeding it).
+        let down_interval = duration("health.down_interval", &self.down_interval)?.min(interval);
         Ok(HealthConfig {
             enabled: self.enabled,
-            interval: duration("health.interval", &self.interval)?,
+            interval,
+            down_interval,
             timeout: duration("health.timeout", &self.timeout)?,
             rise: self.rise,
             fall: self.fall,

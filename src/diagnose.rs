@@ -127,7 +127,7 @@ async fn check_host(
     let deadline = config.response_timeout;
     let answer = tokio::time::timeout(deadline, async {
         loop {
-            match http1::parse_response(&buf, 64 * 1024, method, true, &mut head_out) {
+            match http1::parse_response(&buf, 64 * 1024, method, http1::ClientConn::CLOSE, &mut head_out) {
                 Ok(Some(h)) if h.status >= 200 => return Ok(h.status),
                 Ok(Some(h)) => {
                     buf.drain(..h.head_len);

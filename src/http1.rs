@@ -3,14 +3,22 @@
 //! Owns: parsing request and answer heads (httparse), rejecting ambiguous
 //! framing before anything is forwarded, rewriting the request head for the
 //! upstream (Host, hop-by-hop headers, Expect) and the answer head for the
-//! Agent, and the incremental chunked-body scanner. It does no I/O and never
-//! decides a status for an upstream fault.
+//! Agent, the `Connection` field of every answer, and the incremental
+//! chunked-body scanner. It does no I/O and never decides a status for an
+//! upstream fault.
 //!
 //! # Invariants
 //! A request that could be framed two ways (the classic smuggling shapes) is
 //! never accepted: both Content-Length and Transfer-Encoding, differing or
 //! comma-listed Content-Length, any Transfer-Encoding other than a single
 //! `chunked`, bare CR or LF, NUL, obs-fold, whitespace before a colon.
+//!
+//! An answer head never leaves the Agent guessing whether the connection
+//! stays open: `Connection: close` when the relay will close it, and
+//! `Connection: keep-alive` to an HTTP/1.0 client it keeps (HTTP/1.0 is not
+//! persistent by default, so without the field the client waits for a close
+//! that comes only at `limits.client_idle_timeout`). An HTTP/1.0 client never
+//! gets chunked framing: such a body reaches it decoded, delimited by close.
 
 use std::fmt::Write as _;
 
@@ -68,6 +76,32 @@ pub enum BodyFraming {
     UntilClose,
 }
 
+/// The Agent's side of one exchange, as far as the answer head depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientConn {
+    /// The request was HTTP/1.0: a connection kept open must be announced
+    /// (`Connection: keep-alive`), and chunked framing is unknown to it.
+    pub http10: bool,
+    /// The connection closes after this answer.
+    pub close: bool,
+}
+
+impl ClientConn {
+    /// An answer after which the relay closes the connection, whatever the version.
+    pub const CLOSE: ClientConn = ClientConn { http10: false, close: true };
+
+    /// The `Connection` field line (CRLF included) an answer on this
+    /// connection carries; empty for an HTTP/1.1 connection kept open, where
+    /// persistence is the default.
+    pub fn connection_field(self) -> &'static str {
+        match (self.close, self.http10) {
+            (true, _) => "Connection: close\r\n",
+            (false, true) => "Connection: keep-alive\r\n",
+            (false, false) => "",
+        }
+    }
+}
+
 /// A parsed request head, with the upstream form already rendered.
 #[derive(Debug)]
 pub struct RequestHead {
@@ -78,6 +112,9 @@ pub struct RequestHead {
     /// rendered upstream head; see [`RequestHead::target`]. No copy is made.
     pub target_range: std::ops::Range<usize>,
     pub framing: BodyFraming,
+    /// The client waits for `100 Continue` before sending the body. Never set
+    /// for HTTP/1.0, where the expectation is ignored (RFC 9110 §10.1.1): an
+    /// HTTP/1.0 client cannot read an interim answer.
     pub expect_continue: bool,
     /// The client asked to close after this exchange (or is HTTP/1.0 without keep-alive).
     pub close: bool,
@@ -85,6 +122,11 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// The connection as the client asked for it; the relay may still close.
+    pub fn client(&self) -> ClientConn {
+        ClientConn { http10: self.http10, close: self.close }
+    }
+
     /// The request target, read from the upstream head `parse_request` rendered.
     pub fn target<'a>(&self, rendered: &'a [u8]) -> &'a [u8] {
         &rendered[self.target_range.clone()]
@@ -199,7 +241,8 @@ pub fn parse_request(
     let mut chunked = false;
     let mut saw_te = false;
     let mut expect_continue = false;
-    let mut conn_close = http10;
+    // `close` wins over `keep-alive`, whatever their order.
+    let (mut close_token, mut keep_alive_token) = (false, false);
     let mut host_seen = false;
     let mut connection_tokens: Vec<&[u8]> = Vec::new();
     for h in req.headers.iter() {
@@ -227,15 +270,12 @@ pub fn parse_request(
             }
             expect_continue = true;
         } else if name.eq_ignore_ascii_case("connection") {
-            if has_token(h.value, "close") {
-                conn_close = true;
-            }
-            if http10 && has_token(h.value, "keep-alive") {
-                conn_close = false;
-            }
+            close_token |= has_token(h.value, "close");
+            keep_alive_token |= has_token(h.value, "keep-alive");
             connection_tokens.extend(h.value.split(|&b| b == b',').map(trim));
         }
     }
+    let conn_close = close_token || (http10 && !keep_alive_token);
     if chunked && content_length.is_some() {
         return Err(RequestError::LengthAndChunked);
     }
@@ -306,7 +346,7 @@ pub fn parse_request(
         },
         target_range,
         framing,
-        expect_continue,
+        expect_continue: expect_continue && !http10,
         close: conn_close,
         http10,
     }))
@@ -320,6 +360,14 @@ pub struct ResponseHead {
     pub framing: BodyFraming,
     /// The upstream will close the session after this answer.
     pub upstream_close: bool,
+    /// What the rendered head tells the Agent: whether the relay closes the
+    /// connection after this answer. It closes when asked to, after a body
+    /// delimited by the upstream's close, and after a decoded chunked body.
+    pub client: ClientConn,
+    /// The body is chunked and the client speaks HTTP/1.0: it must be sent
+    /// decoded ([`ChunkedScanner::dechunk`]), the head carries neither
+    /// Transfer-Encoding nor Content-Length, and the close ends the body.
+    pub dechunk: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -334,12 +382,19 @@ pub enum ResponseError {
 
 /// Parses an upstream answer head and renders the head for the Agent into
 /// `out`. `Ok(None)`: need more bytes. 1xx answers are returned as parsed
-/// with `BodyFraming::None`; the caller skips them.
+/// with `BodyFraming::None`; the caller skips them. `client` is the Agent
+/// connection as the request asked for it; the returned head says what the
+/// rendered head announced ([`ResponseHead::client`]).
+///
+/// # Invariants
+/// The rendered head never announces a connection kept open that the body's
+/// framing cannot delimit, and never sends Transfer-Encoding to an HTTP/1.0
+/// client.
 pub fn parse_response(
     buf: &[u8],
     max_head: usize,
     request_method: Method,
-    client_close: bool,
+    client: ClientConn,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, ResponseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -363,7 +418,8 @@ pub fn parse_response(
     let http10 = resp.version == Some(0);
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
-    let mut upstream_close = http10;
+    // `close` wins over `keep-alive`, whatever their order.
+    let (mut close_token, mut keep_alive_token) = (false, false);
     let mut connection_tokens: Vec<&[u8]> = Vec::new();
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -378,17 +434,14 @@ pub fn parse_response(
             }
             chunked = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
-            if has_token(h.value, "close") {
-                upstream_close = true;
-            }
-            if http10 && has_token(h.value, "keep-alive") {
-                upstream_close = false;
-            }
+            close_token |= has_token(h.value, "close");
+            keep_alive_token |= has_token(h.value, "keep-alive");
             // The framing fields are kept whatever Connection says: the Agent must
             // frame the body exactly as the relay does.
             connection_tokens.extend(h.value.split(|&b| b == b',').map(trim).filter(|t| !is_framing_field(t)));
         }
     }
+    let mut upstream_close = close_token || (http10 && !keep_alive_token);
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 || request_method == Method::Head {
         BodyFraming::None
     } else if chunked {
@@ -400,8 +453,11 @@ pub fn parse_response(
         BodyFraming::UntilClose
     };
     if (100..200).contains(&status) {
-        return Ok(Some(ResponseHead { head_len, status, framing, upstream_close }));
+        return Ok(Some(ResponseHead { head_len, status, framing, upstream_close, client, dechunk: false }));
     }
+    let dechunk = client.http10 && framing == BodyFraming::Chunked;
+    let client =
+        ClientConn { http10: client.http10, close: client.close || framing == BodyFraming::UntilClose || dechunk };
 
     out.clear();
     // Status line as received, but always HTTP/1.1 towards the Agent.
@@ -410,16 +466,20 @@ pub fn parse_response(
         if is_hop_by_hop(h.name) || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(h.name.as_bytes())) {
             continue;
         }
+        // HTTP/1.0 has no transfer codings; a decoded body has no length either.
+        if (client.http10 && h.name.eq_ignore_ascii_case("transfer-encoding"))
+            || (dechunk && h.name.eq_ignore_ascii_case("content-length"))
+        {
+            continue;
+        }
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    if client_close || framing == BodyFraming::UntilClose {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
+    out.extend_from_slice(client.connection_field().as_bytes());
     out.extend_from_slice(b"\r\n");
-    Ok(Some(ResponseHead { head_len, status, framing, upstream_close }))
+    Ok(Some(ResponseHead { head_len, status, framing, upstream_close, client, dechunk }))
 }
 
 /// `fmt::Write` over a byte vector, for status lines.
@@ -432,8 +492,9 @@ impl std::fmt::Write for Vec8<'_> {
     }
 }
 
-/// Renders a short plain-text answer made by the relay itself.
-pub fn local_response(status: u16, body: &str, close: bool, out: &mut Vec<u8>) {
+/// Renders a short plain-text answer made by the relay itself, with the
+/// `Connection` field `client` calls for.
+pub fn local_response(status: u16, body: &str, client: ClientConn, out: &mut Vec<u8>) {
     out.clear();
     let _ = write!(
         Vec8(out),
@@ -441,7 +502,7 @@ pub fn local_response(status: u16, body: &str, close: bool, out: &mut Vec<u8>) {
         status,
         reason(status),
         body.len() + 1,
-        if close { "Connection: close\r\n" } else { "" },
+        client.connection_field(),
         body
     );
     out.push(b'\n');
@@ -517,11 +578,39 @@ impl ChunkedScanner {
     /// Scans `input`; returns how many bytes belong to the body. Stops at the
     /// end of the body (the rest is the next message).
     pub fn scan(&mut self, input: &[u8]) -> Result<usize, &'static str> {
+        self.scan_until::<false>(input).map(|(n, _)| n)
+    }
+
+    /// Scans `buf` as [`ChunkedScanner::scan`] does and moves the chunk data
+    /// it holds to the front of `buf`, dropping the framing (sizes,
+    /// extensions, trailers), for a client that cannot read chunked framing.
+    /// Returns how many bytes of `buf` belong to the body and how many
+    /// decoded payload bytes now start `buf`. Never allocates; never reads or
+    /// writes past the body's end.
+    pub fn dechunk(&mut self, buf: &mut [u8]) -> Result<(usize, usize), &'static str> {
+        let (mut used, mut decoded) = (0, 0);
+        while used < buf.len() && !self.is_done() {
+            let (n, data) = self.scan_until::<true>(&buf[used..])?;
+            if let Some(data) = data {
+                buf.copy_within(used + data.start..used + data.end, decoded);
+                decoded += data.len();
+            }
+            used += n;
+        }
+        Ok((used, decoded))
+    }
+
+    /// The scanner proper. With `STOP_AFTER_DATA`, returns right after a run
+    /// of chunk data with where it lies in `input`.
+    fn scan_until<const STOP_AFTER_DATA: bool>(
+        &mut self,
+        input: &[u8],
+    ) -> Result<(usize, Option<std::ops::Range<usize>>), &'static str> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
             self.state = match self.state {
-                ChunkState::Done => return Ok(i),
+                ChunkState::Done => return Ok((i, None)),
                 ChunkState::SizeStart => match hex(b) {
                     Some(v) => ChunkState::Size { value: v, digits: 1 },
                     None => return Err("chunk size is not hexadecimal"),
@@ -572,6 +661,9 @@ impl ChunkedScanner {
                     i += take;
                     let left = left - take as u64;
                     self.state = if left == 0 { ChunkState::DataCr } else { ChunkState::Data(left) };
+                    if STOP_AFTER_DATA {
+                        return Ok((i, Some(i - take..i)));
+                    }
                     continue;
                 }
                 ChunkState::DataCr => {
@@ -617,10 +709,10 @@ impl ChunkedScanner {
             };
             i += 1;
             if self.state == ChunkState::Done {
-                return Ok(i);
+                return Ok((i, None));
             }
         }
-        Ok(i)
+        Ok((i, None))
     }
 }
 
@@ -766,7 +858,7 @@ mod tests {
             b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n{}",
             65536,
             Method::Other,
-            false,
+            ClientConn::default(),
             &mut out,
         )
         .unwrap()
@@ -776,27 +868,161 @@ mod tests {
         assert!(!r.upstream_close);
         assert_eq!(String::from_utf8(out.clone()).unwrap(), "HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n");
 
-        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", 65536, Method::Other, false, &mut out).unwrap().unwrap();
+        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", 65536, Method::Other, ClientConn::default(), &mut out)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.framing, BodyFraming::UntilClose);
         assert!(String::from_utf8_lossy(&out).contains("Connection: close"));
 
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 65536, Method::Head, false, &mut out)
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            65536,
+            Method::Head,
+            ClientConn::default(),
+            &mut out,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.framing, BodyFraming::None);
+        let r =
+            parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", 65536, Method::Other, ClientConn::default(), &mut out)
+                .unwrap()
+                .unwrap();
+        assert_eq!(r.framing, BodyFraming::None);
+        let r = parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", 65536, Method::Other, ClientConn::default(), &mut out)
             .unwrap()
             .unwrap();
-        assert_eq!(r.framing, BodyFraming::None);
-        let r =
-            parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", 65536, Method::Other, false, &mut out).unwrap().unwrap();
-        assert_eq!(r.framing, BodyFraming::None);
-        let r =
-            parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", 65536, Method::Other, false, &mut out).unwrap().unwrap();
         assert_eq!(r.status, 100);
         assert!(parse_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             65536,
             Method::Other,
-            false,
+            ClientConn::default(),
             &mut out
         )
         .is_err());
+    }
+
+    fn answer(raw: &[u8], method: Method, client: ClientConn) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        let h = parse_response(raw, 65536, method, client, &mut out).unwrap().unwrap();
+        (h, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn http10_persistence_comes_from_keep_alive() {
+        let r = req("POST / HTTP/1.0\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.client(), ClientConn { http10: true, close: false });
+        let r = req("POST / HTTP/1.0\r\nContent-Length: 2\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.client(), ClientConn { http10: true, close: true });
+        // `close` wins over `keep-alive`, in one field or two, in any order.
+        for raw in [
+            "POST / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+            "POST / HTTP/1.0\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
+            "POST / HTTP/1.1\r\nConnection: close, keep-alive\r\n\r\n",
+        ] {
+            assert!(req(raw).unwrap().unwrap().close, "{raw:?}");
+        }
+        let mut out = Vec::new();
+        let up = b"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n";
+        assert!(
+            parse_response(up, 65536, Method::Other, ClientConn::default(), &mut out).unwrap().unwrap().upstream_close
+        );
+        let up = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n";
+        assert!(
+            !parse_response(up, 65536, Method::Other, ClientConn::default(), &mut out).unwrap().unwrap().upstream_close
+        );
+        // RFC 9110 §10.1.1: the expectation of an HTTP/1.0 request is ignored.
+        let r = req("POST / HTTP/1.0\r\nConnection: keep-alive\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!r.expect_continue);
+        let r = req("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n").unwrap().unwrap();
+        assert!(r.expect_continue);
+    }
+
+    #[test]
+    fn connection_field_for_each_client() {
+        let keep10 = ClientConn { http10: true, close: false };
+        let close10 = ClientConn { http10: true, close: true };
+        let keep11 = ClientConn::default();
+        let ok = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}";
+        let (h, text) = answer(ok, Method::Other, keep10);
+        assert_eq!(text, "HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!((h.client, h.dechunk), (keep10, false));
+        let (h, text) = answer(ok, Method::Other, close10);
+        assert_eq!(text, "HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: close\r\n\r\n");
+        assert!(h.client.close);
+        let (h, text) = answer(ok, Method::Other, keep11);
+        assert_eq!(text, "HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n");
+        assert!(!h.client.close);
+        // HEAD and 204: no body to delimit, the connection stays.
+        let (h, text) = answer(ok, Method::Head, keep10);
+        assert!(text.ends_with("Connection: keep-alive\r\n\r\n") && !h.client.close, "{text}");
+        let (h, text) = answer(b"HTTP/1.1 204 No Content\r\n\r\n", Method::Other, keep10);
+        assert!(text.ends_with("Connection: keep-alive\r\n\r\n") && !h.client.close, "{text}");
+
+        let mut out = Vec::new();
+        local_response(404, "no", keep10, &mut out);
+        assert!(String::from_utf8_lossy(&out).contains("\r\nConnection: keep-alive\r\n\r\nno\n"));
+        local_response(404, "no", keep11, &mut out);
+        assert!(!String::from_utf8_lossy(&out).contains("Connection:"));
+        for client in [ClientConn::CLOSE, close10] {
+            local_response(502, "down", client, &mut out);
+            assert!(String::from_utf8_lossy(&out).contains("\r\nConnection: close\r\n\r\ndown\n"));
+        }
+    }
+
+    #[test]
+    fn answers_without_a_length_close_an_http10_client() {
+        let keep10 = ClientConn { http10: true, close: false };
+        // Close-delimited: the same for both versions.
+        let (h, text) = answer(b"HTTP/1.1 200 OK\r\nContent-Type: x\r\n\r\nbody", Method::Other, keep10);
+        assert_eq!(text, "HTTP/1.1 200 OK\r\nContent-Type: x\r\nConnection: close\r\n\r\n");
+        assert_eq!((h.framing, h.client.close, h.dechunk), (BodyFraming::UntilClose, true, false));
+        // Chunked: decoded for HTTP/1.0, no framing field left, close ends it.
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nX-A: 1\r\n\r\n";
+        let (h, text) = answer(chunked, Method::Other, keep10);
+        assert_eq!(text, "HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: close\r\n\r\n");
+        assert_eq!((h.framing, h.client.close, h.dechunk), (BodyFraming::Chunked, true, true));
+        // HTTP/1.1 keeps the chunked framing and the connection.
+        let (h, text) = answer(chunked, Method::Other, ClientConn::default());
+        assert!(text.contains("Transfer-Encoding: chunked\r\n") && !text.contains("Connection"), "{text}");
+        assert_eq!((h.client.close, h.dechunk), (false, false));
+        // HEAD: no body, but HTTP/1.0 never sees Transfer-Encoding.
+        let (h, text) = answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Method::Head, keep10);
+        assert_eq!(text, "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n");
+        assert!(!h.dechunk && !h.client.close);
+    }
+
+    fn dechunk_all(input: &[u8], step: usize) -> Result<(usize, Vec<u8>, bool), &'static str> {
+        let mut s = ChunkedScanner::new();
+        let (mut used, mut payload) = (0, Vec::new());
+        while used < input.len() && !s.is_done() {
+            let end = (used + step).min(input.len());
+            let mut piece = input[used..end].to_vec();
+            let (n, decoded) = s.dechunk(&mut piece)?;
+            payload.extend_from_slice(&piece[..decoded]);
+            used += n;
+        }
+        Ok((used, payload, s.is_done()))
+    }
+
+    #[test]
+    fn dechunk_gives_the_payload_and_stops_at_the_end() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, 100] {
+            let (used, payload, done) = dechunk_all(body, step).unwrap();
+            assert!(done, "step {step}");
+            assert_eq!(used, body.len() - 4, "step {step}");
+            assert_eq!(payload, b"hello world", "step {step}");
+        }
+        let mut whole = body.to_vec();
+        let mut s = ChunkedScanner::new();
+        assert_eq!(s.dechunk(&mut whole), Ok((body.len() - 4, 11)));
+        assert_eq!(&whole[..11], b"hello world");
+        assert_eq!(&whole[body.len() - 4..], b"NEXT", "bytes after the body are left alone");
+        assert_eq!(s.payload, 11);
+        assert!(dechunk_all(b"5\r\nhelloX\r\n", 100).is_err());
     }
 }

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminCommand, AdminReply, Route};
 use crate::buffers::BufferPool;
 use crate::config::Config;
-use crate::http1::{self, BodyFraming, ChunkedScanner, Method, RequestError, RequestHead};
+use crate::http1::{self, BodyFraming, ChunkedScanner, ClientConn, Method, RequestError, RequestHead};
 use crate::io::{Backend, Stream};
 use crate::metrics::{ErrorCause, StatsHub, WorkerStats};
 use crate::route::{ProductRoute, RouteTable, UpstreamId, PRODUCTS};
@@ -389,7 +389,7 @@ async fn over_limit<B: Backend>(ctx: &WorkerCtx<B>, io: B::Stream, offset: u16, 
         "fipsrelay: Service Unavailable (overloaded): more than {} connections on this worker (limits.max_connections)",
         ctx.config.max_connections
     );
-    http1::local_response(503, &body, true, &mut out);
+    http1::local_response(503, &body, ClientConn::CLOSE, &mut out);
     let _ = down.write(&mut out).await;
     let _ = down.io.shutdown_write();
 }
@@ -454,7 +454,8 @@ async fn serve_one<B: Backend>(
             Err(_) => {
                 tracing::info!(product, %peer, timeout = ?cfg.header_timeout, "request head not complete within limits.header_timeout; answering 408");
                 ctx.stats.borrow_mut().product(offset).refused += 1;
-                http1::local_response(408, "request head not received in time (limits.header_timeout)", true, scratch);
+                let body = "request head not received in time (limits.header_timeout)";
+                http1::local_response(408, body, ClientConn::CLOSE, scratch);
                 let _ = down.write(scratch).await;
                 return Outcome::Close;
             }
@@ -475,8 +476,9 @@ async fn serve_one<B: Backend>(
     let outcome = match route {
         ProductRoute::Status => answer_status(ctx, down, &head, scratch, peer).await,
         ProductRoute::Unconfigured { reason } => {
-            let close = true;
-            fail_upstream(ctx, down, offset, peer, "(none)", ErrorCause::Unconfigured, reason, None, scratch, close)
+            // The body, if any, is not read: the connection closes.
+            let client = ClientConn::CLOSE;
+            fail_upstream(ctx, down, offset, peer, "(none)", ErrorCause::Unconfigured, reason, None, scratch, client)
                 .await;
             Outcome::Close
         }
@@ -505,7 +507,9 @@ async fn serve_one<B: Backend>(
                 }
                 Err(Failure::Upstream { cause, detail, addr }) => {
                     let host = ctx.upstream_host(upstream);
-                    fail_upstream(ctx, down, offset, peer, host, cause, &detail, addr, scratch, true).await;
+                    // Part of the body may be unread: the connection closes.
+                    let client = ClientConn::CLOSE;
+                    fail_upstream(ctx, down, offset, peer, host, cause, &detail, addr, scratch, client).await;
                     ctx.stats.borrow_mut().record_answer(offset, cause.status(), started.elapsed());
                     Outcome::Close
                 }
@@ -551,7 +555,7 @@ async fn refuse<B: Backend>(
         st.product(offset).refused += 1;
         st.record_answer(offset, status, Duration::ZERO);
     }
-    http1::local_response(status, &e.to_string(), true, scratch);
+    http1::local_response(status, &e.to_string(), ClientConn::CLOSE, scratch);
     let _ = down.write(scratch).await;
 }
 
@@ -566,7 +570,7 @@ async fn fail_upstream<B: Backend>(
     detail: &str,
     addr: Option<SocketAddr>,
     scratch: &mut Vec<u8>,
-    close: bool,
+    client: ClientConn,
 ) {
     let status = cause.status();
     let product = PRODUCTS[offset as usize].name;
@@ -574,7 +578,7 @@ async fn fail_upstream<B: Backend>(
     let addr_text = addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
     tracing::warn!(product, upstream = host, addr = %addr_text, cause = cause.label(), status, %peer, error = %detail, "upstream failure answered for retry");
     let body = format!("fipsrelay: {} ({}) for {}: {}", http1::reason(status), cause.label(), host, detail);
-    http1::local_response(status, &body, close, scratch);
+    http1::local_response(status, &body, client, scratch);
     let _ = down.write(scratch).await;
 }
 
@@ -590,7 +594,8 @@ async fn answer_status<B: Backend>(
     }
     let has_body = head.framing != BodyFraming::None;
     let method_ok = matches!(head.method, Method::Get | Method::Head);
-    let close = head.close || has_body;
+    // A body is never read here: the connection closes after the answer.
+    let client = ClientConn { close: head.close || has_body, ..head.client() };
     let (status, ctype, body) = if !method_ok {
         (405, "text/plain; charset=utf-8", "the status port is read-only: use GET\n".to_string())
     } else {
@@ -604,14 +609,14 @@ async fn answer_status<B: Backend>(
             http1::reason(status),
             ctype,
             body.len(),
-            if close { "Connection: close\r\n" } else { "" }
+            client.connection_field()
         )
         .as_bytes(),
     );
     if head.method != Method::Head {
         scratch.extend_from_slice(body.as_bytes());
     }
-    if down.write(scratch).await.is_err() || close {
+    if down.write(scratch).await.is_err() || client.close {
         return Outcome::Close;
     }
     Outcome::KeepAlive
@@ -781,11 +786,38 @@ async fn acquire<B: Backend>(
         addr: None,
     };
     let up = resolved.up_count();
-    if up == 0 {
-        return Err(all_down());
-    }
     let first = ctx.next_addr.get();
     ctx.next_addr.set(first.wrapping_add(1));
+    if up == 0 {
+        // Panic mode: no address is up. One request at a time per host,
+        // PANIC_PROBE_EVERY apart, still tries a real connect and handshake,
+        // so a blip of the intake ends as soon as it listens again instead
+        // of waiting for the checks; every other request gets 503 at once.
+        let probe = if ctx.directory.health.enabled { ctx.directory.take_panic_probe(upstream) } else { None };
+        let Some(_probe) = probe else { return Err(all_down()) };
+        let endpoint = &resolved.endpoints[first % n];
+        let addr = endpoint.addr;
+        // Connect and handshake together within upstream.connect_timeout:
+        // no request waits longer than that while the host is down.
+        let limit = ctx.config.connect_timeout;
+        let opened =
+            tokio::time::timeout(limit, open_session::<B>(addr, ctx.tls.clone(), ctx.server_name(upstream), limit))
+                .await
+                .unwrap_or(Err(OpenError::ConnectTimeout { addr, after: limit }));
+        return match opened {
+            Ok(mut s) => {
+                ctx.directory.revived(upstream, endpoint);
+                s.endpoint = Some(endpoint.clone());
+                ctx.stats.borrow_mut().upstreams[upstream].sessions_open += 1;
+                tracing::debug!(upstream = ctx.upstream_host(upstream), %addr, "panic probe connected");
+                Ok((s, false))
+            }
+            Err(e) => {
+                ctx.directory.connect_failed(upstream, endpoint, &e);
+                Err(Failure::Upstream { cause: open_error_cause(&e), detail: e.to_string(), addr: e.addr() })
+            }
+        };
+    }
     let attempts = up.min(1 + CONNECT_RETRIES);
     // Stays so if every address goes down while the others are tried.
     let mut failure = all_down();
@@ -810,12 +842,7 @@ async fn acquire<B: Backend>(
             }
             Err(e) => {
                 ctx.directory.connect_failed(upstream, endpoint, &e);
-                let cause = match &e {
-                    OpenError::NoAddress { .. } => ErrorCause::Unresolved,
-                    OpenError::Connect { .. } => ErrorCause::Connect,
-                    OpenError::ConnectTimeout { .. } => ErrorCause::ConnectTimeout,
-                    OpenError::Tls { .. } | OpenError::TlsTimeout { .. } => ErrorCause::Tls,
-                };
+                let cause = open_error_cause(&e);
                 if tried < attempts {
                     ctx.stats.borrow_mut().record_error(offset, cause);
                     tracing::warn!(product = PRODUCTS[offset as usize].name, upstream = ctx.upstream_host(upstream), %addr, cause = cause.label(), error = %e, "upstream address failed; trying the next one");
@@ -825,6 +852,16 @@ async fn acquire<B: Backend>(
         }
     }
     Err(failure)
+}
+
+/// The error cause (status code and metric) of a failed connect or handshake.
+fn open_error_cause(e: &OpenError) -> ErrorCause {
+    match e {
+        OpenError::NoAddress { .. } => ErrorCause::Unresolved,
+        OpenError::Connect { .. } => ErrorCause::Connect,
+        OpenError::ConnectTimeout { .. } => ErrorCause::ConnectTimeout,
+        OpenError::Tls { .. } | OpenError::TlsTimeout { .. } => ErrorCause::Tls,
+    }
 }
 
 /// Relays one request and its answer. Returns the status sent and whether
@@ -891,13 +928,13 @@ async fn forward<B: Backend>(
     ctx.stats.borrow_mut().product(offset).bytes_in += body_bytes;
 
     // Wait for the answer head, bounded by the response timeout and the drain deadline.
-    let client_close = head.close || (ctx.draining().is_some() && !ctx.handing_over());
+    let client = ClientConn { close: head.close || (ctx.draining().is_some() && !ctx.handing_over()), ..head.client() };
     answer_buf.clear();
     let head_limit = ctx.config.max_header_bytes;
     let read_head = async {
         loop {
             if !answer_buf.is_empty() {
-                match http1::parse_response(answer_buf, head_limit, head.method, client_close, upstream_head) {
+                match http1::parse_response(answer_buf, head_limit, head.method, client, upstream_head) {
                     Ok(Some(h)) if (100..200).contains(&h.status) => {
                         if h.status == 101 {
                             return Err((ErrorCause::BadAnswer, "the intake switched protocols".to_string()));
@@ -963,10 +1000,15 @@ async fn forward<B: Backend>(
         BodyFraming::Chunked => {
             let mut scanner = ChunkedScanner::new();
             loop {
-                let n =
-                    scanner.scan(answer_buf).map_err(|e| answer.fail(ErrorCause::BadAnswer, e.to_string(), addr))?;
+                // An HTTP/1.0 Agent gets the payload decoded; the close ends it.
+                let (n, out) = if answer_head.dechunk {
+                    scanner.dechunk(answer_buf)
+                } else {
+                    scanner.scan(answer_buf).map(|n| (n, n))
+                }
+                .map_err(|e| answer.fail(ErrorCause::BadAnswer, e.to_string(), addr))?;
                 let extra = answer_buf.len() - n;
-                answer.send(down, answer_buf, n).await?;
+                answer.send(down, answer_buf, out).await?;
                 if scanner.is_done() {
                     sent = scanner.payload;
                     break extra == 0;
@@ -990,7 +1032,8 @@ async fn forward<B: Backend>(
     answer.finish(down).await?;
     ctx.stats.borrow_mut().product(offset).bytes_out += sent;
 
-    let keep_client = !client_close && answer_head.framing != BodyFraming::UntilClose;
+    // As the rendered head announced it.
+    let keep_client = !answer_head.client.close;
     if complete && !answer_head.upstream_close {
         let given = ctx.pool.borrow_mut().give_back(upstream, pooled, Instant::now());
         if given {

@@ -322,16 +322,8 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
         });
     }
     if config.health.enabled {
-        let (d, tls, names, interval) =
-            (directory.clone(), Arc::new(check_tls), server_names(&config, &routes), config.health.interval);
-        local.spawn_local(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                upstream::health::check_all(&d, &tls, &names).await;
-            }
-        });
+        let checker = upstream::health::Checker::default();
+        local.spawn_local(checker.run(directory.clone(), check_tls, server_names(&config, &routes)));
     }
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -89,6 +89,9 @@ fn summary(info: &StatusInfo, hub: &StatsHub) -> String {
             format!("{}/{}", r.up_count(), r.endpoints.len()),
             addrs.join(", ")
         );
+        if info.directory.in_panic(id) {
+            line.push_str("  PANIC MODE: no address up; one request at a time, 250 ms apart, still tries to connect");
+        }
         if let Some(e) = &r.error {
             line.push_str(&format!("  (DNS: {e})"));
         }
@@ -211,6 +214,45 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
                 e.addr,
                 u8::from(e.is_up())
             );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "# HELP {M_UPSTREAM_TRANSITIONS} Times the upstream address went down or came back up.\n# TYPE {M_UPSTREAM_TRANSITIONS} counter"
+    );
+    for id in 0..info.directory.len() {
+        for e in info.directory.get(id).endpoints.iter() {
+            let host = info.directory.host(id);
+            for (to, n) in [("down", &e.downs), ("up", &e.ups)] {
+                let n = n.load(std::sync::atomic::Ordering::Relaxed);
+                let _ = writeln!(
+                    s,
+                    "{M_UPSTREAM_TRANSITIONS}{{upstream=\"{host}\",address=\"{}\",to=\"{to}\"}} {n}",
+                    e.addr
+                );
+            }
+        }
+    }
+    let d = &info.directory;
+    type HostValue<'a> = &'a dyn Fn(usize) -> u64;
+    let per_host: [(&str, &str, &str, HostValue); 2] = [
+        (
+            M_UPSTREAM_PANIC,
+            "1 while the upstream host has addresses but none up (panic mode: one request at a time, 250 ms apart, still tries to connect).",
+            "gauge",
+            &|id| u64::from(d.in_panic(id)),
+        ),
+        (
+            M_UPSTREAM_PANIC_PROBES,
+            "Requests that tried a down address because the host had none up.",
+            "counter",
+            &|id| d.panic_probes(id),
+        ),
+    ];
+    for (name, help, kind, value) in per_host {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for id in 0..d.len() {
+            let _ = writeln!(s, "{name}{{upstream=\"{}\"}} {}", d.host(id), value(id));
         }
     }
     let _ = writeln!(

@@ -10,9 +10,10 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -269,4 +270,135 @@ both_backends!(sighup_restart_in_place_under_load_loses_nothing, |io: &str| {
     assert_eq!(idle.request("POST", "/api/v2/series", &[], b"after").status, 202);
     // (loadgen --verify reset the mock's records at its start.)
     assert!(intake.mock.records().iter().any(|r| r.body_len == 5));
+});
+
+/// A real mock-intake process serving `pki`'s leaf on 127.0.0.1:`port`.
+fn spawn_intake_process(dir: &std::path::Path, port: u16) -> (std::process::Child, Instant) {
+    let mock = std::path::Path::new(relay_bin()).parent().unwrap().join("mock-intake");
+    assert!(mock.is_file(), "mock-intake missing beside fipsrelay: run `cargo build --workspace`");
+    let mut child = Command::new(mock)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--cert"])
+        .arg(dir.join("cert.pem"))
+        .arg("--key")
+        .arg(dir.join("key.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // It prints "listening on ..." once its socket accepts.
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.starts_with("listening on"), "mock-intake: {line:?}");
+    (child, Instant::now())
+}
+
+fn kill9(child: &mut std::process::Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+/// One Agent-like POST on a fresh connection: (status or 0 for a network error, time taken).
+fn timed_post(relay: &Relay, n: u64) -> (u16, Duration) {
+    let started = Instant::now();
+    let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        relay.request(1, "POST", "/api/v2/series", &[], format!("{{\"blip\":{n}}}").as_bytes()).status
+    }))
+    .unwrap_or(0);
+    (status, started.elapsed())
+}
+
+both_backends!(intake_blip_recovers_within_a_second, |io: &str| {
+    // A real intake process, killed with SIGKILL and restarted on the same
+    // port about 1 s later, twice; a client retrying like the Agent's
+    // forwarder (backoff 50 ms doubling to 1 s). Default health settings
+    // (interval 10 s, rise 2, fall 3): the address goes down, and panic mode
+    // plus the fast down-interval bring it back.
+    let dir = TestDir::new();
+    let pki = TestPki::generate(&[]);
+    pki.write_to(dir.path()).unwrap();
+    let port = refused_addr().port();
+    let (mut intake, _) = spawn_intake_process(dir.path(), port);
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &dir.path().join("ca.pem"),
+        "health.enabled = true\nupstream.connect_timeout = \"2s\"",
+    );
+    assert_eq!(timed_post(&relay, 0).0, 202);
+    let mut n = 1u64;
+    for blip in 0..2 {
+        kill9(&mut intake);
+        let outage_end = Instant::now() + Duration::from_secs(1);
+        // During the outage: every answer is a retryable status, in under connect_timeout.
+        let mut backoff = Duration::from_millis(50);
+        while Instant::now() < outage_end {
+            let (status, took) = timed_post(&relay, n);
+            n += 1;
+            assert!(matches!(status, 502..=504), "blip {blip}: {status} while the intake is down");
+            assert!(took < Duration::from_millis(2500), "blip {blip}: {status} took {took:?}");
+            std::thread::sleep(backoff.min(outage_end.saturating_duration_since(Instant::now())));
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+        let (child, listening) = spawn_intake_process(dir.path(), port);
+        intake = child;
+        // The Agent's retry loop: backoff from 50 ms, until a 2xx.
+        let mut backoff = Duration::from_millis(50);
+        let recovered = loop {
+            let (status, _) = timed_post(&relay, n);
+            n += 1;
+            if status == 202 {
+                break listening.elapsed();
+            }
+            assert!(matches!(status, 502..=504), "blip {blip}: {status} after the intake came back");
+            assert!(
+                listening.elapsed() < Duration::from_secs(15),
+                "blip {blip}: no 2xx 15 s after the intake came back\n{}",
+                relay.log()
+            );
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        };
+        eprintln!("{io}: blip {blip}: first 2xx {recovered:?} after the intake listened again");
+        assert!(
+            recovered < Duration::from_secs(1),
+            "blip {blip}: 2xx only {recovered:?} after the intake came back\n{}",
+            relay.log()
+        );
+    }
+    kill9(&mut intake);
+    let log = relay.log();
+    assert!(log.contains("is DOWN"), "{log}");
+    assert!(
+        log.contains("is UP: a request connected in panic mode") || log.contains("is UP: 2 consecutive checks passed"),
+        "{log}"
+    );
+});
+
+both_backends!(one_of_two_addresses_down_fails_no_request, |io: &str| {
+    // Two intake addresses; one is killed (a real process) and stays down.
+    // Every request still gets 202: a refused connect moves on to the live
+    // address before anything of the request is written.
+    let dir = TestDir::new();
+    let pki = TestPki::generate(&[]);
+    pki.write_to(dir.path()).unwrap();
+    let (a, b) = (refused_addr().port(), refused_addr().port());
+    let (mut first, _) = spawn_intake_process(dir.path(), a);
+    let (mut second, _) = spawn_intake_process(dir.path(), b);
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        SocketAddr::from(([127, 0, 0, 1], a)),
+        &dir.path().join("ca.pem"),
+        &format!("upstream.override_addr = \"127.0.0.1:{a}, 127.0.0.1:{b}\"\nhealth.enabled = true\nupstream.max_idle_per_host = 0"),
+    );
+    for i in 0..10 {
+        assert_eq!(timed_post(&relay, i).0, 202);
+    }
+    kill9(&mut first);
+    for i in 10..60 {
+        let (status, _) = timed_post(&relay, i);
+        assert_eq!(status, 202, "request {i} with one of two addresses down\n{}", relay.log());
+    }
+    kill9(&mut second);
 });

@@ -5,7 +5,7 @@
 //! bytes arrive. The fuzz targets in `fuzz/` check the same invariants over
 //! arbitrary bytes; inputs they found are pinned at the end of this file.
 
-use fipsrelay::http1::{parse_request, BodyFraming, ChunkedScanner, Method, RequestHead};
+use fipsrelay::http1::{parse_request, BodyFraming, ChunkedScanner, ClientConn, Method, RequestHead};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -523,11 +523,12 @@ fn regression_f2_connection_cannot_remove_answer_framing() {
         b"HTTP/1.1 200 OK\r\nConnection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     ] {
         let mut out = Vec::new();
-        let Ok(Some(head)) = parse_response(raw, MAX_HEAD, Method::Other, false, &mut out) else {
+        let Ok(Some(head)) = parse_response(raw, MAX_HEAD, Method::Other, ClientConn::default(), &mut out) else {
             continue; // refusing the answer (502) is fine too
         };
         let mut again = Vec::new();
-        let agent_view = parse_response(&out, MAX_HEAD, Method::Other, false, &mut again).unwrap().unwrap();
+        let agent_view =
+            parse_response(&out, MAX_HEAD, Method::Other, ClientConn::default(), &mut again).unwrap().unwrap();
         assert_eq!(agent_view.framing, head.framing, "Agent gets:\n{}", lossy(&out));
     }
 }
@@ -539,7 +540,7 @@ fn regression_f3_answer_head_limit_applies_to_complete_heads() {
     use fipsrelay::http1::parse_response;
     let raw = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}";
     let mut out = Vec::new();
-    let r = parse_response(raw, 16, Method::Other, false, &mut out);
+    let r = parse_response(raw, 16, Method::Other, ClientConn::default(), &mut out);
     assert!(r.is_err(), "a {}-byte head accepted under a 16-byte limit: {r:?}", raw.len() - 2);
 }
 
@@ -550,7 +551,7 @@ fn regression_f4_answer_status_line_stays_parseable() {
     use fipsrelay::http1::parse_response;
     let raw = b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n";
     let mut out = Vec::new();
-    if let Ok(Some(_)) = parse_response(raw, MAX_HEAD, Method::Other, false, &mut out) {
+    if let Ok(Some(_)) = parse_response(raw, MAX_HEAD, Method::Other, ClientConn::default(), &mut out) {
         let mut hs = [httparse::EMPTY_HEADER; 8];
         let r = httparse::Response::new(&mut hs).parse(&out);
         assert!(matches!(r, Ok(httparse::Status::Complete(_))), "{r:?}: {:?}", lossy(&out));

@@ -124,15 +124,27 @@ both_backends!(all_addresses_down_answers_503_at_once, |io: &str| {
         intake.addr()
     );
     assert!(eventually(Duration::from_secs(5), || relay.log().contains(&down)), "{}", relay.log());
-    for _ in 0..5 {
+    // Panic mode: one request at a time still tries (and here waits out the
+    // connect timeout, never longer); the others get 503 at once.
+    let mut fast_503 = 0;
+    for _ in 0..6 {
         let started = Instant::now();
-        assert_eq!(post_series(&relay), 503);
+        let status = post_series(&relay);
         let took = started.elapsed();
-        assert!(took < Duration::from_millis(1500), "503 took {took:?}: it waited for a connect");
+        assert!(matches!(status, 502..=504), "{status}");
+        assert!(took < Duration::from_millis(2700), "{status} took {took:?}: longer than upstream.connect_timeout");
+        if status == 503 && took < Duration::from_millis(500) {
+            fast_503 += 1;
+        }
     }
+    assert!(fast_503 >= 3, "{fast_503} fast 503s of 6");
     let v =
-        relay.wait_metric("fipsrelay_upstream_errors_total{product=\"metrics\",cause=\"upstream_down\"}", |v| v >= 5.0);
-    assert!(v >= 5.0, "{v}");
+        relay.wait_metric("fipsrelay_upstream_errors_total{product=\"metrics\",cause=\"upstream_down\"}", |v| v >= 3.0);
+    assert!(v >= 3.0, "{v}");
+    let summary = relay.status_page("/");
+    assert!(summary.contains("PANIC MODE"), "{summary}");
+    let panic = relay.wait_metric(&format!("fipsrelay_upstream_panic{{upstream=\"{METRICS_HOST}\"}}"), |v| v == 1.0);
+    assert_eq!(panic, 1.0);
     assert_eq!(intake.mock.stats().requests, 0);
 
     // The intake recovers: the address comes back and requests flow.
@@ -140,6 +152,26 @@ both_backends!(all_addresses_down_answers_503_at_once, |io: &str| {
     let up = relay.wait_metric(&format!("fipsrelay_upstream_address_up{{upstream=\"{METRICS_HOST}\""), |v| v == 1.0);
     assert_eq!(up, 1.0, "{}", relay.log());
     assert_eq!(post_series(&relay), 202);
+    let downs = relay.wait_metric(
+        &format!(
+            "fipsrelay_upstream_transitions_total{{upstream=\"{METRICS_HOST}\",address=\"{}\",to=\"down\"}}",
+            intake.addr()
+        ),
+        |v| v >= 1.0,
+    );
+    assert_eq!(downs, 1.0);
+    let ups = relay.wait_metric(
+        &format!(
+            "fipsrelay_upstream_transitions_total{{upstream=\"{METRICS_HOST}\",address=\"{}\",to=\"up\"}}",
+            intake.addr()
+        ),
+        |v| v >= 1.0,
+    );
+    assert_eq!(ups, 1.0);
+    assert_eq!(
+        relay.wait_metric(&format!("fipsrelay_upstream_panic{{upstream=\"{METRICS_HOST}\"}}"), |v| v == 0.0),
+        0.0
+    );
 });
 
 #[test]

@@ -1,5 +1,7 @@
 //! The incremental chunked-body scanner (`http1::ChunkedScanner`): delivery
-//! in pieces never changes where the body ends, and the end is exact.
+//! in pieces never changes where the body ends, and the end is exact;
+//! decoding (`dechunk`, for HTTP/1.0 clients) ends the body at the same byte
+//! and yields exactly the payload the scan counts, however the bytes come.
 #![no_main]
 
 use fipsrelay::http1::ChunkedScanner;
@@ -43,8 +45,40 @@ fn scan_in_pieces(input: &[u8], cuts: impl IntoIterator<Item = usize>) -> Outcom
     Outcome::Scanned { used, payload: s.payload, done: s.is_done() }
 }
 
+/// As [`scan_in_pieces`], with `dechunk`; also returns the decoded payload.
+fn dechunk_in_pieces(input: &[u8], cuts: impl IntoIterator<Item = usize>) -> (Outcome, Vec<u8>) {
+    let mut s = ChunkedScanner::new();
+    let (mut used, mut decoded) = (0, Vec::new());
+    for end in cuts.into_iter().chain([input.len()]) {
+        if s.is_done() || end < used {
+            continue;
+        }
+        let mut piece = input[used..end].to_vec();
+        match s.dechunk(&mut piece) {
+            Ok((n, out)) => {
+                assert!(out <= n && n <= end - used, "dechunk gave {out} of {n} consumed, {} given", end - used);
+                assert_eq!(&piece[n..], &input[used + n..end], "dechunk touched bytes after the body");
+                decoded.extend_from_slice(&piece[..out]);
+                used += n;
+            }
+            Err(e) => return (Outcome::Refused(e), decoded),
+        }
+    }
+    assert_eq!(decoded.len() as u64, s.payload);
+    (Outcome::Scanned { used, payload: s.payload, done: s.is_done() }, decoded)
+}
+
 fuzz_target!(|data: &[u8]| {
     let whole = scan_in_pieces(data, []);
+    let (decoded_whole, payload) = dechunk_in_pieces(data, []);
+    assert_eq!(decoded_whole, whole, "dechunk and scan disagree");
+    for cut in split_points(data) {
+        let (outcome, bytes) = dechunk_in_pieces(data, [cut]);
+        assert_eq!(outcome, whole, "dechunk split at {cut}");
+        if matches!(outcome, Outcome::Scanned { .. }) {
+            assert_eq!(bytes, payload, "dechunk split at {cut} decoded other bytes");
+        }
+    }
     for cut in split_points(data) {
         assert_eq!(scan_in_pieces(data, [cut]), whole, "split at {cut}");
     }

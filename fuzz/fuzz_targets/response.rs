@@ -2,7 +2,7 @@
 //! checked against invariants, not only for panics.
 #![no_main]
 
-use fipsrelay::http1::{parse_response, BodyFraming, Method, ResponseError, ResponseHead, MAX_HEADERS};
+use fipsrelay::http1::{parse_response, BodyFraming, ClientConn, Method, ResponseError, ResponseHead, MAX_HEADERS};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -17,30 +17,35 @@ const KNOWN_F3_HEAD_LIMIT_UNCHECKED: bool = false;
 /// skip the rendering checks; flip the constant once it is fixed.
 const KNOWN_F4_STATUS_BELOW_100: bool = false;
 
-fn parse(data: &[u8], method: Method, close: bool, out: &mut Vec<u8>) -> Result<Option<ResponseHead>, ResponseError> {
-    parse_response(data, MAX_HEAD, method, close, out)
+fn parse(
+    data: &[u8],
+    method: Method,
+    client: ClientConn,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, ResponseError> {
+    parse_response(data, MAX_HEAD, method, client, out)
 }
 
 fuzz_target!(|data: &[u8]| {
-    // The request method and the client's close wish come from the input's
-    // length so that seeds stay plain HTTP answers.
+    // The request method, the client's close wish and its HTTP version come
+    // from the input's length so that seeds stay plain HTTP answers.
     let method = [Method::Other, Method::Get, Method::Head][data.len() % 3];
-    let client_close = data.len() % 5 == 0;
+    let client = ClientConn { close: data.len() % 5 == 0, http10: data.len() % 7 == 0 };
     let mut out = Vec::new();
-    let full = parse(data, method, client_close, &mut out);
+    let full = parse(data, method, client, &mut out);
     if let Ok(Some(head)) = &full {
-        check_accepted(data, head, method, client_close, &out);
+        check_accepted(data, head, method, client, &out);
     }
 
     let mut out_prefix = Vec::new();
     for cut in split_points(data) {
-        let prefix = parse(&data[..cut], method, client_close, &mut out_prefix);
+        let prefix = parse(&data[..cut], method, client, &mut out_prefix);
         match (&prefix, &full) {
             (Ok(None), _) => {}
             (Ok(Some(p)), Ok(Some(f))) => {
                 assert_eq!(
-                    (p.head_len, p.status, p.framing, p.upstream_close),
-                    (f.head_len, f.status, f.framing, f.upstream_close)
+                    (p.head_len, p.status, p.framing, p.upstream_close, p.client, p.dechunk),
+                    (f.head_len, f.status, f.framing, f.upstream_close, f.client, f.dechunk)
                 );
                 if !(100..200).contains(&f.status) {
                     assert_eq!(out_prefix, out, "prefix {cut} rendered a different head");
@@ -56,13 +61,13 @@ fuzz_target!(|data: &[u8]| {
     // this fails on almost every input; flip the constant once it is fixed.
     if !KNOWN_F3_HEAD_LIMIT_UNCHECKED && data.len() > 1 {
         let small = data.len() / 2;
-        if let Ok(Some(head)) = parse_response(data, small, method, client_close, &mut out_prefix) {
+        if let Ok(Some(head)) = parse_response(data, small, method, client, &mut out_prefix) {
             assert!(head.head_len <= small, "head of {} bytes accepted under a limit of {small}", head.head_len);
         }
     }
 });
 
-fn check_accepted(data: &[u8], head: &ResponseHead, method: Method, client_close: bool, out: &[u8]) {
+fn check_accepted(data: &[u8], head: &ResponseHead, method: Method, client: ClientConn, out: &[u8]) {
     assert!(head.head_len <= data.len() && head.head_len <= MAX_HEAD);
     if KNOWN_F4_STATUS_BELOW_100 && head.status < 100 {
         return;
@@ -82,28 +87,44 @@ fn check_accepted(data: &[u8], head: &ResponseHead, method: Method, client_close
     for name in HOP_BY_HOP.iter().filter(|n| **n != "connection") {
         assert_eq!(count(&f, name), 0, "{name} forwarded to the Agent");
     }
-    let closes = f.iter().filter(|(n, _)| n.eq_ignore_ascii_case("connection")).collect::<Vec<_>>();
-    if client_close || head.framing == BodyFraming::UntilClose {
-        assert_eq!(closes, [&("Connection", &b"close"[..])]);
+    // The Agent is told whether the connection stays: close when asked, when
+    // the body ends at the close, and when a chunked body is decoded for
+    // HTTP/1.0; an HTTP/1.0 connection kept open is announced.
+    let dechunk = client.http10 && head.framing == BodyFraming::Chunked;
+    assert_eq!(head.dechunk, dechunk);
+    let close = client.close || head.framing == BodyFraming::UntilClose || dechunk;
+    assert_eq!(head.client, ClientConn { close, http10: client.http10 });
+    let conns = f.iter().filter(|(n, _)| n.eq_ignore_ascii_case("connection")).collect::<Vec<_>>();
+    if close {
+        assert_eq!(conns, [&("Connection", &b"close"[..])]);
+    } else if client.http10 {
+        assert_eq!(conns, [&("Connection", &b"keep-alive"[..])]);
     } else {
-        assert!(closes.is_empty());
+        assert!(conns.is_empty());
+    }
+    if client.http10 {
+        assert_eq!(count(&f, "transfer-encoding"), 0, "Transfer-Encoding sent to an HTTP/1.0 client");
+    }
+    if dechunk {
+        assert_eq!(count(&f, "content-length"), 0, "a length sent with a decoded chunked body");
     }
 
     // The Agent must frame the body as the relay forwards it: parsing the
-    // rendered head gives the same framing.
+    // rendered head gives the same framing (a decoded body ends at the close).
     // (Skipped when adding Connection took the head past the relay's own field limit.)
     if agent.headers.len() > MAX_HEADERS {
         return;
     }
     let mut again = Vec::new();
-    match parse_response(out, 1 << 20, method, client_close, &mut again) {
+    let sent = if dechunk { BodyFraming::UntilClose } else { head.framing };
+    match parse_response(out, 1 << 20, method, client, &mut again) {
         Ok(Some(h2)) => {
             assert_eq!(h2.status, head.status);
             assert_eq!(
                 h2.framing,
-                head.framing,
-                "relay frames the body as {:?}, the Agent would see {:?}:\n{}",
-                head.framing,
+                sent,
+                "relay sends the body as {:?}, the Agent would see {:?}:\n{}",
+                sent,
                 h2.framing,
                 String::from_utf8_lossy(out)
             );

@@ -1,16 +1,20 @@
 //! Whether each upstream address is up: active checks from the control
-//! thread (TCP connect + FIPS TLS handshake every `health.interval`) and
-//! passive marking from the data path (a failed connect or handshake counts
-//! as a failed check at once).
+//! thread (TCP connect + FIPS TLS handshake every `health.interval`; an
+//! address that is down is checked sooner, from `health.down_interval`
+//! doubling up to `health.interval`), passive marking from the data path (a
+//! failed connect or handshake counts as a failed check at once), and
+//! revival from the data path (a request that connects to a down address
+//! while its host has none up, "panic mode", brings it back at once).
 //!
 //! State lives in atomics on each [`Endpoint`]; workers read it without
 //! locks. Whoever makes an address change state (a worker or the checker)
-//! logs the one transition line, decided by a compare-and-swap.
+//! logs the one transition line, decided by a compare-and-swap, and counts
+//! it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 
@@ -29,6 +33,14 @@ pub struct Endpoint {
     oks: AtomicU32,
     /// No longer in the host's DNS answer: its pooled sessions are not reused.
     retired: AtomicBool,
+    /// When the next active check is due, in ms of the checker's clock
+    /// ([`Checker`]); 0: at the next tick.
+    next_check_ms: AtomicU64,
+    /// Active checks failed in a row while down: the backoff's exponent.
+    down_checks: AtomicU32,
+    /// Transitions so far: to down, to up (for `/metrics`).
+    pub downs: AtomicU64,
+    pub ups: AtomicU64,
 }
 
 /// A change of state to log: the caller counts the host's addresses up.
@@ -48,6 +60,10 @@ impl Endpoint {
             fails: AtomicU32::new(0),
             oks: AtomicU32::new(0),
             retired: AtomicBool::new(false),
+            next_check_ms: AtomicU64::new(0),
+            down_checks: AtomicU32::new(0),
+            downs: AtomicU64::new(0),
+            ups: AtomicU64::new(0),
         }
     }
 
@@ -74,9 +90,44 @@ impl Endpoint {
         self.oks.store(0, Ordering::Relaxed);
         let fails = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
         if fails >= policy.fall && self.up.compare_exchange(true, false, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.downs.fetch_add(1, Ordering::Relaxed);
+            // Check it soon: the backoff starts at health.down_interval.
+            self.down_checks.store(0, Ordering::Relaxed);
+            self.next_check_ms.store(0, Ordering::Relaxed);
             return Some(Transition::Down);
         }
         None
+    }
+
+    /// A request connected to this address while it was down (panic mode):
+    /// it is up again at once. Returns `Up` for the one caller that revived it.
+    pub fn revive(&self) -> Option<Transition> {
+        self.fails.store(0, Ordering::Relaxed);
+        self.oks.store(0, Ordering::Relaxed);
+        if self.up.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.ups.fetch_add(1, Ordering::Relaxed);
+            self.down_checks.store(0, Ordering::Relaxed);
+            return Some(Transition::Up);
+        }
+        None
+    }
+
+    /// When the checker should look at this address next, after a check that
+    /// ended at `now_ms`: `interval` while up; while down,
+    /// `down_interval · 2^(failed checks)`, at most `interval`.
+    fn schedule_next(&self, now_ms: u64, policy: &HealthConfig) {
+        let interval = policy.interval.as_millis() as u64;
+        let gap = if self.is_up() {
+            interval
+        } else {
+            let k = self.down_checks.fetch_add(1, Ordering::Relaxed).min(20);
+            (policy.down_interval.as_millis() as u64).saturating_mul(1 << k).min(interval)
+        };
+        self.next_check_ms.store(now_ms + gap.max(1), Ordering::Relaxed);
+    }
+
+    fn check_due(&self, now_ms: u64) -> bool {
+        self.next_check_ms.load(Ordering::Relaxed) <= now_ms
     }
 
     /// A successful connect from the data path: clears the failure count
@@ -96,6 +147,8 @@ impl Endpoint {
         let oks = self.oks.fetch_add(1, Ordering::Relaxed) + 1;
         if oks >= policy.rise && self.up.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
             self.oks.store(0, Ordering::Relaxed);
+            self.ups.fetch_add(1, Ordering::Relaxed);
+            self.down_checks.store(0, Ordering::Relaxed);
             return Some(Transition::Up);
         }
         None
@@ -136,36 +189,71 @@ pub fn log_transition(directory: &Directory, id: usize, addr: SocketAddr, t: Tra
     }
 }
 
-/// One round of active checks over every address of every host, all at
-/// once. Runs on the control thread inside a `LocalSet`.
-pub async fn check_all(directory: &Arc<Directory>, tls: &Arc<ClientConfig>, server_names: &[String]) {
-    let policy = directory.health;
-    let mut checks = tokio::task::JoinSet::new();
-    for (id, server_name) in server_names.iter().enumerate().take(directory.len()) {
-        for endpoint in directory.get(id).endpoints.iter().cloned() {
-            let (tls, name) = (tls.clone(), server_name.clone());
-            checks.spawn_local(async move {
-                let result = check_one(endpoint.addr, tls, &name, policy.timeout).await;
-                (id, endpoint, result)
-            });
+/// How often the checker looks for addresses whose check is due.
+pub const CHECK_TICK: Duration = Duration::from_millis(100);
+
+/// The active checker's clock: ms since it started.
+pub struct Checker {
+    start: Instant,
+}
+
+impl Default for Checker {
+    fn default() -> Self {
+        Checker { start: Instant::now() }
+    }
+}
+
+impl Checker {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Runs forever: every [`CHECK_TICK`], checks the addresses that are due
+    /// (all at once), so an up address is checked every `health.interval`
+    /// and a down one from `health.down_interval` on, doubling.
+    pub async fn run(self, directory: Arc<Directory>, tls: Arc<ClientConfig>, server_names: Vec<String>) {
+        let mut tick = tokio::time::interval(CHECK_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.check_due(&directory, &tls, &server_names).await;
         }
     }
-    while let Some(done) = checks.join_next().await {
-        let Ok((id, endpoint, result)) = done else { continue };
-        match result {
-            Ok(()) => {
-                if let Some(t) = endpoint.check_passed(&policy) {
-                    let why = format!("{} consecutive checks passed", policy.rise);
-                    log_transition(directory, id, endpoint.addr, t, &why);
+
+    /// One round: checks every address whose check is due, all at once.
+    pub async fn check_due(&self, directory: &Arc<Directory>, tls: &Arc<ClientConfig>, server_names: &[String]) {
+        let policy = directory.health;
+        let now = self.now_ms();
+        let mut checks = tokio::task::JoinSet::new();
+        for (id, server_name) in server_names.iter().enumerate().take(directory.len()) {
+            for endpoint in directory.get(id).endpoints.iter().filter(|e| e.check_due(now)).cloned() {
+                // Not due again until this check ends and reschedules it.
+                endpoint.next_check_ms.store(u64::MAX, Ordering::Relaxed);
+                let (tls, name) = (tls.clone(), server_name.clone());
+                checks.spawn_local(async move {
+                    let result = check_one(endpoint.addr, tls, &name, policy.timeout).await;
+                    (id, endpoint, result)
+                });
+            }
+        }
+        while let Some(done) = checks.join_next().await {
+            let Ok((id, endpoint, result)) = done else { continue };
+            match result {
+                Ok(()) => {
+                    if let Some(t) = endpoint.check_passed(&policy) {
+                        let why = format!("{} consecutive checks passed", policy.rise);
+                        log_transition(directory, id, endpoint.addr, t, &why);
+                    }
+                }
+                Err(e) => {
+                    let why = reason(&e);
+                    tracing::debug!(upstream = directory.host(id), addr = %endpoint.addr, error = %why, "health check failed");
+                    if let Some(t) = endpoint.failed(&policy) {
+                        log_transition(directory, id, endpoint.addr, t, &why);
+                    }
                 }
             }
-            Err(e) => {
-                let why = reason(&e);
-                tracing::debug!(upstream = directory.host(id), addr = %endpoint.addr, error = %why, "health check failed");
-                if let Some(t) = endpoint.failed(&policy) {
-                    log_transition(directory, id, endpoint.addr, t, &why);
-                }
-            }
+            endpoint.schedule_next(self.now_ms(), &policy);
         }
     }
 }
@@ -188,7 +276,40 @@ mod tests {
     use super::*;
 
     fn policy(rise: u32, fall: u32) -> HealthConfig {
-        HealthConfig { enabled: true, interval: Duration::from_secs(10), timeout: Duration::from_secs(5), rise, fall }
+        HealthConfig {
+            enabled: true,
+            interval: Duration::from_secs(10),
+            down_interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(5),
+            rise,
+            fall,
+        }
+    }
+
+    #[test]
+    fn down_addresses_are_checked_sooner_with_backoff() {
+        let p = policy(2, 1);
+        let e = Endpoint::new("10.0.0.1:443".parse().unwrap());
+        e.schedule_next(1_000, &p);
+        assert_eq!(e.next_check_ms.load(Ordering::Relaxed), 11_000, "up: every interval");
+        assert_eq!(e.failed(&p), Some(Transition::Down));
+        assert!(e.check_due(1_001), "going down makes it due at once");
+        let mut gaps = Vec::new();
+        let mut now = 2_000;
+        for _ in 0..7 {
+            e.schedule_next(now, &p);
+            let next = e.next_check_ms.load(Ordering::Relaxed);
+            gaps.push(next - now);
+            now = next;
+        }
+        assert_eq!(gaps, [500, 1_000, 2_000, 4_000, 8_000, 10_000, 10_000]);
+        // Revived by a request: up, counted once, backoff reset.
+        assert_eq!(e.revive(), Some(Transition::Up));
+        assert_eq!(e.revive(), None);
+        assert_eq!((e.downs.load(Ordering::Relaxed), e.ups.load(Ordering::Relaxed)), (1, 1));
+        assert_eq!(e.failed(&p), Some(Transition::Down));
+        e.schedule_next(0, &p);
+        assert_eq!(e.next_check_ms.load(Ordering::Relaxed), 500);
     }
 
     #[test]

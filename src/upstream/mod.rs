@@ -45,7 +45,39 @@ pub struct Directory {
     /// Addresses come from `upstream.override_addr`: never resolved.
     fixed: bool,
     pub health: HealthConfig,
+    /// Per host: panic mode's probe slot (see [`Directory::take_panic_probe`]).
+    panic: Vec<PanicProbe>,
+    /// The clock of the probe slots.
+    started: std::time::Instant,
 }
+
+/// Panic mode of one host: when it has no address up, one request per
+/// [`PANIC_PROBE_EVERY`], across all workers, still tries a real connect.
+#[derive(Default)]
+pub struct PanicProbe {
+    /// When the next probe may start, in ms since the directory was made.
+    next_ms: std::sync::atomic::AtomicU64,
+    /// Probes started so far (`/metrics`).
+    pub probes: std::sync::atomic::AtomicU64,
+}
+
+/// The one panic-mode probe in flight for a host; dropping it (the probe
+/// ended, or its request was dropped) allows the next after [`PANIC_PROBE_EVERY`].
+pub struct PanicProbeGuard<'a> {
+    directory: &'a Directory,
+    id: UpstreamId,
+}
+
+impl Drop for PanicProbeGuard<'_> {
+    fn drop(&mut self) {
+        let d = self.directory;
+        let next = d.started.elapsed().as_millis() as u64 + PANIC_PROBE_EVERY.as_millis() as u64;
+        d.panic[self.id].next_ms.store(next, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// In panic mode, at most one request per host this often tries to connect.
+pub const PANIC_PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Up to this many addresses are kept per host (like the original's backends).
 pub const MAX_ADDRS_PER_HOST: usize = 5;
@@ -73,6 +105,44 @@ impl Directory {
             hosts: routes.upstreams.iter().map(|u| u.host.clone()).collect(),
             fixed: !override_addrs.is_empty(),
             health,
+            panic: routes.upstreams.iter().map(|_| PanicProbe::default()).collect(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Host `id` has addresses and none is up: panic mode.
+    pub fn in_panic(&self, id: UpstreamId) -> bool {
+        let r = self.get(id);
+        !r.endpoints.is_empty() && r.up_count() == 0
+    }
+
+    /// In panic mode, whether this request may be the host's probe: one at
+    /// a time across workers (a compare-and-swap), the next no sooner than
+    /// [`PANIC_PROBE_EVERY`] after the last one ended; the others get 503
+    /// without trying. The probe's slot is released when the guard drops.
+    pub fn take_panic_probe(&self, id: UpstreamId) -> Option<PanicProbeGuard<'_>> {
+        use std::sync::atomic::Ordering;
+        let slot = &self.panic[id];
+        let now = self.started.elapsed().as_millis() as u64;
+        let next = slot.next_ms.load(Ordering::Relaxed);
+        if now < next {
+            return None;
+        }
+        // u64::MAX: a probe is in flight.
+        slot.next_ms.compare_exchange(next, u64::MAX, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+        slot.probes.fetch_add(1, Ordering::Relaxed);
+        Some(PanicProbeGuard { directory: self, id })
+    }
+
+    /// Probes started in panic mode for host `id`.
+    pub fn panic_probes(&self, id: UpstreamId) -> u64 {
+        self.panic[id].probes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A request in panic mode connected to `endpoint`: it is up again.
+    pub fn revived(&self, id: UpstreamId, endpoint: &Endpoint) {
+        if let Some(t) = endpoint.revive() {
+            health::log_transition(self, id, endpoint.addr, t, "a request connected in panic mode");
         }
     }
 
