@@ -402,3 +402,90 @@ both_backends!(one_of_two_addresses_down_fails_no_request, |io: &str| {
     }
     kill9(&mut second);
 });
+
+both_backends!(slow_intake_backpressure_bounds_memory_and_blocks_senders, |io: &str| {
+    // An intake that reads each body at 2 MiB/s while 16 Agents upload
+    // 16 MiB each to one worker: the relay must not buffer (its RSS stays
+    // near its baseline), the Agents' writes must block (their last byte
+    // leaves seconds after the first, not at once), nothing may be
+    // corrupted, and another product on the same worker keeps answering.
+    const AGENTS: usize = 16;
+    const BODY: usize = 16 * 1024 * 1024;
+    const RATE: u64 = 2 * 1024 * 1024;
+    let dir = TestDir::new();
+    let intake = Intake::start_with(
+        dir.path(),
+        Behavior { fault: Fault::SlowRead(RATE), ..Behavior::default() },
+        CipherMode::Default,
+    );
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        "workers.threads = 1\nupstream.response_timeout = \"60s\"\nlimits.client_idle_timeout = \"60s\"",
+    );
+    assert_eq!(relay.request(2, "POST", "/api/v0.2/traces", &[], b"{}").status, 202);
+    std::thread::sleep(Duration::from_millis(300));
+    let base = rss_kib(relay.pid());
+    let body: Vec<u8> = (0..BODY).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[2]).collect();
+    let want = body_hash(&body);
+    let body = std::sync::Arc::new(body);
+    let started = Instant::now();
+    let uploads: Vec<_> = (0..AGENTS)
+        .map(|_| {
+            let (addr, body) = (relay.addr(1), body.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.stream().set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+                let head = format!(
+                    "POST /api/v2/series HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n"
+                );
+                std::io::Write::write_all(c.stream(), head.as_bytes()).unwrap();
+                for piece in body.chunks(64 * 1024) {
+                    std::io::Write::write_all(c.stream(), piece).unwrap();
+                }
+                let written = started.elapsed();
+                let r = read_response(&mut c.reader, false).unwrap();
+                (r.status, written, started.elapsed())
+            })
+        })
+        .collect();
+    // While the uploads crawl: the relay's memory, and small requests on
+    // another product of the same worker.
+    let (mut peak, mut small_worst) = (base, Duration::ZERO);
+    while !uploads.iter().all(|u| u.is_finished()) {
+        assert!(started.elapsed() < Duration::from_secs(120), "uploads did not finish");
+        peak = peak.max(rss_kib(relay.pid()));
+        let t = Instant::now();
+        assert_eq!(relay.request(2, "POST", "/api/v0.2/traces", &[], b"{\"small\":1}").status, 202);
+        small_worst = small_worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let results: Vec<(u16, Duration, Duration)> = uploads.into_iter().map(|u| u.join().unwrap()).collect();
+    let mut written: Vec<Duration> = results.iter().map(|r| r.1).collect();
+    written.sort();
+    let done = results.iter().map(|r| r.2).max().unwrap();
+    eprintln!(
+        "{io}: {AGENTS} x {} MiB at {} MiB/s each: all answered after {done:?}; Agents' last byte written after {:?} (first) .. {:?} (last); relay RSS {base} KiB -> peak {peak} KiB (+{} KiB); slowest small request on another product {small_worst:?}",
+        BODY >> 20,
+        RATE >> 20,
+        written[0],
+        written[AGENTS - 1],
+        peak - base
+    );
+    assert!(results.iter().all(|r| r.0 == 202), "{results:?}");
+    // Nothing corrupted: the intake has 16 bodies, each byte-identical.
+    let records = intake.mock.records();
+    let uploaded: Vec<_> = records.iter().filter(|r| r.path == "/api/v2/series").collect();
+    assert_eq!(uploaded.len(), AGENTS);
+    assert!(uploaded.iter().all(|r| r.body_len == BODY as u64 && r.body_hash == want), "a body changed on the way");
+    // Bounded: 256 MiB went through; the relay held at most a few MiB.
+    assert!(peak - base < 24 * 1024, "relay RSS grew by {} KiB: it buffered", peak - base);
+    // Blocked: at 2 MiB/s a 16 MiB body takes 8 s to be read; a relay that
+    // buffered would take the whole body at once. Kernel socket buffers
+    // (a few MiB each way) absorb part of it, never most of it.
+    assert!(written[0] > Duration::from_secs(2), "an Agent finished writing after {:?}: not held back", written[0]);
+    // Another product on the same worker is not held behind the uploads.
+    assert!(small_worst < Duration::from_secs(1), "a small request took {small_worst:?}");
+});

@@ -38,6 +38,7 @@ struct Args {
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     latency: Duration,
     /// none | reset | close-mid-answer | close-after-head | slow:<duration> |
+    /// slow-read:<bytes/s, e.g. 64k> (read bodies slowly) |
     /// drop-record | duplicate-record | corrupt-record (these three prove
     /// `loadgen --verify` works) | reset-mid-request | blackhole (accept, never answer) |
     /// tls-alert (a fatal handshake_failure alert).

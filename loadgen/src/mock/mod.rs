@@ -100,6 +100,10 @@ pub enum Fault {
     /// Read the ClientHello, answer with a fatal TLS alert
     /// (handshake_failure), close.
     TlsAlert,
+    /// Read each request body at no more than this many bytes per second
+    /// (per connection), then answer normally: a slow intake, for
+    /// backpressure tests.
+    SlowRead(u64),
 }
 
 /// How long a blackholed connection is held before the mock lets it go.
@@ -112,7 +116,8 @@ const HANDSHAKE_FAILURE_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x
 pub enum ParseFaultError {
     #[error(
         "unknown fault {0:?}; use none, reset, close-mid-answer, close-after-head, slow:<duration>, \
-         drop-record, duplicate-record, corrupt-record, reset-mid-request, blackhole or tls-alert"
+         slow-read:<bytes per second, e.g. 64k>, drop-record, duplicate-record, corrupt-record, \
+         reset-mid-request, blackhole or tls-alert"
     )]
     Unknown(String),
     #[error("bad duration in fault: {0}")]
@@ -136,6 +141,18 @@ impl FromStr for Fault {
             "blackhole" => Ok(Fault::Blackhole),
             "reset-mid-request" => Ok(Fault::ResetMidRequest),
             "tls-alert" => Ok(Fault::TlsAlert),
+            _ if s.starts_with("slow-read:") => {
+                let rate = &s["slow-read:".len()..];
+                let (digits, mult) = match rate.as_bytes().last() {
+                    Some(b'k' | b'K') => (&rate[..rate.len() - 1], 1024),
+                    Some(b'm' | b'M') => (&rate[..rate.len() - 1], 1024 * 1024),
+                    _ => (rate, 1),
+                };
+                match digits.parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(Fault::SlowRead(n * mult)),
+                    _ => Err(ParseFaultError::Unknown(s.to_owned())),
+                }
+            }
             _ => match s.strip_prefix("slow:") {
                 Some(d) => Ok(Fault::SlowAnswer(parse_duration(d)?)),
                 None => Err(ParseFaultError::Unknown(s.to_owned())),
@@ -554,6 +571,11 @@ async fn serve_one(conn: &mut Conn, shared: &Shared, sni: &Option<String>, conne
     let corrupt = shared.behavior().fault == Fault::CorruptRecord;
     let mut hasher = BodyHasher::new();
     let mut sink = request::HashSink::new(&mut hasher, corrupt);
+    if let Fault::SlowRead(rate) = shared.behavior().fault {
+        if !control_path {
+            sink = sink.throttled(rate);
+        }
+    }
     let body_len = match request::read_body(conn, framing, &mut sink).await {
         Ok(n) => n,
         Err(ReadError::Malformed(why)) => return bad_request(conn, &why).await,
@@ -599,6 +621,7 @@ async fn serve_one(conn: &mut Conn, shared: &Shared, sni: &Option<String>, conne
         | Fault::CorruptRecord
         | Fault::Blackhole
         | Fault::TlsAlert
+        | Fault::SlowRead(_)
         | Fault::ResetMidRequest => {}
         Fault::SlowAnswer(delay) => tokio::time::sleep(delay).await,
         Fault::ResetAfterRequest => {
@@ -677,6 +700,11 @@ mod tests {
         assert_eq!("slow:2s".parse(), Ok(Fault::SlowAnswer(Duration::from_secs(2))));
         assert_eq!("drop-record".parse(), Ok(Fault::DropRecord));
         assert_eq!("duplicate-record".parse(), Ok(Fault::DuplicateRecord));
+        assert_eq!("slow-read:64k".parse(), Ok(Fault::SlowRead(65536)));
+        assert_eq!("slow-read:2m".parse(), Ok(Fault::SlowRead(2 * 1024 * 1024)));
+        assert_eq!("slow-read:1000".parse(), Ok(Fault::SlowRead(1000)));
+        assert!("slow-read:0".parse::<Fault>().is_err());
+        assert!("slow-read:fast".parse::<Fault>().is_err());
         assert_eq!("corrupt-record".parse(), Ok(Fault::CorruptRecord));
         assert!("slow:2".parse::<Fault>().is_err());
         assert!("explode".parse::<Fault>().is_err());

@@ -4,6 +4,7 @@
 //! decoded — and never buffered whole. Owns no sockets and writes nothing.
 
 use std::io;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
@@ -151,11 +152,38 @@ pub(crate) struct HashSink<'a> {
     hasher: &'a mut BodyHasher,
     /// Flip the next byte that arrives, then stop flipping.
     flip_next: bool,
+    /// Read no faster than this (the mock's `SlowRead` fault).
+    throttle: Option<Throttle>,
 }
+
+/// A read rate: bytes per second since the body's first byte.
+pub(crate) struct Throttle {
+    bytes_per_s: u64,
+    start: tokio::time::Instant,
+    done: u64,
+}
+
+/// With a throttle, the body is taken in pieces this big at most.
+const THROTTLE_PIECE: usize = 8 * 1024;
 
 impl<'a> HashSink<'a> {
     pub fn new(hasher: &'a mut BodyHasher, flip_first_byte: bool) -> Self {
-        HashSink { hasher, flip_next: flip_first_byte }
+        HashSink { hasher, flip_next: flip_first_byte, throttle: None }
+    }
+
+    /// Reads the body at no more than `bytes_per_s`.
+    pub fn throttled(mut self, bytes_per_s: u64) -> Self {
+        self.throttle = Some(Throttle { bytes_per_s: bytes_per_s.max(1), start: tokio::time::Instant::now(), done: 0 });
+        self
+    }
+
+    /// After `n` more bytes, waits until the rate allows them.
+    async fn pace(&mut self, n: usize) {
+        if let Some(t) = &mut self.throttle {
+            t.done += n as u64;
+            let due = t.start + Duration::from_secs_f64(t.done as f64 / t.bytes_per_s as f64);
+            tokio::time::sleep_until(due).await;
+        }
     }
 
     fn update(&mut self, bytes: &[u8]) {
@@ -187,10 +215,12 @@ async fn stream_exact<R: AsyncBufRead + Unpin>(
         if buf.is_empty() {
             return Err(unexpected_eof("request body"));
         }
-        let take = buf.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+        let piece = if hasher.throttle.is_some() { THROTTLE_PIECE } else { usize::MAX };
+        let take = buf.len().min(usize::try_from(len).unwrap_or(usize::MAX)).min(piece);
         hasher.update(&buf[..take]);
         r.consume(take);
         len -= take as u64;
+        hasher.pace(take).await;
     }
     Ok(())
 }
