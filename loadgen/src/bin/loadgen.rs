@@ -81,6 +81,12 @@ struct Args {
     /// (it keeps that CPU busy). Removes the idle wake-up from the send lag.
     #[arg(long, default_value = "0", value_parser = parse_long_duration)]
     spin: Duration,
+    /// Open loop: release each request at the next multiple of this after its
+    /// scheduled time, as a timer wheel with this tick does (tokio's: 1ms),
+    /// and measure from that release. Bunches sends; for comparing with tools
+    /// that pace that way (oha). Default: send at the scheduled time.
+    #[arg(long, default_value = "0", value_parser = parse_long_duration)]
+    quantum: Duration,
     /// series | logs | traces | raw
     #[arg(long, default_value = "series")]
     payload: PayloadKind,
@@ -161,6 +167,7 @@ fn options(args: Args) -> Result<(LoadOptions, Option<PathBuf>)> {
         timeout: args.timeout,
         rate: args.rate,
         spin: args.spin,
+        quantum: args.quantum,
         payload: args.payload,
         body_size: args.body_size,
         compression: args.compress,

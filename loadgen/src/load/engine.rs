@@ -50,6 +50,8 @@ pub(crate) struct Plan {
     pub rate: Option<f64>,
     /// Open loop: busy-wait this long before each send (see `LoadOptions::spin`).
     pub spin: Duration,
+    /// Open loop: release on multiples of this (see `LoadOptions::quantum`).
+    pub quantum: Duration,
     pub warmup: Duration,
     pub duration: Duration,
     pub timeout: Duration,
@@ -341,9 +343,12 @@ impl Driver {
             // wait, so that it leaves at that time, not after its compression.
             let intended = match &mut schedule {
                 Some(schedule) => {
-                    let at = schedule.next_send();
+                    let mut at = schedule.next_send();
                     if at >= end {
                         break;
+                    }
+                    if !plan.quantum.is_zero() {
+                        at = quantize(self.start, at, plan.quantum);
                     }
                     at
                 }
@@ -475,6 +480,14 @@ impl Driver {
     }
 }
 
+/// `at` moved up to the next multiple of `quantum` after `start`.
+fn quantize(start: Instant, at: Instant, quantum: Duration) -> Instant {
+    let q = quantum.as_nanos().max(1);
+    let since = at.saturating_duration_since(start).as_nanos();
+    let ticks = since.div_ceil(q);
+    start + Duration::from_nanos((ticks * q) as u64)
+}
+
 /// The cores to pin threads to, one per thread (round-robin), or none.
 pub(crate) fn cores_for(threads: usize, pin: bool) -> Vec<Option<core_affinity::CoreId>> {
     let cores = if pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
@@ -506,4 +519,21 @@ pub(crate) fn print_progress(lives: &[Arc<Live>], since: Instant, last: &mut (In
         merged.percentile_us(99.0) as f64 / 1000.0
     );
     let _ = err.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_moves_up_to_the_next_tick() {
+        let start = Instant::now();
+        let q = Duration::from_millis(1);
+        let at = |us: u64| start + Duration::from_micros(us);
+        assert_eq!(quantize(start, at(0), q), at(0));
+        assert_eq!(quantize(start, at(1), q), at(1000));
+        assert_eq!(quantize(start, at(999), q), at(1000));
+        assert_eq!(quantize(start, at(1000), q), at(1000));
+        assert_eq!(quantize(start, at(5200), q), at(6000));
+    }
 }

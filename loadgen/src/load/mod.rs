@@ -73,6 +73,11 @@ pub struct LoadOptions {
     /// Open loop: busy-wait (yielding) this long before each send instead of
     /// sleeping through it, for a client with a CPU of its own. Zero: sleep.
     pub spin: Duration,
+    /// Open loop: release each request at the next multiple of this after
+    /// its scheduled time (what a timer wheel with this tick does; tokio's
+    /// is 1 ms), measuring from that release. Bunches sends, for comparing
+    /// with tools that pace so (oha). Zero: send at the scheduled time.
+    pub quantum: Duration,
     pub payload: PayloadKind,
     pub body_size: BodySize,
     pub compression: Compression,
@@ -96,6 +101,7 @@ impl Default for LoadOptions {
             timeout: DEFAULT_TIMEOUT,
             rate: None,
             spin: Duration::ZERO,
+            quantum: Duration::ZERO,
             payload: PayloadKind::Series,
             body_size: BodySize::default(),
             compression: Compression::None,
@@ -155,6 +161,12 @@ impl LoadOptions {
         if self.spin > Duration::from_millis(10) {
             return bad(format!("--spin must be at most 10ms, not {:?}", self.spin));
         }
+        if self.quantum > Duration::from_secs(1) {
+            return bad(format!("--quantum must be at most 1s, not {:?}", self.quantum));
+        }
+        if !self.quantum.is_zero() && self.rate.is_none() {
+            return bad("--quantum applies to the open loop: give --rate too".to_string());
+        }
         if !self.spin.is_zero() && self.rate.is_none() {
             return bad("--spin applies to the open loop: give --rate too".to_string());
         }
@@ -200,6 +212,7 @@ pub fn run(opts: LoadOptions) -> Result<Report, LoadError> {
         pin: opts.pin,
         rate: opts.rate,
         spin: opts.spin,
+        quantum: opts.quantum,
         warmup: opts.warmup,
         duration: opts.duration,
         timeout: opts.timeout,
