@@ -257,8 +257,9 @@ impl fmt::Display for Report {
             if self.send_lag_unreliable {
                 writeln!(
                     f,
-                    "WARNING       send lag p99 {:.1}µs is above {:.1}µs: the client could not keep the rate on time \
-                     (saturated?), so the latency figures above include its own delay; use fewer req/s per thread or more --threads",
+                    "WARNING       send lag p99 {:.1}µs is above {:.1}µs: the client sent late (its CPU waking from idle, \
+                     or saturated), so the latency figures above include its own delay; on a client with a CPU of its own \
+                     use --spin 100us, else fewer req/s per thread or more --threads",
                     lag.p99,
                     SendLagSummary::limit_us(l.p99)
                 )?;
