@@ -263,7 +263,7 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 }
 
 /// Renders an admin answer into `out`. Admin answers always close the connection.
-pub fn render(reply: &AdminReply, extra: &[(&str, &str)], out: &mut Vec<u8>) {
+pub fn render(reply: &AdminReply, extra: &[(&str, &str)], client: crate::http1::ClientConn, out: &mut Vec<u8>) {
     let body = if reply.body.ends_with('\n') { reply.body.clone() } else { format!("{}\n", reply.body) };
     out.clear();
     out.extend_from_slice(
@@ -278,7 +278,8 @@ pub fn render(reply: &AdminReply, extra: &[(&str, &str)], out: &mut Vec<u8>) {
     for (name, value) in extra {
         out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
-    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out.extend_from_slice(client.connection_field().as_bytes());
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
 }
 
@@ -483,12 +484,19 @@ mod tests {
     }
 
     #[test]
-    fn answers_close_and_carry_extra_headers() {
+    fn answers_say_how_the_connection_goes_on_and_carry_extra_headers() {
+        use crate::http1::ClientConn;
         let mut out = Vec::new();
-        render(&AdminReply::new(401, "no"), &[("WWW-Authenticate", "Bearer")], &mut out);
-        let text = String::from_utf8(out).unwrap();
+        render(&AdminReply::new(401, "no"), &[("WWW-Authenticate", "Bearer")], ClientConn::CLOSE, &mut out);
+        let text = String::from_utf8(out.clone()).unwrap();
         assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{text}");
         assert!(text.contains("WWW-Authenticate: Bearer\r\n") && text.contains("Connection: close\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\nno\n") && text.contains("Content-Length: 3\r\n"), "{text}");
+        render(&AdminReply::new(200, "ok"), &[], ClientConn { http10: true, close: false }, &mut out);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.contains("Connection: keep-alive\r\n\r\nok\n"), "{text}");
+        render(&AdminReply::new(200, "ok"), &[], ClientConn { http10: false, close: false }, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("Connection:") && text.ends_with("\r\n\r\nok\n"), "{text}");
     }
 }

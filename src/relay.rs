@@ -476,17 +476,23 @@ async fn serve_one<B: Backend>(
     let outcome = match route {
         ProductRoute::Status => answer_status(ctx, down, &head, scratch, peer).await,
         ProductRoute::Unconfigured { reason } => {
-            // The body, if any, is not read: the connection closes.
-            let client = ClientConn::CLOSE;
+            // The body is read and dropped (bounded) so the connection can stay.
+            let keep = drain_body(ctx, down, &head, &mut BodyProgress::new(head.framing)).await;
+            let client = ClientConn { close: !keep, ..head.client() };
             fail_upstream(ctx, down, offset, peer, "(none)", ErrorCause::Unconfigured, reason, None, scratch, client)
                 .await;
-            Outcome::Close
+            if keep {
+                Outcome::KeepAlive
+            } else {
+                Outcome::Close
+            }
         }
         ProductRoute::Forward { .. } => {
             let upstream =
                 ctx.routes.upstream_for(offset, head.target(scratch)).expect("forward route has an upstream");
             *answer_buf = ctx.buffers.borrow_mut().take();
-            let res = forward(ctx, down, offset, upstream, &head, scratch, answer_buf).await;
+            let mut body = BodyProgress::new(head.framing);
+            let res = forward(ctx, down, offset, upstream, &head, scratch, answer_buf, &mut body).await;
             ctx.buffers.borrow_mut().give_back(std::mem::take(answer_buf));
             match res {
                 Ok((status, keep)) => {
@@ -507,11 +513,17 @@ async fn serve_one<B: Backend>(
                 }
                 Err(Failure::Upstream { cause, detail, addr }) => {
                     let host = ctx.upstream_host(upstream);
-                    // Part of the body may be unread: the connection closes.
-                    let client = ClientConn::CLOSE;
+                    // What is left of the body is read and dropped (bounded),
+                    // so the connection can carry the Agent's retry.
+                    let keep = drain_body(ctx, down, &head, &mut body).await;
+                    let client = ClientConn { close: !keep, ..head.client() };
                     fail_upstream(ctx, down, offset, peer, host, cause, &detail, addr, scratch, client).await;
                     ctx.stats.borrow_mut().record_answer(offset, cause.status(), started.elapsed());
-                    Outcome::Close
+                    if keep {
+                        Outcome::KeepAlive
+                    } else {
+                        Outcome::Close
+                    }
                 }
                 Err(Failure::AnswerCut { cause, detail }) => {
                     ctx.stats.borrow_mut().record_error(offset, cause);
@@ -559,6 +571,58 @@ async fn refuse<B: Backend>(
     let _ = down.write(scratch).await;
 }
 
+/// The most of an unforwarded request body [`drain_body`] reads to keep the
+/// connection; a larger rest closes it instead.
+const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
+/// How long [`drain_body`] waits for the rest of a body.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and drops what is left of a request body that will not be
+/// forwarded (the relay answers it itself), so that the connection can carry
+/// the next request. True when the body ended within [`DRAIN_LIMIT`] bytes
+/// and [`DRAIN_TIME`]; false when the connection must close instead: the
+/// client asked to close, waits for `100 Continue`, sent too much or too
+/// slowly, framed it badly, or the relay is draining.
+///
+/// # Backpressure
+/// Reads through the connection's own buffer, bounded in bytes and time.
+async fn drain_body<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    head: &RequestHead,
+    body: &mut BodyProgress,
+) -> bool {
+    if head.close || (ctx.draining().is_some() && !ctx.handing_over()) {
+        return false;
+    }
+    if body.done() {
+        return true;
+    }
+    // A client waiting for 100 Continue may never send the body.
+    if head.expect_continue || body.left().is_some_and(|left| left > DRAIN_LIMIT) {
+        return false;
+    }
+    let deadline = Instant::now() + DRAIN_TIME;
+    let mut drained: u64 = 0;
+    loop {
+        if !down.filled().is_empty() {
+            let Ok(n) = body.take(down.filled(), usize::MAX, ctx.config.max_body_bytes) else { return false };
+            down.consume(n);
+            drained += n as u64;
+            if body.done() {
+                return true;
+            }
+            if drained > DRAIN_LIMIT {
+                return false;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || read_body(down, left, &ctx.buffers).await.is_err() {
+            return false;
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn fail_upstream<B: Backend>(
     ctx: &WorkerCtx<B>,
@@ -592,10 +656,11 @@ async fn answer_status<B: Backend>(
     if admin::is_admin_target(head.target(scratch)) {
         return answer_admin(ctx, down, head, scratch, peer).await;
     }
-    let has_body = head.framing != BodyFraming::None;
     let method_ok = matches!(head.method, Method::Get | Method::Head);
-    // A body is never read here: the connection closes after the answer.
-    let client = ClientConn { close: head.close || has_body, ..head.client() };
+    // A body (never used here) is read and dropped, bounded, so the
+    // connection can stay; when it cannot be, the connection closes.
+    let keep = drain_body(ctx, down, head, &mut BodyProgress::new(head.framing)).await;
+    let client = ClientConn { close: !keep, ..head.client() };
     let (status, ctype, body) = if !method_ok {
         (405, "text/plain; charset=utf-8", "the status port is read-only: use GET\n".to_string())
     } else {
@@ -623,8 +688,10 @@ async fn answer_status<B: Backend>(
 }
 
 /// `/admin/*` on the status port: read the small body, check the bearer
-/// token, hand the command to the control loop, answer. The connection is
-/// closed after every admin answer. `scratch` holds the rendered head.
+/// token, hand the command to the control loop, answer. The connection
+/// stays open after an answer to a request whose body was read to its end
+/// (unless the client asked to close, or it was a drain); it closes after a
+/// body that could not be read. `scratch` holds the rendered head.
 async fn answer_admin<B: Backend>(
     ctx: &WorkerCtx<B>,
     down: &mut Downstream<B::Stream>,
@@ -633,22 +700,25 @@ async fn answer_admin<B: Backend>(
     peer: SocketAddr,
 ) -> Outcome {
     let access = &ctx.info.admin;
+    // Kept open once the body is read; closed when it cannot be.
+    let keep = ClientConn { close: head.close || (ctx.draining().is_some() && !ctx.handing_over()), ..head.client() };
     let Some(token) = &access.token else {
         let reply = AdminReply::new(
             404,
             "not found: the admin API is off (admin.enabled = false, or no token file could be created at start: see the start log)",
         );
-        return send_admin(down, &reply, &[], scratch).await;
+        let client = if head.framing == BodyFraming::None { keep } else { ClientConn { close: true, ..keep } };
+        return send_admin(down, &reply, &[], client, scratch).await;
     };
     let req = admin::inspect(scratch, token);
     let body = match read_admin_body(ctx, down, head).await {
         Ok(body) => body,
-        Err(reply) => return send_admin(down, &reply, &[], scratch).await,
+        Err(reply) => return send_admin(down, &reply, &[], ClientConn { close: true, ..keep }, scratch).await,
     };
     if !req.authorized {
         tracing::warn!(%peer, route = %req.path, "admin request refused: missing or wrong bearer token");
         let reply = AdminReply::new(401, "unauthorized: send Authorization: Bearer <the token in admin.token_file>");
-        return send_admin(down, &reply, &[("WWW-Authenticate", "Bearer")], scratch).await;
+        return send_admin(down, &reply, &[("WWW-Authenticate", "Bearer")], keep, scratch).await;
     }
     let reply = match req.route {
         Route::Drain => {
@@ -660,7 +730,7 @@ async fn answer_admin<B: Backend>(
                 ),
             );
             // The answer goes out first: draining closes this worker's connections.
-            send_admin(down, &reply, &[], scratch).await;
+            send_admin(down, &reply, &[], ClientConn { close: true, ..keep }, scratch).await;
             if access.commands.send(AdminCommand::Drain { peer }).is_err() {
                 tracing::warn!(%peer, "admin drain request dropped: the control loop is already stopping");
             }
@@ -675,7 +745,7 @@ async fn answer_admin<B: Backend>(
         Route::Reload => admin::ask_control(access, |reply| AdminCommand::Reload { peer, reply }).await,
         Route::WrongMethod { allow } => {
             let reply = AdminReply::new(405, format!("{} takes {allow}", req.path));
-            return send_admin(down, &reply, &[("Allow", allow)], scratch).await;
+            return send_admin(down, &reply, &[("Allow", allow)], keep, scratch).await;
         }
         Route::NotFound => AdminReply::new(
             404,
@@ -685,7 +755,7 @@ async fn answer_admin<B: Backend>(
             ),
         ),
     };
-    send_admin(down, &reply, &[], scratch).await
+    send_admin(down, &reply, &[], keep, scratch).await
 }
 
 /// Reads an admin request body: Content-Length only, at most `admin::MAX_BODY`.
@@ -733,15 +803,20 @@ async fn read_admin_body<B: Backend>(
     Ok(body)
 }
 
+/// Writes an admin answer. `client.close` decides whether the connection
+/// stays: only after a body that was read to its end.
 async fn send_admin<S: Stream>(
     down: &mut Downstream<S>,
     reply: &AdminReply,
     extra: &[(&str, &str)],
+    client: ClientConn,
     scratch: &mut Vec<u8>,
 ) -> Outcome {
-    admin::render(reply, extra, scratch);
-    let _ = down.write(scratch).await;
-    Outcome::Close
+    admin::render(reply, extra, client, scratch);
+    if down.write(scratch).await.is_err() || client.close {
+        return Outcome::Close;
+    }
+    Outcome::KeepAlive
 }
 
 /// Takes a live pooled session or opens a new one.
@@ -875,10 +950,10 @@ async fn forward<B: Backend>(
     head: &RequestHead,
     upstream_head: &mut Vec<u8>,
     answer_buf: &mut Vec<u8>,
+    body: &mut BodyProgress,
 ) -> Result<(u16, bool), Failure> {
     // The body bytes that came with the head ride in the same TLS record and
     // write as the head (one upstream write for a typical Agent request).
-    let mut body = BodyProgress::new(head.framing);
     if !head.expect_continue {
         let n = body.take(down.filled(), IO_BUF, ctx.config.max_body_bytes)?;
         upstream_head.extend_from_slice(&down.filled()[..n]);
@@ -1089,6 +1164,14 @@ impl BodyProgress {
         match self {
             BodyProgress::Length { total, .. } => *total,
             BodyProgress::Chunked(s) => s.payload,
+        }
+    }
+
+    /// Bytes still to come, when the framing says (Content-Length).
+    fn left(&self) -> Option<u64> {
+        match self {
+            BodyProgress::Length { left, .. } => Some(*left),
+            BodyProgress::Chunked(_) => None,
         }
     }
 }

@@ -1040,30 +1040,40 @@ both_backends!(http10_keep_alive_is_announced_and_kept, |io: &str| {
     let r = s.read_response(true).unwrap();
     assert_eq!((r.status, r.header("connection")), (200, Some("keep-alive")));
 
-    // Answers after which the relay always closes (a body it does not read,
-    // a malformed request, an admin answer, an upstream failure) say so.
+    // The relay's own answers keep the connection too once the request's
+    // body is read (it reads and drops it): a POST with a body on the status
+    // port, admin answers, and the 5xx of an upstream that is not there.
+    let mut s = relay.connect(0);
     let post_status = http10("POST", "/health", true, "", b"{}");
-    assert_closes_at_once(&mut relay.connect(0), &post_status, 405, "POST with a body on the status port");
+    assert_keeps(&mut s, &post_status, 405, "POST with a body on the status port");
+    assert_keeps(&mut s, &http10("POST", "/admin/reload", true, "", b""), 401, "admin API without a token");
+    let token = std::fs::read_to_string(intake.ca_file.with_file_name("admin.token")).unwrap();
+    let auth = format!("Authorization: Bearer {}\r\n", token.trim());
+    assert_keeps(&mut s, &http10("POST", "/admin/log-level", true, &auth, b"debug"), 405, "admin wrong method");
+    assert_keeps(&mut s, &http10("GET", "/admin/nope", true, &auth, b""), 404, "admin unknown route");
+    assert_keeps(&mut s, &http10("GET", "/health", true, "", b""), 200, "status after the admin answers");
+    let mut appsec = relay.connect(11);
+    let unconfigured = http10("POST", "/api/v2/appsec", true, "", b"{}");
+    assert_keeps(&mut appsec, &unconfigured, 503, "appsec has no upstream");
+    assert_keeps(&mut appsec, &unconfigured, 503, "appsec again, same connection");
+    drop(intake);
+    let mut gone = relay.connect(1);
+    let series = http10("POST", "/api/v2/series", true, "", b"{}");
+    assert_keeps(&mut gone, &series, 502, "intake gone");
+    assert_keeps(&mut gone, &series, 502, "intake gone, the Agent's retry on the same connection");
+    // Answers after which the relay still closes say so: a malformed request.
     let malformed =
         b"POST /api/v2/series HTTP/1.0\r\nConnection: Keep-Alive\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd";
     assert_closes_at_once(&mut relay.connect(1), malformed, 400, "malformed request");
-    let admin = http10("POST", "/admin/reload", true, "", b"");
-    assert_closes_at_once(&mut relay.connect(0), &admin, 401, "admin API without a token");
-    let unconfigured = http10("POST", "/api/v2/appsec", true, "", b"{}");
-    let mut appsec = relay.connect(11);
-    appsec.write_raw(&unconfigured);
-    let r = appsec.read_response(false).unwrap();
-    assert!(r.status >= 500, "appsec has no upstream: {}", r.status);
-    assert_eq!(r.header("connection"), Some("close"));
-    read_until_close(&mut appsec, Duration::from_secs(5));
-    drop(intake);
-    assert_closes_at_once(
-        &mut relay.connect(1),
-        &http10("POST", "/api/v2/series", true, "", b"{}"),
-        502,
-        "intake gone",
-    );
 });
+
+/// An answer of the relay's own that keeps an HTTP/1.0 keep-alive
+/// connection: `Connection: keep-alive`, and the connection stays usable.
+fn assert_keeps(c: &mut Client, request: &[u8], status: u16, what: &str) {
+    c.write_raw(request);
+    let r = c.read_response(false).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!((r.status, r.header("connection")), (status, Some("keep-alive")), "{what}");
+}
 
 both_backends!(http10_without_keep_alive_is_closed_after_the_answer, |io: &str| {
     let dir = TestDir::new();
@@ -1281,4 +1291,26 @@ both_backends!(apachebench_http10_with_and_without_keep_alive, |io: &str| {
         assert_eq!(kept, if keep_alive { 200 } else { 0 }, "-k {keep_alive}:\n{out}");
     }
     assert_eq!(intake.mock.stats().requests, 400);
+});
+
+both_backends!(relay_errors_keep_the_agent_connection_once_the_body_is_read, |io: &str| {
+    // HTTP/1.1, as the Agent sends: an intake that is not there gets 502,
+    // and the body the relay did not forward is read and dropped, so the
+    // Agent's retry rides on the same connection.
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, refused_addr(), &intake.ca_file, "");
+    let mut c = relay.connect(1);
+    let body = vec![b'x'; 200 * 1024];
+    for attempt in 0..3 {
+        let r = c.request("POST", "/api/v2/series", &[], &body);
+        assert_eq!(r.status, 502, "attempt {attempt}");
+        assert_eq!(r.header("connection"), None, "attempt {attempt}: an HTTP/1.1 connection kept needs no field");
+    }
+    // A body larger than the drain limit (8 MiB) is not read: the connection closes, and says so.
+    let mut big = relay.connect(1);
+    let head = "POST /api/v2/series HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n";
+    big.write_raw(head.as_bytes());
+    let r = big.read_response(false).unwrap();
+    assert_eq!((r.status, r.header("connection")), (502, Some("close")));
 });
