@@ -70,9 +70,9 @@ pub fn assert_fips_module() -> Result<(), CryptoError> {
 
 /// The crate that carries the module, as `Cargo.toml` pins it (`=`) and
 /// `deny.toml` enforces. Kept in step with [`PINNED_MODULE_VERSION`] by a test.
-pub const PINNED_CRATE: &str = "aws-lc-fips-sys 0.13.17";
+pub const PINNED_CRATE: &str = "aws-lc-fips-sys 0.13.11";
 /// The AWS-LC FIPS library version that [`PINNED_CRATE`] builds.
-pub const PINNED_MODULE_VERSION: &str = "3.6.0";
+pub const PINNED_MODULE_VERSION: &str = "3.1.0";
 /// The certificate of the pinned module, as linked (static).
 pub const PINNED_CERTIFICATE: u32 = 5314;
 
@@ -84,6 +84,8 @@ pub enum Linkage {
     Static,
     /// Loaded from a shared library (a system AWS-LC install).
     Dynamic,
+    /// The dynamic loader could not say: never validated (fails closed).
+    Unknown,
 }
 
 impl Linkage {
@@ -91,6 +93,7 @@ impl Linkage {
         match self {
             Linkage::Static => "static",
             Linkage::Dynamic => "dynamic",
+            Linkage::Unknown => "unknown linkage",
         }
     }
 }
@@ -124,14 +127,16 @@ impl ModuleStatus {
     }
 }
 
-/// One row of [`MODULE_TABLE`]: a FIPS release line from a library version
-/// on, in one linkage.
+/// One row of [`MODULE_TABLE`]: library versions `from..=to` of a FIPS
+/// release line, in one linkage.
 #[derive(Debug, Clone, Copy)]
 pub struct ModuleEntry {
     /// The FIPS branch: 3 is AWS-LC-FIPS 3.x.
     pub line: u32,
-    /// The lowest library version of the line that the row covers.
+    /// The lowest library version the row covers.
     pub from: (u32, u32, u32),
+    /// The highest library version the row covers.
+    pub to: (u32, u32, u32),
     pub linkage: Linkage,
     pub status: ModuleStatus,
 }
@@ -142,34 +147,51 @@ pub struct ModuleEntry {
 /// ("AWS-LC-FIPS v3.1 (static library): certificate #5314", "(dynamic
 /// library): certificate #5298"; v4.0 static and dynamic under "Modules in
 /// Process"); aws-lc PR 3382 ("the v3 certificates validate AWS-LC FIPS 3.1.0,
-/// not 3.0.0"); the aws-lc-rs v1.17.1 and v1.18.0 release notes (the 3.x module
-/// of aws-lc-rs 1.17.x is validated under #5314 / #5298, 4.x is in process).
-/// A version the table does not list (3.0.x, 2.x, 5.x, a non-FIPS build) is
-/// [`ModuleStatus::Unknown`]. When the CMVP validates another module, add its
-/// row here with the certificate number, and change the pins (README "Security").
+/// not 3.0.0. Both final policies are explicit that the validated version is
+/// 3.1.0"); the aws-lc-rs v1.18.0 release notes (4.x is in process).
+/// Only the version the security policies name is marked validated: 3.1.0.
+/// Later 3.x releases (3.3.0 in aws-lc-fips-sys 0.13.13 up to 3.6.0 in 0.13.17)
+/// carry fixes but are not named by the policies, so they are unknown here,
+/// as are 3.0.x, 2.x, 5.x and non-FIPS builds. When the CMVP names another
+/// module version, add its row here with the certificate number, and change
+/// the pins (README "Security").
 pub const MODULE_TABLE: &[ModuleEntry] = &[
     ModuleEntry {
         line: 3,
         from: (3, 1, 0),
+        to: (3, 1, 0),
         linkage: Linkage::Static,
         status: ModuleStatus::Validated { certificate: 5314 },
     },
     ModuleEntry {
         line: 3,
         from: (3, 1, 0),
+        to: (3, 1, 0),
         linkage: Linkage::Dynamic,
         status: ModuleStatus::Validated { certificate: 5298 },
     },
-    ModuleEntry { line: 4, from: (4, 0, 0), linkage: Linkage::Static, status: ModuleStatus::InProcess },
-    ModuleEntry { line: 4, from: (4, 0, 0), linkage: Linkage::Dynamic, status: ModuleStatus::InProcess },
+    ModuleEntry {
+        line: 4,
+        from: (4, 0, 0),
+        to: (4, u32::MAX, u32::MAX),
+        linkage: Linkage::Static,
+        status: ModuleStatus::InProcess,
+    },
+    ModuleEntry {
+        line: 4,
+        from: (4, 0, 0),
+        to: (4, u32::MAX, u32::MAX),
+        linkage: Linkage::Dynamic,
+        status: ModuleStatus::InProcess,
+    },
 ];
 
 /// The module this process runs, as read from the linked library.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FipsModule {
-    /// AWS-LC's own version string, e.g. "AWS-LC FIPS 3.6.0".
+    /// AWS-LC's own version string, e.g. "AWS-LC FIPS 3.1.0".
     pub full: String,
-    /// The library version, e.g. "3.6.0".
+    /// The library version, e.g. "3.1.0".
     pub version: String,
     pub linkage: Linkage,
     pub status: ModuleStatus,
@@ -181,13 +203,13 @@ fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
     it.next().is_none().then_some(v)
 }
 
-/// The table's word on `version` (e.g. "3.6.0") in `linkage`. A build that
+/// The table's word on `version` (e.g. "3.1.0") in `linkage`. A build that
 /// is not a FIPS build (`fips_build == false`) is always unknown.
 pub fn lookup(version: &str, linkage: Linkage, fips_build: bool) -> ModuleStatus {
     let Some(v) = parse_version(version).filter(|_| fips_build) else { return ModuleStatus::Unknown };
     MODULE_TABLE
         .iter()
-        .filter(|e| e.line == v.0 && e.linkage == linkage && v >= e.from)
+        .filter(|e| e.line == v.0 && e.linkage == linkage && v >= e.from && v <= e.to)
         .max_by_key(|e| e.from)
         .map_or(ModuleStatus::Unknown, |e| e.status)
 }
@@ -212,7 +234,7 @@ impl FipsModule {
 }
 
 impl std::fmt::Display for FipsModule {
-    /// "AWS-LC FIPS 3.6.0 static, FIPS 140-3 certificate #5314, validated".
+    /// "AWS-LC FIPS 3.1.0 static, FIPS 140-3 certificate #5314, validated".
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}, ", self.full, self.linkage.name())?;
         match self.status {
@@ -235,15 +257,16 @@ fn linked_linkage() -> Linkage {
     let module = object_base(aws_lc_fips_sys::FIPS_mode as *const libc::c_void);
     let ours = object_base(linked_linkage as *const libc::c_void);
     match (module, ours) {
-        (Some(m), Some(o)) if m != o => Linkage::Dynamic,
-        _ => Linkage::Static,
+        (Some(m), Some(o)) if m == o => Linkage::Static,
+        (Some(_), Some(_)) => Linkage::Dynamic,
+        _ => Linkage::Unknown,
     }
 }
 
 /// The module linked into this process, read from aws-lc at run time.
 pub fn linked_module() -> FipsModule {
     // The module's own version string, from inside its boundary: "AWS-LC FIPS
-    // 3.6.0" in a FIPS build, "AWS-LC 1.x" otherwise.
+    // 3.1.0" in a FIPS build, "AWS-LC 1.x" otherwise.
     // SAFETY: returns a pointer to a static NUL-terminated string.
     let full = unsafe { std::ffi::CStr::from_ptr(aws_lc_fips_sys::awslc_version_string()) };
     let mut module = FipsModule::from_parts(&full.to_string_lossy(), linked_linkage());
@@ -381,16 +404,19 @@ mod tests {
     fn table_lookup() {
         use ModuleStatus::*;
         assert_eq!(lookup("3.1.0", Linkage::Static, true), Validated { certificate: 5314 });
-        assert_eq!(lookup("3.6.0", Linkage::Dynamic, true), Validated { certificate: 5298 });
-        // The v3 certificates validate 3.1.0, not 3.0.x.
+        assert_eq!(lookup("3.1.0", Linkage::Dynamic, true), Validated { certificate: 5298 });
+        assert_eq!(lookup("3.1", Linkage::Static, true), Validated { certificate: 5314 });
+        // The v3 certificates' policies name 3.1.0: not 3.0.x, not later 3.x.
         assert_eq!(lookup("3.0.9", Linkage::Static, true), Unknown);
+        assert_eq!(lookup("3.1.1", Linkage::Static, true), Unknown);
+        assert_eq!(lookup("3.6.0", Linkage::Static, true), Unknown);
         assert_eq!(lookup("4.2.0", Linkage::Static, true), InProcess);
         assert_eq!(lookup("2.0.17", Linkage::Static, true), Unknown);
         assert_eq!(lookup("5.1.0", Linkage::Static, true), Unknown);
-        assert_eq!(lookup("3.6.0", Linkage::Static, false), Unknown, "a non-FIPS build is never validated");
-        assert_eq!(lookup("3.6", Linkage::Static, true), Validated { certificate: 5314 });
+        assert_eq!(lookup("3.1.0", Linkage::Static, false), Unknown, "a non-FIPS build is never validated");
         assert_eq!(lookup("garbage", Linkage::Static, true), Unknown);
         assert_eq!(lookup("3.6.0.1", Linkage::Static, true), Unknown);
+        assert_eq!(lookup("3.1.0", Linkage::Unknown, true), Unknown, "an unknown linkage is never validated");
     }
 
     #[test]
@@ -401,7 +427,7 @@ mod tests {
         let e = admit(&v4, false).unwrap_err().to_string();
         assert!(e.contains("AWS-LC FIPS 4.2.0 static"), "{e}");
         assert!(e.contains("crypto.allow_unvalidated_module = true"), "{e}");
-        assert!(e.contains("aws-lc-fips-sys 0.13.17"), "{e}");
+        assert!(e.contains("aws-lc-fips-sys 0.13.11"), "{e}");
         assert_eq!(admit(&v4, true).unwrap(), Admission::AllowedUnvalidated);
         let plain = FipsModule::from_parts("AWS-LC 1.73.0", Linkage::Static);
         assert_eq!(plain.status, ModuleStatus::Unknown);

@@ -994,10 +994,12 @@ async fn forward<B: Backend>(
             read_body(down, idle, &ctx.buffers).await?;
         }
         let n = body.take(down.filled(), usize::MAX, ctx.config.max_body_bytes)?;
-        write_upstream(&mut pooled, &down.filled()[..n], ctx.config.response_timeout)
-            .await
-            .map_err(|e| Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(addr) })?;
+        let written = write_upstream(&mut pooled, &down.filled()[..n], ctx.config.response_timeout).await;
+        // Consumed whether or not the write worked: `body` already counted
+        // these bytes, and a drain after a failure must not read them again
+        // (nor take the body's tail for the next request).
         down.consume(n);
+        written.map_err(|e| Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(addr) })?;
     }
     let body_bytes = body.payload();
     ctx.stats.borrow_mut().product(offset).bytes_in += body_bytes;

@@ -111,7 +111,9 @@ fn health(info: &StatusInfo, hub: &StatsHub) -> String {
         "validated": m.is_validated(),
     });
     let body = serde_json::json!({
-        "status": "ok",
+        // "degraded": running on a module that is not validated
+        // (crypto.allow_unvalidated_module).
+        "status": if m.is_validated() { "ok" } else { "degraded" },
         "version": info.version,
         "fips": true,
         "fips_module": module,

@@ -438,6 +438,21 @@ both_backends!(slow_intake_backpressure_bounds_memory_and_blocks_senders, |io: &
             std::thread::spawn(move || {
                 let mut c = Client::connect(addr);
                 c.stream().set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+                // A fixed 256 KiB send buffer (no autotuning): how much the
+                // kernel can take on the Agent's side does not depend on the
+                // host's tcp_wmem (tuning/throughput.conf raises it to 16 MiB).
+                let size: libc::c_int = 256 * 1024;
+                let fd = std::os::fd::AsRawFd::as_raw_fd(c.stream());
+                // SAFETY: a valid socket and a c_int option value.
+                unsafe {
+                    libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_SNDBUF,
+                        (&size as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
                 let head = format!(
                     "POST /api/v2/series HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n"
                 );

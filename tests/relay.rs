@@ -397,10 +397,10 @@ both_backends!(status_port_serves_summary_metrics_health, |io: &str| {
     assert!(metrics.contains("fipsrelay_request_body_bytes_total{product=\"traces\"} 6"));
     assert!(metrics.contains("fipsrelay_upstream_sessions_open{upstream=\"trace.agent.ddog-gov.com\"}"));
     let summary = relay.status_page("/");
-    let module = "AWS-LC FIPS 3.6.0 static, FIPS 140-3 certificate #5314, validated";
+    let module = "AWS-LC FIPS 3.1.0 static, FIPS 140-3 certificate #5314, validated";
     assert!(summary.contains(&format!("fips: enabled ({module})")), "{summary}");
     assert!(metrics.contains(
-        "fipsrelay_fips_module_info{version=\"3.6.0\",certificate=\"5314\",status=\"validated\",linkage=\"static\"} 1"
+        "fipsrelay_fips_module_info{version=\"3.1.0\",certificate=\"5314\",status=\"validated\",linkage=\"static\"} 1"
     ), "{metrics}");
     assert!(relay.log().contains(&format!("fips={module}")), "{}", relay.log());
     let backend = if io == "uring" { "io: io_uring" } else { "io: epoll" };
@@ -410,7 +410,7 @@ both_backends!(status_port_serves_summary_metrics_health, |io: &str| {
     assert!(health.contains("\"status\":\"ok\"") && health.contains("\"fips\":true"), "{health}");
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
     let m = &health["fips_module"];
-    assert_eq!(m["version"], "3.6.0", "{health}");
+    assert_eq!(m["version"], "3.1.0", "{health}");
     assert_eq!(m["certificate"], 5314, "{health}");
     assert_eq!(m["status"], "validated", "{health}");
     assert_eq!(m["linkage"], "static", "{health}");
@@ -494,7 +494,7 @@ fn version_reports_fips_module() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("fips: enabled (AWS-LC FIPS 3.6.0 static, FIPS 140-3 certificate #5314, validated)"),
+        text.contains("fips: enabled (AWS-LC FIPS 3.1.0 static, FIPS 140-3 certificate #5314, validated)"),
         "{text}"
     );
     assert!(text.contains("TLS13_AES_256_GCM_SHA384") && !text.contains("CHACHA"), "{text}");
@@ -502,14 +502,14 @@ fn version_reports_fips_module() {
 }
 
 /// Only the FIPS module encrypts: the relay binary links the pinned FIPS
-/// build of AWS-LC (symbols prefixed `aws_lc_fips_0_13_17_`) and none of the
+/// build of AWS-LC (symbols prefixed `aws_lc_fips_0_13_11_`) and none of the
 /// non-FIPS AWS-LC that rustls' `aws_lc_rs` feature also compiles
 /// (`aws_lc_0_<version>_`).
 #[test]
 fn binary_links_only_the_fips_module() {
     let bin = std::fs::read(relay_bin()).unwrap();
     let has = |needle: &[u8]| bin.windows(needle.len()).any(|w| w == needle);
-    assert!(has(b"aws_lc_fips_0_13_17_"), "the pinned FIPS module's symbols are missing");
+    assert!(has(b"aws_lc_fips_0_13_11_"), "the pinned FIPS module's symbols are missing");
     assert!(!has(b"aws_lc_0_"), "the binary links a non-FIPS AWS-LC (aws_lc_0_* symbols)");
 }
 
@@ -1313,4 +1313,38 @@ both_backends!(relay_errors_keep_the_agent_connection_once_the_body_is_read, |io
     big.write_raw(head.as_bytes());
     let r = big.read_response(false).unwrap();
     assert_eq!((r.status, r.header("connection")), (502, Some("close")));
+});
+
+both_backends!(a_body_cut_by_the_intake_is_never_read_as_a_request, |io: &str| {
+    // The intake resets the connection after the head, while the body is
+    // still coming; the relay answers 502 and reads what is left of the body
+    // to keep the connection. The body's tail looks like a request: it must
+    // be dropped as body, never answered as a request of its own.
+    let dir = TestDir::new();
+    let intake = Intake::start_with(
+        dir.path(),
+        Behavior { fault: Fault::ResetMidRequest, ..Behavior::default() },
+        CipherMode::Default,
+    );
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    let tail = b"GET /api/v1/validate?SMUGGLED=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let first = vec![b'a'; 512 * 1024];
+    let mut c = relay.connect(1);
+    let head =
+        format!("POST /api/v2/series HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", first.len() + tail.len());
+    c.write_raw(head.as_bytes());
+    c.write_raw(&first);
+    std::thread::sleep(Duration::from_millis(500));
+    c.write_raw(tail);
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    // Nothing else may come: a second answer would be the tail, smuggled.
+    c.stream().set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let mut more = [0u8; 256];
+    match std::io::Read::read(&mut c.reader, &mut more) {
+        Ok(0) => {}
+        Ok(n) => panic!("an answer nobody asked for: {:?}", String::from_utf8_lossy(&more[..n])),
+        Err(e) => assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{e}"),
+    }
+    assert!(!relay.log().contains("SMUGGLED"), "{}", relay.log());
 });

@@ -220,40 +220,40 @@ impl Checker {
         }
     }
 
-    /// One round: checks every address whose check is due, all at once.
+    /// Starts a check of every address whose check is due, each as its own
+    /// task: a slow check (a blackholed address takes up to twice
+    /// `health.timeout`) delays no other. An address has at most one check
+    /// in flight; if a check task ends without rescheduling (it panicked),
+    /// the fallback time set here brings the address back within `interval`.
     pub async fn check_due(&self, directory: &Arc<Directory>, tls: &Arc<ClientConfig>, server_names: &[String]) {
         let policy = directory.health;
         let now = self.now_ms();
-        let mut checks = tokio::task::JoinSet::new();
         for (id, server_name) in server_names.iter().enumerate().take(directory.len()) {
             for endpoint in directory.get(id).endpoints.iter().filter(|e| e.check_due(now)).cloned() {
-                // Not due again until this check ends and reschedules it.
-                endpoint.next_check_ms.store(u64::MAX, Ordering::Relaxed);
-                let (tls, name) = (tls.clone(), server_name.clone());
-                checks.spawn_local(async move {
+                // Not due again before this check reschedules it, or, failing
+                // that, one interval from now.
+                endpoint.next_check_ms.store(now + policy.interval.as_millis() as u64, Ordering::Relaxed);
+                let (tls, name, directory, start) = (tls.clone(), server_name.clone(), directory.clone(), self.start);
+                tokio::task::spawn_local(async move {
                     let result = check_one(endpoint.addr, tls, &name, policy.timeout).await;
-                    (id, endpoint, result)
+                    match result {
+                        Ok(()) => {
+                            if let Some(t) = endpoint.check_passed(&policy) {
+                                let why = format!("{} consecutive checks passed", policy.rise);
+                                log_transition(&directory, id, endpoint.addr, t, &why);
+                            }
+                        }
+                        Err(e) => {
+                            let why = reason(&e);
+                            tracing::debug!(upstream = directory.host(id), addr = %endpoint.addr, error = %why, "health check failed");
+                            if let Some(t) = endpoint.failed(&policy) {
+                                log_transition(&directory, id, endpoint.addr, t, &why);
+                            }
+                        }
+                    }
+                    endpoint.schedule_next(start.elapsed().as_millis() as u64, &policy);
                 });
             }
-        }
-        while let Some(done) = checks.join_next().await {
-            let Ok((id, endpoint, result)) = done else { continue };
-            match result {
-                Ok(()) => {
-                    if let Some(t) = endpoint.check_passed(&policy) {
-                        let why = format!("{} consecutive checks passed", policy.rise);
-                        log_transition(directory, id, endpoint.addr, t, &why);
-                    }
-                }
-                Err(e) => {
-                    let why = reason(&e);
-                    tracing::debug!(upstream = directory.host(id), addr = %endpoint.addr, error = %why, "health check failed");
-                    if let Some(t) = endpoint.failed(&policy) {
-                        log_transition(directory, id, endpoint.addr, t, &why);
-                    }
-                }
-            }
-            endpoint.schedule_next(self.now_ms(), &policy);
         }
     }
 }
