@@ -466,6 +466,12 @@ pub fn parse_response(
         if is_hop_by_hop(h.name) || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(h.name.as_bytes())) {
             continue;
         }
+        // A field named like the relay's own Connection option ("close";
+        // "keep-alive" is hop-by-hop already) would become connection-specific
+        // on the Agent's hop (RFC 9110 §7.6.1): dropped. Found by fuzzing.
+        if h.name.eq_ignore_ascii_case("close") {
+            continue;
+        }
         // HTTP/1.0 has no transfer codings; a decoded body has no length either.
         if (client.http10 && h.name.eq_ignore_ascii_case("transfer-encoding"))
             || (dechunk && h.name.eq_ignore_ascii_case("content-length"))
@@ -971,6 +977,16 @@ mod tests {
             local_response(502, "down", client, &mut out);
             assert!(String::from_utf8_lossy(&out).contains("\r\nConnection: close\r\n\r\ndown\n"));
         }
+    }
+
+    #[test]
+    fn a_field_named_close_is_not_forwarded() {
+        // Fuzz find: with the relay's own "Connection: close", a field named
+        // "close" would turn connection-specific on the Agent's hop.
+        let keep10 = ClientConn { http10: true, close: false };
+        let (_, text) =
+            answer(b"HTTP/1.1 202 Accepted\r\nclose: x\r\nContent-Length: 0\r\n\r\n", Method::Other, keep10);
+        assert_eq!(text, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n");
     }
 
     #[test]

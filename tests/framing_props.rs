@@ -557,3 +557,25 @@ fn regression_f4_answer_status_line_stays_parseable() {
         assert!(matches!(r, Ok(httparse::Status::Complete(_))), "{r:?}: {:?}", lossy(&out));
     }
 }
+
+/// F5 (2026-12-01): an answer field named `close` was forwarded next to the
+/// relay's own `Connection: close`, which makes it connection-specific on
+/// the Agent's hop; rendering the head again then dropped it (no fixed
+/// point). Minimized: `fuzz/artifacts-kept/response/f5-answer-field-named-close`.
+#[test]
+fn regression_f5_answer_field_named_close_is_dropped() {
+    use fipsrelay::http1::parse_response;
+    let raw =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/artifacts-kept/response/f5-answer-field-named-close"))
+            .unwrap();
+    for client in [ClientConn::default(), ClientConn::CLOSE, ClientConn { http10: true, close: false }] {
+        let mut out = Vec::new();
+        if let Ok(Some(h)) = parse_response(&raw, MAX_HEAD, Method::Other, client, &mut out) {
+            let mut again = Vec::new();
+            let h2 = parse_response(&out, MAX_HEAD, Method::Other, client, &mut again).unwrap().unwrap();
+            assert_eq!(h2.status, h.status);
+            assert_eq!(again, out, "not a fixed point: {:?}", lossy(&out));
+            assert!(!lossy(&out).to_ascii_lowercase().contains("\r\nclose:"), "{:?}", lossy(&out));
+        }
+    }
+}
