@@ -90,23 +90,7 @@ fn main() {
     );
     let mut json_rows = Vec::new();
     for (name, r, h) in &rows {
-        println!("{name}");
-        for (label, s) in [("  fipsrelay", r), ("  haproxy", h)] {
-            println!("{}", s.row(label));
-        }
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-        println!(
-            "{:<34} {:>10.2} {:>12.2} {:>9.2} {:>9.2} {:>10.2} {:>9.2}",
-            "  ratio fipsrelay/haproxy",
-            ratio(r.req_per_s, h.req_per_s),
-            ratio(r.cpu_us_per_req, h.cpu_us_per_req),
-            ratio(r.p50_us, h.p50_us),
-            ratio(r.p99_us, h.p99_us),
-            ratio(r.p99_9_us, h.p99_9_us),
-            ratio(r.rss_kib as f64, h.rss_kib as f64)
-        );
-        json_rows.push(serde_json::json!({"workload": name, "fipsrelay": r, "haproxy": h,
-            "ratio": {"req_per_s": ratio(r.req_per_s, h.req_per_s), "cpu_us_per_req": ratio(r.cpu_us_per_req, h.cpu_us_per_req), "p99_us": ratio(r.p99_us, h.p99_us)}}));
+        json_rows.push(print_pair(name, r, h, true));
     }
     println!("idle RSS: fipsrelay {:.1} MiB, haproxy {:.1} MiB", idle.0 as f64 / 1024.0, idle.1 as f64 / 1024.0);
     drop(mock);
@@ -147,21 +131,7 @@ fn main() {
                 }
             }
             let (r, h) = (median(&rs), median(&hs));
-            println!("{name}");
-            for (label, s) in [("  fipsrelay", &r), ("  haproxy", &h)] {
-                println!("{}", s.row(label));
-            }
-            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-            println!(
-                "{:<34} {:>10.2} {:>12.2} {:>9.2} {:>9.2}",
-                "  ratio fipsrelay/haproxy",
-                ratio(r.req_per_s, h.req_per_s),
-                ratio(r.cpu_us_per_req, h.cpu_us_per_req),
-                ratio(r.p50_us, h.p50_us),
-                ratio(r.p99_us, h.p99_us)
-            );
-            external_rows.push(serde_json::json!({"workload": name, "fipsrelay": r, "haproxy": h,
-                "ratio": {"req_per_s": ratio(r.req_per_s, h.req_per_s), "cpu_us_per_req": ratio(r.cpu_us_per_req, h.cpu_us_per_req), "p99_us": ratio(r.p99_us, h.p99_us)}}));
+            external_rows.push(print_pair(name, &r, &h, false));
         }
     }
     let out = serde_json::json!({"machine": machine(), "haproxy": version, "secs": secs, "reps": reps, "rows": json_rows,
@@ -169,4 +139,32 @@ fn main() {
     let path = arg_value("--json").unwrap_or_else(|| "target/compare.json".into());
     std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
     println!("# JSON written to {path}");
+}
+
+/// Prints one workload's two rows and their ratio row (p99.9 and RSS ratios
+/// only where the rig measures them), and returns its JSON.
+fn print_pair(name: &str, r: &Sample, h: &Sample, full: bool) -> serde_json::Value {
+    println!("{name}");
+    for (label, s) in [("  fipsrelay", r), ("  haproxy", h)] {
+        println!("{}", s.row(label));
+    }
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let mut line = format!(
+        "{:<34} {:>10.2} {:>12.2} {:>9.2} {:>9.2}",
+        "  ratio fipsrelay/haproxy",
+        ratio(r.req_per_s, h.req_per_s),
+        ratio(r.cpu_us_per_req, h.cpu_us_per_req),
+        ratio(r.p50_us, h.p50_us),
+        ratio(r.p99_us, h.p99_us)
+    );
+    if full {
+        line.push_str(&format!(
+            " {:>10.2} {:>9.2}",
+            ratio(r.p99_9_us, h.p99_9_us),
+            ratio(r.rss_kib as f64, h.rss_kib as f64)
+        ));
+    }
+    println!("{line}");
+    serde_json::json!({"workload": name, "fipsrelay": r, "haproxy": h,
+        "ratio": {"req_per_s": ratio(r.req_per_s, h.req_per_s), "cpu_us_per_req": ratio(r.cpu_us_per_req, h.cpu_us_per_req), "p99_us": ratio(r.p99_us, h.p99_us)}})
 }
