@@ -45,6 +45,11 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DD_FIPS_PORT_RANGE_START", "listen.port_range_start"),
     ("DD_FIPS_LOCAL_ADDRESS", "listen.address"),
     ("DD_SITE", "upstream.site"),
+    ("DD_FIPS_PROXY_URL", "upstream.proxy.url"),
+    // Only with upstream.proxy.use_env = true (the Agent unsets these for
+    // itself, so they are never picked up by surprise).
+    ("HTTPS_PROXY", "upstream.proxy.url"),
+    ("NO_PROXY", "upstream.proxy.no_proxy"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +166,32 @@ pub struct RawUpstream {
     pub response_timeout: String,
     pub idle_timeout: String,
     pub max_idle_per_host: usize,
+    /// `[upstream.proxy]`: egress through an HTTP CONNECT proxy.
+    pub proxy: RawProxy,
+}
+
+/// `[upstream.proxy]` as written.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProxy {
+    /// `http://host:port` or `https://host:port`; empty = no proxy.
+    pub url: String,
+    /// CA bundle for an `https://` proxy's certificate; the system store when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// One line `user:password`, mode 0600; read at start and on reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// Upstream hosts (or domain suffixes) that go direct; `"*"` = all.
+    pub no_proxy: Vec<String>,
+    /// Take `HTTPS_PROXY` / `NO_PROXY` from the environment.
+    pub use_env: bool,
+    /// Resolve intake hosts here and CONNECT to their addresses; by default
+    /// the proxy resolves the names.
+    pub resolve_locally: bool,
+    /// The environment variable `url` came from (set by `apply_env`).
+    #[serde(skip)]
+    pub url_from_env: Option<&'static str>,
 }
 
 impl Default for RawUpstream {
@@ -176,6 +207,7 @@ impl Default for RawUpstream {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT.into(),
             idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT.into(),
             max_idle_per_host: DEFAULT_MAX_IDLE_PER_HOST,
+            proxy: RawProxy::default(),
         }
     }
 }
@@ -322,6 +354,114 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether the proxy is reached over plain TCP or TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyScheme {
+    Http,
+    Https,
+}
+
+impl ProxyScheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyScheme::Http => "http",
+            ProxyScheme::Https => "https",
+        }
+    }
+}
+
+/// The egress proxy (`[upstream.proxy]`), validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    pub scheme: ProxyScheme,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    pub ca_file: Option<PathBuf>,
+    pub credentials_file: Option<PathBuf>,
+    /// Lowercased, leading dots removed; `"*"` bypasses the proxy for every host.
+    pub no_proxy: Vec<String>,
+    pub resolve_locally: bool,
+    /// Where the URL came from: the key or the environment variable.
+    pub source: &'static str,
+}
+
+impl ProxyConfig {
+    /// `scheme://host:port`: what logs, the status page and metrics show
+    /// (never credentials: the URL cannot hold any).
+    pub fn display(&self) -> String {
+        if self.host.contains(':') {
+            format!("{}://[{}]:{}", self.scheme.name(), self.host, self.port)
+        } else {
+            format!("{}://{}:{}", self.scheme.name(), self.host, self.port)
+        }
+    }
+
+    /// `host:port` of the proxy, for log lines.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Whether upstream `host` goes through the proxy (`no_proxy` decides):
+    /// an entry matches the host itself and every name below it.
+    pub fn applies_to(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        !self.no_proxy.iter().any(|e| {
+            e == "*" || host == *e || (host.len() > e.len() && host.ends_with(e.as_str()) && host.as_bytes()[host.len() - e.len() - 1] == b'.')
+        })
+    }
+}
+
+/// Parses `http://host:port` or `https://host:port` (port defaults: 3128 for
+/// http, 443 for https). Credentials in the URL are refused without echoing
+/// them; a path is refused. Returns (scheme, host, port) or the problem.
+pub fn parse_proxy_url(url: &str) -> Result<(ProxyScheme, String, u16), String> {
+    let url = url.trim();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) if s.eq_ignore_ascii_case("http") => (ProxyScheme::Http, r),
+        Some((s, r)) if s.eq_ignore_ascii_case("https") => (ProxyScheme::Https, r),
+        Some((s, _)) => return Err(format!("scheme {s:?} is not supported (only http:// and https:// proxies)")),
+        None => return Err("has no scheme".into()),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('@') {
+        return Err("holds credentials".into());
+    }
+    if rest.contains('/') || rest.contains('?') || rest.contains('#') {
+        return Err("has a path; a proxy URL is scheme://host:port".into());
+    }
+    let default_port = match scheme {
+        ProxyScheme::Http => 3128,
+        ProxyScheme::Https => 443,
+    };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("has an unclosed [ in its host")?;
+        h.parse::<std::net::Ipv6Addr>().map_err(|_| format!("[{h}] is not an IPv6 address"))?;
+        match after.strip_prefix(':') {
+            Some(p) => (h.to_string(), p.parse::<u16>().map_err(|_| format!("port {p:?} is not a port"))?),
+            None if after.is_empty() => (h.to_string(), default_port),
+            None => return Err("has junk after the IPv6 address".into()),
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse::<u16>().map_err(|_| format!("port {p:?} is not a port"))?),
+            None => (rest.to_string(), default_port),
+        }
+    };
+    if port == 0 {
+        return Err("port 0 is not a port".into());
+    }
+    let host = host.to_ascii_lowercase();
+    if host.parse::<IpAddr>().is_err() && (host.is_empty() || !host.split('.').all(is_dns_label)) {
+        return Err(format!("host {host:?} is not a DNS name or IP address"));
+    }
+    Ok((scheme, host, port))
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -343,6 +483,8 @@ pub struct Config {
     pub response_timeout: Duration,
     pub upstream_idle_timeout: Duration,
     pub max_idle_per_host: usize,
+    /// Egress through an HTTP CONNECT proxy (`[upstream.proxy]`), if set.
+    pub proxy: Option<ProxyConfig>,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub client_idle_timeout: Duration,
@@ -423,6 +565,25 @@ pub fn apply_env(mut raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Re
     }
     if let Some(v) = env("DD_SITE") {
         raw.upstream.site = v.trim().to_string();
+    }
+    // The proxy: the generic names only when the file opts in; our own
+    // name always, and last (it wins).
+    if raw.upstream.proxy.use_env {
+        if let Some(v) = env("HTTPS_PROXY").or_else(|| env("https_proxy")).filter(|v| !v.trim().is_empty()) {
+            raw.upstream.proxy.url = v.trim().to_string();
+            raw.upstream.proxy.url_from_env = Some("HTTPS_PROXY");
+        }
+        if let Some(v) = env("NO_PROXY").or_else(|| env("no_proxy")) {
+            for entry in v.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                if !raw.upstream.proxy.no_proxy.iter().any(|n| n == entry) {
+                    raw.upstream.proxy.no_proxy.push(entry.to_string());
+                }
+            }
+        }
+    }
+    if let Some(v) = env("DD_FIPS_PROXY_URL") {
+        raw.upstream.proxy.url = v.trim().to_string();
+        raw.upstream.proxy.url_from_env = Some("DD_FIPS_PROXY_URL");
     }
     Ok(raw)
 }
@@ -525,6 +686,7 @@ impl RawConfig {
                 ));
             }
         }
+        let proxy = self.upstream.proxy.validate(&override_addrs)?;
         if self.upstream.max_idle_per_host > 4096 {
             return Err(invalid(
                 "upstream.max_idle_per_host",
@@ -598,6 +760,7 @@ impl RawConfig {
             response_timeout: duration("upstream.response_timeout", &self.upstream.response_timeout)?,
             upstream_idle_timeout: duration("upstream.idle_timeout", &self.upstream.idle_timeout)?,
             max_idle_per_host: self.upstream.max_idle_per_host,
+            proxy,
             max_header_bytes: self.limits.max_header_bytes,
             max_body_bytes: self.limits.max_body_bytes,
             client_idle_timeout: duration("limits.client_idle_timeout", &self.limits.client_idle_timeout)?,
@@ -646,6 +809,75 @@ pub fn changed_keys(old: &RawConfig, new: &RawConfig) -> Vec<String> {
     keys.sort();
     keys.dedup();
     keys
+}
+
+impl RawProxy {
+    fn validate(&self, override_addrs: &[SocketAddr]) -> Result<Option<ProxyConfig>, ConfigError> {
+        const KEY: &str = "upstream.proxy.url";
+        if self.url.trim().is_empty() {
+            return Ok(None);
+        }
+        let (scheme, host, port) = parse_proxy_url(&self.url).map_err(|problem| {
+            // The value is never echoed: a URL with credentials would put
+            // the password in the error.
+            let fix = if problem == "holds credentials" {
+                "write the URL as scheme://host:port and put user:password in the file named by upstream.proxy.credentials_file (mode 0600)"
+            } else {
+                "write http://host:port or https://host:port, e.g. http://proxy.example:3128"
+            };
+            match self.url_from_env {
+                Some(var) => ConfigError::Env { var, key: KEY, value: "(not shown)".into(), problem: format!("{problem}; {fix}") },
+                None => invalid(KEY, "(not shown)", problem, fix),
+            }
+        })?;
+        if !override_addrs.is_empty() {
+            return Err(invalid(
+                "upstream.override_addr",
+                "(set)",
+                "cannot be combined with upstream.proxy.url: override_addr sends every product straight to fixed addresses",
+                "remove upstream.override_addr to reach the intake through the proxy, or remove upstream.proxy.url",
+            ));
+        }
+        for (key, path) in
+            [("upstream.proxy.ca_file", &self.ca_file), ("upstream.proxy.credentials_file", &self.credentials_file)]
+        {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(key, "", "is empty", "write the path of the file, or remove the key"));
+            }
+        }
+        if self.ca_file.is_some() && scheme == ProxyScheme::Http {
+            return Err(invalid(
+                "upstream.proxy.ca_file",
+                self.ca_file.as_ref().unwrap().display(),
+                "is set, but the proxy URL is http:// (no TLS to the proxy)",
+                "use an https:// proxy URL, or remove the key",
+            ));
+        }
+        let mut no_proxy = Vec::new();
+        for entry in &self.no_proxy {
+            let e = entry.trim().trim_start_matches("*.").trim_start_matches('.').trim_end_matches('.').to_ascii_lowercase();
+            if e != "*" && (e.is_empty() || !e.split('.').all(is_dns_label)) {
+                return Err(invalid(
+                    "upstream.proxy.no_proxy",
+                    entry,
+                    "is not a host name or domain",
+                    "write host names or domain suffixes such as \"ddog-gov.com\" (covers every host below it), or \"*\" for all",
+                ));
+            }
+            no_proxy.push(e);
+        }
+        let source = self.url_from_env.unwrap_or(KEY);
+        Ok(Some(ProxyConfig {
+            scheme,
+            host,
+            port,
+            ca_file: self.ca_file.clone(),
+            credentials_file: self.credentials_file.clone(),
+            no_proxy,
+            resolve_locally: self.resolve_locally,
+            source,
+        }))
+    }
 }
 
 impl RawDns {
@@ -846,6 +1078,61 @@ mod tests {
             let e = parse_str(text).unwrap().validate().unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn proxy_urls_parse_and_credentials_are_refused_unseen() {
+        assert_eq!(parse_proxy_url("http://proxy.example:3128").unwrap(), (ProxyScheme::Http, "proxy.example".into(), 3128));
+        assert_eq!(parse_proxy_url("HTTP://Proxy.Example/").unwrap(), (ProxyScheme::Http, "proxy.example".into(), 3128));
+        assert_eq!(parse_proxy_url("https://10.0.0.5").unwrap(), (ProxyScheme::Https, "10.0.0.5".into(), 443));
+        assert_eq!(parse_proxy_url("http://[fd00::1]:8080").unwrap(), (ProxyScheme::Http, "fd00::1".into(), 8080));
+        for bad in ["proxy:3128", "socks5://p:1080", "http://p:0", "http://p:x", "http://p:1/path", "http://-p:1", "http://[zz]:1"] {
+            assert!(parse_proxy_url(bad).is_err(), "{bad}");
+        }
+        let mut raw = RawConfig::default();
+        raw.upstream.proxy.url = "http://relay:hunter2@proxy.example:3128".into();
+        let e = raw.validate().unwrap_err().to_string();
+        assert!(e.contains("upstream.proxy.url") && e.contains("credentials_file") && !e.contains("hunter2"), "{e}");
+        let env = |k: &str| (k == "DD_FIPS_PROXY_URL").then(|| "http://relay:hunter2@p:1".to_string());
+        let e = apply_env(RawConfig::default(), &env).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("DD_FIPS_PROXY_URL") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn proxy_env_is_used_only_when_asked_and_no_proxy_matches_suffixes() {
+        let env = |k: &str| match k {
+            "HTTPS_PROXY" => Some("http://env-proxy:3128".to_string()),
+            "NO_PROXY" => Some("internal.example, .corp".to_string()),
+            _ => None,
+        };
+        // The Agent unsets HTTPS_PROXY for itself; the relay ignores it unless told.
+        let c = apply_env(RawConfig::default(), &env).unwrap().validate().unwrap();
+        assert!(c.proxy.is_none());
+        let raw = parse_str("[upstream.proxy]\nuse_env = true\nno_proxy = [\"*.ddog-gov.com\"]\n").unwrap();
+        let c = apply_env(raw.clone(), &env).unwrap().validate().unwrap();
+        let p = c.proxy.unwrap();
+        assert_eq!((p.host.as_str(), p.port, p.source), ("env-proxy", 3128, "HTTPS_PROXY"));
+        assert_eq!(p.no_proxy, ["ddog-gov.com", "internal.example", "corp"]);
+        assert!(!p.applies_to("metrics.agent.ddog-gov.com") && !p.applies_to("ddog-gov.com"));
+        assert!(p.applies_to("notddog-gov.com") && p.applies_to("datadoghq.com"));
+        // Our own variable wins over both.
+        let ours = |k: &str| if k == "DD_FIPS_PROXY_URL" { Some("https://ours:8443".to_string()) } else { env(k) };
+        let p = apply_env(raw, &ours).unwrap().validate().unwrap().proxy.unwrap();
+        assert_eq!((p.scheme, p.host.as_str(), p.port, p.source), (ProxyScheme::Https, "ours", 8443, "DD_FIPS_PROXY_URL"));
+        assert_eq!(p.display(), "https://ours:8443");
+
+        let mut raw = RawConfig::default();
+        raw.upstream.proxy.url = "http://p:3128".into();
+        raw.upstream.proxy.no_proxy = vec!["*".into()];
+        assert!(!raw.validate().unwrap().proxy.unwrap().applies_to("api.ddog-gov.com"));
+        raw.upstream.proxy.no_proxy = vec!["bad host".into()];
+        assert!(raw.validate().unwrap_err().to_string().contains("upstream.proxy.no_proxy"));
+        raw.upstream.proxy.no_proxy = vec![];
+        raw.upstream.proxy.ca_file = Some("/ca.pem".into());
+        assert!(raw.validate().unwrap_err().to_string().contains("https://"));
+        raw.upstream.proxy.ca_file = None;
+        raw.upstream.override_addr = Some("127.0.0.1:1".into());
+        assert!(raw.validate().unwrap_err().to_string().contains("upstream.override_addr"));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! suite, peer certificate subject and expiry), then one HTTP request
 //! (`HEAD /`, or `GET /api/v1/validate` with `--api-key` on the API host).
 //! Prints a table of pass/fail with the reason, like `datadog-agent diagnose`.
+//! With an egress proxy, the proxy hop (connect, CONNECT and its answer) is
+//! its own step before the TLS handshake, which runs inside the tunnel.
 //!
 //! It opens its own short-lived sessions on a private epoll runtime and never
 //! touches a running relay. The API key is sent only to the API host and is
@@ -18,7 +20,8 @@ use crate::crypto::{self, CryptoError, TrustSource};
 use crate::http1::{self, Method};
 use crate::io::{epoll::Epoll, Backend};
 use crate::route::RouteTable;
-use crate::upstream::open_session;
+use crate::upstream::proxy::{Hop, Proxy};
+use crate::upstream::tls::TlsSession;
 
 /// One upstream host's result.
 #[derive(Debug, Clone)]
@@ -26,6 +29,8 @@ pub struct Check {
     pub host: String,
     pub products: String,
     pub addr: Option<SocketAddr>,
+    /// The proxy hop: `None` without a proxy in the config.
+    pub proxy: Option<String>,
     pub tls: String,
     pub certificate: String,
     pub http: String,
@@ -39,6 +44,8 @@ pub enum DiagnoseError {
     Crypto(#[from] CryptoError),
     #[error("cannot start the diagnose runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Proxy(#[from] crate::upstream::proxy::ProxySetupError),
 }
 
 /// Runs every check; the relay's config decides hosts, trust and timeouts.
@@ -48,19 +55,39 @@ pub fn run(config: &Config, api_key: Option<&str>) -> Result<Vec<Check>, Diagnos
         None => TrustSource::System,
     };
     let tls = crypto::client_config(&trust)?;
+    let proxy = match &config.proxy {
+        Some(p) => Some(Proxy::from_config(p)?),
+        None => None,
+    };
     let routes = RouteTable::new(config);
     let mut checks = Vec::new();
     for up in &routes.upstreams {
-        let check = Epoll::block_on(check_host(config, tls.clone(), &up.host, up.products.join(", "), api_key))
+        let proxy = proxy.as_ref().filter(|p| p.config.applies_to(&up.host));
+        let check = Epoll::block_on(check_host(config, tls.clone(), proxy, &up.host, up.products.join(", "), api_key))
             .map_err(DiagnoseError::Runtime)?;
         checks.push(check);
     }
     Ok(checks)
 }
 
+/// The address to connect to: the intake's, or the proxy's when the proxy
+/// resolves the intake's name.
+async fn lookup(config: &Config, name: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    // The same resolver as `run`: the system one, or dns.nameservers.
+    let resolver = crate::upstream::dns::Resolver::new(&config.dns);
+    match resolver.lookup(name).await {
+        Ok(a) => Ok(crate::upstream::dns::socket_addrs(&a.ips, port, crate::upstream::MAX_ADDRS_PER_HOST)),
+        Err(e) => Err(format!("DNS ({}): {e}", resolver.describe())),
+    }
+}
+
 async fn check_host(
     config: &Config,
     tls: Arc<rustls::ClientConfig>,
+    proxy: Option<&Proxy>,
     host: &str,
     products: String,
     api_key: Option<&str>,
@@ -69,24 +96,27 @@ async fn check_host(
         host: host.to_string(),
         products,
         addr: None,
+        proxy: config.proxy.as_ref().map(|_| "direct (upstream.proxy.no_proxy)".to_string()),
         tls: "-".into(),
         certificate: "-".into(),
         http: "-".into(),
         ok: false,
         reason: String::new(),
     };
-    // 1. Resolve (or the override addresses).
+    // 1. Resolve (or the override addresses); the proxy's name when the
+    // proxy resolves the intake's.
+    let proxy_resolves = proxy.is_some_and(|p| !p.config.resolve_locally);
     let addrs: Vec<SocketAddr> = if !config.override_addrs.is_empty() {
         config.override_addrs.clone()
     } else {
-        // The same resolver as `run`: the system one, or dns.nameservers.
-        let resolver = crate::upstream::dns::Resolver::new(&config.dns);
-        match resolver.lookup(host).await {
-            Ok(a) => {
-                crate::upstream::dns::socket_addrs(&a.ips, config.upstream_port, crate::upstream::MAX_ADDRS_PER_HOST)
-            }
+        let found = match proxy {
+            Some(p) if proxy_resolves => lookup(config, &p.config.host, p.config.port).await,
+            _ => lookup(config, host, config.upstream_port).await,
+        };
+        match found {
+            Ok(a) => a,
             Err(e) => {
-                c.reason = format!("DNS ({}): {e}", resolver.describe());
+                c.reason = if proxy_resolves { format!("proxy {e}") } else { e };
                 return c;
             }
         }
@@ -96,18 +126,69 @@ async fn check_host(
         return c;
     };
     c.addr = Some(addr);
-    // 2 + 3. Connect and handshake through the relay's own session code.
     let server_name = config.server_name_for(host);
     let started = Instant::now();
-    let mut pooled = match open_session::<Epoll>(addr, tls, server_name, config.connect_timeout).await {
-        Ok(s) => s,
-        Err(e) => {
-            c.reason = e.to_string();
-            return c;
+    // 2. The proxy hop, as its own step.
+    let stream = match proxy {
+        None => match tokio::time::timeout(config.connect_timeout, Epoll::connect(addr)).await {
+            Err(_) => {
+                c.reason = format!("connect to {addr} timed out after {:?}", config.connect_timeout);
+                return c;
+            }
+            Ok(Err(e)) => {
+                c.reason = format!("connect to {addr} failed: {e}");
+                return c;
+            }
+            Ok(Ok(s)) => Hop::Tcp(s),
+        },
+        Some(p) => {
+            let (connect_to, target) = if p.config.resolve_locally {
+                match lookup(config, &p.config.host, p.config.port).await.map(|a| a.first().copied()) {
+                    Ok(Some(pa)) => (pa, addr.to_string()),
+                    Ok(None) => {
+                        c.reason = format!("proxy {}: no address", p.display);
+                        return c;
+                    }
+                    Err(e) => {
+                        c.reason = format!("proxy {e}");
+                        return c;
+                    }
+                }
+            } else {
+                (addr, format!("{host}:{}", config.upstream_port))
+            };
+            match p.open_tunnel::<Epoll>(connect_to, &target, config.connect_timeout).await {
+                Ok(hop) => {
+                    c.proxy = Some(format!(
+                        "{} ({connect_to}): CONNECT {target} answered 2xx in {} ms",
+                        p.display,
+                        started.elapsed().as_millis()
+                    ));
+                    hop
+                }
+                Err(e) => {
+                    c.proxy = Some(format!("{} ({connect_to}): FAILED", p.display));
+                    c.reason = e.to_string();
+                    return c;
+                }
+            }
         }
     };
-    c.tls = format!("{} in {} ms", pooled.session.describe(), started.elapsed().as_millis());
-    c.certificate = pooled.session.peer_certificate().map(describe_certificate).unwrap_or_else(|| "none".into());
+    // 3. The FIPS TLS handshake with the intake (inside the tunnel).
+    let started = Instant::now();
+    let mut session = match tokio::time::timeout(config.connect_timeout, TlsSession::connect(stream, tls, server_name)).await {
+        Err(_) => {
+            c.reason = format!("TLS handshake with {server_name} timed out after {:?}", config.connect_timeout);
+            return c;
+        }
+        Ok(Err(e)) => {
+            c.reason = format!("TLS with {server_name} failed: {e}");
+            return c;
+        }
+        Ok(Ok(s)) => s,
+    };
+    c.tls = format!("{} in {} ms", session.describe(), started.elapsed().as_millis());
+    c.certificate = session.peer_certificate().map(describe_certificate).unwrap_or_else(|| "none".into());
     // 4. One request.
     let validate = api_key.is_some() && host.starts_with("api.");
     let mut request = String::new();
@@ -117,7 +198,7 @@ async fn check_host(
         let _ = write!(request, "HEAD / HTTP/1.1\r\nHost: {host}\r\n");
     }
     request.push_str("User-Agent: fipsrelay-diagnose\r\nConnection: close\r\n\r\n");
-    if let Err(e) = pooled.session.write_plain(request.as_bytes()).await {
+    if let Err(e) = session.write_plain(request.as_bytes()).await {
         c.reason = format!("sending the request: {e}");
         return c;
     }
@@ -138,7 +219,7 @@ async fn check_host(
             if buf.len() == buf.capacity() {
                 return Err("answer head too large".to_string());
             }
-            match pooled.session.read_plain(&mut buf).await {
+            match session.read_plain(&mut buf).await {
                 Ok(0) => return Err("the intake closed the connection before answering".into()),
                 Ok(_) => {}
                 Err(e) => return Err(e.to_string()),
@@ -159,7 +240,7 @@ async fn check_host(
             }
         }
     }
-    pooled.session.close().await;
+    session.close().await;
     c
 }
 
@@ -183,6 +264,9 @@ pub fn render(checks: &[Check]) -> String {
     for c in checks {
         let _ = writeln!(s, "{} {}  ({})", if c.ok { "PASS" } else { "FAIL" }, c.host, c.products);
         let _ = writeln!(s, "     address:     {}", c.addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()));
+        if let Some(p) = &c.proxy {
+            let _ = writeln!(s, "     proxy:       {p}");
+        }
         let _ = writeln!(s, "     tls:         {}", c.tls);
         let _ = writeln!(s, "     certificate: {}", c.certificate);
         let _ = writeln!(s, "     http:        {}", c.http);

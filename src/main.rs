@@ -165,7 +165,12 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     println!("# config: OK ({source})");
     for (var, key) in ENV_OVERRIDES {
         if let Ok(v) = std::env::var(var) {
-            println!("# {key} overridden by {var}={v}");
+            let generic = matches!(*var, "HTTPS_PROXY" | "NO_PROXY");
+            if generic && !config.raw.upstream.proxy.use_env {
+                println!("# {var} is set and ignored: upstream.proxy.use_env = false");
+            } else {
+                println!("# {key} overridden by {var}={v}");
+            }
         }
     }
     println!("{}", toml::to_string(&config.raw).context("rendering the config")?);
@@ -192,6 +197,22 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     if !config.override_addrs.is_empty() {
         let list: Vec<String> = config.override_addrs.iter().map(|a| a.to_string()).collect();
         println!("# every upstream connection goes to {} (upstream.override_addr)", list.join(", "));
+    }
+    if let Some(p) = &config.proxy {
+        let resolve = if p.resolve_locally { "resolved here, CONNECT to the address" } else { "resolved by the proxy" };
+        println!("# egress: through proxy {} (from {}); intake names {resolve}", p.display(), p.source);
+        match &p.credentials_file {
+            Some(f) => println!("# proxy credentials: {} (Proxy-Authorization: Basic)", f.display()),
+            None => println!("# proxy credentials: none"),
+        }
+        for u in &routes.upstreams {
+            let how = if p.applies_to(&u.host) {
+                format!("CONNECT {}:{}", u.host, config.upstream_port)
+            } else {
+                "direct (upstream.proxy.no_proxy)".to_string()
+            };
+            println!("#   {:<40} {how}", u.host);
+        }
     }
     Ok(())
 }

@@ -30,6 +30,11 @@ pub const M_UPSTREAM_PANIC_PROBES: &str = "fipsrelay_upstream_panic_probes_total
 pub const M_LATENCY: &str = "fipsrelay_request_duration_seconds";
 pub const M_UPTIME: &str = "fipsrelay_uptime_seconds";
 pub const M_FIPS_MODULE: &str = "fipsrelay_fips_module_info";
+pub const M_PROXY_INFO: &str = "fipsrelay_proxy_info";
+pub const M_UPSTREAM_VIA_PROXY: &str = "fipsrelay_upstream_via_proxy";
+pub const M_PROXY_TUNNELS: &str = "fipsrelay_proxy_tunnels_total";
+pub const M_PROXY_CONNECT: &str = "fipsrelay_proxy_connect_seconds";
+pub const M_PROXY_FAILURES: &str = "fipsrelay_proxy_connect_failures_total";
 
 /// How often a worker publishes its stats.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(200);
@@ -58,10 +63,12 @@ pub enum ErrorCause {
     Overloaded,
     /// Every address of the host is marked down by the health checks.
     Down,
+    /// The egress proxy failed or refused the CONNECT tunnel.
+    Proxy,
 }
 
 impl ErrorCause {
-    pub const ALL: [ErrorCause; 12] = [
+    pub const ALL: [ErrorCause; 13] = [
         ErrorCause::Unresolved,
         ErrorCause::Connect,
         ErrorCause::ConnectTimeout,
@@ -74,6 +81,7 @@ impl ErrorCause {
         ErrorCause::Draining,
         ErrorCause::Overloaded,
         ErrorCause::Down,
+        ErrorCause::Proxy,
     ];
 
     pub fn label(self) -> &'static str {
@@ -90,6 +98,7 @@ impl ErrorCause {
             ErrorCause::Draining => "draining",
             ErrorCause::Overloaded => "overloaded",
             ErrorCause::Down => "upstream_down",
+            ErrorCause::Proxy => "proxy",
         }
     }
 

@@ -32,6 +32,7 @@ use crate::metrics::{ErrorCause, StatsHub, WorkerStats};
 use crate::route::{ProductRoute, RouteTable, UpstreamId, PRODUCTS};
 use crate::status::StatusInfo;
 use crate::upstream::pool::{Pool, PooledSession};
+use crate::upstream::proxy::Hop;
 use crate::upstream::{open_session, Directory, OpenError};
 
 /// Read buffer per direction: one TLS record's worth of plaintext.
@@ -65,7 +66,7 @@ pub struct WorkerCtx<B: Backend> {
     pub routes: Arc<RouteTable>,
     pub directory: Arc<Directory>,
     pub tls: Arc<ClientConfig>,
-    pub pool: RefCell<Pool<B::Stream>>,
+    pub pool: RefCell<Pool<Hop<B::Stream>>>,
     /// I/O buffers lent to connections while they carry a request.
     pub buffers: RefCell<BufferPool>,
     pub stats: RefCell<WorkerStats>,
@@ -825,7 +826,7 @@ async fn acquire<B: Backend>(
     offset: u16,
     upstream: UpstreamId,
     allow_pooled: bool,
-) -> Result<(PooledSession<B::Stream>, bool), Failure> {
+) -> Result<(PooledSession<Hop<B::Stream>>, bool), Failure> {
     if allow_pooled {
         let (session, dropped) = ctx.pool.borrow_mut().take(upstream, Instant::now());
         let mut st = ctx.stats.borrow_mut();
@@ -876,7 +877,7 @@ async fn acquire<B: Backend>(
         // no request waits longer than that while the host is down.
         let limit = ctx.config.connect_timeout;
         let opened =
-            tokio::time::timeout(limit, open_session::<B>(addr, ctx.tls.clone(), ctx.server_name(upstream), limit))
+            tokio::time::timeout(limit, open_session::<B>(ctx.directory.dial(upstream, addr), ctx.tls.clone(), ctx.server_name(upstream), limit))
                 .await
                 .unwrap_or(Err(OpenError::ConnectTimeout { addr, after: limit }));
         return match opened {
@@ -907,7 +908,8 @@ async fn acquire<B: Backend>(
         }
         tried += 1;
         let addr = endpoint.addr;
-        match open_session::<B>(addr, ctx.tls.clone(), ctx.server_name(upstream), ctx.config.connect_timeout).await {
+        let dial = ctx.directory.dial(upstream, addr);
+        match open_session::<B>(dial, ctx.tls.clone(), ctx.server_name(upstream), ctx.config.connect_timeout).await {
             Ok(mut s) => {
                 endpoint.connected();
                 s.endpoint = Some(endpoint.clone());
@@ -935,7 +937,11 @@ fn open_error_cause(e: &OpenError) -> ErrorCause {
         OpenError::NoAddress { .. } => ErrorCause::Unresolved,
         OpenError::Connect { .. } => ErrorCause::Connect,
         OpenError::ConnectTimeout { .. } => ErrorCause::ConnectTimeout,
-        OpenError::Tls { .. } | OpenError::TlsTimeout { .. } => ErrorCause::Tls,
+        OpenError::Tls { .. }
+        | OpenError::TlsTimeout { .. }
+        | OpenError::TunnelTls { .. }
+        | OpenError::TunnelTlsTimeout { .. } => ErrorCause::Tls,
+        OpenError::Proxy { .. } => ErrorCause::Proxy,
     }
 }
 

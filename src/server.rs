@@ -22,7 +22,7 @@ use crate::metrics::StatsHub;
 use crate::relay::{Phase, WorkerCtx};
 use crate::route::RouteTable;
 use crate::status::StatusInfo;
-use crate::upstream::{self, dns::Resolver, Directory};
+use crate::upstream::{self, dns::Resolver, proxy::Proxy, Directory};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -42,6 +42,8 @@ pub enum StartError {
     Worker { id: usize, why: String },
     #[error(transparent)]
     AdminToken(#[from] TokenError),
+    #[error(transparent)]
+    Proxy(#[from] crate::upstream::proxy::ProxySetupError),
     #[error("restart in place failed: cannot execute {binary}: {source}")]
     Restart { binary: String, source: std::io::Error },
 }
@@ -221,12 +223,31 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     } else {
         None
     };
+    // The proxy's credentials too are read while still privileged.
+    let proxy = match &config.proxy {
+        Some(p) => Some(Arc::new(Proxy::from_config(p)?)),
+        None => None,
+    };
     let (admin_tx, mut admin_rx) = mpsc::unbounded_channel::<AdminCommand>();
     let mut reloader = Reloader::new(source.clone(), config.raw.clone());
 
     let config = Arc::new(config);
     let routes = Arc::new(RouteTable::new(&config));
-    let directory = Arc::new(Directory::new(&routes, &config.override_addrs, config.health));
+    let mut directory = Directory::new(&routes, &config.override_addrs, config.health);
+    if let Some(p) = &proxy {
+        directory = directory.with_proxy(p.clone(), config.upstream_port);
+        let direct: Vec<&str> =
+            (0..directory.len()).filter(|id| !directory.via_proxy(*id)).map(|id| directory.host(id)).collect();
+        tracing::info!(
+            proxy = %p.display,
+            from = p.config.source,
+            intake_names = if p.config.resolve_locally { "resolved here (upstream.proxy.resolve_locally)" } else { "resolved by the proxy" },
+            user = p.user().as_deref().unwrap_or("(no credentials)"),
+            direct = ?direct,
+            "egress through an HTTP CONNECT proxy; TLS to the intake stays end to end inside the tunnel"
+        );
+    }
+    let directory = Arc::new(directory);
     let hub = Arc::new(StatsHub::new(workers, routes.upstreams.len()));
     let info = Arc::new(StatusInfo {
         version: VERSION,
@@ -263,14 +284,16 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     // The control thread's tasks (DNS, health checks) are local: the I/O
     // seam's futures are not Send.
     let local = tokio::task::LocalSet::new();
-    if !directory.is_fixed() {
-        // One lookup loop per host. The first answers are awaited before
-        // accepting, bounded so that a dead DNS does not block the start:
-        // hosts without an address answer 503 until they resolve.
+    let local_hosts: Vec<usize> = (0..directory.len()).filter(|id| directory.resolves_locally(*id)).collect();
+    if !local_hosts.is_empty() || directory.proxy_needs_lookup() {
+        // One lookup loop per host resolved here, one for the proxy's name.
+        // The first answers are awaited before accepting, bounded so that a
+        // dead DNS does not block the start: hosts without an address answer
+        // 503 until they resolve.
         let resolver = Arc::new(control.block_on(async { Resolver::new(&config.dns) }));
         tracing::info!(resolver = resolver.describe(), refresh = ?config.dns.refresh, "resolving upstream hosts");
         let (first_tx, mut first_rx) = mpsc::unbounded_channel();
-        for id in 0..directory.len() {
+        for &id in &local_hosts {
             let task = upstream::resolve_forever(
                 directory.clone(),
                 resolver.clone(),
@@ -281,8 +304,17 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
             );
             local.spawn_local(task);
         }
+        let mut lookups = local_hosts.len();
+        if directory.proxy_needs_lookup() {
+            lookups += 1;
+            local.spawn_local(upstream::resolve_proxy_forever(
+                directory.clone(),
+                resolver.clone(),
+                config.dns.refresh,
+                first_tx.clone(),
+            ));
+        }
         drop(first_tx);
-        let hosts = directory.len();
         let (answered, resolved) = local.block_on(&control, async {
             let (mut answered, mut resolved) = (0, 0);
             // After a restart in place, connections already wait in the
@@ -293,7 +325,7 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
                 while let Some(ok) = first_rx.recv().await {
                     answered += 1;
                     resolved += usize::from(ok);
-                    if answered == hosts {
+                    if answered == lookups {
                         break;
                     }
                 }
@@ -301,11 +333,11 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
             .await;
             (answered, resolved)
         });
-        if resolved < hosts {
+        if resolved < lookups {
             tracing::warn!(
                 resolved,
-                hosts,
-                pending = hosts - answered,
+                lookups,
+                pending = lookups - answered,
                 "not every upstream host resolved at start; starting anyway (503 for those until they resolve)"
             );
         }
@@ -370,8 +402,13 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     }
     tracing::info!(workers, "fipsrelay ready");
 
-    let running =
-        Running { config: &config, binary: started_binary, binary_identity, token: info.admin.token.is_some() };
+    let running = Running {
+        config: &config,
+        binary: started_binary,
+        binary_identity,
+        token: info.admin.token.is_some(),
+        proxy: proxy.clone(),
+    };
     let (mut term, mut int, mut hup) = {
         let _in_runtime = control.enter();
         use tokio::signal::unix::{signal, SignalKind};
@@ -545,6 +582,8 @@ struct Running<'a> {
     binary_identity: Option<(u64, u64)>,
     /// Whether the admin token is held (it is handed over).
     token: bool,
+    /// The egress proxy: its credentials are re-read at each reload.
+    proxy: Option<Arc<Proxy>>,
 }
 
 impl Running<'_> {
@@ -556,6 +595,21 @@ impl Running<'_> {
             _ => false,
         };
         match reloader.reload(replaced) {
+            admin::Reload::Done(mut reply) if reply.status == 200 => {
+                if let Some(p) = &self.proxy {
+                    match p.reload_credentials() {
+                        Ok(Some(user)) => {
+                            reply.body = format!("{}; proxy credentials re-read (user {user})\n", reply.body.trim_end())
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "proxy credentials not reloaded; the previous ones stay in use");
+                            reply.body = format!("{}; proxy credentials NOT reloaded, the previous ones stay: {e}\n", reply.body.trim_end());
+                        }
+                    }
+                }
+                (reply, None)
+            }
             admin::Reload::Done(reply) => (reply, None),
             admin::Reload::Restart { config, reasons } => match self.check_restart(&config) {
                 Ok(stop) => {
@@ -625,6 +679,10 @@ impl Running<'_> {
                     if new.admin_token_file == std::path::Path::new(crate::config::DEFAULT_ADMIN_TOKEN_FILE) => {}
                 Err(e) => return Err(e.to_string()),
             }
+        }
+        // The new process reads the proxy's credentials as this user.
+        if let Some(path) = new.proxy.as_ref().and_then(|p| p.credentials_file.as_ref()) {
+            crate::upstream::proxy::load_credentials(path).map_err(|e| e.to_string())?;
         }
         Ok(Stop::Restart { binary, hand_token })
     }

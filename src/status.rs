@@ -49,6 +49,30 @@ fn summary(info: &StatusInfo, hub: &StatsHub) -> String {
     let _ = writeln!(s, "uptime: {}s", hub.started.elapsed().as_secs());
     let _ = writeln!(s, "fips: enabled ({})", info.fips_module);
     let _ = writeln!(s, "io: {} ({} workers)", info.io_backend, info.workers);
+    if let Some(p) = info.directory.proxy() {
+        let d = &info.directory;
+        let direct: Vec<&str> = (0..d.len()).filter(|id| !d.via_proxy(*id)).map(|id| d.host(id)).collect();
+        let _ = writeln!(
+            s,
+            "egress: through proxy {} ({}; intake names resolved {}; {}){}",
+            p.display,
+            p.config.source,
+            if p.config.resolve_locally { "here" } else { "by the proxy" },
+            match p.user() {
+                Some(u) => format!("user {u}"),
+                None => "no credentials".into(),
+            },
+            if direct.is_empty() { String::new() } else { format!("; direct (no_proxy): {}", direct.join(", ")) }
+        );
+        let failures: Vec<String> = p.stats.failures().iter().map(|(k, v)| format!("{k} x{v}")).collect();
+        let _ = writeln!(
+            s,
+            "proxy tunnels: {} opened, {} failed{}",
+            p.stats.tunnels.load(std::sync::atomic::Ordering::Relaxed),
+            p.stats.failures().iter().map(|(_, v)| v).sum::<u64>(),
+            if failures.is_empty() { String::new() } else { format!(" ({})", failures.join(", ")) }
+        );
+    }
     let _ = writeln!(
         s,
         "\n{:<28} {:>10} {:>8} {:>9} {:>9} {:>6} {:>6}  upstream",
@@ -89,6 +113,12 @@ fn summary(info: &StatusInfo, hub: &StatsHub) -> String {
             format!("{}/{}", r.up_count(), r.endpoints.len()),
             addrs.join(", ")
         );
+        if info.directory.via_proxy(id) {
+            line.push_str(match info.directory.proxy() {
+                Some(p) if p.config.resolve_locally => "  via proxy",
+                _ => "  via proxy (the addresses are the proxy's; it resolves the name)",
+            });
+        }
         if info.directory.in_panic(id) {
             line.push_str("  PANIC MODE: no address up; one request at a time, 250 ms apart, still tries to connect");
         }
@@ -120,8 +150,39 @@ fn health(info: &StatusInfo, hub: &StatsHub) -> String {
         "io": info.io_backend,
         "workers": info.workers,
         "uptime_seconds": hub.started.elapsed().as_secs(),
+        "proxy": info.directory.proxy().map(|p| p.display.clone()),
     });
     format!("{body}\n")
+}
+
+/// The egress proxy's series: which proxy (never credentials), which hosts
+/// go through it, tunnels, CONNECT latency and failures by status.
+fn proxy_metrics(s: &mut String, p: &crate::upstream::proxy::Proxy, d: &crate::upstream::Directory) {
+    use crate::upstream::proxy::CONNECT_BUCKETS;
+    let _ = writeln!(s, "# HELP {M_PROXY_INFO} The egress proxy (scheme, host and port; always 1).\n# TYPE {M_PROXY_INFO} gauge");
+    let resolve = if p.config.resolve_locally { "local" } else { "proxy" };
+    let _ = writeln!(s, "{M_PROXY_INFO}{{proxy=\"{}\",resolve=\"{resolve}\"}} 1", p.display);
+    let _ = writeln!(s, "# HELP {M_UPSTREAM_VIA_PROXY} 1 if the upstream host is reached through the proxy, 0 if direct (no_proxy).\n# TYPE {M_UPSTREAM_VIA_PROXY} gauge");
+    for id in 0..d.len() {
+        let _ = writeln!(s, "{M_UPSTREAM_VIA_PROXY}{{upstream=\"{}\"}} {}", d.host(id), u8::from(d.via_proxy(id)));
+    }
+    let tunnels = p.stats.tunnels.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(s, "# HELP {M_PROXY_TUNNELS} CONNECT tunnels the proxy opened (one per new intake session).\n# TYPE {M_PROXY_TUNNELS} counter");
+    let _ = writeln!(s, "{M_PROXY_TUNNELS} {tunnels}");
+    let _ = writeln!(s, "# HELP {M_PROXY_CONNECT} Time from the TCP connect to the proxy to its 2xx answer to CONNECT.\n# TYPE {M_PROXY_CONNECT} histogram");
+    let mut cumulative = 0;
+    let buckets = p.stats.buckets();
+    for (b, n) in CONNECT_BUCKETS.iter().zip(&buckets) {
+        cumulative += n;
+        let _ = writeln!(s, "{M_PROXY_CONNECT}_bucket{{le=\"{b}\"}} {cumulative}");
+    }
+    let _ = writeln!(s, "{M_PROXY_CONNECT}_bucket{{le=\"+Inf\"}} {tunnels}");
+    let _ = writeln!(s, "{M_PROXY_CONNECT}_sum {}", p.stats.sum_seconds());
+    let _ = writeln!(s, "{M_PROXY_CONNECT}_count {tunnels}");
+    let _ = writeln!(s, "# HELP {M_PROXY_FAILURES} Tunnels that failed, by the proxy's status code or by connect, timeout, tls, closed, bad_answer.\n# TYPE {M_PROXY_FAILURES} counter");
+    for (reason, n) in p.stats.failures() {
+        let _ = writeln!(s, "{M_PROXY_FAILURES}{{reason=\"{reason}\"}} {n}");
+    }
 }
 
 /// Latency histogram bucket bounds, in seconds.
@@ -256,6 +317,9 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
         for id in 0..d.len() {
             let _ = writeln!(s, "{name}{{upstream=\"{}\"}} {}", d.host(id), value(id));
         }
+    }
+    if let Some(p) = d.proxy() {
+        proxy_metrics(&mut s, p, d);
     }
     let _ = writeln!(
         s,

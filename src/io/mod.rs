@@ -32,6 +32,12 @@ pub trait Stream: 'static {
     /// dropped `read` may leave an io_uring operation in flight that eats
     /// the next bytes. For waits that may be abandoned (between requests).
     async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
+    /// Appends what the stream holds right now to the spare capacity of
+    /// `buf`, without waiting: `Ok(None)` when nothing is there, `Ok(Some(0))`
+    /// at end of stream. Only while no read is in flight (pooled sessions).
+    fn try_read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        recv_now(self.raw_fd(), buf)
+    }
     /// Half-closes the write side.
     fn shutdown_write(&self) -> io::Result<()>;
     fn set_nodelay(&self) -> io::Result<()>;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 
-use super::{open_session, Directory, OpenError};
+use super::{open_session, Dial, Directory, OpenError};
 use crate::config::HealthConfig;
 use crate::io::epoll::Epoll;
 
@@ -168,6 +168,11 @@ pub fn reason(e: &OpenError) -> String {
         OpenError::TlsTimeout { after, .. } => {
             format!("TLS handshake timeout after {}", humantime::format_duration(*after))
         }
+        OpenError::Proxy { source, .. } => source.to_string(),
+        OpenError::TunnelTls { source, target, .. } => format!("TLS handshake with {target} through the proxy failed: {source}"),
+        OpenError::TunnelTlsTimeout { after, target, .. } => {
+            format!("TLS handshake with {target} through the proxy timed out after {}", humantime::format_duration(*after))
+        }
     }
 }
 
@@ -235,7 +240,7 @@ impl Checker {
                 endpoint.next_check_ms.store(now + policy.interval.as_millis() as u64, Ordering::Relaxed);
                 let (tls, name, directory, start) = (tls.clone(), server_name.clone(), directory.clone(), self.start);
                 tokio::task::spawn_local(async move {
-                    let result = check_one(endpoint.addr, tls, &name, policy.timeout).await;
+                    let result = check_one(directory.dial(id, endpoint.addr), tls, &name, policy.timeout).await;
                     match result {
                         Ok(()) => {
                             if let Some(t) = endpoint.check_passed(&policy) {
@@ -258,15 +263,15 @@ impl Checker {
     }
 }
 
-/// TCP connect + FIPS TLS handshake (certificate verified) to one address,
-/// then a clean close.
+/// TCP connect (through the proxy's tunnel when the host goes through it)
+/// + FIPS TLS handshake (certificate verified) to one address, then a clean close.
 pub async fn check_one(
-    addr: SocketAddr,
+    dial: Dial<'_>,
     tls: Arc<ClientConfig>,
     server_name: &str,
     timeout: Duration,
 ) -> Result<(), OpenError> {
-    let session = open_session::<Epoll>(addr, tls, server_name, timeout).await?;
+    let session = open_session::<Epoll>(dial, tls, server_name, timeout).await?;
     let _ = tokio::time::timeout(timeout, session.session.close()).await;
     Ok(())
 }

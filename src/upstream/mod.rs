@@ -8,6 +8,7 @@
 pub mod dns;
 pub mod health;
 pub mod pool;
+pub mod proxy;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::io::{Backend, Stream};
 use crate::route::{RouteTable, UpstreamId};
 use health::Endpoint;
 use pool::PooledSession;
+use proxy::{Hop, Proxy, ProxyError};
 use tls::{TlsError, TlsSession};
 
 /// The addresses of one upstream host as last resolved, each with its health.
@@ -49,6 +51,26 @@ pub struct Directory {
     panic: Vec<PanicProbe>,
     /// The clock of the probe slots.
     started: std::time::Instant,
+    /// The egress proxy, if any, and which hosts go through it (`no_proxy`).
+    proxy: Option<Arc<Proxy>>,
+    via_proxy: Vec<bool>,
+    /// The intake's TLS port (the CONNECT target's port).
+    port: u16,
+}
+
+/// How a session to one endpoint of a host is opened.
+pub struct Dial<'a> {
+    /// The endpoint: an intake address, or the proxy's when the proxy
+    /// resolves the intake's name.
+    pub endpoint: SocketAddr,
+    /// Through the proxy, with this CONNECT target (`host:port`).
+    pub via: Option<(&'a Proxy, String)>,
+}
+
+impl Dial<'static> {
+    pub fn direct(addr: SocketAddr) -> Self {
+        Dial { endpoint: addr, via: None }
+    }
 }
 
 /// Panic mode of one host: when it has no address up, one request per
@@ -107,6 +129,87 @@ impl Directory {
             health,
             panic: routes.upstreams.iter().map(|_| PanicProbe::default()).collect(),
             started: std::time::Instant::now(),
+            proxy: None,
+            via_proxy: routes.upstreams.iter().map(|_| false).collect(),
+            port: crate::config::DEFAULT_UPSTREAM_PORT,
+        }
+    }
+
+    /// Sends the hosts that `no_proxy` does not name through `proxy`, whose
+    /// CONNECT targets use port `port`. Unless the proxy's config says
+    /// `resolve_locally`, those hosts' endpoints are the proxy's addresses
+    /// (set now for a proxy given by IP address, else by
+    /// [`resolve_proxy_forever`]): the proxy resolves the intake names.
+    pub fn with_proxy(mut self, proxy: Arc<Proxy>, port: u16) -> Self {
+        self.port = port;
+        for (id, host) in self.hosts.iter().enumerate() {
+            self.via_proxy[id] = proxy.config.applies_to(host);
+        }
+        self.proxy = Some(proxy.clone());
+        if !proxy.config.resolve_locally && !proxy.needs_lookup() {
+            self.apply_proxy_addrs(Ok(proxy.addrs().to_vec()));
+        }
+        self
+    }
+
+    /// The egress proxy, if one is configured.
+    pub fn proxy(&self) -> Option<&Arc<Proxy>> {
+        self.proxy.as_ref()
+    }
+
+    /// Whether host `id` goes through the proxy.
+    pub fn via_proxy(&self, id: UpstreamId) -> bool {
+        self.via_proxy[id]
+    }
+
+    /// Whether host `id`'s name is resolved here (by a [`resolve_forever`] task).
+    pub fn resolves_locally(&self, id: UpstreamId) -> bool {
+        !self.fixed && (!self.via_proxy[id] || self.proxy.as_ref().is_some_and(|p| p.config.resolve_locally))
+    }
+
+    /// Whether the proxy's name must be resolved (by [`resolve_proxy_forever`]).
+    pub fn proxy_needs_lookup(&self) -> bool {
+        self.proxy.as_ref().is_some_and(|p| p.needs_lookup()) && self.via_proxy.iter().any(|v| *v)
+    }
+
+    /// How to open a session to `endpoint` of host `id`.
+    pub fn dial(&self, id: UpstreamId, endpoint: SocketAddr) -> Dial<'_> {
+        let via = match (&self.proxy, self.via_proxy[id]) {
+            (Some(p), true) => {
+                let authority = if p.config.resolve_locally {
+                    endpoint.to_string()
+                } else {
+                    format!("{}:{}", self.hosts[id], self.port)
+                };
+                Some((&**p, authority))
+            }
+            _ => None,
+        };
+        Dial { endpoint, via }
+    }
+
+    /// Applies a lookup of the proxy's name: its addresses are the
+    /// endpoints of every host the proxy resolves.
+    pub fn apply_proxy_addrs(&self, lookup: Result<Vec<SocketAddr>, String>) {
+        let Some(proxy) = &self.proxy else { return };
+        if let Ok(addrs) = &lookup {
+            let mut addrs = addrs.clone();
+            addrs.dedup();
+            addrs.truncate(MAX_ADDRS_PER_HOST);
+            if *proxy.addrs() != addrs {
+                tracing::info!(proxy = %proxy.display, addrs = ?addrs, "proxy resolved");
+            }
+            proxy.set_addrs(addrs);
+        } else if let Err(e) = &lookup {
+            tracing::warn!(proxy = %proxy.display, error = %e, "cannot resolve the proxy's host name; keeping its last addresses");
+        }
+        if proxy.config.resolve_locally {
+            return;
+        }
+        for id in 0..self.hosts.len() {
+            if self.via_proxy[id] {
+                self.apply_quiet(id, lookup.clone(), false);
+            }
         }
     }
 
@@ -170,6 +273,11 @@ impl Directory {
     /// Applies a lookup: new addresses replace the old ones (an address in
     /// both keeps its health); a failure keeps the last good addresses.
     pub fn apply(&self, id: UpstreamId, lookup: Result<Vec<SocketAddr>, String>) {
+        self.apply_quiet(id, lookup, true)
+    }
+
+    /// [`Directory::apply`], logging changes only with `log`.
+    fn apply_quiet(&self, id: UpstreamId, lookup: Result<Vec<SocketAddr>, String>, log: bool) {
         let previous = self.entries[id].load_full();
         let host = &self.hosts[id];
         let next = match lookup {
@@ -191,7 +299,8 @@ impl Directory {
                     gone.retire();
                 }
                 let old: Vec<SocketAddr> = previous.endpoints.iter().map(|e| e.addr).collect();
-                if old != addrs {
+                if !log {
+                } else if old != addrs {
                     tracing::info!(upstream = %host, addrs = ?addrs, previous = ?old, "upstream resolved");
                 } else if previous.error.is_some() {
                     tracing::info!(upstream = %host, addrs = ?addrs, "upstream resolves again");
@@ -199,7 +308,8 @@ impl Directory {
                 Resolved { endpoints, error: None }
             }
             Err(e) => {
-                if previous.endpoints.is_empty() {
+                if !log {
+                } else if previous.endpoints.is_empty() {
                     if previous.error.as_deref() != Some(e.as_str()) {
                         tracing::warn!(upstream = %host, error = %e, "cannot resolve upstream host; requests to it get 503 until it resolves");
                     }
@@ -250,6 +360,33 @@ pub async fn resolve_forever(
     }
 }
 
+/// Resolves the proxy's host name now and then forever, like
+/// [`resolve_forever`]; its addresses feed every host it resolves.
+pub async fn resolve_proxy_forever(
+    directory: Arc<Directory>,
+    resolver: Arc<dns::Resolver>,
+    refresh: Duration,
+    first: tokio::sync::mpsc::UnboundedSender<bool>,
+) {
+    let Some(proxy) = directory.proxy().cloned() else { return };
+    let mut first = Some(first);
+    loop {
+        let result = resolver.lookup(&proxy.config.host).await;
+        let wait = match &result {
+            Ok(a) => dns::next_refresh(Instant::now(), refresh, a.valid_until),
+            Err(_) => dns::retry_after_failure(refresh),
+        };
+        let ok = result.is_ok();
+        directory.apply_proxy_addrs(
+            result.map(|a| dns::socket_addrs(&a.ips, proxy.config.port, MAX_ADDRS_PER_HOST)).map_err(|e| format!("proxy {}: {e}", proxy.display)),
+        );
+        if let Some(tx) = first.take() {
+            let _ = tx.send(ok);
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// Why a new session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -263,6 +400,13 @@ pub enum OpenError {
     Tls { addr: SocketAddr, source: TlsError },
     #[error("TLS handshake with {addr} timed out after {after:?}")]
     TlsTimeout { addr: SocketAddr, after: Duration },
+    /// The proxy hop failed (connect, TLS to the proxy, CONNECT).
+    #[error("{source}")]
+    Proxy { addr: SocketAddr, source: ProxyError },
+    #[error("TLS with {target} through proxy {proxy} failed: {source}")]
+    TunnelTls { addr: SocketAddr, target: String, proxy: String, source: TlsError },
+    #[error("TLS handshake with {target} through proxy {proxy} timed out after {after:?}")]
+    TunnelTlsTimeout { addr: SocketAddr, target: String, proxy: String, after: Duration },
 }
 
 impl OpenError {
@@ -272,28 +416,61 @@ impl OpenError {
             OpenError::Connect { addr, .. }
             | OpenError::ConnectTimeout { addr, .. }
             | OpenError::Tls { addr, .. }
-            | OpenError::TlsTimeout { addr, .. } => Some(*addr),
+            | OpenError::TlsTimeout { addr, .. }
+            | OpenError::Proxy { addr, .. }
+            | OpenError::TunnelTls { addr, .. }
+            | OpenError::TunnelTlsTimeout { addr, .. } => Some(*addr),
         }
     }
 }
 
-/// Opens a new TLS session to `addr` with SNI `server_name`; connect and
-/// handshake are each bounded by `timeout`.
+/// Opens a new TLS session as `dial` says: straight to the endpoint, or
+/// through the proxy's CONNECT tunnel; SNI and the certificate check are
+/// `server_name` either way. Each step (connect, proxy TLS, CONNECT answer,
+/// intake handshake) is bounded by `timeout`.
 pub async fn open_session<B: Backend>(
-    addr: SocketAddr,
+    dial: Dial<'_>,
     config: Arc<ClientConfig>,
     server_name: &str,
     timeout: Duration,
-) -> Result<PooledSession<B::Stream>, OpenError> {
-    let stream = match tokio::time::timeout(timeout, B::connect(addr)).await {
-        Err(_) => return Err(OpenError::ConnectTimeout { addr, after: timeout }),
-        Ok(Err(source)) => return Err(OpenError::Connect { addr, source }),
-        Ok(Ok(s)) => s,
+) -> Result<PooledSession<Hop<B::Stream>>, OpenError> {
+    let addr = dial.endpoint;
+    let stream = match &dial.via {
+        None => match tokio::time::timeout(timeout, B::connect(addr)).await {
+            Err(_) => return Err(OpenError::ConnectTimeout { addr, after: timeout }),
+            Ok(Err(source)) => return Err(OpenError::Connect { addr, source }),
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay();
+                Hop::Tcp(s)
+            }
+        },
+        Some((proxy, authority)) => {
+            let connect_to = if proxy.config.resolve_locally {
+                proxy.pick_addr().ok_or_else(|| OpenError::NoAddress {
+                    host: proxy.display.clone(),
+                    why: "the proxy's host name has not resolved".into(),
+                })?
+            } else {
+                addr
+            };
+            proxy.open_tunnel::<B>(connect_to, authority, timeout).await.map_err(|source| OpenError::Proxy { addr, source })?
+        }
     };
-    let _ = stream.set_nodelay();
     let session = match tokio::time::timeout(timeout, TlsSession::connect(stream, config, server_name)).await {
-        Err(_) => return Err(OpenError::TlsTimeout { addr, after: timeout }),
-        Ok(Err(source)) => return Err(OpenError::Tls { addr, source }),
+        Err(_) => {
+            return Err(match &dial.via {
+                None => OpenError::TlsTimeout { addr, after: timeout },
+                Some((p, target)) => {
+                    OpenError::TunnelTlsTimeout { addr, target: target.clone(), proxy: p.display.clone(), after: timeout }
+                }
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(match &dial.via {
+                None => OpenError::Tls { addr, source },
+                Some((p, target)) => OpenError::TunnelTls { addr, target: target.clone(), proxy: p.display.clone(), source },
+            })
+        }
         Ok(Ok(s)) => s,
     };
     Ok(PooledSession { session, addr, uses: 0, endpoint: None })

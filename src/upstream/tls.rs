@@ -344,6 +344,80 @@ impl<S: Stream> TlsSession<S> {
         }
     }
 
+    /// Appends the plaintext that can be had without waiting to `out`
+    /// (within its spare capacity): `Ok(None)` when a whole record has not
+    /// arrived yet, `Ok(Some(0))` after close_notify. Answers rustls must
+    /// send (a key update) wait in `wbuf` for the next write. Used when this
+    /// session is itself the stream under another (TLS to an `https://`
+    /// proxy, with the intake's TLS inside).
+    pub fn read_plain_now(&mut self, out: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        debug_assert!(out.capacity() > out.len());
+        let before = out.len();
+        loop {
+            if self.carry_pos < self.carry.len() {
+                let n = (out.capacity() - out.len()).min(self.carry.len() - self.carry_pos);
+                out.extend_from_slice(&self.carry[self.carry_pos..self.carry_pos + n]);
+                self.carry_pos += n;
+                if self.carry_pos == self.carry.len() {
+                    self.carry.clear();
+                    self.carry_pos = 0;
+                }
+                return Ok(Some(n));
+            }
+            if self.peer_closed {
+                return Ok(Some(0));
+            }
+            match self.process(Want::Read(out)).map_err(tls_io)? {
+                Event::Plain if out.len() > before => return Ok(Some(out.len() - before)),
+                Event::Plain | Event::Ready | Event::Encrypted(_) | Event::Transmit => {}
+                Event::PeerClosed | Event::Closed => {}
+                Event::NeedRead => {
+                    if self.eof {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the connection"));
+                    }
+                    if self.rbuf.len() == self.rbuf.capacity() {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS record larger than the buffer"));
+                    }
+                    match self.io.try_read_now(&mut self.rbuf)? {
+                        None => return Ok(None),
+                        Some(0) => self.eof = true,
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until plaintext is there, then appends it to `out`; `Ok(0)`
+    /// after close_notify. Cancel-safe: the ciphertext it waited for stays
+    /// in the session when the wait is dropped.
+    pub async fn read_plain_ready(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
+        loop {
+            if let Some(n) = self.read_plain_now(out)? {
+                return Ok(n);
+            }
+            // Anything rustls queued (a key update) goes with the next write:
+            // a write here would not be cancel-safe.
+            if self.io.read_ready(&mut self.rbuf).await? == 0 {
+                self.eof = true;
+            }
+        }
+    }
+
+    /// The socket under the session.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.io.raw_fd()
+    }
+
+    /// Half-closes the socket under the session.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.io.shutdown_write()
+    }
+
+    pub fn set_nodelay(&self) -> io::Result<()> {
+        self.io.set_nodelay()
+    }
+
     /// Whether a pooled session can carry another request. Reads, without
     /// blocking, whatever arrived while it was idle and lets rustls process
     /// it: session tickets and key updates keep it usable; EOF, close_notify,
@@ -360,7 +434,7 @@ impl<S: Stream> TlsSession<S> {
             if self.rbuf.len() == self.rbuf.capacity() {
                 return false;
             }
-            match crate::io::recv_now(self.io.raw_fd(), &mut self.rbuf) {
+            match self.io.try_read_now(&mut self.rbuf) {
                 Ok(None) => break,
                 Ok(Some(0)) | Err(_) => {
                     self.eof = true;
