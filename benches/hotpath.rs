@@ -193,7 +193,7 @@ fn bench_pool(iters: u64) {
     let cfg = fipsrelay::crypto::client_config(&fipsrelay::crypto::TrustSource::CaFile(ca)).unwrap();
     Epoll::block_on(async move {
         let session = fipsrelay::upstream::open_session::<Epoll>(
-            mock.addr(),
+            fipsrelay::upstream::Dial::direct(mock.addr()),
             cfg,
             "metrics.agent.ddog-gov.com",
             Duration::from_secs(5),

@@ -2,8 +2,8 @@
 # Installs what the build needs on a fresh Debian 12 machine with rustup:
 # cmake and Go build the AWS-LC FIPS module (aws-lc-fips-sys), a C compiler
 # and clang's libraries for bindgen; ApacheBench (ab, apache2-utils) for the
-# HTTP/1.0 keep-alive test in tests/relay.rs. Idempotent; asks apt only when
-# missing.
+# HTTP/1.0 keep-alive test in tests/relay.rs and htpasswd; Squid, the real
+# egress proxy of tests/proxy.rs. Idempotent; asks apt only when missing.
 set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
@@ -11,6 +11,7 @@ command -v go >/dev/null 2>&1 || need+=(golang-go)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v ab >/dev/null 2>&1 || need+=(apache2-utils)
+[ -x /usr/sbin/squid ] && [ -x /usr/lib/squid/basic_ncsa_auth ] || need+=(squid)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -40,6 +40,21 @@ pub const DEFAULT_HEALTH_FALL: u32 = 3;
 pub const MIN_DNS_REFRESH: Duration = Duration::from_secs(1);
 pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "/etc/fipsrelay/admin.token";
 
+/// Where the Datadog FIPS Proxy image reads its HAProxy config (the Helm
+/// chart mounts `customFipsConfig` there). Not ours: see [`haproxy_config_notice`].
+pub const HAPROXY_CONFIG_PATH: &str = "/etc/datadog-fips-proxy/datadog-fips-proxy.cfg";
+
+/// The one line logged when an HAProxy config for the Datadog FIPS Proxy is
+/// mounted: it is ignored, and these keys replace its common settings.
+pub fn haproxy_config_notice(path: &Path) -> Option<String> {
+    path.exists().then(|| {
+        format!(
+            "{} is HAProxy configuration for the Datadog FIPS Proxy (Helm customFipsConfig) and is ignored; fipsrelay reads {DEFAULT_CONFIG_PATH}: resolvers -> dns.nameservers, bind ports -> listen.port_range_start (or DD_FIPS_PORT_RANGE_START), bind address -> listen.address (DD_FIPS_LOCAL_ADDRESS), timeout connect -> upstream.connect_timeout, timeout server -> upstream.response_timeout, timeout client -> limits.client_idle_timeout, ca-file -> upstream.ca_file",
+            path.display()
+        )
+    })
+}
+
 /// Environment variables that override the file, in the order applied.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DD_FIPS_PORT_RANGE_START", "listen.port_range_start"),
@@ -411,7 +426,11 @@ impl ProxyConfig {
     pub fn applies_to(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         !self.no_proxy.iter().any(|e| {
-            e == "*" || host == *e || (host.len() > e.len() && host.ends_with(e.as_str()) && host.as_bytes()[host.len() - e.len() - 1] == b'.')
+            e == "*"
+                || host == *e
+                || (host.len() > e.len()
+                    && host.ends_with(e.as_str())
+                    && host.as_bytes()[host.len() - e.len() - 1] == b'.')
         })
     }
 }
@@ -845,17 +864,22 @@ impl RawProxy {
                 return Err(invalid(key, "", "is empty", "write the path of the file, or remove the key"));
             }
         }
-        if self.ca_file.is_some() && scheme == ProxyScheme::Http {
+        if let (Some(ca), ProxyScheme::Http) = (&self.ca_file, scheme) {
             return Err(invalid(
                 "upstream.proxy.ca_file",
-                self.ca_file.as_ref().unwrap().display(),
+                ca.display(),
                 "is set, but the proxy URL is http:// (no TLS to the proxy)",
                 "use an https:// proxy URL, or remove the key",
             ));
         }
         let mut no_proxy = Vec::new();
         for entry in &self.no_proxy {
-            let e = entry.trim().trim_start_matches("*.").trim_start_matches('.').trim_end_matches('.').to_ascii_lowercase();
+            let e = entry
+                .trim()
+                .trim_start_matches("*.")
+                .trim_start_matches('.')
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
             if e != "*" && (e.is_empty() || !e.split('.').all(is_dns_label)) {
                 return Err(invalid(
                     "upstream.proxy.no_proxy",
@@ -1082,11 +1106,25 @@ mod tests {
 
     #[test]
     fn proxy_urls_parse_and_credentials_are_refused_unseen() {
-        assert_eq!(parse_proxy_url("http://proxy.example:3128").unwrap(), (ProxyScheme::Http, "proxy.example".into(), 3128));
-        assert_eq!(parse_proxy_url("HTTP://Proxy.Example/").unwrap(), (ProxyScheme::Http, "proxy.example".into(), 3128));
+        assert_eq!(
+            parse_proxy_url("http://proxy.example:3128").unwrap(),
+            (ProxyScheme::Http, "proxy.example".into(), 3128)
+        );
+        assert_eq!(
+            parse_proxy_url("HTTP://Proxy.Example/").unwrap(),
+            (ProxyScheme::Http, "proxy.example".into(), 3128)
+        );
         assert_eq!(parse_proxy_url("https://10.0.0.5").unwrap(), (ProxyScheme::Https, "10.0.0.5".into(), 443));
         assert_eq!(parse_proxy_url("http://[fd00::1]:8080").unwrap(), (ProxyScheme::Http, "fd00::1".into(), 8080));
-        for bad in ["proxy:3128", "socks5://p:1080", "http://p:0", "http://p:x", "http://p:1/path", "http://-p:1", "http://[zz]:1"] {
+        for bad in [
+            "proxy:3128",
+            "socks5://p:1080",
+            "http://p:0",
+            "http://p:x",
+            "http://p:1/path",
+            "http://-p:1",
+            "http://[zz]:1",
+        ] {
             assert!(parse_proxy_url(bad).is_err(), "{bad}");
         }
         let mut raw = RawConfig::default();
@@ -1118,7 +1156,10 @@ mod tests {
         // Our own variable wins over both.
         let ours = |k: &str| if k == "DD_FIPS_PROXY_URL" { Some("https://ours:8443".to_string()) } else { env(k) };
         let p = apply_env(raw, &ours).unwrap().validate().unwrap().proxy.unwrap();
-        assert_eq!((p.scheme, p.host.as_str(), p.port, p.source), (ProxyScheme::Https, "ours", 8443, "DD_FIPS_PROXY_URL"));
+        assert_eq!(
+            (p.scheme, p.host.as_str(), p.port, p.source),
+            (ProxyScheme::Https, "ours", 8443, "DD_FIPS_PROXY_URL")
+        );
         assert_eq!(p.display(), "https://ours:8443");
 
         let mut raw = RawConfig::default();
@@ -1133,6 +1174,21 @@ mod tests {
         raw.upstream.proxy.ca_file = None;
         raw.upstream.override_addr = Some("127.0.0.1:1".into());
         assert!(raw.validate().unwrap_err().to_string().contains("upstream.override_addr"));
+    }
+
+    #[test]
+    fn a_mounted_haproxy_config_is_named_as_ignored_with_its_replacements() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("datadog-fips-proxy.cfg");
+        assert!(haproxy_config_notice(&cfg).is_none());
+        std::fs::write(&cfg, "global\n  maxconn 100\n").unwrap();
+        let line = haproxy_config_notice(&cfg).unwrap();
+        assert!(
+            line.contains("is ignored")
+                && line.contains("dns.nameservers")
+                && line.contains("upstream.connect_timeout"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -176,17 +176,18 @@ async fn check_host(
     };
     // 3. The FIPS TLS handshake with the intake (inside the tunnel).
     let started = Instant::now();
-    let mut session = match tokio::time::timeout(config.connect_timeout, TlsSession::connect(stream, tls, server_name)).await {
-        Err(_) => {
-            c.reason = format!("TLS handshake with {server_name} timed out after {:?}", config.connect_timeout);
-            return c;
-        }
-        Ok(Err(e)) => {
-            c.reason = format!("TLS with {server_name} failed: {e}");
-            return c;
-        }
-        Ok(Ok(s)) => s,
-    };
+    let mut session =
+        match tokio::time::timeout(config.connect_timeout, TlsSession::connect(stream, tls, server_name)).await {
+            Err(_) => {
+                c.reason = format!("TLS handshake with {server_name} timed out after {:?}", config.connect_timeout);
+                return c;
+            }
+            Ok(Err(e)) => {
+                c.reason = format!("TLS with {server_name} failed: {e}");
+                return c;
+            }
+            Ok(Ok(s)) => s,
+        };
     c.tls = format!("{} in {} ms", session.describe(), started.elapsed().as_millis());
     c.certificate = session.peer_certificate().map(describe_certificate).unwrap_or_else(|| "none".into());
     // 4. One request.

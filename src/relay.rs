@@ -876,10 +876,12 @@ async fn acquire<B: Backend>(
         // Connect and handshake together within upstream.connect_timeout:
         // no request waits longer than that while the host is down.
         let limit = ctx.config.connect_timeout;
-        let opened =
-            tokio::time::timeout(limit, open_session::<B>(ctx.directory.dial(upstream, addr), ctx.tls.clone(), ctx.server_name(upstream), limit))
-                .await
-                .unwrap_or(Err(OpenError::ConnectTimeout { addr, after: limit }));
+        let opened = tokio::time::timeout(
+            limit,
+            open_session::<B>(ctx.directory.dial(upstream, addr), ctx.tls.clone(), ctx.server_name(upstream), limit),
+        )
+        .await
+        .unwrap_or(Err(OpenError::ConnectTimeout { addr, after: limit }));
         return match opened {
             Ok(mut s) => {
                 ctx.directory.revived(upstream, endpoint);

@@ -120,6 +120,9 @@ pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
 
 /// Runs the relay until SIGTERM, SIGINT or `POST /admin/drain`, then drains and returns.
 pub fn run(config: Config, source: Source) -> Result<(), StartError> {
+    if let Some(line) = crate::config::haproxy_config_notice(std::path::Path::new(crate::config::HAPROXY_CONFIG_PATH)) {
+        tracing::warn!(path = crate::config::HAPROXY_CONFIG_PATH, "{line}");
+    }
     // First: what a previous process handed over (restart in place).
     let inherited = match handover::take_inherited() {
         Some((inherited, problems)) => {
@@ -257,6 +260,7 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
         routes: routes.clone(),
         directory: directory.clone(),
         admin: AdminAccess { token: admin_token, commands: admin_tx },
+        readiness: std::sync::atomic::AtomicU8::new(crate::status::READY_STARTING),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
 
@@ -400,6 +404,7 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
             Err(_) => return Err(StartError::Worker { id, why: "worker exited during start".into() }),
         }
     }
+    info.readiness.store(crate::status::READY_SERVING, std::sync::atomic::Ordering::Release);
     tracing::info!(workers, "fipsrelay ready");
 
     let running = Running {
@@ -450,6 +455,7 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
             }
         };
         let deadline = Instant::now() + config.drain_timeout;
+        info.readiness.store(crate::status::READY_DRAINING, std::sync::atomic::Ordering::Release);
         match &stop {
             Stop::Drain(signal) => {
                 tracing::info!(signal, drain_timeout = ?config.drain_timeout, "stopping: no new connections, finishing requests in flight");
@@ -604,7 +610,10 @@ impl Running<'_> {
                         Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "proxy credentials not reloaded; the previous ones stay in use");
-                            reply.body = format!("{}; proxy credentials NOT reloaded, the previous ones stay: {e}\n", reply.body.trim_end());
+                            reply.body = format!(
+                                "{}; proxy credentials NOT reloaded, the previous ones stay: {e}\n",
+                                reply.body.trim_end()
+                            );
                         }
                     }
                 }

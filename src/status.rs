@@ -21,6 +21,27 @@ pub struct StatusInfo {
     pub directory: std::sync::Arc<crate::upstream::Directory>,
     /// The admin API's token and command channel to the control loop.
     pub admin: crate::admin::AdminAccess,
+    /// [`READY_STARTING`], [`READY_SERVING`] or [`READY_DRAINING`], set by the control loop.
+    pub readiness: std::sync::atomic::AtomicU8,
+}
+
+/// Workers are still starting: not ready.
+pub const READY_STARTING: u8 = 0;
+/// Every listener is bound, the FIPS module passed its self-tests and every
+/// worker serves: ready.
+pub const READY_SERVING: u8 = 1;
+/// Stopping or restarting in place: not ready (still live).
+pub const READY_DRAINING: u8 = 2;
+
+impl StatusInfo {
+    /// Why the relay is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        match self.readiness.load(std::sync::atomic::Ordering::Acquire) {
+            READY_SERVING => None,
+            READY_DRAINING => Some("draining"),
+            _ => Some("starting"),
+        }
+    }
 }
 
 /// Renders the answer for `path`: (status, content type, body).
@@ -29,8 +50,17 @@ pub fn render(path: &[u8], info: &StatusInfo, hub: &StatsHub) -> (u16, &'static 
     match path {
         b"/" => (200, "text/plain; charset=utf-8", summary(info, hub)),
         b"/metrics" => (200, "text/plain; version=0.0.4; charset=utf-8", prometheus(info, hub)),
-        b"/health" => (200, "application/json", health(info, hub)),
-        _ => (404, "text/plain; charset=utf-8", "not found: try /, /metrics or /health\n".to_string()),
+        // Readiness: 503 until every worker serves (listeners bound, FIPS
+        // self-tests passed), and again while draining.
+        b"/health" => match info.not_ready() {
+            None => (200, "application/json", health(info, hub)),
+            Some(_) => (503, "application/json", health(info, hub)),
+        },
+        // Liveness: the process answers.
+        b"/health/live" => {
+            (200, "application/json", format!("{}\n", serde_json::json!({"live": true, "version": info.version})))
+        }
+        _ => (404, "text/plain; charset=utf-8", "not found: try /, /metrics, /health or /health/live\n".to_string()),
     }
 }
 
@@ -143,7 +173,12 @@ fn health(info: &StatusInfo, hub: &StatsHub) -> String {
     let body = serde_json::json!({
         // "degraded": running on a module that is not validated
         // (crypto.allow_unvalidated_module).
-        "status": if m.is_validated() { "ok" } else { "degraded" },
+        "status": match (info.not_ready(), m.is_validated()) {
+            (Some(why), _) => why,
+            (None, true) => "ok",
+            (None, false) => "degraded",
+        },
+        "ready": info.not_ready().is_none(),
         "version": info.version,
         "fips": true,
         "fips_module": module,
@@ -159,7 +194,10 @@ fn health(info: &StatusInfo, hub: &StatsHub) -> String {
 /// go through it, tunnels, CONNECT latency and failures by status.
 fn proxy_metrics(s: &mut String, p: &crate::upstream::proxy::Proxy, d: &crate::upstream::Directory) {
     use crate::upstream::proxy::CONNECT_BUCKETS;
-    let _ = writeln!(s, "# HELP {M_PROXY_INFO} The egress proxy (scheme, host and port; always 1).\n# TYPE {M_PROXY_INFO} gauge");
+    let _ = writeln!(
+        s,
+        "# HELP {M_PROXY_INFO} The egress proxy (scheme, host and port; always 1).\n# TYPE {M_PROXY_INFO} gauge"
+    );
     let resolve = if p.config.resolve_locally { "local" } else { "proxy" };
     let _ = writeln!(s, "{M_PROXY_INFO}{{proxy=\"{}\",resolve=\"{resolve}\"}} 1", p.display);
     let _ = writeln!(s, "# HELP {M_UPSTREAM_VIA_PROXY} 1 if the upstream host is reached through the proxy, 0 if direct (no_proxy).\n# TYPE {M_UPSTREAM_VIA_PROXY} gauge");

@@ -169,9 +169,14 @@ pub fn reason(e: &OpenError) -> String {
             format!("TLS handshake timeout after {}", humantime::format_duration(*after))
         }
         OpenError::Proxy { source, .. } => source.to_string(),
-        OpenError::TunnelTls { source, target, .. } => format!("TLS handshake with {target} through the proxy failed: {source}"),
+        OpenError::TunnelTls { source, target, .. } => {
+            format!("TLS handshake with {target} through the proxy failed: {source}")
+        }
         OpenError::TunnelTlsTimeout { after, target, .. } => {
-            format!("TLS handshake with {target} through the proxy timed out after {}", humantime::format_duration(*after))
+            format!(
+                "TLS handshake with {target} through the proxy timed out after {}",
+                humantime::format_duration(*after)
+            )
         }
     }
 }

@@ -378,7 +378,9 @@ pub async fn resolve_proxy_forever(
         };
         let ok = result.is_ok();
         directory.apply_proxy_addrs(
-            result.map(|a| dns::socket_addrs(&a.ips, proxy.config.port, MAX_ADDRS_PER_HOST)).map_err(|e| format!("proxy {}: {e}", proxy.display)),
+            result
+                .map(|a| dns::socket_addrs(&a.ips, proxy.config.port, MAX_ADDRS_PER_HOST))
+                .map_err(|e| format!("proxy {}: {e}", proxy.display)),
         );
         if let Some(tx) = first.take() {
             let _ = tx.send(ok);
@@ -453,22 +455,30 @@ pub async fn open_session<B: Backend>(
             } else {
                 addr
             };
-            proxy.open_tunnel::<B>(connect_to, authority, timeout).await.map_err(|source| OpenError::Proxy { addr, source })?
+            proxy
+                .open_tunnel::<B>(connect_to, authority, timeout)
+                .await
+                .map_err(|source| OpenError::Proxy { addr, source })?
         }
     };
     let session = match tokio::time::timeout(timeout, TlsSession::connect(stream, config, server_name)).await {
         Err(_) => {
             return Err(match &dial.via {
                 None => OpenError::TlsTimeout { addr, after: timeout },
-                Some((p, target)) => {
-                    OpenError::TunnelTlsTimeout { addr, target: target.clone(), proxy: p.display.clone(), after: timeout }
-                }
+                Some((p, target)) => OpenError::TunnelTlsTimeout {
+                    addr,
+                    target: target.clone(),
+                    proxy: p.display.clone(),
+                    after: timeout,
+                },
             })
         }
         Ok(Err(source)) => {
             return Err(match &dial.via {
                 None => OpenError::Tls { addr, source },
-                Some((p, target)) => OpenError::TunnelTls { addr, target: target.clone(), proxy: p.display.clone(), source },
+                Some((p, target)) => {
+                    OpenError::TunnelTls { addr, target: target.clone(), proxy: p.display.clone(), source }
+                }
             })
         }
         Ok(Ok(s)) => s,

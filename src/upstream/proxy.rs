@@ -69,7 +69,6 @@ pub enum CredentialsError {
 pub fn load_credentials(path: &Path) -> Result<Credentials, CredentialsError> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
-    use std::path::PathBuf;
     let shown = || path.display().to_string();
     let mut f = std::fs::File::open(path).map_err(|source| CredentialsError::Read { path: shown(), source })?;
     let meta = f.metadata().map_err(|source| CredentialsError::Read { path: shown(), source })?;
@@ -282,13 +281,13 @@ impl Proxy {
         let _ = tcp.set_nodelay();
         let mut hop = match &self.tls {
             None => Hop::Tcp(tcp),
-            Some(tls) => match tokio::time::timeout(timeout, TlsSession::connect(tcp, tls.clone(), &self.config.host))
-                .await
-            {
-                Err(_) => return Err(timed_out("TLS handshake")),
-                Ok(Err(source)) => return Err(ProxyError::Tls { proxy, source }),
-                Ok(Ok(s)) => Hop::Tls(Box::new(s)),
-            },
+            Some(tls) => {
+                match tokio::time::timeout(timeout, TlsSession::connect(tcp, tls.clone(), &self.config.host)).await {
+                    Err(_) => return Err(timed_out("TLS handshake")),
+                    Ok(Err(source)) => return Err(ProxyError::Tls { proxy, source }),
+                    Ok(Ok(s)) => Hop::Tls(Box::new(s)),
+                }
+            }
         };
         let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
         if let Some(c) = self.credentials.load().as_ref() {
@@ -330,7 +329,10 @@ async fn read_connect_answer<S: Stream>(
                     if buf.len() > head_len {
                         return Err(ProxyError::BadAnswer {
                             proxy: proxy.into(),
-                            detail: format!("{} bytes after its {status} answer, before the TLS handshake", buf.len() - head_len),
+                            detail: format!(
+                                "{} bytes after its {status} answer, before the TLS handshake",
+                                buf.len() - head_len
+                            ),
                         });
                     }
                     return Ok(());
@@ -344,7 +346,10 @@ async fn read_connect_answer<S: Stream>(
             }
             Ok(httparse::Status::Partial) => {}
             Err(e) => {
-                return Err(ProxyError::BadAnswer { proxy: proxy.into(), detail: format!("unparsable answer to CONNECT: {e}") })
+                return Err(ProxyError::BadAnswer {
+                    proxy: proxy.into(),
+                    detail: format!("unparsable answer to CONNECT: {e}"),
+                })
             }
         }
         if buf.len() == buf.capacity() {
@@ -363,7 +368,12 @@ async fn read_connect_answer<S: Stream>(
                 })
             }
             Ok(_) => {}
-            Err(e) => return Err(ProxyError::Closed { proxy: proxy.into(), detail: format!("reading the CONNECT answer: {e}") }),
+            Err(e) => {
+                return Err(ProxyError::Closed {
+                    proxy: proxy.into(),
+                    detail: format!("reading the CONNECT answer: {e}"),
+                })
+            }
         }
     }
 }

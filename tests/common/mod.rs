@@ -4,6 +4,8 @@
 //! polls with a deadline.
 #![allow(dead_code, unused_imports)]
 
+pub mod squid;
+
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
