@@ -3,7 +3,8 @@
 # cmake and Go build the AWS-LC FIPS module (aws-lc-fips-sys), a C compiler
 # and clang's libraries for bindgen; ApacheBench (ab, apache2-utils) for the
 # HTTP/1.0 keep-alive test in tests/relay.rs and htpasswd; Squid, the real
-# egress proxy of tests/proxy.rs. Idempotent; asks apt only when missing.
+# egress proxy of tests/proxy.rs; podman, buildah and runc for the container
+# image and its test (tests/image.rs). Idempotent; asks apt only when missing.
 set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
@@ -12,6 +13,9 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v ab >/dev/null 2>&1 || need+=(apache2-utils)
 [ -x /usr/sbin/squid ] && [ -x /usr/lib/squid/basic_ncsa_auth ] || need+=(squid)
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
+command -v runc >/dev/null 2>&1 || need+=(runc)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

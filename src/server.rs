@@ -113,9 +113,51 @@ fn warn_unvalidated(module: &crypto::FipsModule) {
     );
 }
 
+/// The CPU quota of this process's cgroup in whole CPUs (rounded up), if it
+/// has one: cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`.
+/// `root` is the cgroup mount (`/sys/fs/cgroup`; inside a container, its own).
+pub fn cgroup_cpu_quota(root: &std::path::Path) -> Option<usize> {
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).ok();
+    let (quota, period) = if let Some(max) = read("cpu.max") {
+        let mut f = max.split_whitespace();
+        (f.next()?.parse::<u64>().ok()?, f.next()?.parse::<u64>().ok()?)
+    } else {
+        let quota = read("cpu/cpu.cfs_quota_us").or_else(|| read("cpu,cpuacct/cpu.cfs_quota_us"))?;
+        let period = read("cpu/cpu.cfs_period_us").or_else(|| read("cpu,cpuacct/cpu.cfs_period_us"))?;
+        // -1: no quota.
+        (quota.trim().parse::<u64>().ok()?, period.trim().parse::<u64>().ok()?)
+    };
+    if period == 0 {
+        return None;
+    }
+    Some(quota.div_ceil(period).max(1) as usize)
+}
+
 /// CPUs this process may run on (taskset, systemd CPUAffinity, cpusets).
 pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
     core_affinity::get_core_ids().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cgroup_cpu_quota_rounds_up_and_ignores_max() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(super::cgroup_cpu_quota(dir.path()), None);
+        std::fs::write(dir.path().join("cpu.max"), "max 100000\n").unwrap();
+        assert_eq!(super::cgroup_cpu_quota(dir.path()), None);
+        std::fs::write(dir.path().join("cpu.max"), "150000 100000\n").unwrap();
+        assert_eq!(super::cgroup_cpu_quota(dir.path()), Some(2));
+        std::fs::write(dir.path().join("cpu.max"), "20000 100000\n").unwrap();
+        assert_eq!(super::cgroup_cpu_quota(dir.path()), Some(1));
+        let v1 = tempfile::tempdir().unwrap();
+        std::fs::create_dir(v1.path().join("cpu")).unwrap();
+        std::fs::write(v1.path().join("cpu/cpu.cfs_quota_us"), "-1\n").unwrap();
+        std::fs::write(v1.path().join("cpu/cpu.cfs_period_us"), "100000\n").unwrap();
+        assert_eq!(super::cgroup_cpu_quota(v1.path()), None);
+        std::fs::write(v1.path().join("cpu/cpu.cfs_quota_us"), "300000\n").unwrap();
+        assert_eq!(super::cgroup_cpu_quota(v1.path()), Some(3));
+    }
 }
 
 /// Runs the relay until SIGTERM, SIGINT or `POST /admin/drain`, then drains and returns.
@@ -146,7 +188,14 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     }
     let (backend, fallback) = choose_backend(config.io)?;
     let cpus = allowed_cpus();
-    let workers = if config.threads > 0 { config.threads } else { cpus.len().max(1) };
+    // 0 = one per CPU this process may use, capped by a cgroup CPU quota
+    // (a container's `resources.limits.cpu`), rounded up.
+    let workers = if config.threads > 0 {
+        config.threads
+    } else {
+        let quota = cgroup_cpu_quota(std::path::Path::new("/sys/fs/cgroup"));
+        cpus.len().max(1).min(quota.unwrap_or(usize::MAX))
+    };
 
     let (inherited_listeners, inherited_conns, inherited_token) = match inherited {
         Some(i) => (i.listeners, i.connections, i.token),

@@ -75,9 +75,17 @@ pub fn probe_uring() -> Result<(), String> {
             let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
                 .map(|s| format!(", kernel.io_uring_disabled = {}", s.trim()))
                 .unwrap_or_default();
-            let hint = match e.raw_os_error() {
-                Some(libc::EPERM) => " (blocked by seccomp, e.g. Docker's default profile, or by sysctl)",
-                Some(libc::ENOSYS) => " (kernel without io_uring)",
+            // Seccomp mode 2: a filter is active (container runtimes' default
+            // profiles answer io_uring_setup with EPERM or ENOSYS).
+            let filtered = std::fs::read_to_string("/proc/self/status")
+                .map(|s| s.lines().any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2')))
+                .unwrap_or(false);
+            let hint = match (e.raw_os_error(), filtered) {
+                (Some(libc::EPERM | libc::ENOSYS), true) => {
+                    " (blocked by this process's seccomp filter: Docker's and podman's default profiles block io_uring)"
+                }
+                (Some(libc::EPERM), false) => " (blocked by sysctl or a security module)",
+                (Some(libc::ENOSYS), false) => " (kernel without io_uring)",
                 _ => "",
             };
             Err(format!("io_uring_setup failed: {e}{hint}{disabled}"))
