@@ -34,8 +34,9 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
 [ -r "$ca_bundle" ] || { echo "image.sh: no CA bundle at $ca_bundle: apt-get install ca-certificates" >&2; exit 1; }
 
-work=target/image
-rm -rf "$work"
+mkdir -p target
+work=$(mktemp -d target/image.XXXXXX)
+trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
 mkdir -p "$root/usr/bin" "$root/etc/fipsrelay" "$root/etc/ssl/certs" "$root/tmp"
 install -m 0755 "$binary" "$root/usr/bin/fipsrelay"

@@ -4,7 +4,8 @@
 # and clang's libraries for bindgen; ApacheBench (ab, apache2-utils) for the
 # HTTP/1.0 keep-alive test in tests/relay.rs and htpasswd; Squid, the real
 # egress proxy of tests/proxy.rs; podman, buildah and runc for the container
-# image and its test (tests/image.rs). Idempotent; asks apt only when missing.
+# image and its test (tests/image.rs); rpm (rpmbuild) and systemd-analyze for
+# the packages (tests/packages.rs). Idempotent; asks apt only when missing.
 set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
@@ -16,6 +17,9 @@ command -v ab >/dev/null 2>&1 || need+=(apache2-utils)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
 command -v runc >/dev/null 2>&1 || need+=(runc)
+# rpmbuild and rpm for the rpm package and its test; systemd-analyze for the deb test.
+command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
