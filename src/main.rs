@@ -58,6 +58,18 @@ enum Command {
     /// Host tuning for high volume (read-only checks).
     #[command(subcommand)]
     Tuning(TuningCommand),
+    /// Health probe for images without a shell (ECS healthCheck, Docker
+    /// HEALTHCHECK): GET the status port's /health (readiness) or
+    /// /health/live; exit 0 on 200, 1 otherwise. The port comes from the
+    /// config and DD_FIPS_PORT_RANGE_START, as for `run`.
+    Probe {
+        /// `ready` (/health) or `live` (/health/live).
+        #[arg(long, default_value = "ready", value_parser = ["ready", "live"])]
+        check: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 2)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -114,6 +126,18 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("{}", logging::scrub(&format!("fipsrelay: error: {}", error_text(&e))));
                     ExitCode::from(2)
+                }
+            };
+        }
+        Command::Probe { check, timeout } => {
+            return match probe(cli.config, &check, std::time::Duration::from_secs(timeout.clamp(1, 60))) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fipsrelay probe: {}", error_text(&e));
+                    ExitCode::from(1)
                 }
             };
         }
@@ -233,6 +257,30 @@ fn diagnose(path: Option<PathBuf>, api_key: Option<String>) -> anyhow::Result<bo
     let checks = fipsrelay::diagnose::run(&config, api_key.as_deref())?;
     print!("{}", logging::scrub(&fipsrelay::diagnose::render(&checks)));
     Ok(checks.iter().all(|c| c.ok))
+}
+
+/// `probe`: one GET on the status port, bounded by `timeout` as a whole.
+fn probe(path: Option<PathBuf>, check: &str, timeout: std::time::Duration) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let (config, _) = load(path.as_deref())?;
+    let addr = std::net::SocketAddr::new(config.listen_address, config.port(0));
+    let target = if check == "live" { "/health/live" } else { "/health" };
+    let deadline = std::time::Instant::now() + timeout;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect to {addr}"))?;
+    s.set_read_timeout(Some(
+        deadline.saturating_duration_since(std::time::Instant::now()).max(std::time::Duration::from_millis(1)),
+    ))?;
+    write!(s, "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut answer = Vec::with_capacity(4096);
+    s.take(64 * 1024).read_to_end(&mut answer).with_context(|| format!("reading the answer from {addr}"))?;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.lines().next().unwrap_or("").trim().to_string();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.trim()).unwrap_or("");
+    if status.split_whitespace().nth(1) == Some("200") {
+        Ok(format!("{addr}{target}: {status}"))
+    } else {
+        anyhow::bail!("{addr}{target}: {} {body}", if status.is_empty() { "no answer" } else { status.as_str() })
+    }
 }
 
 fn version() -> anyhow::Result<()> {

@@ -138,28 +138,6 @@ pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
     core_affinity::get_core_ids().unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn cgroup_cpu_quota_rounds_up_and_ignores_max() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(super::cgroup_cpu_quota(dir.path()), None);
-        std::fs::write(dir.path().join("cpu.max"), "max 100000\n").unwrap();
-        assert_eq!(super::cgroup_cpu_quota(dir.path()), None);
-        std::fs::write(dir.path().join("cpu.max"), "150000 100000\n").unwrap();
-        assert_eq!(super::cgroup_cpu_quota(dir.path()), Some(2));
-        std::fs::write(dir.path().join("cpu.max"), "20000 100000\n").unwrap();
-        assert_eq!(super::cgroup_cpu_quota(dir.path()), Some(1));
-        let v1 = tempfile::tempdir().unwrap();
-        std::fs::create_dir(v1.path().join("cpu")).unwrap();
-        std::fs::write(v1.path().join("cpu/cpu.cfs_quota_us"), "-1\n").unwrap();
-        std::fs::write(v1.path().join("cpu/cpu.cfs_period_us"), "100000\n").unwrap();
-        assert_eq!(super::cgroup_cpu_quota(v1.path()), None);
-        std::fs::write(v1.path().join("cpu/cpu.cfs_quota_us"), "300000\n").unwrap();
-        assert_eq!(super::cgroup_cpu_quota(v1.path()), Some(3));
-    }
-}
-
 /// Runs the relay until SIGTERM, SIGINT or `POST /admin/drain`, then drains and returns.
 pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     if let Some(line) = crate::config::haproxy_config_notice(std::path::Path::new(crate::config::HAPROXY_CONFIG_PATH)) {
@@ -743,5 +721,27 @@ impl Running<'_> {
             crate::upstream::proxy::load_credentials(path).map_err(|e| e.to_string())?;
         }
         Ok(Stop::Restart { binary, hand_token })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cgroup_cpu_quota_rounds_up_and_ignores_max() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(super::cgroup_cpu_quota(dir.path()), None);
+        std::fs::write(dir.path().join("cpu.max"), "max 100000\n").unwrap();
+        assert_eq!(super::cgroup_cpu_quota(dir.path()), None);
+        std::fs::write(dir.path().join("cpu.max"), "150000 100000\n").unwrap();
+        assert_eq!(super::cgroup_cpu_quota(dir.path()), Some(2));
+        std::fs::write(dir.path().join("cpu.max"), "20000 100000\n").unwrap();
+        assert_eq!(super::cgroup_cpu_quota(dir.path()), Some(1));
+        let v1 = tempfile::tempdir().unwrap();
+        std::fs::create_dir(v1.path().join("cpu")).unwrap();
+        std::fs::write(v1.path().join("cpu/cpu.cfs_quota_us"), "-1\n").unwrap();
+        std::fs::write(v1.path().join("cpu/cpu.cfs_period_us"), "100000\n").unwrap();
+        assert_eq!(super::cgroup_cpu_quota(v1.path()), None);
+        std::fs::write(v1.path().join("cpu/cpu.cfs_quota_us"), "300000\n").unwrap();
+        assert_eq!(super::cgroup_cpu_quota(v1.path()), Some(3));
     }
 }

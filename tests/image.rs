@@ -202,3 +202,154 @@ fn the_image_runs_read_only_as_non_root_on_epoll_and_relays() {
     let code = stdout(&run(Command::new("podman").args(["inspect", "-f", "{{.State.ExitCode}}", &name])));
     assert_eq!(code, "0", "{}", logs());
 }
+
+/// The deployment snippets in packaging/deploy, as the README shows them.
+fn snippet(name: &str) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/packaging/deploy/{name}")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    assert!(readme.contains(text.trim_end()), "README.md does not show packaging/deploy/{name} as it is");
+    text
+}
+
+fn yaml(name: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(&snippet(name)).unwrap_or_else(|e| panic!("packaging/deploy/{name}: {e}"))
+}
+
+/// Helm values and the operator's resource: the keys the chart and the
+/// operator read (they are not rendered here: neither is installed).
+#[test]
+fn helm_and_operator_snippets_swap_the_sidecar_image() {
+    let v = yaml("helm-values.yaml");
+    let fips = &v["fips"];
+    assert_eq!(fips["enabled"], true);
+    assert_eq!(fips["image"]["repository"].as_str(), Some("registry.example.com/fipsrelay"));
+    assert_eq!(fips["image"]["tag"].as_str(), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!((fips["port"].as_u64(), fips["portRange"].as_u64()), (Some(9803), Some(15)));
+    assert!(fips.get("customFipsConfig").is_none(), "customFipsConfig is HAProxy config: leave it unset");
+    let op = yaml("datadog-agent-operator.yaml");
+    assert_eq!(op["kind"].as_str(), Some("DatadogAgent"));
+    let f = &op["spec"]["global"]["fips"];
+    assert_eq!(f["enabled"], true);
+    assert_eq!(
+        f["image"]["name"].as_str(),
+        Some(format!("registry.example.com/fipsrelay:{}", env!("CARGO_PKG_VERSION")).as_str())
+    );
+    assert_eq!(f["useHTTPS"], false);
+}
+
+/// The Kubernetes sidecar and the ECS task definition, run: podman starts
+/// the image with the manifest's securityContext and env, its probes are
+/// asked at the paths and port the manifest names, and the ECS healthCheck
+/// command runs inside the container.
+#[test]
+fn kubernetes_and_ecs_snippets_run_as_written() {
+    let k8s = yaml("kubernetes-sidecar.yaml");
+    let containers = k8s["spec"]["template"]["spec"]["containers"].as_sequence().unwrap().clone();
+    let by_name = |n: &str| containers.iter().find(|c| c["name"].as_str() == Some(n)).unwrap().clone();
+    let (agent, relay) = (by_name("agent"), by_name("fips-proxy"));
+    let env = |c: &serde_yaml::Value, k: &str| {
+        c["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"].as_str() == Some(k))
+            .and_then(|e| e["value"].as_str().map(String::from))
+    };
+    assert_eq!(env(&agent, "DD_FIPS_ENABLED").as_deref(), Some("true"));
+    assert_eq!(env(&agent, "DD_FIPS_HTTPS").as_deref(), Some("false"));
+    assert_eq!(env(&agent, "DD_FIPS_PORT_RANGE_START"), env(&relay, "DD_FIPS_PORT_RANGE_START"));
+    let sc = &relay["securityContext"];
+    assert_eq!((sc["runAsNonRoot"].as_bool(), sc["runAsUser"].as_u64()), (Some(true), Some(10001)));
+    assert_eq!(
+        (sc["readOnlyRootFilesystem"].as_bool(), sc["allowPrivilegeEscalation"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(sc["capabilities"]["drop"][0].as_str(), Some("ALL"));
+    let probe = |kind: &str| {
+        let g = &relay[kind]["httpGet"];
+        (g["path"].as_str().unwrap().to_string(), g["port"].as_u64().unwrap() as u16)
+    };
+    let (live_path, live_port) = probe("livenessProbe");
+    let (ready_path, ready_port) = probe("readinessProbe");
+    let manifest_port: u16 = env(&relay, "DD_FIPS_PORT_RANGE_START").unwrap().parse().unwrap();
+    assert_eq!((live_port, ready_port), (manifest_port, manifest_port));
+
+    let ecs: serde_json::Value = serde_json::from_str(&snippet("ecs-task-definition.json")).unwrap();
+    let defs = ecs["containerDefinitions"].as_array().unwrap();
+    let fips = defs.iter().find(|c| c["name"] == "fips-proxy").unwrap();
+    assert_eq!(fips["essential"], true);
+    assert_eq!(fips["readonlyRootFilesystem"], true);
+    assert_eq!(fips["user"], "10001:10001");
+    assert_eq!(fips["linuxParameters"]["capabilities"]["drop"][0], "ALL");
+    let ports: Vec<u64> =
+        fips["portMappings"].as_array().unwrap().iter().map(|p| p["containerPort"].as_u64().unwrap()).collect();
+    assert_eq!(ports, (9803..=9818).collect::<Vec<u64>>());
+    let health: Vec<String> =
+        fips["healthCheck"]["command"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+    assert_eq!(health[0], "CMD");
+    let agent_ecs = defs.iter().find(|c| c["name"] == "datadog-agent").unwrap();
+    assert_eq!(agent_ecs["dependsOn"][0]["containerName"], "fips-proxy");
+
+    if let Some(why) = cannot_run_containers() {
+        eprintln!("SKIPPED the run half: cannot run containers on this machine: {why}");
+        return;
+    }
+    // The manifests' image name, built from this tree. The port range moves
+    // off 9803 so that the test cannot clash with a relay on this machine;
+    // probes move with it.
+    let image = relay["image"].as_str().unwrap().to_string();
+    let (repo, tag_version) = image.rsplit_once(':').unwrap();
+    assert_eq!(tag_version, env!("CARGO_PKG_VERSION"));
+    let name = format!("fipsrelay-deploy-{}", std::process::id());
+    let _cleanup = Cleanup { container: name.clone(), image: repo.to_string() };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let built = run(Command::new(format!("{root}/scripts/image.sh")).args(["--binary", relay_bin(), "--tag", repo]));
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let base = free_range();
+    let mut cmd = Command::new("podman");
+    cmd.args(["--runtime", "runc", "run", "-d", "--name", &name, "--network", "host", "--pull", "never"]);
+    cmd.args(["--user", &format!("{}:{}", sc["runAsUser"].as_u64().unwrap(), sc["runAsGroup"].as_u64().unwrap())]);
+    if sc["readOnlyRootFilesystem"].as_bool() == Some(true) {
+        cmd.arg("--read-only");
+    }
+    for cap in sc["capabilities"]["drop"].as_sequence().unwrap() {
+        cmd.args(["--cap-drop", cap.as_str().unwrap()]);
+    }
+    if sc["allowPrivilegeEscalation"].as_bool() == Some(false) {
+        cmd.args(["--security-opt", "no-new-privileges"]);
+    }
+    for e in relay["env"].as_sequence().unwrap() {
+        let (k, mut v) = (e["name"].as_str().unwrap(), e["value"].as_str().unwrap().to_string());
+        if k == "DD_FIPS_PORT_RANGE_START" {
+            v = base.to_string();
+        }
+        cmd.args(["-e", &format!("{k}={v}")]);
+    }
+    cmd.args(["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=512:512", &image]);
+    let started = run(&mut cmd);
+    if !started.status.success() {
+        let err = String::from_utf8_lossy(&started.stderr);
+        panic!("podman run {image}: {err}");
+    }
+    let moved = |port: u16| base + (port - manifest_port);
+    let ask = |path: &str, port: u16| {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], moved(port)));
+        std::net::TcpStream::connect(addr).is_ok() && Client::connect(addr).request("GET", path, &[], b"").status == 200
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || ask(&ready_path, ready_port)),
+        "readiness probe {ready_path} never passed"
+    );
+    assert!(ask(&live_path, live_port), "liveness probe {live_path}");
+    // ECS runs the healthCheck command inside the container.
+    let exec = run(Command::new("podman").args(["exec", &name]).args(&health[1..]));
+    assert!(
+        exec.status.success(),
+        "ECS healthCheck {:?}: {}{}",
+        &health[1..],
+        stdout(&exec),
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    assert!(stdout(&exec).contains("/health: HTTP/1.1 200"), "{}", stdout(&exec));
+}
