@@ -203,6 +203,8 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
         version = VERSION,
         fips = %fips_module,
         io = backend,
+        // Why not io_uring, when `auto` fell back (a container's seccomp profile).
+        io_fallback = fallback.as_deref().unwrap_or("none"),
         workers,
         listen = %format!("{}:{}-{}", config.listen_address, config.port(0), config.port(crate::config::PORT_COUNT - 1)),
         site = %config.site,

@@ -189,7 +189,11 @@ fn the_image_runs_read_only_as_non_root_on_epoll_and_relays() {
     assert_eq!(ro, "true");
     let log = logs();
     assert!(log.contains("io_uring unavailable; using the epoll backend") && log.contains("seccomp"), "{log}");
-    assert!(log.contains("io=\"epoll\""), "{log}");
+    let start = log.lines().find(|l| l.contains("fipsrelay starting")).unwrap_or_default();
+    assert!(
+        start.contains("io=\"epoll\"") && start.contains("io_fallback=") && start.contains("seccomp"),
+        "the start line says epoll and why: {start}"
+    );
     assert!(
         log.contains("/etc/datadog-fips-proxy/datadog-fips-proxy.cfg is HAProxy configuration for the Datadog FIPS Proxy (Helm customFipsConfig) and is ignored"),
         "{log}"

@@ -9,6 +9,7 @@ pub mod dns;
 pub mod health;
 pub mod pool;
 pub mod proxy;
+pub mod records;
 pub mod tls;
 
 use std::net::SocketAddr;
