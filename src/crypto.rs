@@ -347,10 +347,14 @@ fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CryptoErr
 pub fn client_config(trust: &TrustSource) -> Result<Arc<ClientConfig>, CryptoError> {
     assert_fips_module()?;
     let roots = load_roots(trust)?;
-    let config = ClientConfig::builder_with_provider(Arc::new(fips_provider()))
+    let mut config = ClientConfig::builder_with_provider(Arc::new(fips_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // After the handshake rustls hands the traffic secrets to the session,
+    // which seals and opens records in place with the same FIPS module
+    // (upstream::records); rustls keeps tickets and key updates.
+    config.enable_secret_extraction = true;
     if !config.fips() {
         return Err(CryptoError::NotFipsConfig);
     }

@@ -1,40 +1,36 @@
 //! A client TLS session to the intake, driven over the owned-buffer I/O seam.
 //!
-//! Owns a rustls `UnbufferedClientConnection` (built from
-//! `crypto::client_config`, so only the FIPS provider ever encrypts) and the
-//! session's three buffers, all allocated once per session and reused: the
-//! incoming ciphertext (`rbuf`, one TLS record plus overhead), the outgoing
-//! ciphertext (`wbuf`, likewise) and a small carry-over of decrypted bytes
-//! that did not fit the caller's buffer. It knows nothing of HTTP. It must
-//! never write plaintext to the socket: every byte leaving the socket was
-//! produced by rustls (`encrypt`, `encode`, `queue_close_notify`).
-//!
-//! rustls' unbuffered API lets this module own the record buffers: plaintext
-//! is encrypted from the caller's slice into `wbuf`, the socket reads straight
-//! into `rbuf` where rustls decrypts records in place, and the plaintext is
-//! copied into the caller's buffer; this module adds no allocation and no
-//! queue per record. rustls 0.23 itself still makes one short-lived `Vec` per
-//! record: its `MessageEncrypter::encrypt` returns an owned record (copied
-//! into `wbuf`), and `ReadTraffic` hands out each decrypted record from an
-//! owned copy. Removing those needs a rustls with in-place record APIs.
-//! Post-handshake messages (TLS 1.3 session tickets, key updates) are handled
-//! by rustls as they pass; any answer it must send is queued in `wbuf` and
-//! sent before the next read blocks or with the next write.
+//! The handshake runs in a rustls `UnbufferedClientConnection` (built from
+//! `crypto::client_config`, so only the FIPS provider takes part). Once it
+//! is done, rustls hands over the traffic secrets and keeps a
+//! `KernelConnection` (its kTLS API) for what is not record protection:
+//! session tickets (stored for resumption) and TLS 1.3 key updates. Records
+//! are then sealed and opened in place, in this session's own buffers, by
+//! the FIPS module's TLS record AEAD ([`super::records`]): plaintext is
+//! copied once into the outgoing buffer and sealed where it lies; incoming
+//! records are opened where they were read and their plaintext copied once
+//! to the caller. No allocation per record. It knows nothing of HTTP. It
+//! must never write plaintext to the socket: every byte leaving the socket
+//! is a handshake message from rustls or a record sealed by the module.
 //!
 //! # Backpressure
-//! `write_plain` returns only once its data is encrypted and written to the
-//! socket, and encrypts at most one record ahead of the socket, so a slow
-//! intake slows the reader of the Agent's request. `read_plain` never holds
-//! more than one record of ciphertext (`rbuf`) and one of plaintext (carry).
+//! `write_plain` returns only once its data is sealed and written to the
+//! socket, and seals at most [`WRITE_BATCH`] bytes ahead of the socket, so a
+//! slow intake slows the reader of the Agent's request. `read_plain` never
+//! holds more than one record of ciphertext beyond what it hands out.
 
 use std::io;
 use std::sync::Arc;
 
-use rustls::client::UnbufferedClientConnection;
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
 use rustls::pki_types::ServerName;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::ClientConfig;
 
+use super::records::{
+    record_len, Opener, RecordVersion, Sealer, CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE,
+};
 use crate::io::Stream;
 
 /// Ciphertext buffer size: one full TLS record (16 KiB of plaintext plus
@@ -42,10 +38,6 @@ use crate::io::Stream;
 const CIPHER_BUF: usize = 18 * 1024;
 /// Largest plaintext fragment of one TLS record.
 const MAX_FRAGMENT: usize = 16 * 1024;
-/// Room for what a record adds to its plaintext: 29 bytes for TLS 1.2
-/// AES-GCM (header, explicit nonce, tag), 22 for TLS 1.3 (header, content
-/// type, tag). rustls says so if it needs more.
-const RECORD_OVERHEAD: usize = 64;
 /// First guess for an encoded handshake message; corrected by rustls' answer.
 const HANDSHAKE_GUESS: usize = 4 * 1024;
 /// Bound on the incoming buffer: rustls keeps the records of a handshake
@@ -62,127 +54,85 @@ pub enum TlsError {
     HandshakeEof,
     #[error("I/O error during the TLS handshake: {0}")]
     HandshakeIo(io::Error),
+    #[error("cannot take the TLS records over from rustls: {0}")]
+    Records(super::records::RecordError),
 }
 
 pub struct TlsSession<S: Stream> {
     io: S,
-    conn: UnbufferedClientConnection,
-    /// Ciphertext received and not yet discarded by rustls (it may hold the
-    /// front part of a record, or of a handshake message, until the rest comes).
+    /// rustls after the handshake: session tickets and key updates.
+    kernel: KernelConnection<ClientConnectionData>,
+    sealer: Sealer,
+    opener: Opener,
+    version: RecordVersion,
+    /// Ciphertext received: `rbuf[rpos..]` is not opened yet.
     rbuf: Vec<u8>,
-    /// Ciphertext produced by rustls, not yet written: `wbuf[..len()]`.
+    rpos: usize,
+    /// Opened plaintext not yet handed to the caller, inside `rbuf`.
+    plain: std::ops::Range<usize>,
+    /// Ciphertext sealed, not yet written: `wbuf[..len()]`.
     wbuf: Vec<u8>,
-    /// Decrypted bytes not yet handed to the caller: `carry[carry_pos..]`.
-    carry: Vec<u8>,
-    carry_pos: usize,
     /// TCP end of stream seen.
     eof: bool,
     /// close_notify received: no more plaintext will come.
     peer_closed: bool,
+    /// TLS 1.2 key near its confidentiality limit: do not reuse the session.
+    exhausted: bool,
+    /// "TLSv1_3 TLS13_AES_256_GCM_SHA384", for logs.
+    described: String,
+    /// The intake's end-entity certificate (DER), for `diagnose`.
+    peer_certificate: Option<Vec<u8>>,
 }
 
-/// What `process` should do when rustls is ready for application data.
-enum Want<'a> {
-    /// Deliver plaintext into this buffer (within its capacity), else into carry.
-    Read(&'a mut Vec<u8>),
-    /// Encrypt (the front of) this plaintext into `wbuf`.
-    Write(&'a [u8]),
-    /// Encrypt a close_notify alert into `wbuf`.
-    Close,
-    /// Just advance the state machine (handshake, pending records).
-    Advance,
+/// The handshake, before rustls hands the records over.
+struct Handshake {
+    conn: UnbufferedClientConnection,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
 }
 
-/// Where `process` stopped.
+/// Records a TLS 1.3 key seals before it is updated (well before the
+/// suite's confidentiality limit, 2^23 or 2^24 records for AES-GCM).
+const KEY_UPDATE_MARGIN: u64 = 1 << 16;
+/// Bytes sealed into `wbuf` before they are written (several records per write).
+pub const WRITE_BATCH: usize = 64 * 1024;
+/// Handshake message types seen after the handshake.
+const HS_HELLO_REQUEST: u8 = 0;
+const HS_NEW_SESSION_TICKET: u8 = 4;
+const HS_KEY_UPDATE: u8 = 24;
+
+/// One record taken off `rbuf`.
+enum Opened {
+    /// Application data, now at `rbuf[range]`.
+    Data(std::ops::Range<usize>),
+    /// A ticket, a key update or an alert, handled.
+    Control,
+}
+
+/// Where the handshake driver stopped.
 enum Event {
-    /// Decrypted bytes were delivered (to the caller's buffer or the carry).
-    Plain,
-    /// `wbuf` holds ciphertext that must be written before going on.
+    /// `wbuf` holds handshake bytes that must be written before going on.
     Transmit,
     /// rustls needs more ciphertext from the socket.
     NeedRead,
-    /// The handshake is done and nothing is pending (`Want::Advance`).
+    /// The handshake is done and nothing is pending.
     Ready,
-    /// This many plaintext bytes were encrypted into `wbuf` (`Want::Write`, `Want::Close`).
-    Encrypted(usize),
-    /// The peer sent close_notify (reported once; `peer_closed` is set).
-    PeerClosed,
-    /// Both sides sent close_notify: nothing more can be sent or received.
-    Closed,
+    /// The intake sent application data or close_notify before any request.
+    Unexpected,
 }
 
-impl<S: Stream> TlsSession<S> {
-    /// Runs the handshake over `io`.
-    pub async fn connect(io: S, config: Arc<ClientConfig>, server_name: &str) -> Result<Self, TlsError> {
-        let name =
-            ServerName::try_from(server_name.to_string()).map_err(|_| TlsError::ServerName(server_name.into()))?;
-        let conn = UnbufferedClientConnection::new(config, name).map_err(TlsError::Handshake)?;
-        let mut s = TlsSession {
-            io,
-            conn,
-            rbuf: Vec::with_capacity(CIPHER_BUF),
-            wbuf: Vec::with_capacity(CIPHER_BUF),
-            carry: Vec::new(),
-            carry_pos: 0,
-            eof: false,
-            peer_closed: false,
-        };
+impl Handshake {
+    /// Drives rustls over the ciphertext in `rbuf` until it needs the
+    /// caller: bytes to transmit, more bytes to read, or the handshake done.
+    fn process(&mut self) -> Result<Event, rustls::Error> {
+        let Self { conn, rbuf, wbuf, .. } = self;
         loop {
-            match s.process(Want::Advance) {
-                Ok(Event::Ready) => break,
-                Ok(Event::Transmit) => s.send_wbuf().await.map_err(TlsError::HandshakeIo)?,
-                Ok(Event::NeedRead) => match s.fill().await {
-                    Ok(0) => return Err(TlsError::HandshakeEof),
-                    Ok(_) => {}
-                    Err(e) => return Err(TlsError::HandshakeIo(e)),
-                },
-                Ok(Event::Plain | Event::Encrypted(_)) => {}
-                Ok(Event::PeerClosed | Event::Closed) => return Err(TlsError::HandshakeEof),
-                Err(e) => {
-                    // Best effort: tell the intake why (rustls queued the alert).
-                    let _ = s.process(Want::Advance);
-                    if !s.wbuf.is_empty() {
-                        let _ = s.send_wbuf().await;
-                    }
-                    return Err(TlsError::Handshake(e));
-                }
-            }
-        }
-        s.send_wbuf().await.map_err(TlsError::HandshakeIo)?;
-        // A long certificate chain may have grown the incoming buffer; an
-        // established session keeps only one record's worth.
-        if s.rbuf.capacity() > CIPHER_BUF && s.rbuf.len() <= CIPHER_BUF {
-            s.rbuf.shrink_to(CIPHER_BUF);
-        }
-        Ok(s)
-    }
-
-    /// Drives rustls over the ciphertext in `rbuf` until something needs the
-    /// caller: bytes to transmit, more bytes to read, plaintext delivered, or
-    /// the session ready for `want`. Allocates nothing itself once the
-    /// session's buffers exist (the carry grows only if the caller's buffer is
-    /// smaller than a record, once per session).
-    fn process(&mut self, mut want: Want<'_>) -> Result<Event, rustls::Error> {
-        let Self { conn, rbuf, wbuf, carry, carry_pos, peer_closed, .. } = self;
-        loop {
-            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(rbuf);
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(rbuf);
             let outcome = match state {
                 Err(e) => Err(e),
-                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
-                    let mut outcome = Ok(Some(Event::Plain));
-                    while let Some(record) = traffic.next_record() {
-                        match record {
-                            Ok(record) => {
-                                discard += record.discard;
-                                deliver(record.payload, &mut want, carry, carry_pos);
-                            }
-                            Err(e) => {
-                                outcome = Err(e);
-                                break;
-                            }
-                        }
-                    }
-                    outcome
+                // Application data before our first request: nothing to do with it.
+                Ok(ConnectionState::ReadTraffic(_) | ConnectionState::PeerClosed | ConnectionState::Closed) => {
+                    Ok(Some(Event::Unexpected))
                 }
                 Ok(ConnectionState::EncodeTlsData(mut enc)) => {
                     append_with(wbuf, HANDSHAKE_GUESS, |out| match enc.encode(out) {
@@ -200,35 +150,7 @@ impl<S: Stream> TlsSession<S> {
                     Ok(Some(Event::Transmit))
                 }
                 Ok(ConnectionState::BlockedHandshake) => Ok(Some(Event::NeedRead)),
-                Ok(ConnectionState::WriteTraffic(mut traffic)) => match &want {
-                    Want::Read(_) => Ok(Some(Event::NeedRead)),
-                    Want::Advance => Ok(Some(Event::Ready)),
-                    Want::Write(data) => {
-                        let data = &data[..data.len().min(MAX_FRAGMENT)];
-                        append_with(wbuf, data.len() + RECORD_OVERHEAD, |out| match traffic.encrypt(data, out) {
-                            Ok(n) => Ok(n),
-                            Err(EncryptError::InsufficientSize(e)) => Err(Some(e.required_size)),
-                            Err(_) => Err(None),
-                        })
-                        .map(|_| Some(Event::Encrypted(data.len())))
-                        .map_err(|()| rustls::Error::EncryptError)
-                    }
-                    Want::Close => append_with(wbuf, RECORD_OVERHEAD, |out| match traffic.queue_close_notify(out) {
-                        Ok(n) => Ok(n),
-                        Err(EncryptError::InsufficientSize(e)) => Err(Some(e.required_size)),
-                        Err(_) => Err(None),
-                    })
-                    .map(|_| Some(Event::Encrypted(0)))
-                    .map_err(|()| rustls::Error::EncryptError),
-                },
-                Ok(ConnectionState::PeerClosed) => {
-                    *peer_closed = true;
-                    Ok(Some(Event::PeerClosed))
-                }
-                Ok(ConnectionState::Closed) => {
-                    *peer_closed = true;
-                    Ok(Some(Event::Closed))
-                }
+                Ok(ConnectionState::WriteTraffic(_)) => Ok(Some(Event::Ready)),
                 Ok(other) => Err(rustls::Error::General(format!("unexpected TLS client state {other:?}"))),
             };
             if discard > 0 {
@@ -241,17 +163,241 @@ impl<S: Stream> TlsSession<S> {
             }
         }
     }
+}
+
+impl<S: Stream> TlsSession<S> {
+    /// Runs the handshake over `io`, then takes the records over from rustls.
+    pub async fn connect(mut io: S, config: Arc<ClientConfig>, server_name: &str) -> Result<Self, TlsError> {
+        let name =
+            ServerName::try_from(server_name.to_string()).map_err(|_| TlsError::ServerName(server_name.into()))?;
+        let conn = UnbufferedClientConnection::new(config, name).map_err(TlsError::Handshake)?;
+        let mut h = Handshake { conn, rbuf: Vec::with_capacity(CIPHER_BUF), wbuf: Vec::with_capacity(CIPHER_BUF) };
+        loop {
+            match h.process() {
+                Ok(Event::Ready) => break,
+                Ok(Event::Transmit) => send_all(&mut io, &mut h.wbuf).await.map_err(TlsError::HandshakeIo)?,
+                Ok(Event::NeedRead) => {
+                    if h.rbuf.len() == h.rbuf.capacity() {
+                        // Only while rustls holds a handshake message spanning several records.
+                        if h.rbuf.capacity() >= MAX_CIPHER_BUF {
+                            return Err(TlsError::HandshakeIo(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "TLS handshake message too large",
+                            )));
+                        }
+                        h.rbuf.reserve(CIPHER_BUF);
+                    }
+                    let buf = std::mem::take(&mut h.rbuf);
+                    let (res, buf) = io.read(buf).await;
+                    h.rbuf = buf;
+                    match res {
+                        Ok(0) => return Err(TlsError::HandshakeEof),
+                        Ok(_) => {}
+                        Err(e) => return Err(TlsError::HandshakeIo(e)),
+                    }
+                }
+                Ok(Event::Unexpected) => return Err(TlsError::HandshakeEof),
+                Err(e) => {
+                    // Best effort: tell the intake why (rustls queued the alert).
+                    let _ = h.process();
+                    if !h.wbuf.is_empty() {
+                        let _ = send_all(&mut io, &mut h.wbuf).await;
+                    }
+                    return Err(TlsError::Handshake(e));
+                }
+            }
+        }
+        send_all(&mut io, &mut h.wbuf).await.map_err(TlsError::HandshakeIo)?;
+        let described = match (h.conn.protocol_version(), h.conn.negotiated_cipher_suite()) {
+            (Some(v), Some(s)) => format!("{v:?} {:?}", s.suite()),
+            _ => "handshake not complete".to_string(),
+        };
+        let version = match h.conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => RecordVersion::Tls13,
+            _ => RecordVersion::Tls12,
+        };
+        let peer_certificate = h.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+        let Handshake { conn, mut rbuf, wbuf, .. } = h;
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(TlsError::Handshake)?;
+        let limit = super::records::confidentiality_limit(kernel.negotiated_cipher_suite());
+        let sealer = Sealer::new(version, secrets.tx, limit).map_err(TlsError::Records)?;
+        let opener = Opener::new(version, secrets.rx).map_err(TlsError::Records)?;
+        // A long certificate chain may have grown the incoming buffer; an
+        // established session keeps only one record's worth.
+        if rbuf.capacity() > CIPHER_BUF && rbuf.len() <= CIPHER_BUF {
+            rbuf.shrink_to(CIPHER_BUF);
+        }
+        Ok(TlsSession {
+            io,
+            kernel,
+            sealer,
+            opener,
+            version,
+            rbuf,
+            rpos: 0,
+            plain: 0..0,
+            wbuf,
+            eof: false,
+            peer_closed: false,
+            exhausted: false,
+            described,
+            peer_certificate,
+        })
+    }
+
+    /// Opens the whole record at `rbuf[rpos..]`, if one is there, and
+    /// handles what is not application data: tickets and key updates go
+    /// to rustls, close_notify ends the stream, other alerts are errors.
+    fn next_record(&mut self) -> io::Result<Option<Opened>> {
+        let avail = &self.rbuf[self.rpos..];
+        let Some(len) = record_len(avail) else { return Ok(None) };
+        if len - super::records::HEADER_LEN > super::records::MAX_CIPHERTEXT {
+            return Err(invalid("the intake sent a record longer than 2^14 + 256 bytes"));
+        }
+        if avail.len() < len {
+            return Ok(None);
+        }
+        let at = self.rpos;
+        let (typ, range) = self.opener.open(&mut self.rbuf[at..at + len]).map_err(records_io)?;
+        self.rpos += len;
+        let body = at + range.start..at + range.end;
+        match typ {
+            CONTENT_APPLICATION_DATA => Ok(Some(Opened::Data(body))),
+            CONTENT_HANDSHAKE => {
+                self.handle_handshake(body)?;
+                Ok(Some(Opened::Control))
+            }
+            CONTENT_ALERT => {
+                let alert = &self.rbuf[body];
+                match alert {
+                    [_, 0] => {
+                        self.peer_closed = true;
+                        Ok(Some(Opened::Control))
+                    }
+                    // user_canceled: a warning, close_notify follows.
+                    [_, 90] => Ok(Some(Opened::Control)),
+                    [_, d] => Err(invalid(&format!("the intake sent TLS alert {d}"))),
+                    _ => Err(invalid("malformed TLS alert")),
+                }
+            }
+            other => Err(invalid(&format!("unexpected TLS record type {other} after the handshake"))),
+        }
+    }
+
+    /// Handshake messages after the handshake, each whole in this record.
+    fn handle_handshake(&mut self, body: std::ops::Range<usize>) -> io::Result<()> {
+        let mut at = body.start;
+        while at < body.end {
+            let msg = &self.rbuf[at..body.end];
+            if msg.len() < 4 {
+                return Err(invalid("a post-handshake message split across records"));
+            }
+            let typ = msg[0];
+            let len = u32::from_be_bytes([0, msg[1], msg[2], msg[3]]) as usize;
+            if msg.len() < 4 + len {
+                return Err(invalid("a post-handshake message split across records"));
+            }
+            let payload = at + 4..at + 4 + len;
+            match (typ, self.version) {
+                (HS_NEW_SESSION_TICKET, RecordVersion::Tls13) => {
+                    let Self { kernel, rbuf, .. } = self;
+                    kernel.handle_new_session_ticket(&rbuf[payload]).map_err(tls_io)?;
+                }
+                (HS_KEY_UPDATE, RecordVersion::Tls13) => {
+                    let requested = match &self.rbuf[payload] {
+                        [0] => false,
+                        [1] => true,
+                        _ => return Err(invalid("malformed KeyUpdate")),
+                    };
+                    let rx = self.kernel.update_rx_secret().map_err(tls_io)?;
+                    self.opener = Opener::new(self.version, rx).map_err(records_io)?;
+                    if requested {
+                        // Answered before the next write (or the next wait for data).
+                        self.update_tx_key()?;
+                    }
+                }
+                // Renegotiation is not supported: ignored, as rustls does.
+                (HS_HELLO_REQUEST, RecordVersion::Tls12) => {}
+                _ => return Err(invalid(&format!("unexpected handshake message {typ} after the handshake"))),
+            }
+            at += 4 + len;
+        }
+        Ok(())
+    }
+
+    /// TLS 1.3: sends KeyUpdate(update_not_requested) under the current key,
+    /// then seals under the next one.
+    fn update_tx_key(&mut self) -> io::Result<()> {
+        self.seal_into_wbuf(CONTENT_HANDSHAKE, &[HS_KEY_UPDATE, 0, 0, 1, 0])?;
+        let tx = self.kernel.update_tx_secret().map_err(tls_io)?;
+        let limit = super::records::confidentiality_limit(self.kernel.negotiated_cipher_suite());
+        self.sealer = Sealer::new(self.version, tx, limit).map_err(records_io)?;
+        Ok(())
+    }
+
+    /// TLS 1.3: updates our sending key now (KeyUpdate, not asking the
+    /// peer to update its own); the message goes with the next write. What
+    /// the confidentiality limit does on its own; TLS 1.2 has no key update.
+    pub fn update_keys(&mut self) -> io::Result<()> {
+        match self.version {
+            RecordVersion::Tls13 => self.update_tx_key(),
+            RecordVersion::Tls12 => Err(io::Error::new(io::ErrorKind::Unsupported, "TLS 1.2 has no key update")),
+        }
+    }
+
+    /// Seals one record of `typ` holding `data` (at most one fragment) at the end of `wbuf`.
+    fn seal_into_wbuf(&mut self, typ: u8, data: &[u8]) -> io::Result<()> {
+        let start = self.wbuf.len();
+        self.wbuf.resize(start + self.sealer.prefix_len(), 0);
+        self.wbuf.extend_from_slice(data);
+        match self.sealer.seal(&mut self.wbuf, start, typ) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.wbuf.truncate(start);
+                Err(records_io(e))
+            }
+        }
+    }
+
+    /// Seals application data, updating the key (TLS 1.3) well before its limit.
+    fn seal_data(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.sealer.records_left() <= KEY_UPDATE_MARGIN {
+            match self.version {
+                RecordVersion::Tls13 => self.update_tx_key()?,
+                // No key update in TLS 1.2: this session is not reused.
+                RecordVersion::Tls12 => self.exhausted = true,
+            }
+        }
+        self.seal_into_wbuf(CONTENT_APPLICATION_DATA, data)
+    }
+
+    /// Makes room to read: drops what was opened and handed out, keeping a
+    /// partial record at the front (a few bytes move, at most one record).
+    fn compact(&mut self) {
+        debug_assert!(self.plain.is_empty());
+        if self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        } else if self.rpos > 0 && self.rbuf.capacity() - self.rbuf.len() < CIPHER_BUF - MAX_FRAGMENT {
+            self.rbuf.copy_within(self.rpos.., 0);
+            self.rbuf.truncate(self.rbuf.len() - self.rpos);
+            self.rpos = 0;
+        }
+        if self.rbuf.len() == self.rbuf.capacity() {
+            // A whole record always fits in CIPHER_BUF once compacted.
+            self.rbuf.copy_within(self.rpos.., 0);
+            self.rbuf.truncate(self.rbuf.len() - self.rpos);
+            self.rpos = 0;
+        }
+    }
 
     /// Reads ciphertext from the socket, appending to `rbuf`; `Ok(0)` at EOF.
     async fn fill(&mut self) -> io::Result<usize> {
-        // Anything rustls wants to say (key update, alert) goes out before we wait.
+        // Anything queued (a key update answer) goes out before we wait.
         self.send_wbuf().await?;
+        self.compact();
         if self.rbuf.len() == self.rbuf.capacity() {
-            // Only while rustls holds a handshake message spanning several records.
-            if self.rbuf.capacity() >= MAX_CIPHER_BUF {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS handshake message too large"));
-            }
-            self.rbuf.reserve(CIPHER_BUF);
+            return Err(invalid("TLS record larger than the buffer"));
         }
         let buf = std::mem::take(&mut self.rbuf);
         let (res, buf) = self.io.read(buf).await;
@@ -265,48 +411,35 @@ impl<S: Stream> TlsSession<S> {
 
     /// Writes `wbuf` out and empties it.
     async fn send_wbuf(&mut self) -> io::Result<()> {
-        if self.wbuf.is_empty() {
-            return Ok(());
-        }
-        let buf = std::mem::take(&mut self.wbuf);
-        let (res, mut buf) = self.io.write_all(buf).await;
-        buf.clear();
-        self.wbuf = buf;
-        res
+        send_all(&mut self.io, &mut self.wbuf).await
     }
 
-    /// Writes queued ciphertext (handshake messages, key updates, alerts).
+    /// Writes queued ciphertext (a key update answer).
     pub async fn flush(&mut self) -> io::Result<()> {
-        loop {
-            match self.process(Want::Advance).map_err(tls_io)? {
-                Event::Transmit => self.send_wbuf().await?,
-                _ => return self.send_wbuf().await,
-            }
-        }
+        self.send_wbuf().await
     }
 
-    /// Encrypts and sends all of `data`, one record (at most 16 KiB of
-    /// plaintext) at a time.
+    /// Seals and sends all of `data`, one record per 16 KiB of plaintext,
+    /// up to [`WRITE_BATCH`] bytes per write.
     ///
     /// # Backpressure
     /// Returns only once every record is written to the socket.
-    pub async fn write_plain(&mut self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            match self.process(Want::Write(data)).map_err(tls_io)? {
-                Event::Encrypted(n) => {
-                    data = &data[n..];
-                    self.send_wbuf().await?;
-                }
-                Event::Transmit => self.send_wbuf().await?,
-                // Plaintext that came early waits in the carry; close_notify
-                // from the intake still lets us send (rustls decides).
-                Event::Plain | Event::PeerClosed | Event::Ready => {}
-                Event::NeedRead | Event::Closed => {
-                    return Err(io::Error::new(io::ErrorKind::NotConnected, "TLS session can no longer send data"))
-                }
+    pub async fn write_plain(&mut self, data: &[u8]) -> io::Result<()> {
+        for chunk in data.chunks(MAX_FRAGMENT) {
+            self.seal_data(chunk)?;
+            if self.wbuf.len() >= WRITE_BATCH {
+                self.send_wbuf().await?;
             }
         }
-        Ok(())
+        self.send_wbuf().await
+    }
+
+    /// Hands out opened plaintext into `out`'s spare capacity.
+    fn take_plain(&mut self, out: &mut Vec<u8>) -> usize {
+        let n = (out.capacity() - out.len()).min(self.plain.len());
+        out.extend_from_slice(&self.rbuf[self.plain.start..self.plain.start + n]);
+        self.plain.start += n;
+        n
     }
 
     /// Appends decrypted bytes to `out` (within its spare capacity; never grows it).
@@ -314,28 +447,17 @@ impl<S: Stream> TlsSession<S> {
     /// without it is `UnexpectedEof`.
     pub async fn read_plain(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
         debug_assert!(out.capacity() > out.len());
-        let before = out.len();
         loop {
-            if self.carry_pos < self.carry.len() {
-                let room = out.capacity() - out.len();
-                let n = room.min(self.carry.len() - self.carry_pos);
-                out.extend_from_slice(&self.carry[self.carry_pos..self.carry_pos + n]);
-                self.carry_pos += n;
-                if self.carry_pos == self.carry.len() {
-                    self.carry.clear();
-                    self.carry_pos = 0;
-                }
-                return Ok(n);
+            if !self.plain.is_empty() {
+                return Ok(self.take_plain(out));
             }
             if self.peer_closed {
                 return Ok(0);
             }
-            match self.process(Want::Read(out)).map_err(tls_io)? {
-                Event::Plain if out.len() > before => return Ok(out.len() - before),
-                Event::Plain | Event::Ready | Event::Encrypted(_) => {}
-                Event::Transmit => self.send_wbuf().await?,
-                Event::PeerClosed | Event::Closed => {}
-                Event::NeedRead => {
+            match self.next_record()? {
+                Some(Opened::Data(range)) => self.plain = range,
+                Some(Opened::Control) => {}
+                None => {
                     if self.eof || self.fill().await? == 0 {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "intake closed the connection"));
                     }
@@ -346,37 +468,29 @@ impl<S: Stream> TlsSession<S> {
 
     /// Appends the plaintext that can be had without waiting to `out`
     /// (within its spare capacity): `Ok(None)` when a whole record has not
-    /// arrived yet, `Ok(Some(0))` after close_notify. Answers rustls must
-    /// send (a key update) wait in `wbuf` for the next write. Used when this
+    /// arrived yet, `Ok(Some(0))` after close_notify. Answers owed to the
+    /// peer (a key update) wait in `wbuf` for the next write. Used when this
     /// session is itself the stream under another (TLS to an `https://`
     /// proxy, with the intake's TLS inside).
     pub fn read_plain_now(&mut self, out: &mut Vec<u8>) -> io::Result<Option<usize>> {
         debug_assert!(out.capacity() > out.len());
-        let before = out.len();
         loop {
-            if self.carry_pos < self.carry.len() {
-                let n = (out.capacity() - out.len()).min(self.carry.len() - self.carry_pos);
-                out.extend_from_slice(&self.carry[self.carry_pos..self.carry_pos + n]);
-                self.carry_pos += n;
-                if self.carry_pos == self.carry.len() {
-                    self.carry.clear();
-                    self.carry_pos = 0;
-                }
-                return Ok(Some(n));
+            if !self.plain.is_empty() {
+                return Ok(Some(self.take_plain(out)));
             }
             if self.peer_closed {
                 return Ok(Some(0));
             }
-            match self.process(Want::Read(out)).map_err(tls_io)? {
-                Event::Plain if out.len() > before => return Ok(Some(out.len() - before)),
-                Event::Plain | Event::Ready | Event::Encrypted(_) | Event::Transmit => {}
-                Event::PeerClosed | Event::Closed => {}
-                Event::NeedRead => {
+            match self.next_record()? {
+                Some(Opened::Data(range)) => self.plain = range,
+                Some(Opened::Control) => {}
+                None => {
                     if self.eof {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the connection"));
                     }
+                    self.compact();
                     if self.rbuf.len() == self.rbuf.capacity() {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS record larger than the buffer"));
+                        return Err(invalid("TLS record larger than the buffer"));
                     }
                     match self.io.try_read_now(&mut self.rbuf)? {
                         None => return Ok(None),
@@ -396,7 +510,7 @@ impl<S: Stream> TlsSession<S> {
             if let Some(n) = self.read_plain_now(out)? {
                 return Ok(n);
             }
-            // Anything rustls queued (a key update) goes with the next write:
+            // Anything queued (a key update answer) goes with the next write:
             // a write here would not be cancel-safe.
             if self.io.read_ready(&mut self.rbuf).await? == 0 {
                 self.eof = true;
@@ -419,18 +533,16 @@ impl<S: Stream> TlsSession<S> {
     }
 
     /// Whether a pooled session can carry another request. Reads, without
-    /// blocking, whatever arrived while it was idle and lets rustls process
-    /// it: session tickets and key updates keep it usable; EOF, close_notify,
-    /// an alert, application data nobody asked for, or a partial record make
-    /// it unusable.
+    /// blocking, whatever arrived while it was idle and opens it: session
+    /// tickets and key updates keep it usable; EOF, close_notify, an alert,
+    /// application data nobody asked for, or a partial record make it
+    /// unusable, and so does a TLS 1.2 key near its limit.
     pub fn is_reusable_now(&mut self) -> bool {
-        if self.eof || self.peer_closed || self.carry_pos < self.carry.len() {
+        if self.eof || self.peer_closed || !self.plain.is_empty() || self.exhausted {
             return false;
         }
-        // Take in whatever the intake sent while the session sat idle (late
-        // session tickets, a key update, or a close_notify / FIN) without
-        // blocking, and let rustls judge it.
         loop {
+            self.compact();
             if self.rbuf.len() == self.rbuf.capacity() {
                 return false;
             }
@@ -443,71 +555,53 @@ impl<S: Stream> TlsSession<S> {
                 Ok(Some(_)) => continue,
             }
         }
-        while !self.rbuf.is_empty() {
-            match self.process(Want::Advance) {
-                // Queued ciphertext (e.g. a key update) goes out with the next write.
-                Ok(Event::Transmit) => {}
-                Ok(Event::Ready) if self.rbuf.is_empty() => break,
-                // Application data nobody asked for, a partial record, an alert or close_notify.
+        loop {
+            match self.next_record() {
+                Ok(Some(Opened::Control)) if !self.peer_closed => {}
+                Ok(Some(Opened::Data(r))) if r.is_empty() => {}
+                Ok(None) => return self.rpos == self.rbuf.len(),
+                // Application data nobody asked for, close_notify, an alert, a bad record.
                 _ => return false,
             }
         }
-        true
     }
 
     /// Sends close_notify, best effort, before the session is dropped.
     pub async fn close(mut self) {
-        loop {
-            match self.process(Want::Close) {
-                Ok(Event::Transmit) => {
-                    if self.send_wbuf().await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Event::Encrypted(_)) => break,
-                // Records read but not processed yet: pass them first.
-                Ok(Event::Plain | Event::PeerClosed) => {}
-                _ => return,
-            }
+        if self.seal_into_wbuf(CONTENT_ALERT, &[1, 0]).is_ok() {
+            let _ = self.send_wbuf().await;
         }
-        let _ = self.send_wbuf().await;
     }
 
     /// Negotiated protocol version and suite, for logs and `version`.
     pub fn describe(&self) -> String {
-        match (self.conn.protocol_version(), self.conn.negotiated_cipher_suite()) {
-            (Some(v), Some(s)) => format!("{v:?} {:?}", s.suite()),
-            _ => "handshake not complete".to_string(),
-        }
+        self.described.clone()
     }
 
     /// The intake's end-entity certificate (DER), for `diagnose`.
     pub fn peer_certificate(&self) -> Option<&[u8]> {
-        self.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref())
+        self.peer_certificate.as_deref()
     }
 }
 
-/// Hands a decrypted record to the reader: straight into its buffer while it
-/// has room, the rest (or all, outside a read) into the carry.
-fn deliver(payload: &[u8], want: &mut Want<'_>, carry: &mut Vec<u8>, carry_pos: &mut usize) {
-    let mut rest = payload;
-    if let Want::Read(out) = want {
-        if *carry_pos == carry.len() {
-            let n = rest.len().min(out.capacity() - out.len());
-            out.extend_from_slice(&rest[..n]);
-            rest = &rest[n..];
-        }
+/// Writes all of `buf` and empties it (keeping its capacity).
+async fn send_all<S: Stream>(io: &mut S, buf: &mut Vec<u8>) -> io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
     }
-    if !rest.is_empty() {
-        if *carry_pos > 0 && *carry_pos == carry.len() {
-            carry.clear();
-            *carry_pos = 0;
-        }
-        if carry.capacity() == 0 {
-            carry.reserve_exact(MAX_FRAGMENT.max(rest.len()));
-        }
-        carry.extend_from_slice(rest);
-    }
+    let b = std::mem::take(buf);
+    let (res, mut b) = io.write_all(b).await;
+    b.clear();
+    *buf = b;
+    res
+}
+
+fn invalid(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.to_string())
+}
+
+fn records_io(e: super::records::RecordError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 /// Lets `write` produce ciphertext at the end of `wbuf`, in a window of
