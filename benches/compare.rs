@@ -1,18 +1,25 @@
 //! fipsrelay side by side with HAProxy configured like the Datadog Agent FIPS
 //! proxy, on this machine, in one run. Layout: the proxy under test alone on
 //! CPU 1 (taskset), loadgen and the mock intake on CPU 0; one worker /
-//! `nbthread 1`. Each workload is measured `--reps` times (default 3),
-//! interleaved (fipsrelay, HAProxy, fipsrelay, …); medians are reported with
-//! the ratio fipsrelay/HAProxy, and the whole result is written as JSON.
+//! `nbthread 1`. The contenders: fipsrelay on each I/O backend this host
+//! can run (`--io auto` for `auto` only), `--baseline PATH` another
+//! fipsrelay build on the same backends (an A/B of a change, in the same
+//! run), and HAProxy. Each workload is measured `--reps` times (default 3),
+//! interleaved (every contender once, then again, …); medians are reported
+//! with CPU split into user + sys and each contender's ratio to HAProxy, and
+//! the whole result is written as JSON.
 //!
 //! A second rig cross-checks the closed-loop rows with tools nobody here
 //! wrote: `wrk` (Debian) as the Agent and nginx-full as the TLS intake
 //! (`echo_read_request_body`, then 202), wrk and nginx on CPU 0, the proxy
-//! alone on CPU 1 as before. Both rigs' ratios are printed.
+//! alone on CPU 1 as before. It also has the floor row: HAProxy relaying
+//! plaintext to nginx's plaintext port (no TLS at all). Both rigs' ratios
+//! are printed.
 //!
 //! Run: `benches/compare.sh` (installs HAProxy, wrk and nginx-full when
 //! missing), or
-//! `cargo bench --bench compare -- [--quick] [--secs N] [--reps N] [--json FILE] [--no-external]`.
+//! `cargo bench --bench compare -- [--quick] [--secs N] [--reps N] [--json FILE] [--no-external]
+//!  [--io auto|both] [--baseline PATH]`.
 
 mod harness;
 
@@ -49,53 +56,68 @@ fn main() {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let (proxy_cpu, load_cpu) = if cpus >= 2 { (Some(1), Some(0)) } else { (None, None) };
 
+    // The contenders, in the order each repetition runs them.
+    let backends: Vec<&str> = match arg_value("--io").as_deref() {
+        Some("auto") => vec!["auto"],
+        _ if fipsrelay::io::probe_uring().is_ok() => vec!["uring", "epoll"],
+        _ => vec!["epoll"],
+    };
+    let baseline = arg_value("--baseline").map(PathBuf::from);
+    if let Some(b) = &baseline {
+        assert!(b.exists(), "--baseline {}: no such binary", b.display());
+    }
+    let mut contenders: Vec<Contender> = Vec::new();
+    for io in &backends {
+        contenders.push(Contender { label: format!("fipsrelay {io}"), kind: Kind::Relay(bins.relay.clone(), *io) });
+    }
+    if let Some(b) = &baseline {
+        for io in &backends {
+            contenders.push(Contender { label: format!("baseline {io}"), kind: Kind::Relay(b.clone(), *io) });
+        }
+    }
+    contenders.push(Contender { label: "haproxy".into(), kind: Kind::Haproxy });
+
     println!("# fipsrelay vs HAProxy — {}", machine());
     println!("# {version}; fipsrelay {} ({})", env!("CARGO_PKG_VERSION"), fipsrelay::crypto::module_description());
-    println!("# proxy on CPU {proxy_cpu:?}, loadgen + mock intake on CPU {load_cpu:?}; {secs}s runs after {warmup}s warm-up, {reps} reps interleaved, medians");
+    if let Some(b) = &baseline {
+        println!("# baseline: {}", b.display());
+    }
+    println!("# proxy on CPU {proxy_cpu:?}, loadgen + mock intake on CPU {load_cpu:?}; {secs}s runs after {warmup}s warm-up, {reps} reps interleaved, medians; CPU µs/req as total (user+sys)");
     let mock = start_mock(&bins, dir.path(), load_cpu);
-    let mut rows = Vec::new();
-    let mut idle = (0u64, 0u64);
+    let mut json_rows = Vec::new();
+    let mut idle: Vec<u64> = vec![0; contenders.len()];
+    let header = |extra: &str| {
+        println!(
+            "{:<34} {:>10} {:>18} {:>9} {:>9} {:>10} {:>9}",
+            "workload / proxy", "req/s", "CPU µs/req", "p50 µs", "p99 µs", extra, "RSS MiB"
+        )
+    };
+    println!();
+    header("p99.9 µs");
     for w in WORKLOADS {
-        let mut relay_samples = Vec::new();
-        let mut haproxy_samples = Vec::new();
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); contenders.len()];
         for _ in 0..reps {
-            for kind in ["fipsrelay", "haproxy"] {
-                let target = match kind {
-                    "fipsrelay" => start_relay(&bins, dir.path(), &mock, proxy_cpu, 1, "auto"),
+            for (i, c) in contenders.iter().enumerate() {
+                let target = match &c.kind {
+                    Kind::Relay(bin, io) => start_relay_bin(bin, dir.path(), mock.addr, &mock.ca, proxy_cpu, 1, io),
                     _ => start_haproxy(&haproxy, dir.path(), &mock, proxy_cpu, 1),
                 };
                 std::thread::sleep(std::time::Duration::from_millis(300));
-                let rss_idle = rss_kib(target.proc.pid());
-                if kind == "fipsrelay" {
-                    idle.0 = idle.0.max(rss_idle)
-                } else {
-                    idle.1 = idle.1.max(rss_idle)
-                }
-                let s = run_load(&bins, dir.path(), &target, w, secs, warmup, load_cpu);
-                if kind == "fipsrelay" {
-                    relay_samples.push(s)
-                } else {
-                    haproxy_samples.push(s)
-                }
+                idle[i] = idle[i].max(rss_kib(target.proc.pid()));
+                samples[i].push(run_load(&bins, dir.path(), &target, w, secs, warmup, load_cpu));
             }
         }
-        let r = median(&relay_samples);
-        let h = median(&haproxy_samples);
-        rows.push((w.name, r, h));
+        let medians: Vec<(String, Sample)> =
+            contenders.iter().zip(&samples).map(|(c, s)| (c.label.clone(), median(s))).collect();
+        json_rows.push(print_rows(w.name, &medians, true));
     }
-    println!();
-    println!(
-        "{:<34} {:>10} {:>12} {:>9} {:>9} {:>10} {:>9}",
-        "workload / proxy", "req/s", "CPU µs/req", "p50 µs", "p99 µs", "p99.9 µs", "RSS MiB"
-    );
-    let mut json_rows = Vec::new();
-    for (name, r, h) in &rows {
-        json_rows.push(print_pair(name, r, h, true));
-    }
-    println!("idle RSS: fipsrelay {:.1} MiB, haproxy {:.1} MiB", idle.0 as f64 / 1024.0, idle.1 as f64 / 1024.0);
+    let idle_line: Vec<String> =
+        contenders.iter().zip(&idle).map(|(c, k)| format!("{} {:.1} MiB", c.label, *k as f64 / 1024.0)).collect();
+    println!("idle RSS: {}", idle_line.join(", "));
     drop(mock);
 
-    // The external rig: wrk → proxy → nginx (TLS, reads the whole body).
+    // The external rig: wrk → proxy → nginx (TLS, reads the whole body), and
+    // the floor: HAProxy plaintext → nginx plaintext.
     let mut external_rows = Vec::new();
     let wrk_ok = std::path::Path::new("/usr/bin/wrk").exists();
     if has_flag("--no-external") {
@@ -105,66 +127,98 @@ fn main() {
     } else {
         let tls = dir.path().join("tls");
         let nginx = start_nginx_intake(dir.path(), &tls, load_cpu);
+        let mut external = contenders.clone();
+        external.push(Contender { label: "haproxy plaintext (floor)".into(), kind: Kind::HaproxyPlain });
         println!();
-        println!("# external rig: wrk -t1 (Debian) → proxy → nginx-full TLS intake (echo_read_request_body; 202), wrk + nginx on CPU {load_cpu:?}");
-        println!(
-            "{:<34} {:>10} {:>12} {:>9} {:>9} {:>10} {:>9}",
-            "workload / proxy", "req/s", "CPU µs/req", "p50 µs", "p99 µs", "", "RSS MiB"
-        );
+        println!("# external rig: wrk -t1 (Debian) → proxy → nginx-full TLS intake (echo_read_request_body; 202), wrk + nginx on CPU {load_cpu:?}; the floor row relays plaintext to nginx's plaintext port");
+        header("");
         for (name, bytes, conns) in
             [("1 KiB closed loop, 64 conns (wrk)", 1024, 64), ("64 KiB closed loop, 64 conns (wrk)", 65536, 64)]
         {
-            let (mut rs, mut hs) = (Vec::new(), Vec::new());
+            let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); external.len()];
             for _ in 0..reps {
-                for kind in ["fipsrelay", "haproxy"] {
-                    let target = match kind {
-                        "fipsrelay" => start_relay_to(&bins, dir.path(), nginx.addr, &nginx.ca, proxy_cpu, 1, "auto"),
-                        _ => start_haproxy_to(&haproxy, dir.path(), nginx.addr, &nginx.ca, proxy_cpu, 1),
+                for (i, c) in external.iter().enumerate() {
+                    let target = match &c.kind {
+                        Kind::Relay(bin, io) => {
+                            start_relay_bin(bin, dir.path(), nginx.addr, &nginx.ca, proxy_cpu, 1, io)
+                        }
+                        Kind::Haproxy => start_haproxy_to(&haproxy, dir.path(), nginx.addr, &nginx.ca, proxy_cpu, 1),
+                        Kind::HaproxyPlain => {
+                            start_haproxy_plain_to(&haproxy, dir.path(), nginx.plain_addr, proxy_cpu, 1)
+                        }
                     };
                     std::thread::sleep(std::time::Duration::from_millis(300));
-                    let s = run_wrk(dir.path(), &target, bytes, conns, secs, load_cpu);
-                    if kind == "fipsrelay" {
-                        rs.push(s)
-                    } else {
-                        hs.push(s)
-                    }
+                    samples[i].push(run_wrk(dir.path(), &target, bytes, conns, secs, load_cpu));
                 }
             }
-            let (r, h) = (median(&rs), median(&hs));
-            external_rows.push(print_pair(name, &r, &h, false));
+            let medians: Vec<(String, Sample)> =
+                external.iter().zip(&samples).map(|(c, s)| (c.label.clone(), median(s))).collect();
+            external_rows.push(print_rows(name, &medians, false));
         }
     }
-    let out = serde_json::json!({"machine": machine(), "haproxy": version, "secs": secs, "reps": reps, "rows": json_rows,
-        "external_rows": external_rows, "idle_rss_kib": {"fipsrelay": idle.0, "haproxy": idle.1}});
+    let idle_json: serde_json::Map<String, serde_json::Value> =
+        contenders.iter().zip(&idle).map(|(c, k)| (c.label.clone(), serde_json::json!(k))).collect();
+    let out = serde_json::json!({"machine": machine(), "haproxy": version, "secs": secs, "reps": reps,
+        "baseline": baseline.map(|b| b.display().to_string()), "rows": json_rows,
+        "external_rows": external_rows, "idle_rss_kib": idle_json});
     let path = arg_value("--json").unwrap_or_else(|| "target/compare.json".into());
     std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
     println!("# JSON written to {path}");
 }
 
-/// Prints one workload's two rows and their ratio row (p99.9 and RSS ratios
-/// only where the rig measures them), and returns its JSON.
-fn print_pair(name: &str, r: &Sample, h: &Sample, full: bool) -> serde_json::Value {
+#[derive(Clone)]
+enum Kind {
+    /// A fipsrelay binary and its `workers.io`.
+    Relay(PathBuf, &'static str),
+    Haproxy,
+    HaproxyPlain,
+}
+
+#[derive(Clone)]
+struct Contender {
+    label: String,
+    kind: Kind,
+}
+
+/// Prints one workload's rows and each one's ratio to HAProxy's (the row
+/// labelled "haproxy"); p99.9 and RSS ratios only where the rig measures
+/// them. Returns its JSON.
+fn print_rows(name: &str, rows: &[(String, Sample)], full: bool) -> serde_json::Value {
     println!("{name}");
-    for (label, s) in [("  fipsrelay", r), ("  haproxy", h)] {
-        println!("{}", s.row(label));
+    for (label, s) in rows {
+        println!("{}", s.row(&format!("  {label}")));
     }
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-    let mut line = format!(
-        "{:<34} {:>10.2} {:>12.2} {:>9.2} {:>9.2}",
-        "  ratio fipsrelay/haproxy",
-        ratio(r.req_per_s, h.req_per_s),
-        ratio(r.cpu_us_per_req, h.cpu_us_per_req),
-        ratio(r.p50_us, h.p50_us),
-        ratio(r.p99_us, h.p99_us)
-    );
-    if full {
-        line.push_str(&format!(
-            " {:>10.2} {:>9.2}",
-            ratio(r.p99_9_us, h.p99_9_us),
-            ratio(r.rss_kib as f64, h.rss_kib as f64)
-        ));
+    let h = rows.iter().find(|(l, _)| l == "haproxy").map(|(_, s)| s.clone()).unwrap_or_default();
+    let mut ratios = serde_json::Map::new();
+    for (label, r) in rows.iter().filter(|(l, _)| l != "haproxy") {
+        let mut line = format!(
+            "{:<34} {:>10.2} {:>18} {:>9.2} {:>9.2}",
+            format!("  ratio {label}/haproxy"),
+            ratio(r.req_per_s, h.req_per_s),
+            format!(
+                "{:.2} ({:.2}+{:.2})",
+                ratio(r.cpu_us_per_req, h.cpu_us_per_req),
+                ratio(r.user_us_per_req, h.cpu_us_per_req),
+                ratio(r.sys_us_per_req, h.cpu_us_per_req)
+            ),
+            ratio(r.p50_us, h.p50_us),
+            ratio(r.p99_us, h.p99_us)
+        );
+        if full {
+            line.push_str(&format!(
+                " {:>10.2} {:>9.2}",
+                ratio(r.p99_9_us, h.p99_9_us),
+                ratio(r.rss_kib as f64, h.rss_kib as f64)
+            ));
+        }
+        println!("{line}");
+        ratios.insert(
+            label.clone(),
+            serde_json::json!({"req_per_s": ratio(r.req_per_s, h.req_per_s), "cpu_us_per_req": ratio(r.cpu_us_per_req, h.cpu_us_per_req), "p99_us": ratio(r.p99_us, h.p99_us)}),
+        );
     }
-    println!("{line}");
-    serde_json::json!({"workload": name, "fipsrelay": r, "haproxy": h,
-        "ratio": {"req_per_s": ratio(r.req_per_s, h.req_per_s), "cpu_us_per_req": ratio(r.cpu_us_per_req, h.cpu_us_per_req), "p99_us": ratio(r.p99_us, h.p99_us)}})
+    let samples: serde_json::Map<String, serde_json::Value> =
+        rows.iter().map(|(l, s)| (l.clone(), serde_json::to_value(s).unwrap())).collect();
+    serde_json::json!({"workload": name, "samples": samples, "ratio_to_haproxy": ratios})
 }

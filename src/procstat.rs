@@ -3,13 +3,19 @@
 
 /// User + system CPU time of process `pid`, in microseconds.
 pub fn cpu_us(pid: i32) -> u64 {
+    let (user, sys) = cpu_split_us(pid);
+    user + sys
+}
+
+/// User and system CPU time of process `pid` so far, in µs (clock-tick resolution).
+pub fn cpu_split_us(pid: i32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // After the ")" closing the command name: utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    (field(11) + field(12)) * 1_000_000 / hz
+    (field(11) * 1_000_000 / hz, field(12) * 1_000_000 / hz)
 }
 
 /// Resident set size of process `pid`, in KiB.

@@ -87,7 +87,8 @@ impl Drop for Proc {
     }
 }
 
-pub use fipsrelay::procstat::{cpu_us, rss_kib};
+#[allow(unused_imports)]
+pub use fipsrelay::procstat::{cpu_split_us, cpu_us, rss_kib};
 
 pub struct Mock {
     pub proc: Proc,
@@ -156,6 +157,19 @@ pub fn start_relay_to(
     threads: usize,
     io: &str,
 ) -> Target {
+    start_relay_bin(&bins.relay, dir, addr, ca, cpu, threads, io)
+}
+
+/// The relay binary `relay` (another build, for an A/B run) in front of the TLS intake at `addr`.
+pub fn start_relay_bin(
+    relay: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    ca: &Path,
+    cpu: Option<usize>,
+    threads: usize,
+    io: &str,
+) -> Target {
     let base = free_base();
     let config = dir.join(format!("fipsrelay-{base}.toml"));
     std::fs::write(
@@ -167,7 +181,7 @@ pub fn start_relay_to(
         ),
     )
     .unwrap();
-    let child = pinned(&bins.relay, cpu)
+    let child = pinned(relay, cpu)
         .args(["run", "--config"])
         .arg(&config)
         .stdout(Stdio::null())
@@ -219,6 +233,37 @@ pub fn start_haproxy_to(
     Target { proc, metrics_port: port, kind: "haproxy" }
 }
 
+/// HAProxy relaying plaintext to a plaintext intake at `addr`: no TLS at
+/// all, the floor of an HTTP relay on this machine.
+pub fn start_haproxy_plain_to(
+    haproxy: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    cpu: Option<usize>,
+    threads: usize,
+) -> Target {
+    let port = free_base() + 1;
+    let config = dir.join(format!("haproxy-plain-{port}.cfg"));
+    std::fs::write(
+        &config,
+        format!(
+            "global\n    nbthread {threads}\n    maxconn 4096\n\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 5s\n    timeout server 5s\n\nfrontend metrics-forwarder\n    bind 127.0.0.1:{port}\n    default_backend plain\n\nbackend plain\n    http-reuse always\n    http-request set-header Host metrics.agent.ddog-gov.com\n    server intake {addr}\n"
+        ),
+    )
+    .unwrap();
+    let child = pinned(haproxy, cpu)
+        .arg("-f")
+        .arg(&config)
+        .arg("-db")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn haproxy");
+    let mut proc = Proc { child, name: "haproxy".into() };
+    wait_port(port, &mut proc);
+    Target { proc, metrics_port: port, kind: "haproxy-plain" }
+}
+
 #[derive(Clone, Debug)]
 pub struct Workload {
     pub name: &'static str,
@@ -233,6 +278,9 @@ pub struct Sample {
     pub ok: u64,
     pub errors: u64,
     pub cpu_us_per_req: f64,
+    /// The user and system parts of `cpu_us_per_req`.
+    pub user_us_per_req: f64,
+    pub sys_us_per_req: f64,
     pub p50_us: f64,
     pub p99_us: f64,
     pub p99_9_us: f64,
@@ -266,9 +314,9 @@ pub fn run_load(
     let mut child = cmd.spawn().expect("spawn loadgen");
     // CPU is sampled over the measured window only (after the warm-up).
     std::thread::sleep(Duration::from_secs(warmup));
-    let cpu0 = cpu_us(target.proc.pid());
+    let cpu0 = cpu_split_us(target.proc.pid());
     let status = child.wait().unwrap();
-    let cpu1 = cpu_us(target.proc.pid());
+    let cpu1 = cpu_split_us(target.proc.pid());
     assert!(status.success() || json.exists(), "loadgen failed: {status}");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let requests = report["requests"].as_u64().unwrap_or(0).max(1);
@@ -277,7 +325,9 @@ pub fn run_load(
         req_per_s: report["req_per_s"].as_f64().unwrap_or(0.0),
         ok: report["ok"].as_u64().unwrap_or(0),
         errors: report["errors"]["total"].as_u64().unwrap_or(0),
-        cpu_us_per_req: (cpu1.saturating_sub(cpu0)) as f64 / requests as f64,
+        cpu_us_per_req: (cpu1.0 + cpu1.1).saturating_sub(cpu0.0 + cpu0.1) as f64 / requests as f64,
+        user_us_per_req: cpu1.0.saturating_sub(cpu0.0) as f64 / requests as f64,
+        sys_us_per_req: cpu1.1.saturating_sub(cpu0.1) as f64 / requests as f64,
         p50_us: lat["p50"].as_f64().unwrap_or(0.0),
         p99_us: lat["p99"].as_f64().unwrap_or(0.0),
         p99_9_us: lat["p99_9"].as_f64().unwrap_or(0.0),
@@ -286,12 +336,12 @@ pub fn run_load(
 }
 
 impl Sample {
-    /// One table row: label, req/s, CPU µs/req, p50/p99/p99.9 µs, RSS MiB.
+    /// One table row: label, req/s, CPU µs/req (user + sys), p50/p99/p99.9 µs, RSS MiB.
     pub fn row(&self, label: &str) -> String {
         format!(
-            "{label:<34} {:>10.0} {:>12.1} {:>9.0} {:>9.0} {:>10.0} {:>9.1}",
+            "{label:<34} {:>10.0} {:>18} {:>9.0} {:>9.0} {:>10.0} {:>9.1}",
             self.req_per_s,
-            self.cpu_us_per_req,
+            format!("{:.1} ({:.1}+{:.1})", self.cpu_us_per_req, self.user_us_per_req, self.sys_us_per_req),
             self.p50_us,
             self.p99_us,
             self.p99_9_us,
@@ -315,6 +365,8 @@ pub fn median(samples: &[Sample]) -> Sample {
         ok: med(samples.iter().map(|s| s.ok as f64).collect()) as u64,
         errors: med(samples.iter().map(|s| s.errors as f64).collect()) as u64,
         cpu_us_per_req: med(samples.iter().map(|s| s.cpu_us_per_req).collect()),
+        user_us_per_req: med(samples.iter().map(|s| s.user_us_per_req).collect()),
+        sys_us_per_req: med(samples.iter().map(|s| s.sys_us_per_req).collect()),
         p50_us: med(samples.iter().map(|s| s.p50_us).collect()),
         p99_us: med(samples.iter().map(|s| s.p99_us).collect()),
         p99_9_us: med(samples.iter().map(|s| s.p99_9_us).collect()),
@@ -337,6 +389,8 @@ pub fn has_flag(name: &str) -> bool {
 pub struct NginxIntake {
     pub proc: Proc,
     pub addr: SocketAddr,
+    /// The same server without TLS (for the plaintext floor).
+    pub plain_addr: SocketAddr,
     pub ca: PathBuf,
 }
 
@@ -354,6 +408,7 @@ pub fn start_nginx_intake(dir: &Path, tls: &Path, cpu: Option<usize>) -> NginxIn
     let nginx = nginx_bin().expect("nginx not installed: apt-get install nginx-full");
     let echo = echo_module().expect("nginx's echo module missing: apt-get install nginx-full");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let root = dir.join(format!("nginx-{port}"));
     std::fs::create_dir_all(&root).unwrap();
     let conf = root.join("nginx.conf");
@@ -365,7 +420,7 @@ pub fn start_nginx_intake(dir: &Path, tls: &Path, cpu: Option<usize>) -> NginxIn
              http {{\n  access_log off;\n  client_body_temp_path {r}/body;\n  proxy_temp_path {r}/proxy;\n\
                fastcgi_temp_path {r}/fastcgi;\n  uwsgi_temp_path {r}/uwsgi;\n  scgi_temp_path {r}/scgi;\n\
                client_body_buffer_size 128k;\n  client_max_body_size 64m;\n\
-               server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {t}/cert.pem;\n    ssl_certificate_key {t}/key.pem;\n\
+               server {{\n    listen 127.0.0.1:{port} ssl;\n    listen 127.0.0.1:{plain};\n    ssl_certificate {t}/cert.pem;\n    ssl_certificate_key {t}/key.pem;\n\
                  ssl_protocols TLSv1.2 TLSv1.3;\n    keepalive_requests 10000000;\n    keepalive_timeout 120s;\n\
                  location / {{ echo_read_request_body; echo_status 202; echo -n \"{{}}\"; }}\n  }}\n}}\n",
             echo = echo.display(),
@@ -385,7 +440,12 @@ pub fn start_nginx_intake(dir: &Path, tls: &Path, cpu: Option<usize>) -> NginxIn
         .expect("spawn nginx");
     let mut proc = Proc { child, name: "nginx".into() };
     wait_port(port, &mut proc);
-    NginxIntake { proc, addr: SocketAddr::from(([127, 0, 0, 1], port)), ca: tls.join("ca.pem") }
+    NginxIntake {
+        proc,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        plain_addr: SocketAddr::from(([127, 0, 0, 1], plain)),
+        ca: tls.join("ca.pem"),
+    }
 }
 
 /// Runs wrk (Debian's; closed loop, one thread) against `target` with POSTs
@@ -418,9 +478,9 @@ pub fn run_wrk(
         c
     };
     let _ = wrk(1).stdout(Stdio::null()).status();
-    let cpu0 = cpu_us(target.proc.pid());
+    let cpu0 = cpu_split_us(target.proc.pid());
     let out = wrk(secs).output().expect("wrk not installed: apt-get install wrk");
-    let cpu1 = cpu_us(target.proc.pid());
+    let cpu1 = cpu_split_us(target.proc.pid());
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |prefix: &str| -> Option<String> {
         text.lines().map(str::trim).find(|l| l.starts_with(prefix)).map(|l| l[prefix.len()..].trim().to_string())
@@ -449,7 +509,9 @@ pub fn run_wrk(
         req_per_s: field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0),
         ok: requests.saturating_sub(non2xx),
         errors: non2xx,
-        cpu_us_per_req: cpu1.saturating_sub(cpu0) as f64 / requests.max(1) as f64,
+        cpu_us_per_req: (cpu1.0 + cpu1.1).saturating_sub(cpu0.0 + cpu0.1) as f64 / requests.max(1) as f64,
+        user_us_per_req: cpu1.0.saturating_sub(cpu0.0) as f64 / requests.max(1) as f64,
+        sys_us_per_req: cpu1.1.saturating_sub(cpu0.1) as f64 / requests.max(1) as f64,
         p50_us: field("50%").map(|v| dur_us(&v)).unwrap_or(0.0),
         p99_us: field("99%").map(|v| dur_us(&v)).unwrap_or(0.0),
         p99_9_us: 0.0,
