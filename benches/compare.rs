@@ -88,8 +88,8 @@ fn main() {
     let mut idle: Vec<u64> = vec![0; contenders.len()];
     let header = |extra: &str| {
         println!(
-            "{:<34} {:>10} {:>18} {:>9} {:>9} {:>10} {:>9}",
-            "workload / proxy", "req/s", "CPU µs/req", "p50 µs", "p99 µs", extra, "RSS MiB"
+            "{:<34} {:>10} {:>18} {:>9} {:>9} {:>10} {:>9} {:>14}",
+            "workload / proxy", "req/s", "CPU µs/req", "p50 µs", "p99 µs", extra, "RSS MiB", "syscalls/req"
         )
     };
     println!();
@@ -128,7 +128,7 @@ fn main() {
         let tls = dir.path().join("tls");
         let nginx = start_nginx_intake(dir.path(), &tls, load_cpu);
         let mut external = contenders.clone();
-        external.push(Contender { label: "haproxy plaintext (floor)".into(), kind: Kind::HaproxyPlain });
+        external.push(Contender { label: "haproxy plain (floor)".into(), kind: Kind::HaproxyPlain });
         println!();
         println!("# external rig: wrk -t1 (Debian) → proxy → nginx-full TLS intake (echo_read_request_body; 202), wrk + nginx on CPU {load_cpu:?}; the floor row relays plaintext to nginx's plaintext port");
         header("");

@@ -264,6 +264,57 @@ pub fn start_haproxy_plain_to(
     Target { proc, metrics_port: port, kind: "haproxy-plain" }
 }
 
+/// `perf stat` counting the proxy's system calls and io_uring submissions
+/// over a window; (NaN, NaN) without perf or tracepoint access.
+pub struct SyscallCounter {
+    child: Option<Child>,
+    out: PathBuf,
+}
+
+impl SyscallCounter {
+    pub fn start(pid: i32, dir: &Path) -> SyscallCounter {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let out = dir.join(format!("perf-stat-{}.csv", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        let child = Command::new("perf")
+            .args([
+                "stat",
+                "-x,",
+                "-e",
+                "raw_syscalls:sys_enter",
+                "-e",
+                "io_uring:io_uring_submit_req",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        // perf attaches within a few ms; the window is seconds long.
+        std::thread::sleep(Duration::from_millis(50));
+        SyscallCounter { child, out }
+    }
+
+    pub fn stop(self) -> (f64, f64) {
+        let Some(mut child) = self.child else { return (f64::NAN, f64::NAN) };
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let count = |event: &str| {
+            text.lines()
+                .find(|l| l.contains(event))
+                .and_then(|l| l.split(',').next())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        match count("raw_syscalls:sys_enter") {
+            Some(sys) => (sys, count("io_uring:io_uring_submit_req").unwrap_or(0.0)),
+            None => (f64::NAN, f64::NAN),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Workload {
     pub name: &'static str,
@@ -281,6 +332,11 @@ pub struct Sample {
     /// The user and system parts of `cpu_us_per_req`.
     pub user_us_per_req: f64,
     pub sys_us_per_req: f64,
+    /// System calls (`raw_syscalls:sys_enter`) and io_uring submissions
+    /// (`io_uring:io_uring_submit_req`) per request, from `perf stat` on the
+    /// proxy over the window; NaN without perf.
+    pub syscalls_per_req: f64,
+    pub ring_ops_per_req: f64,
     pub p50_us: f64,
     pub p99_us: f64,
     pub p99_9_us: f64,
@@ -314,9 +370,11 @@ pub fn run_load(
     let mut child = cmd.spawn().expect("spawn loadgen");
     // CPU is sampled over the measured window only (after the warm-up).
     std::thread::sleep(Duration::from_secs(warmup));
+    let counter = SyscallCounter::start(target.proc.pid(), dir);
     let cpu0 = cpu_split_us(target.proc.pid());
     let status = child.wait().unwrap();
     let cpu1 = cpu_split_us(target.proc.pid());
+    let (syscalls, ring_ops) = counter.stop();
     assert!(status.success() || json.exists(), "loadgen failed: {status}");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let requests = report["requests"].as_u64().unwrap_or(0).max(1);
@@ -328,6 +386,8 @@ pub fn run_load(
         cpu_us_per_req: (cpu1.0 + cpu1.1).saturating_sub(cpu0.0 + cpu0.1) as f64 / requests as f64,
         user_us_per_req: cpu1.0.saturating_sub(cpu0.0) as f64 / requests as f64,
         sys_us_per_req: cpu1.1.saturating_sub(cpu0.1) as f64 / requests as f64,
+        syscalls_per_req: syscalls / requests as f64,
+        ring_ops_per_req: ring_ops / requests as f64,
         p50_us: lat["p50"].as_f64().unwrap_or(0.0),
         p99_us: lat["p99"].as_f64().unwrap_or(0.0),
         p99_9_us: lat["p99_9"].as_f64().unwrap_or(0.0),
@@ -336,16 +396,24 @@ pub fn run_load(
 }
 
 impl Sample {
-    /// One table row: label, req/s, CPU µs/req (user + sys), p50/p99/p99.9 µs, RSS MiB.
+    /// One table row: label, req/s, CPU µs/req (user + sys), p50/p99/p99.9 µs,
+    /// RSS MiB, system calls (+ io_uring submissions) per request.
     pub fn row(&self, label: &str) -> String {
         format!(
-            "{label:<34} {:>10.0} {:>18} {:>9.0} {:>9.0} {:>10.0} {:>9.1}",
+            "{label:<34} {:>10.0} {:>18} {:>9.0} {:>9.0} {:>10.0} {:>9.1} {:>14}",
             self.req_per_s,
             format!("{:.1} ({:.1}+{:.1})", self.cpu_us_per_req, self.user_us_per_req, self.sys_us_per_req),
             self.p50_us,
             self.p99_us,
             self.p99_9_us,
-            self.rss_kib as f64 / 1024.0
+            self.rss_kib as f64 / 1024.0,
+            if self.syscalls_per_req.is_nan() {
+                "-".to_string()
+            } else if self.ring_ops_per_req > 0.0 {
+                format!("{:.1}+{:.1}", self.syscalls_per_req, self.ring_ops_per_req)
+            } else {
+                format!("{:.1}", self.syscalls_per_req)
+            }
         )
     }
 }
@@ -367,6 +435,8 @@ pub fn median(samples: &[Sample]) -> Sample {
         cpu_us_per_req: med(samples.iter().map(|s| s.cpu_us_per_req).collect()),
         user_us_per_req: med(samples.iter().map(|s| s.user_us_per_req).collect()),
         sys_us_per_req: med(samples.iter().map(|s| s.sys_us_per_req).collect()),
+        syscalls_per_req: med(samples.iter().map(|s| s.syscalls_per_req).collect()),
+        ring_ops_per_req: med(samples.iter().map(|s| s.ring_ops_per_req).collect()),
         p50_us: med(samples.iter().map(|s| s.p50_us).collect()),
         p99_us: med(samples.iter().map(|s| s.p99_us).collect()),
         p99_9_us: med(samples.iter().map(|s| s.p99_9_us).collect()),
@@ -478,9 +548,11 @@ pub fn run_wrk(
         c
     };
     let _ = wrk(1).stdout(Stdio::null()).status();
+    let counter = SyscallCounter::start(target.proc.pid(), dir);
     let cpu0 = cpu_split_us(target.proc.pid());
     let out = wrk(secs).output().expect("wrk not installed: apt-get install wrk");
     let cpu1 = cpu_split_us(target.proc.pid());
+    let (syscalls, ring_ops) = counter.stop();
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |prefix: &str| -> Option<String> {
         text.lines().map(str::trim).find(|l| l.starts_with(prefix)).map(|l| l[prefix.len()..].trim().to_string())
@@ -512,6 +584,8 @@ pub fn run_wrk(
         cpu_us_per_req: (cpu1.0 + cpu1.1).saturating_sub(cpu0.0 + cpu0.1) as f64 / requests.max(1) as f64,
         user_us_per_req: cpu1.0.saturating_sub(cpu0.0) as f64 / requests.max(1) as f64,
         sys_us_per_req: cpu1.1.saturating_sub(cpu0.1) as f64 / requests.max(1) as f64,
+        syscalls_per_req: syscalls / requests.max(1) as f64,
+        ring_ops_per_req: ring_ops / requests.max(1) as f64,
         p50_us: field("50%").map(|v| dur_us(&v)).unwrap_or(0.0),
         p99_us: field("99%").map(|v| dur_us(&v)).unwrap_or(0.0),
         p99_9_us: 0.0,
