@@ -220,9 +220,14 @@ pub fn start_haproxy_to(
         ),
     )
     .unwrap();
+    spawn_haproxy(haproxy, &config, port, cpu, "haproxy")
+}
+
+/// Runs HAProxy on `config` and waits for its frontend at `port`.
+fn spawn_haproxy(haproxy: &Path, config: &Path, port: u16, cpu: Option<usize>, kind: &'static str) -> Target {
     let child = pinned(haproxy, cpu)
         .arg("-f")
-        .arg(&config)
+        .arg(config)
         .arg("-db")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -230,7 +235,7 @@ pub fn start_haproxy_to(
         .expect("spawn haproxy");
     let mut proc = Proc { child, name: "haproxy".into() };
     wait_port(port, &mut proc);
-    Target { proc, metrics_port: port, kind: "haproxy" }
+    Target { proc, metrics_port: port, kind }
 }
 
 /// HAProxy relaying plaintext to a plaintext intake at `addr`: no TLS at
@@ -251,17 +256,7 @@ pub fn start_haproxy_plain_to(
         ),
     )
     .unwrap();
-    let child = pinned(haproxy, cpu)
-        .arg("-f")
-        .arg(&config)
-        .arg("-db")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn haproxy");
-    let mut proc = Proc { child, name: "haproxy".into() };
-    wait_port(port, &mut proc);
-    Target { proc, metrics_port: port, kind: "haproxy-plain" }
+    spawn_haproxy(haproxy, &config, port, cpu, "haproxy-plain")
 }
 
 /// `perf stat` counting the proxy's system calls and io_uring submissions
