@@ -207,6 +207,10 @@ pub struct RawProxy {
     /// The environment variable `url` came from (set by `apply_env`).
     #[serde(skip)]
     pub url_from_env: Option<&'static str>,
+    /// `NO_PROXY` entries that are not host names (CIDR ranges, IP
+    /// addresses, `host:port`): skipped, and logged at start.
+    #[serde(skip)]
+    pub no_proxy_skipped: Vec<String>,
 }
 
 impl Default for RawUpstream {
@@ -443,7 +447,12 @@ pub fn parse_proxy_url(url: &str) -> Result<(ProxyScheme, String, u16), String> 
     let (scheme, rest) = match url.split_once("://") {
         Some((s, r)) if s.eq_ignore_ascii_case("http") => (ProxyScheme::Http, r),
         Some((s, r)) if s.eq_ignore_ascii_case("https") => (ProxyScheme::Https, r),
-        Some((s, _)) => return Err(format!("scheme {s:?} is not supported (only http:// and https:// proxies)")),
+        // The scheme is quoted only when it looks like one: a malformed URL
+        // may hold a password before its "://".
+        Some((s, _)) if s.chars().all(|c| c.is_ascii_alphanumeric()) && s.len() <= 16 => {
+            return Err(format!("scheme {s:?} is not supported (only http:// and https:// proxies)"))
+        }
+        Some(_) => return Err("is not a proxy URL (only http:// and https:// proxies)".into()),
         None => return Err("has no scheme".into()),
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -588,13 +597,19 @@ pub fn apply_env(mut raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Re
     // The proxy: the generic names only when the file opts in; our own
     // name always, and last (it wins).
     if raw.upstream.proxy.use_env {
-        if let Some(v) = env("HTTPS_PROXY").or_else(|| env("https_proxy")).filter(|v| !v.trim().is_empty()) {
+        let set = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        if let Some(v) = set("HTTPS_PROXY").or_else(|| set("https_proxy")) {
             raw.upstream.proxy.url = v.trim().to_string();
             raw.upstream.proxy.url_from_env = Some("HTTPS_PROXY");
         }
         if let Some(v) = env("NO_PROXY").or_else(|| env("no_proxy")) {
             for entry in v.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-                if !raw.upstream.proxy.no_proxy.iter().any(|n| n == entry) {
+                // The generic variable also holds CIDR ranges, addresses and
+                // ports (for other programs); the relay's upstreams are names.
+                let name = entry.trim_start_matches("*.").trim_start_matches('.').trim_end_matches('.');
+                if entry != "*" && !name.split('.').all(is_dns_label) {
+                    raw.upstream.proxy.no_proxy_skipped.push(entry.to_string());
+                } else if !raw.upstream.proxy.no_proxy.iter().any(|n| n == entry) {
                     raw.upstream.proxy.no_proxy.push(entry.to_string());
                 }
             }
@@ -1140,7 +1155,7 @@ mod tests {
     fn proxy_env_is_used_only_when_asked_and_no_proxy_matches_suffixes() {
         let env = |k: &str| match k {
             "HTTPS_PROXY" => Some("http://env-proxy:3128".to_string()),
-            "NO_PROXY" => Some("internal.example, .corp".to_string()),
+            "NO_PROXY" => Some("internal.example, .corp, 10.0.0.0/8, ::1, host:8080".to_string()),
             _ => None,
         };
         // The Agent unsets HTTPS_PROXY for itself; the relay ignores it unless told.
@@ -1151,6 +1166,9 @@ mod tests {
         let p = c.proxy.unwrap();
         assert_eq!((p.host.as_str(), p.port, p.source), ("env-proxy", 3128, "HTTPS_PROXY"));
         assert_eq!(p.no_proxy, ["ddog-gov.com", "internal.example", "corp"]);
+        // The generic variable's addresses, ranges and ports are skipped, not fatal.
+        let skipped = apply_env(raw.clone(), &env).unwrap().upstream.proxy.no_proxy_skipped;
+        assert_eq!(skipped, ["10.0.0.0/8", "::1", "host:8080"]);
         assert!(!p.applies_to("metrics.agent.ddog-gov.com") && !p.applies_to("ddog-gov.com"));
         assert!(p.applies_to("notddog-gov.com") && p.applies_to("datadoghq.com"));
         // Our own variable wins over both.

@@ -278,6 +278,12 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
             direct = ?direct,
             "egress through an HTTP CONNECT proxy; TLS to the intake stays end to end inside the tunnel"
         );
+        if !config.raw.upstream.proxy.no_proxy_skipped.is_empty() {
+            tracing::warn!(
+                skipped = ?config.raw.upstream.proxy.no_proxy_skipped,
+                "NO_PROXY entries that are not host names (addresses, CIDR ranges, ports) are ignored: the relay's upstreams are names"
+            );
+        }
     }
     let directory = Arc::new(directory);
     let hub = Arc::new(StatsHub::new(workers, routes.upstreams.len()));

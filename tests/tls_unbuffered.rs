@@ -449,3 +449,40 @@ fn openssl_s_server_interop_tls12_and_tls13() {
         }
     }
 }
+
+/// Key updates the server asks for, several in a row, get one answer and
+/// the data flows under the new keys both ways; a flood of records without
+/// data (40 key updates in a row) cuts the session instead of spinning.
+#[test]
+fn requested_key_updates_coalesce_and_a_flood_is_cut() {
+    let pki = pki();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let (addr, server) = spawn_server(&pki, &rustls::version::TLS13, move |l, cfg| {
+        let mut s = Server::accept(&l, &cfg);
+        assert_eq!(s.recv_exact(5), b"hello");
+        for _ in 0..3 {
+            s.conn.refresh_traffic_keys().unwrap();
+        }
+        s.send(b"three");
+        assert_eq!(s.recv_exact(5), b"after", "our records under the updated key");
+        for _ in 0..40 {
+            s.conn.refresh_traffic_keys().unwrap();
+            s.flush();
+        }
+        s.send(b"late");
+        // Open until the client has seen the flood.
+        let _ = done_rx.recv();
+    });
+    Epoll::block_on(async move {
+        let mut s = connect(addr, pki.client.clone()).await;
+        s.write_plain(b"hello").await.unwrap();
+        assert_eq!(read_exact(&mut s, 5, 64).await, b"three");
+        s.write_plain(b"after").await.unwrap();
+        let mut buf = Vec::with_capacity(64);
+        let e = s.read_plain(&mut buf).await.unwrap_err();
+        assert!(e.to_string().contains("too many TLS records without data"), "{e}");
+        done_tx.send(()).unwrap();
+    })
+    .unwrap();
+    server.join().unwrap();
+}

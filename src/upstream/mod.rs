@@ -202,7 +202,13 @@ impl Directory {
             }
             proxy.set_addrs(addrs);
         } else if let Err(e) = &lookup {
-            tracing::warn!(proxy = %proxy.display, error = %e, "cannot resolve the proxy's host name; keeping its last addresses");
+            // Once per new error, not at every retry.
+            if proxy.note_lookup_error(e) {
+                tracing::warn!(proxy = %proxy.display, error = %e, "cannot resolve the proxy's host name; keeping its last addresses");
+            }
+        }
+        if lookup.is_ok() {
+            proxy.note_lookup_ok();
         }
         if proxy.config.resolve_locally {
             return;

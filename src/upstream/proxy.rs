@@ -54,6 +54,13 @@ impl Credentials {
     }
 }
 
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.header.zeroize();
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
     #[error("upstream.proxy.credentials_file {path}: cannot read it: {source}; create it with one line user:password, mode 0600")]
@@ -79,14 +86,21 @@ pub fn load_credentials(path: &Path) -> Result<Credentials, CredentialsError> {
     if mode & 0o077 != 0 {
         return Err(CredentialsError::Permissions { path: shown(), mode });
     }
-    let mut text = Vec::with_capacity(256);
-    (&mut f).take(4097).read_to_end(&mut text).map_err(|source| CredentialsError::Read { path: shown(), source })?;
-    if text.len() > 4096 {
+    // The file's bytes hold the password: zeroed when dropped, on every path.
+    let mut raw_text = zeroize::Zeroizing::new(Vec::with_capacity(256));
+    (&mut f)
+        .take(4097)
+        .read_to_end(&mut raw_text)
+        .map_err(|source| CredentialsError::Read { path: shown(), source })?;
+    if raw_text.len() > 4096 {
         return Err(CredentialsError::Format { path: shown(), problem: "longer than 4096 bytes" });
     }
-    let text = std::str::from_utf8(&text)
+    let text = std::str::from_utf8(&raw_text)
         .map_err(|_| CredentialsError::Format { path: shown(), problem: "not UTF-8 text" })?
         .trim_end_matches(['\n', '\r']);
+    if text.starts_with('\u{feff}') {
+        return Err(CredentialsError::Format { path: shown(), problem: "starts with a byte order mark" });
+    }
     if text.contains(['\n', '\r']) {
         return Err(CredentialsError::Format { path: shown(), problem: "more than one line" });
     }
@@ -102,6 +116,7 @@ pub fn load_credentials(path: &Path) -> Result<Credentials, CredentialsError> {
     let _password = password;
     use base64::Engine as _;
     let header = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(text.as_bytes()));
+
     Ok(Credentials { user: user.to_string(), header })
 }
 
@@ -159,6 +174,8 @@ pub struct Proxy {
     /// intake hosts are resolved here (`resolve_locally`).
     addrs: ArcSwap<Vec<SocketAddr>>,
     next: AtomicUsize,
+    /// The last failed lookup of the proxy's name (logged once).
+    lookup_error: Mutex<Option<String>>,
     pub stats: ProxyStats,
 }
 
@@ -201,6 +218,7 @@ impl Proxy {
             credentials: ArcSwapOption::new(credentials),
             addrs: ArcSwap::from_pointee(addrs),
             next: AtomicUsize::new(0),
+            lookup_error: Mutex::new(None),
             stats: ProxyStats::default(),
         })
     }
@@ -222,6 +240,20 @@ impl Proxy {
     /// The user name sent to the proxy, if any (for pages; never the password).
     pub fn user(&self) -> Option<String> {
         self.credentials.load().as_ref().map(|c| c.user.clone())
+    }
+
+    /// Records a failed lookup of the proxy's name; true if it is a new error.
+    pub fn note_lookup_error(&self, e: &str) -> bool {
+        let mut last = self.lookup_error.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(e) {
+            return false;
+        }
+        *last = Some(e.to_string());
+        true
+    }
+
+    pub fn note_lookup_ok(&self) {
+        *self.lookup_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Whether the proxy's host is a name to resolve (not an IP literal).
@@ -296,10 +328,16 @@ impl Proxy {
             request.push_str("\r\n");
         }
         request.push_str("\r\n");
+        let with_credentials = self.credentials.load().is_some();
         let exchange = async {
-            let (res, _) = hop.write_all(request.into_bytes()).await;
+            let (res, mut sent) = hop.write_all(request.into_bytes()).await;
+            {
+                // It held the encoded password.
+                use zeroize::Zeroize;
+                sent.zeroize();
+            }
             res.map_err(|e| ProxyError::Closed { proxy: proxy.clone(), detail: format!("sending CONNECT: {e}") })?;
-            read_connect_answer(&mut hop, &proxy, authority, self.credentials.load().is_some()).await
+            read_connect_answer(&mut hop, &proxy, authority, with_credentials).await
         };
         match tokio::time::timeout(timeout, exchange).await {
             Err(_) => Err(timed_out("CONNECT answer")),

@@ -10,8 +10,8 @@
 //! #11): the caller reads plaintext straight into a record buffer after
 //! [`Sealer::prefix_len`] bytes of room, and [`Sealer::seal`] turns it into
 //! a record where it lies; [`Opener::open`] turns a received record into
-//! plaintext where it lies. Not wired into the data path yet: `tls.rs` still
-//! uses rustls' own record layer.
+//! plaintext where it lies. `tls.rs` uses it for every record after the
+//! handshake.
 //!
 //! # Invariants
 //! - TLS 1.3: the nonce is `iv XOR sequence number` (RFC 8446 §5.3), sealed
@@ -131,6 +131,16 @@ impl Sealer {
             RecordVersion::Tls12 => TlsProtocolId::TLS12,
         };
         let key = TlsRecordSealingKey::new(alg, id, key).map_err(|_| RecordError::UnsupportedCipher)?;
+        let mut limit = limit;
+        if version == RecordVersion::Tls12 {
+            // rustls sealed the Finished (sequence 0) under this key with the
+            // explicit nonce iv[4..] XOR 0. Our explicit nonces are the
+            // sequence numbers: stop before they could reach that value.
+            let finished = u64::from_be_bytes(iv[4..].try_into().expect("8 bytes"));
+            if (seq..limit).contains(&finished) {
+                limit = finished;
+            }
+        }
         Ok(Sealer { key, iv, seq, version, limit })
     }
 
@@ -565,6 +575,19 @@ mod tests {
             assert_eq!(opener.open(&mut tampered), Err(RecordError::Open), "{what}");
             assert!(matches!(opener.open(&mut wire[..len - 1].to_vec()), Err(RecordError::Malformed(_))));
         }
+    }
+
+    #[test]
+    fn tls12_sealer_stops_before_the_nonce_rustls_used_for_finished() {
+        // iv[4..] = 5: rustls sealed the Finished with explicit nonce 5.
+        let mut iv = [0u8; 12];
+        iv[11] = 5;
+        let secrets = ConnectionTrafficSecrets::Aes256Gcm {
+            key: rustls::crypto::cipher::AeadKey::from([9u8; 32]),
+            iv: rustls::crypto::cipher::Iv::from(iv),
+        };
+        let s = Sealer::new(RecordVersion::Tls12, (1, secrets), 1 << 24).unwrap();
+        assert_eq!(s.records_left(), 4, "sequence numbers 1..=4 only, never 5");
     }
 
     #[test]

@@ -78,6 +78,11 @@ pub struct TlsSession<S: Stream> {
     peer_closed: bool,
     /// TLS 1.2 key near its confidentiality limit: do not reuse the session.
     exhausted: bool,
+    /// The peer asked for a key update: ours goes out before our next record.
+    key_update_owed: bool,
+    /// A read or write was cancelled half-way (a timeout): the buffers no
+    /// longer match the session's state, so it must not be used again.
+    poisoned: bool,
     /// "TLSv1_3 TLS13_AES_256_GCM_SHA384", for logs.
     described: String,
     /// The intake's end-entity certificate (DER), for `diagnose`.
@@ -94,6 +99,9 @@ struct Handshake {
 /// Records a TLS 1.3 key seals before it is updated (well before the
 /// suite's confidentiality limit, 2^23 or 2^24 records for AES-GCM).
 const KEY_UPDATE_MARGIN: u64 = 1 << 16;
+/// Records that carry no application data (tickets, key updates, alerts,
+/// empty records) accepted in a row before the peer is cut off as flooding.
+const MAX_CONTROL_RECORDS: u32 = 32;
 /// Bytes sealed into `wbuf` before they are written (several records per write).
 pub const WRITE_BATCH: usize = 64 * 1024;
 /// Handshake message types seen after the handshake.
@@ -240,6 +248,8 @@ impl<S: Stream> TlsSession<S> {
             eof: false,
             peer_closed: false,
             exhausted: false,
+            key_update_owed: false,
+            poisoned: false,
             described,
             peer_certificate,
         })
@@ -309,12 +319,14 @@ impl<S: Stream> TlsSession<S> {
                         [1] => true,
                         _ => return Err(invalid("malformed KeyUpdate")),
                     };
+                    if at + 4 + len != body.end {
+                        return Err(invalid("a KeyUpdate must end its record"));
+                    }
                     let rx = self.kernel.update_rx_secret().map_err(tls_io)?;
                     self.opener = Opener::new(self.version, rx).map_err(records_io)?;
-                    if requested {
-                        // Answered before the next write (or the next wait for data).
-                        self.update_tx_key()?;
-                    }
+                    // One answer however many requests came: before our next
+                    // record (RFC 8446 §4.6.3).
+                    self.key_update_owed |= requested;
                 }
                 // Renegotiation is not supported: ignored, as rustls does.
                 (HS_HELLO_REQUEST, RecordVersion::Tls12) => {}
@@ -361,6 +373,10 @@ impl<S: Stream> TlsSession<S> {
 
     /// Seals application data, updating the key (TLS 1.3) well before its limit.
     fn seal_data(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.key_update_owed {
+            self.key_update_owed = false;
+            self.update_tx_key()?;
+        }
         if self.sealer.records_left() <= KEY_UPDATE_MARGIN {
             match self.version {
                 RecordVersion::Tls13 => self.update_tx_key()?,
@@ -393,15 +409,21 @@ impl<S: Stream> TlsSession<S> {
 
     /// Reads ciphertext from the socket, appending to `rbuf`; `Ok(0)` at EOF.
     async fn fill(&mut self) -> io::Result<usize> {
-        // Anything queued (a key update answer) goes out before we wait.
+        // A key update we owe, and anything queued, go out before we wait.
+        if self.key_update_owed {
+            self.key_update_owed = false;
+            self.update_tx_key()?;
+        }
         self.send_wbuf().await?;
         self.compact();
         if self.rbuf.len() == self.rbuf.capacity() {
             return Err(invalid("TLS record larger than the buffer"));
         }
         let buf = std::mem::take(&mut self.rbuf);
+        self.poisoned = true;
         let (res, buf) = self.io.read(buf).await;
         self.rbuf = buf;
+        self.poisoned = false;
         let n = res?;
         if n == 0 {
             self.eof = true;
@@ -411,7 +433,21 @@ impl<S: Stream> TlsSession<S> {
 
     /// Writes `wbuf` out and empties it.
     async fn send_wbuf(&mut self) -> io::Result<()> {
-        send_all(&mut self.io, &mut self.wbuf).await
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        self.poisoned = true;
+        let res = send_all(&mut self.io, &mut self.wbuf).await;
+        self.poisoned = false;
+        res
+    }
+
+    /// Refuses a session whose last read or write was cancelled half-way.
+    fn usable(&self) -> io::Result<()> {
+        if self.poisoned {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "TLS session abandoned in the middle of an I/O"));
+        }
+        Ok(())
     }
 
     /// Writes queued ciphertext (a key update answer).
@@ -425,6 +461,7 @@ impl<S: Stream> TlsSession<S> {
     /// # Backpressure
     /// Returns only once every record is written to the socket.
     pub async fn write_plain(&mut self, data: &[u8]) -> io::Result<()> {
+        self.usable()?;
         for chunk in data.chunks(MAX_FRAGMENT) {
             self.seal_data(chunk)?;
             if self.wbuf.len() >= WRITE_BATCH {
@@ -446,7 +483,9 @@ impl<S: Stream> TlsSession<S> {
     /// `Ok(0)`: the intake closed the session with close_notify; TCP EOF
     /// without it is `UnexpectedEof`.
     pub async fn read_plain(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
-        debug_assert!(out.capacity() > out.len());
+        self.usable()?;
+        no_room(out)?;
+        let mut control = 0;
         loop {
             if !self.plain.is_empty() {
                 return Ok(self.take_plain(out));
@@ -455,8 +494,8 @@ impl<S: Stream> TlsSession<S> {
                 return Ok(0);
             }
             match self.next_record()? {
-                Some(Opened::Data(range)) => self.plain = range,
-                Some(Opened::Control) => {}
+                Some(Opened::Data(range)) if !range.is_empty() => self.plain = range,
+                Some(Opened::Data(_) | Opened::Control) => control_record(&mut control)?,
                 None => {
                     if self.eof || self.fill().await? == 0 {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "intake closed the connection"));
@@ -473,7 +512,9 @@ impl<S: Stream> TlsSession<S> {
     /// session is itself the stream under another (TLS to an `https://`
     /// proxy, with the intake's TLS inside).
     pub fn read_plain_now(&mut self, out: &mut Vec<u8>) -> io::Result<Option<usize>> {
-        debug_assert!(out.capacity() > out.len());
+        self.usable()?;
+        no_room(out)?;
+        let mut control = 0;
         loop {
             if !self.plain.is_empty() {
                 return Ok(Some(self.take_plain(out)));
@@ -482,8 +523,8 @@ impl<S: Stream> TlsSession<S> {
                 return Ok(Some(0));
             }
             match self.next_record()? {
-                Some(Opened::Data(range)) => self.plain = range,
-                Some(Opened::Control) => {}
+                Some(Opened::Data(range)) if !range.is_empty() => self.plain = range,
+                Some(Opened::Data(_) | Opened::Control) => control_record(&mut control)?,
                 None => {
                     if self.eof {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the connection"));
@@ -538,7 +579,7 @@ impl<S: Stream> TlsSession<S> {
     /// application data nobody asked for, or a partial record make it
     /// unusable, and so does a TLS 1.2 key near its limit.
     pub fn is_reusable_now(&mut self) -> bool {
-        if self.eof || self.peer_closed || !self.plain.is_empty() || self.exhausted {
+        if self.eof || self.peer_closed || !self.plain.is_empty() || self.exhausted || self.poisoned {
             return false;
         }
         loop {
@@ -555,10 +596,11 @@ impl<S: Stream> TlsSession<S> {
                 Ok(Some(_)) => continue,
             }
         }
+        let mut control = 0;
         loop {
             match self.next_record() {
-                Ok(Some(Opened::Control)) if !self.peer_closed => {}
-                Ok(Some(Opened::Data(r))) if r.is_empty() => {}
+                Ok(Some(Opened::Control)) if !self.peer_closed && control_record(&mut control).is_ok() => {}
+                Ok(Some(Opened::Data(r))) if r.is_empty() && control_record(&mut control).is_ok() => {}
                 Ok(None) => return self.rpos == self.rbuf.len(),
                 // Application data nobody asked for, close_notify, an alert, a bad record.
                 _ => return false,
@@ -568,6 +610,9 @@ impl<S: Stream> TlsSession<S> {
 
     /// Sends close_notify, best effort, before the session is dropped.
     pub async fn close(mut self) {
+        if self.poisoned {
+            return;
+        }
         if self.seal_into_wbuf(CONTENT_ALERT, &[1, 0]).is_ok() {
             let _ = self.send_wbuf().await;
         }
@@ -594,6 +639,23 @@ async fn send_all<S: Stream>(io: &mut S, buf: &mut Vec<u8>) -> io::Result<()> {
     b.clear();
     *buf = b;
     res
+}
+
+/// The caller's buffer has no room: an error, never a read of 0 (which means end of stream).
+fn no_room(out: &Vec<u8>) -> io::Result<()> {
+    if out.capacity() == out.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "read_plain needs spare capacity in its buffer"));
+    }
+    Ok(())
+}
+
+/// Counts a record without application data; too many in a row is a flood.
+fn control_record(count: &mut u32) -> io::Result<()> {
+    *count += 1;
+    if *count > MAX_CONTROL_RECORDS {
+        return Err(invalid("the peer sent too many TLS records without data in a row"));
+    }
+    Ok(())
 }
 
 fn invalid(why: &str) -> io::Error {
