@@ -67,12 +67,12 @@ fn main() {
         assert!(b.exists(), "--baseline {}: no such binary", b.display());
     }
     let mut contenders: Vec<Contender> = Vec::new();
-    for io in &backends {
-        contenders.push(Contender { label: format!("fipsrelay {io}"), kind: Kind::Relay(bins.relay.clone(), *io) });
+    for &io in &backends {
+        contenders.push(Contender { label: format!("fipsrelay {io}"), kind: Kind::Relay(bins.relay.clone(), io) });
     }
     if let Some(b) = &baseline {
-        for io in &backends {
-            contenders.push(Contender { label: format!("baseline {io}"), kind: Kind::Relay(b.clone(), *io) });
+        for &io in &backends {
+            contenders.push(Contender { label: format!("baseline {io}"), kind: Kind::Relay(b.clone(), io) });
         }
     }
     contenders.push(Contender { label: "haproxy".into(), kind: Kind::Haproxy });

@@ -169,8 +169,8 @@ fn server_uring_basic(l: TcpListener, conns: usize) -> (u64, u64) {
             .build()
             .user_data(ud(i, RECV, 0))
     };
-    for i in 0..conns {
-        let e = recv(i, &mut bufs[i]);
+    for (i, b) in bufs.iter_mut().enumerate() {
+        let e = recv(i, b);
         unsafe { ring.submission().push(&e).unwrap() };
     }
     while open > 0 {
