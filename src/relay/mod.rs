@@ -1,0 +1,547 @@
+//! One Agent connection, request after request: read a head, route it, take
+//! a pooled TLS session (or open one), stream the request out, stream the
+//! intake's answer back, give the session back.
+//!
+//! Laid out by side: this file holds the worker's shared state and the
+//! Agent connection's loop (read a head, route, refuse, drain, hand over);
+//! [`downstream`] the Agent socket and its buffers; [`local`] the answers
+//! the relay gives itself (status pages, admin API); [`exchange`] one
+//! exchange on an intake session (acquire, stream the request, stream the
+//! answer). HTTP/2 to the intake (#12) is meant to be another `exchange`.
+//!
+//! Every fault ends as one of three outcomes: a 4xx for a request that really
+//! is malformed (nothing forwarded), a 502/503/504 the Agent retries when the
+//! upstream side failed before any answer byte was sent, or a closed
+//! connection when the answer was already under way (the Agent sees a network
+//! error and retries). A session that carried a broken exchange is never
+//! given back to the pool.
+//!
+//! # Backpressure
+//! One buffer per direction, bounded; the relay reads from one side only
+//! after the previous bytes were written to the other.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminCommand, AdminReply, Route};
+use crate::buffers::BufferPool;
+use crate::config::Config;
+use crate::http1::{self, BodyFraming, ChunkedScanner, ClientConn, Method, RequestError, RequestHead};
+use crate::io::{Backend, Stream};
+use crate::metrics::{ErrorCause, StatsHub, WorkerStats};
+use crate::route::{ProductRoute, RouteTable, UpstreamId, PRODUCTS};
+use crate::status::StatusInfo;
+use crate::upstream::pool::{Pool, PooledSession};
+use crate::upstream::proxy::Hop;
+use crate::upstream::{open_session, Directory, OpenError};
+
+mod downstream;
+mod exchange;
+mod local;
+
+use downstream::Downstream;
+use exchange::{forward, read_body, BodyProgress};
+use local::answer_status;
+
+/// Read buffer per direction: one TLS record's worth of plaintext.
+pub const IO_BUF: usize = 16 * 1024;
+/// Read buffer of a connection waiting for its next request: Agent requests
+/// up to this size still arrive in one read; larger ones borrow a pooled one.
+pub const IDLE_BUF: usize = 4 * 1024;
+/// Pooled buffers kept per worker between requests.
+pub const MAX_FREE_BUFFERS: usize = 256;
+/// Other addresses tried after a failed connect or handshake.
+pub const CONNECT_RETRIES: usize = 3;
+
+/// Lifecycle phase published by the control thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Stop accepting, finish what was read, answer 503 at `deadline`.
+    /// With `handover`, a restart in place: connections idle at a request
+    /// boundary are handed to the next process instead of closed, and
+    /// answers keep the connection alive.
+    Draining {
+        deadline: Instant,
+        handover: bool,
+    },
+}
+
+/// Everything a worker's connections share. Lives on one thread.
+pub struct WorkerCtx<B: Backend> {
+    pub id: usize,
+    pub config: Arc<Config>,
+    pub routes: Arc<RouteTable>,
+    pub directory: Arc<Directory>,
+    pub tls: Arc<ClientConfig>,
+    pub pool: RefCell<Pool<Hop<B::Stream>>>,
+    /// I/O buffers lent to connections while they carry a request.
+    pub buffers: RefCell<BufferPool>,
+    pub stats: RefCell<WorkerStats>,
+    pub hub: Arc<StatsHub>,
+    pub info: Arc<StatusInfo>,
+    pub phase: watch::Receiver<Phase>,
+    /// Requests between a complete head and a complete answer.
+    pub in_flight: Cell<usize>,
+    pub connections: Cell<usize>,
+    next_addr: Cell<usize>,
+    /// Idle Agent connections for the next process (restart in place only).
+    pub handed_over: Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>,
+}
+
+impl<B: Backend> WorkerCtx<B> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: usize,
+        config: Arc<Config>,
+        routes: Arc<RouteTable>,
+        directory: Arc<Directory>,
+        tls: Arc<ClientConfig>,
+        hub: Arc<StatsHub>,
+        info: Arc<StatusInfo>,
+        phase: watch::Receiver<Phase>,
+        handed_over: Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>,
+    ) -> Self {
+        let n = routes.upstreams.len();
+        WorkerCtx {
+            id,
+            pool: RefCell::new(Pool::new(n, config.max_idle_per_host, config.upstream_idle_timeout)),
+            buffers: RefCell::new(BufferPool::new(MAX_FREE_BUFFERS)),
+            stats: RefCell::new(WorkerStats::new(n)),
+            config,
+            routes,
+            directory,
+            tls,
+            hub,
+            info,
+            phase,
+            in_flight: Cell::new(0),
+            connections: Cell::new(0),
+            next_addr: Cell::new(0),
+            handed_over,
+        }
+    }
+
+    pub fn draining(&self) -> Option<Instant> {
+        match *self.phase.borrow() {
+            Phase::Running => None,
+            Phase::Draining { deadline, .. } => Some(deadline),
+        }
+    }
+
+    /// Resolves once the drain deadline has passed (never while running).
+    async fn drain_deadline(&self) {
+        let mut rx = self.phase.clone();
+        loop {
+            if let Phase::Draining { deadline, .. } = *rx.borrow_and_update() {
+                tokio::time::sleep_until(deadline.into()).await;
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Whether this drain is a restart in place (connections handed over).
+    pub fn handing_over(&self) -> bool {
+        matches!(*self.phase.borrow(), Phase::Draining { handover: true, .. })
+    }
+
+    /// Resolves once draining starts.
+    async fn drain_started(&self) {
+        let mut rx = self.phase.clone();
+        let _ = rx.wait_for(|p| *p != Phase::Running).await;
+    }
+
+    fn upstream_host(&self, id: UpstreamId) -> &str {
+        &self.routes.upstreams[id].host
+    }
+
+    fn server_name(&self, id: UpstreamId) -> &str {
+        self.config.server_name_for(self.upstream_host(id))
+    }
+}
+
+/// Counts a connection as open for its product while alive.
+struct ConnGuard<'a, B: Backend> {
+    ctx: &'a WorkerCtx<B>,
+    offset: u16,
+}
+
+impl<B: Backend> Drop for ConnGuard<'_, B> {
+    fn drop(&mut self) {
+        self.ctx.connections.set(self.ctx.connections.get() - 1);
+        self.ctx.stats.borrow_mut().product(self.offset).open_connections -= 1;
+    }
+}
+
+/// How one request ended, for the connection loop.
+enum Outcome {
+    /// Answer complete; the connection may carry another request.
+    KeepAlive,
+    /// Close the connection (answered with `Connection: close`, or broken).
+    Close,
+    /// Draining started while the connection waited for its next request.
+    Idle,
+}
+
+/// A failure after the head was parsed.
+enum Failure {
+    /// The Agent went away or broke the framing mid-body: close, answer nothing.
+    Downstream(String),
+    /// The request is refused by the relay itself (4xx), nothing forwarded upstream
+    /// beyond what the session will never carry again.
+    Refused(RequestError),
+    /// The upstream side failed before the answer started: 502/503/504.
+    Upstream { cause: ErrorCause, detail: String, addr: Option<SocketAddr> },
+    /// The upstream side failed after the answer started: close.
+    AnswerCut { cause: ErrorCause, detail: String },
+}
+
+/// Serves one accepted connection on port `offset` until it closes.
+pub async fn serve<B: Backend>(ctx: Rc<WorkerCtx<B>>, io: B::Stream, offset: u16, peer: SocketAddr) {
+    let _ = io.set_nodelay();
+    ctx.connections.set(ctx.connections.get() + 1);
+    ctx.stats.borrow_mut().product(offset).open_connections += 1;
+    let _guard = ConnGuard { ctx: &ctx, offset };
+    if ctx.connections.get() > ctx.config.max_connections {
+        over_limit(&ctx, io, offset, peer).await;
+        return;
+    }
+    let mut down = Downstream {
+        io,
+        buf: Vec::with_capacity(IDLE_BUF),
+        start: 0,
+        eof: false,
+        idle: Vec::new(),
+        write_timeout: ctx.config.client_idle_timeout,
+    };
+    let mut scratch = Vec::with_capacity(1024);
+    let mut answer_buf: Vec<u8> = Vec::new();
+    loop {
+        down.park(&ctx.buffers);
+        match serve_one(&ctx, &mut down, offset, peer, &mut scratch, &mut answer_buf).await {
+            Outcome::KeepAlive if ctx.draining().is_none() => continue,
+            Outcome::KeepAlive | Outcome::Idle if ctx.handing_over() && down.filled().is_empty() && !down.eof => {
+                hand_over(&ctx, down, peer);
+                return;
+            }
+            // Bytes of the next request already read: serve it first.
+            Outcome::KeepAlive if ctx.handing_over() && !down.eof => continue,
+            _ => break,
+        }
+    }
+    let _ = down.io.shutdown_write();
+    down.park(&ctx.buffers);
+}
+
+/// Restart in place: gives the connection, idle at a request boundary with
+/// nothing of the next request read, to the next process. A duplicate of
+/// the descriptor keeps the socket open; this side closes its own without
+/// a shutdown, so the Agent sees nothing.
+fn hand_over<B: Backend>(ctx: &WorkerCtx<B>, mut down: Downstream<B::Stream>, peer: SocketAddr) {
+    down.park(&ctx.buffers);
+    // SAFETY: dup of a descriptor this connection owns; the copy is owned below.
+    let fd = unsafe { libc::fcntl(down.io.raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        tracing::warn!(%peer, error = %io::Error::last_os_error(), "cannot hand the connection over; closing it");
+        let _ = down.io.shutdown_write();
+        return;
+    }
+    // SAFETY: fd is a fresh duplicate owned by nothing else.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    ctx.handed_over.lock().unwrap_or_else(|e| e.into_inner()).push(owned);
+    tracing::trace!(%peer, "idle connection handed over");
+}
+
+/// A connection beyond `limits.max_connections`: read what the Agent sends
+/// (bounded by the header timeout and a small buffer), answer 503 so it
+/// retries later, close. Nothing is forwarded.
+async fn over_limit<B: Backend>(ctx: &WorkerCtx<B>, io: B::Stream, offset: u16, peer: SocketAddr) {
+    let product = PRODUCTS[offset as usize].name;
+    let mut down = Downstream {
+        io,
+        buf: Vec::with_capacity(2048),
+        start: 0,
+        eof: false,
+        idle: Vec::new(),
+        write_timeout: ctx.config.header_timeout,
+    };
+    let deadline = Instant::now() + ctx.config.header_timeout;
+    while !down.filled().windows(4).any(|w| w == b"\r\n\r\n") && !down.eof && down.buf.len() < down.buf.capacity() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !matches!(tokio::time::timeout(left, down.fill(2048, &ctx.buffers)).await, Ok(Ok(n)) if n > 0) {
+            break;
+        }
+    }
+    ctx.stats.borrow_mut().record_error(offset, ErrorCause::Overloaded);
+    tracing::warn!(product, %peer, limit = ctx.config.max_connections, "too many Agent connections on this worker; answered 503");
+    let mut out = Vec::new();
+    let body = format!(
+        "fipsrelay: Service Unavailable (overloaded): more than {} connections on this worker (limits.max_connections)",
+        ctx.config.max_connections
+    );
+    http1::local_response(503, &body, ClientConn::CLOSE, &mut out);
+    let _ = down.write(&mut out).await;
+    let _ = down.io.shutdown_write();
+}
+
+/// Reads one request head, handles the request, reports whether to go on.
+async fn serve_one<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    offset: u16,
+    peer: SocketAddr,
+    scratch: &mut Vec<u8>,
+    answer_buf: &mut Vec<u8>,
+) -> Outcome {
+    let cfg = &ctx.config;
+    let product = PRODUCTS[offset as usize].name;
+    let route = &ctx.routes.routes[offset as usize];
+    // Wait for a complete head. Idle waits end on the idle timeout or at drain.
+    let mut head_started: Option<Instant> = (!down.filled().is_empty()).then(Instant::now);
+    // Bytes of a partial head already seen to hold no line end: a head is
+    // parsed again only when a line was completed (or it grew past the
+    // limit), so a client trickling bytes costs a scan of its new bytes,
+    // not a parse of the whole head per byte.
+    let mut scanned = 0;
+    let head = loop {
+        let filled = down.filled();
+        let line_done = filled.get(scanned..).is_some_and(|new| new.contains(&b'\n'));
+        scanned = filled.len();
+        if line_done || filled.len() > cfg.max_header_bytes {
+            let upstream_host = ctx.routes.upstream_for(offset, head_target(filled)).map(|id| ctx.upstream_host(id));
+            match http1::parse_request(filled, cfg.max_header_bytes, cfg.max_body_bytes, upstream_host, scratch) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(e) => {
+                    refuse(ctx, down, offset, peer, &e, scratch).await;
+                    return Outcome::Close;
+                }
+            }
+        }
+        if down.eof {
+            if !down.filled().is_empty() {
+                tracing::debug!(product, %peer, "client closed mid-head");
+            }
+            return Outcome::Close;
+        }
+        let idle = down.filled().is_empty();
+        // Waiting for a new request: the idle timeout. Inside a head: what is
+        // left of the header timeout, counted from its first byte (slowloris).
+        let wait = match head_started {
+            None => cfg.client_idle_timeout,
+            Some(t) => cfg.header_timeout.saturating_sub(t.elapsed()),
+        };
+        let res = if idle {
+            tokio::select! {
+                r = tokio::time::timeout(wait, down.fill_ready()) => r,
+                _ = ctx.drain_started() => return Outcome::Idle,
+            }
+        } else {
+            tokio::time::timeout(wait, down.fill(cfg.max_header_bytes + 1, &ctx.buffers)).await
+        };
+        match res {
+            Err(_) if idle => return Outcome::Close,
+            Err(_) => {
+                tracing::info!(product, %peer, timeout = ?cfg.header_timeout, "request head not complete within limits.header_timeout; answering 408");
+                ctx.stats.borrow_mut().product(offset).refused += 1;
+                let body = "request head not received in time (limits.header_timeout)";
+                http1::local_response(408, body, ClientConn::CLOSE, scratch);
+                let _ = down.write(scratch).await;
+                return Outcome::Close;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(product, %peer, error = %e, "client read failed");
+                return Outcome::Close;
+            }
+            Ok(Ok(_)) => {
+                if head_started.is_none() {
+                    head_started = Some(Instant::now());
+                }
+            }
+        }
+    };
+    down.consume(head.head_len);
+    let started = Instant::now();
+    ctx.in_flight.set(ctx.in_flight.get() + 1);
+    let outcome = match route {
+        ProductRoute::Status => answer_status(ctx, down, &head, scratch, peer).await,
+        ProductRoute::Unconfigured { reason } => {
+            // The body is read and dropped (bounded) so the connection can stay.
+            let keep = drain_body(ctx, down, &head, &mut BodyProgress::new(head.framing)).await;
+            let client = ClientConn { close: !keep, ..head.client() };
+            fail_upstream(ctx, down, offset, peer, "(none)", ErrorCause::Unconfigured, reason, None, scratch, client)
+                .await;
+            if keep {
+                Outcome::KeepAlive
+            } else {
+                Outcome::Close
+            }
+        }
+        ProductRoute::Forward { .. } => {
+            let upstream =
+                ctx.routes.upstream_for(offset, head.target(scratch)).expect("forward route has an upstream");
+            *answer_buf = ctx.buffers.borrow_mut().take();
+            let mut body = BodyProgress::new(head.framing);
+            let res = forward(ctx, down, offset, upstream, &head, scratch, answer_buf, &mut body).await;
+            ctx.buffers.borrow_mut().give_back(std::mem::take(answer_buf));
+            match res {
+                Ok((status, keep)) => {
+                    ctx.stats.borrow_mut().record_answer(offset, status, started.elapsed());
+                    if keep {
+                        Outcome::KeepAlive
+                    } else {
+                        Outcome::Close
+                    }
+                }
+                Err(Failure::Downstream(why)) => {
+                    tracing::info!(product, %peer, cause = %why, "client connection failed mid-request; upstream exchange abandoned");
+                    Outcome::Close
+                }
+                Err(Failure::Refused(e)) => {
+                    refuse(ctx, down, offset, peer, &e, scratch).await;
+                    Outcome::Close
+                }
+                Err(Failure::Upstream { cause, detail, addr }) => {
+                    let host = ctx.upstream_host(upstream);
+                    // What is left of the body is read and dropped (bounded),
+                    // so the connection can carry the Agent's retry.
+                    let keep = drain_body(ctx, down, &head, &mut body).await;
+                    let client = ClientConn { close: !keep, ..head.client() };
+                    fail_upstream(ctx, down, offset, peer, host, cause, &detail, addr, scratch, client).await;
+                    ctx.stats.borrow_mut().record_answer(offset, cause.status(), started.elapsed());
+                    if keep {
+                        Outcome::KeepAlive
+                    } else {
+                        Outcome::Close
+                    }
+                }
+                Err(Failure::AnswerCut { cause, detail }) => {
+                    ctx.stats.borrow_mut().record_error(offset, cause);
+                    tracing::warn!(
+                        product,
+                        upstream = ctx.upstream_host(upstream),
+                        cause = cause.label(),
+                        error = %detail,
+                        "answer cut short by the intake; closing the client connection so the Agent retries"
+                    );
+                    Outcome::Close
+                }
+            }
+        }
+    };
+    ctx.in_flight.set(ctx.in_flight.get() - 1);
+    outcome
+}
+
+/// The request target of a (possibly partial) head, for routing before parse.
+fn head_target(buf: &[u8]) -> &[u8] {
+    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    parts.next();
+    parts.next().unwrap_or(b"/")
+}
+
+async fn refuse<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    offset: u16,
+    peer: SocketAddr,
+    e: &RequestError,
+    scratch: &mut Vec<u8>,
+) {
+    let status = e.status();
+    tracing::warn!(product = PRODUCTS[offset as usize].name, %peer, status, reason = %e, "request refused");
+    {
+        let mut st = ctx.stats.borrow_mut();
+        st.product(offset).refused += 1;
+        st.record_answer(offset, status, Duration::ZERO);
+    }
+    http1::local_response(status, &e.to_string(), ClientConn::CLOSE, scratch);
+    let _ = down.write(scratch).await;
+}
+
+/// The most of an unforwarded request body [`drain_body`] reads to keep the
+/// connection; a larger rest closes it instead.
+const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
+/// How long [`drain_body`] waits for the rest of a body.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and drops what is left of a request body that will not be
+/// forwarded (the relay answers it itself), so that the connection can carry
+/// the next request. True when the body ended within [`DRAIN_LIMIT`] bytes
+/// and [`DRAIN_TIME`]; false when the connection must close instead: the
+/// client asked to close, waits for `100 Continue`, sent too much or too
+/// slowly, framed it badly, or the relay is draining.
+///
+/// # Backpressure
+/// Reads through the connection's own buffer, bounded in bytes and time.
+async fn drain_body<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    head: &RequestHead,
+    body: &mut BodyProgress,
+) -> bool {
+    if head.close || (ctx.draining().is_some() && !ctx.handing_over()) {
+        return false;
+    }
+    if body.done() {
+        return true;
+    }
+    // A client waiting for 100 Continue may never send the body.
+    if head.expect_continue || body.left().is_some_and(|left| left > DRAIN_LIMIT) {
+        return false;
+    }
+    let deadline = Instant::now() + DRAIN_TIME;
+    let mut drained: u64 = 0;
+    loop {
+        if !down.filled().is_empty() {
+            let Ok(n) = body.take(down.filled(), usize::MAX, ctx.config.max_body_bytes) else { return false };
+            down.consume(n);
+            drained += n as u64;
+            if body.done() {
+                return true;
+            }
+            if drained > DRAIN_LIMIT {
+                return false;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || read_body(down, left, &ctx.buffers).await.is_err() {
+            return false;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fail_upstream<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    offset: u16,
+    peer: SocketAddr,
+    host: &str,
+    cause: ErrorCause,
+    detail: &str,
+    addr: Option<SocketAddr>,
+    scratch: &mut Vec<u8>,
+    client: ClientConn,
+) {
+    let status = cause.status();
+    let product = PRODUCTS[offset as usize].name;
+    ctx.stats.borrow_mut().record_error(offset, cause);
+    let addr_text = addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+    tracing::warn!(product, upstream = host, addr = %addr_text, cause = cause.label(), status, %peer, error = %detail, "upstream failure answered for retry");
+    let body = format!("fipsrelay: {} ({}) for {}: {}", http1::reason(status), cause.label(), host, detail);
+    http1::local_response(status, &body, client, scratch);
+    let _ = down.write(scratch).await;
+}
