@@ -1,8 +1,13 @@
 //! The Agent side of a connection: its socket, the read buffer (a small idle
 //! one between requests, a pooled one during a request) and bounded writes.
 
-#[allow(unused_imports)]
-use super::*;
+use std::cell::RefCell;
+use std::io;
+use std::time::Duration;
+
+use super::{IDLE_BUF, IO_BUF};
+use crate::buffers::BufferPool;
+use crate::io::Stream;
 
 /// The Agent side of a connection: the socket and its read buffer.
 pub(super) struct Downstream<S: Stream> {

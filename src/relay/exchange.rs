@@ -3,8 +3,21 @@
 //! stream the answer back. The session is counted open by a [`SessionGuard`]
 //! until it is given back or dropped.
 
-#[allow(unused_imports)]
-use super::*;
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::downstream::Downstream;
+use super::{Failure, WorkerCtx, CONNECT_RETRIES, IO_BUF};
+use crate::buffers::BufferPool;
+use crate::http1::{self, BodyFraming, ChunkedScanner, ClientConn, RequestError, RequestHead};
+use crate::io::{Backend, Stream};
+use crate::metrics::ErrorCause;
+use crate::route::{UpstreamId, PRODUCTS};
+use crate::upstream::pool::PooledSession;
+use crate::upstream::proxy::Hop;
+use crate::upstream::{open_session, OpenError};
 
 /// Counts a session as open for its upstream while alive.
 pub(super) struct SessionGuard<'a, B: Backend> {

@@ -2,8 +2,15 @@
 //! pages (`/`, `/metrics`, `/health`) and the admin API (`/admin/*`, bearer
 //! token, commands handed to the control loop).
 
-#[allow(unused_imports)]
-use super::*;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::downstream::Downstream;
+use super::exchange::BodyProgress;
+use super::{drain_body, Outcome, WorkerCtx, IO_BUF};
+use crate::admin::{self, AdminCommand, AdminReply, Route};
+use crate::http1::{self, BodyFraming, ClientConn, Method, RequestHead};
+use crate::io::{Backend, Stream};
 
 pub(super) async fn answer_status<B: Backend>(
     ctx: &WorkerCtx<B>,

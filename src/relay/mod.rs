@@ -30,17 +30,16 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 use tokio::sync::watch;
 
-use crate::admin::{self, AdminCommand, AdminReply, Route};
 use crate::buffers::BufferPool;
 use crate::config::Config;
-use crate::http1::{self, BodyFraming, ChunkedScanner, ClientConn, Method, RequestError, RequestHead};
+use crate::http1::{self, ClientConn, RequestError, RequestHead};
 use crate::io::{Backend, Stream};
 use crate::metrics::{ErrorCause, StatsHub, WorkerStats};
 use crate::route::{ProductRoute, RouteTable, UpstreamId, PRODUCTS};
 use crate::status::StatusInfo;
-use crate::upstream::pool::{Pool, PooledSession};
+use crate::upstream::pool::Pool;
 use crate::upstream::proxy::Hop;
-use crate::upstream::{open_session, Directory, OpenError};
+use crate::upstream::Directory;
 
 mod downstream;
 mod exchange;
