@@ -312,12 +312,17 @@ async fn serve_one<B: Backend>(
     // limit), so a client trickling bytes costs a scan of its new bytes,
     // not a parse of the whole head per byte.
     let mut scanned = 0;
+    // The request is routed once, from its target, before the head is
+    // parsed: the parse rewrites `Host` to that upstream host, and the
+    // request goes to that same host.
+    let mut routed: Option<UpstreamId>;
     let head = loop {
         let filled = down.filled();
         let line_done = filled.get(scanned..).is_some_and(|new| new.contains(&b'\n'));
         scanned = filled.len();
         if line_done || filled.len() > cfg.max_header_bytes {
-            let upstream_host = ctx.routes.upstream_for(offset, head_target(filled)).map(|id| ctx.upstream_host(id));
+            routed = ctx.routes.upstream_for(offset, head_target(filled));
+            let upstream_host = routed.map(|id| ctx.upstream_host(id));
             match http1::parse_request(filled, cfg.max_header_bytes, cfg.max_body_bytes, upstream_host, scratch) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
@@ -387,8 +392,7 @@ async fn serve_one<B: Backend>(
             }
         }
         ProductRoute::Forward { .. } => {
-            let upstream =
-                ctx.routes.upstream_for(offset, head.target(scratch)).expect("forward route has an upstream");
+            let upstream = routed.expect("forward route has an upstream");
             *answer_buf = ctx.buffers.borrow_mut().take();
             let mut body = BodyProgress::new(head.framing);
             let res = forward(ctx, down, offset, upstream, &head, scratch, answer_buf, &mut body).await;
