@@ -102,19 +102,6 @@ impl ErrorCause {
         }
     }
 
-    /// The status the Agent gets: always one it retries (DESIGN §1).
-    pub fn status(self) -> u16 {
-        match self {
-            ErrorCause::Unresolved
-            | ErrorCause::Unconfigured
-            | ErrorCause::Draining
-            | ErrorCause::Overloaded
-            | ErrorCause::Down => 503,
-            ErrorCause::Timeout => 504,
-            _ => 502,
-        }
-    }
-
     fn index(self) -> usize {
         Self::ALL.iter().position(|c| *c == self).unwrap()
     }
@@ -357,12 +344,5 @@ mod tests {
         assert_eq!(m.products[2].latency.len(), 2);
         assert_eq!(m.products[2].latency.max(), w.products[2].latency.max());
         assert!(m.products[3].latency.0.is_none());
-    }
-
-    #[test]
-    fn causes_map_to_retried_statuses() {
-        for c in ErrorCause::ALL {
-            assert!(matches!(c.status(), 502..=504), "{c:?}");
-        }
     }
 }

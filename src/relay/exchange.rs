@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::downstream::Downstream;
-use super::{Failure, WorkerCtx, CONNECT_RETRIES, IO_BUF};
+use super::failure::Failure;
+use super::{WorkerCtx, CONNECT_RETRIES, IO_BUF};
 use crate::buffers::BufferPool;
 use crate::http1::{self, BodyFraming, ChunkedScanner, ClientConn, RequestError, RequestHead};
 use crate::io::{Backend, Stream};

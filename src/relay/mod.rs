@@ -43,10 +43,12 @@ use crate::upstream::Directory;
 
 mod downstream;
 mod exchange;
+mod failure;
 mod local;
 
 use downstream::Downstream;
 use exchange::{forward, read_body, BodyProgress};
+use failure::{answer_status_for, side_of, Failure};
 use local::answer_status;
 
 /// Read buffer per direction: one TLS record's worth of plaintext.
@@ -190,19 +192,6 @@ enum Outcome {
     Close,
     /// Draining started while the connection waited for its next request.
     Idle,
-}
-
-/// A failure after the head was parsed.
-enum Failure {
-    /// The Agent went away or broke the framing mid-body: close, answer nothing.
-    Downstream(String),
-    /// The request is refused by the relay itself (4xx), nothing forwarded upstream
-    /// beyond what the session will never carry again.
-    Refused(RequestError),
-    /// The upstream side failed before the answer started: 502/503/504.
-    Upstream { cause: ErrorCause, detail: String, addr: Option<SocketAddr> },
-    /// The upstream side failed after the answer started: close.
-    AnswerCut { cause: ErrorCause, detail: String },
 }
 
 /// Serves one accepted connection on port `offset` until it closes.
@@ -421,7 +410,7 @@ async fn serve_one<B: Backend>(
                     let keep = drain_body(ctx, down, &head, &mut body).await;
                     let client = ClientConn { close: !keep, ..head.client() };
                     fail_upstream(ctx, down, offset, peer, host, cause, &detail, addr, scratch, client).await;
-                    ctx.stats.borrow_mut().record_answer(offset, cause.status(), started.elapsed());
+                    ctx.stats.borrow_mut().record_answer(offset, answer_status_for(cause), started.elapsed());
                     if keep {
                         Outcome::KeepAlive
                     } else {
@@ -539,11 +528,12 @@ async fn fail_upstream<B: Backend>(
     scratch: &mut Vec<u8>,
     client: ClientConn,
 ) {
-    let status = cause.status();
+    let status = answer_status_for(cause);
     let product = PRODUCTS[offset as usize].name;
     ctx.stats.borrow_mut().record_error(offset, cause);
     let addr_text = addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
-    tracing::warn!(product, upstream = host, addr = %addr_text, cause = cause.label(), status, %peer, error = %detail, "upstream failure answered for retry");
+    let side = side_of(cause).name();
+    tracing::warn!(product, upstream = host, addr = %addr_text, side, cause = cause.label(), status, %peer, error = %detail, "upstream failure answered for retry");
     let body = format!("fipsrelay: {} ({}) for {}: {}", http1::reason(status), cause.label(), host, detail);
     http1::local_response(status, &body, client, scratch);
     let _ = down.write(scratch).await;
