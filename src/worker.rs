@@ -74,14 +74,7 @@ pub fn run<B: Backend>(
             );
         }
         ctx.pool.borrow_mut().clear();
-        {
-            let mut st = ctx.stats.borrow_mut();
-            for u in st.upstreams.iter_mut() {
-                u.sessions_open -= u.sessions_idle;
-                u.sessions_idle = 0;
-            }
-        }
-        ctx.hub.publish(ctx.id, &ctx.stats.borrow());
+        publish(&ctx);
     });
     if let Err(e) = res {
         tracing::error!(worker = id, error = %e, "worker event loop failed to start");
@@ -128,17 +121,21 @@ async fn housekeeping<B: Backend>(ctx: Rc<WorkerCtx<B>>) {
     let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
     loop {
         tick.tick().await;
-        let swept = ctx.pool.borrow_mut().sweep(Instant::now());
-        if swept > 0 {
-            // Which upstream each came from is not tracked by sweep; recount idle.
-            let mut st = ctx.stats.borrow_mut();
-            let pool = ctx.pool.borrow();
-            for (i, u) in st.upstreams.iter_mut().enumerate() {
-                let idle = pool.idle_count(i) as i64;
-                u.sessions_open -= u.sessions_idle - idle;
-                u.sessions_idle = idle;
-            }
-        }
-        ctx.hub.publish(ctx.id, &ctx.stats.borrow());
+        ctx.pool.borrow_mut().sweep(Instant::now());
+        publish(&ctx);
     }
+}
+
+/// Publishes the worker's counters, with the pool's session counts (the
+/// pool keeps them: open, lent or idle, and idle).
+fn publish<B: Backend>(ctx: &WorkerCtx<B>) {
+    {
+        let pool = ctx.pool.borrow();
+        let mut st = ctx.stats.borrow_mut();
+        for (i, u) in st.upstreams.iter_mut().enumerate() {
+            u.sessions_open = pool.open_count(i);
+            u.sessions_idle = pool.idle_count(i) as i64;
+        }
+    }
+    ctx.hub.publish(ctx.id, &ctx.stats.borrow());
 }

@@ -559,6 +559,12 @@ both_backends!(dead_pooled_session_is_replaced_transparently, |io: &str| {
     let r = relay.request(1, "POST", "/api/v2/series", &[], b"two");
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(restarted.records().len(), 1);
+    // The pool's accounting: the dead session was counted closed, the new one
+    // is the only one open, and it is idle again.
+    let open = "fipsrelay_upstream_sessions_open{upstream=\"metrics.agent.ddog-gov.com\"}";
+    let idle = "fipsrelay_upstream_sessions_idle{upstream=\"metrics.agent.ddog-gov.com\"}";
+    assert_eq!(relay.wait_metric(open, |v| v == 1.0), 1.0);
+    assert_eq!(relay.wait_metric(idle, |v| v == 1.0), 1.0);
 });
 
 both_backends!(client_abort_mid_body_never_completes_upstream, |io: &str| {

@@ -1,7 +1,7 @@
 //! One exchange on an intake session: take a pooled session or open one
 //! (address choice, retries, panic mode), stream the request out, read and
-//! stream the answer back. The session is counted open by a [`SessionGuard`]
-//! until it is given back or dropped.
+//! stream the answer back. The session is held by the pool's `Lease`: given
+//! back after a complete exchange, closed (and counted closed) otherwise.
 
 use std::cell::RefCell;
 use std::io;
@@ -16,21 +16,9 @@ use crate::http1::{self, BodyFraming, ChunkedScanner, ClientConn, RequestError, 
 use crate::io::{Backend, Stream};
 use crate::metrics::ErrorCause;
 use crate::route::{UpstreamId, PRODUCTS};
-use crate::upstream::pool::PooledSession;
+use crate::upstream::pool::{Lease, PooledSession};
 use crate::upstream::proxy::Hop;
 use crate::upstream::{open_session, OpenError};
-
-/// Counts a session as open for its upstream while alive.
-pub(super) struct SessionGuard<'a, B: Backend> {
-    pub(super) ctx: &'a WorkerCtx<B>,
-    pub(super) upstream: UpstreamId,
-}
-
-impl<B: Backend> Drop for SessionGuard<'_, B> {
-    fn drop(&mut self) {
-        self.ctx.stats.borrow_mut().upstreams[self.upstream].sessions_open -= 1;
-    }
-}
 
 /// Takes a live pooled session or opens a new one.
 pub(super) async fn acquire<B: Backend>(
@@ -38,16 +26,13 @@ pub(super) async fn acquire<B: Backend>(
     offset: u16,
     upstream: UpstreamId,
     allow_pooled: bool,
-) -> Result<(PooledSession<Hop<B::Stream>>, bool), Failure> {
+) -> Result<(Lease<'_, Hop<B::Stream>>, bool), Failure> {
     if allow_pooled {
-        let (session, dropped) = ctx.pool.borrow_mut().take(upstream, Instant::now());
+        let (session, _dropped) = ctx.pool.borrow_mut().take(upstream, Instant::now());
         let mut st = ctx.stats.borrow_mut();
-        st.upstreams[upstream].sessions_open -= dropped as i64;
-        st.upstreams[upstream].sessions_idle -= dropped as i64;
         if let Some(s) = session {
-            st.upstreams[upstream].sessions_idle -= 1;
             st.product(offset).pool_hits += 1;
-            return Ok((s, true));
+            return Ok((Lease::taken(&ctx.pool, upstream, s), true));
         }
         st.product(offset).pool_misses += 1;
     }
@@ -98,9 +83,8 @@ pub(super) async fn acquire<B: Backend>(
             Ok(mut s) => {
                 ctx.directory.revived(upstream, endpoint);
                 s.endpoint = Some(endpoint.clone());
-                ctx.stats.borrow_mut().upstreams[upstream].sessions_open += 1;
                 tracing::debug!(upstream = ctx.upstream_host(upstream), %addr, "panic probe connected");
-                Ok((s, false))
+                Ok((Lease::opened(&ctx.pool, upstream, s), false))
             }
             Err(e) => {
                 ctx.directory.connect_failed(upstream, endpoint, &e);
@@ -127,9 +111,8 @@ pub(super) async fn acquire<B: Backend>(
             Ok(mut s) => {
                 endpoint.connected();
                 s.endpoint = Some(endpoint.clone());
-                ctx.stats.borrow_mut().upstreams[upstream].sessions_open += 1;
                 tracing::debug!(upstream = ctx.upstream_host(upstream), %addr, tls = %s.session.describe(), "upstream session opened");
-                return Ok((s, false));
+                return Ok((Lease::opened(&ctx.pool, upstream, s), false));
             }
             Err(e) => {
                 ctx.directory.connect_failed(upstream, endpoint, &e);
@@ -189,17 +172,16 @@ pub(super) async fn forward<B: Backend>(
             Ok(()) => break s,
             Err(e) if reused && allow_pooled => {
                 tracing::debug!(upstream = ctx.upstream_host(upstream), error = %e, "pooled session dead on first write; retrying on a new one");
-                drop(SessionGuard { ctx, upstream });
+                // Dropped: closed and counted closed.
+                drop(s);
                 allow_pooled = false;
             }
             Err(e) => {
-                drop(SessionGuard { ctx, upstream });
                 return Err(Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(s.addr) });
             }
         }
     };
-    // From here the session is counted open until it is given back or dropped.
-    let guard = SessionGuard { ctx, upstream };
+    // From here on, any early return drops the lease: the session is closed.
     let addr = pooled.addr;
 
     if head.expect_continue && !body.done() {
@@ -332,11 +314,7 @@ pub(super) async fn forward<B: Backend>(
     // As the rendered head announced it.
     let keep_client = !answer_head.client.close;
     if complete && !answer_head.upstream_close {
-        let given = ctx.pool.borrow_mut().give_back(upstream, pooled, Instant::now());
-        if given {
-            ctx.stats.borrow_mut().upstreams[upstream].sessions_idle += 1;
-            std::mem::forget(guard); // still open, now idle in the pool
-        }
+        pooled.give_back(Instant::now());
     }
     Ok((answer_head.status, keep_client))
 }

@@ -3,7 +3,15 @@
 //! Owned by one worker (inside a `RefCell`), never shared between threads.
 //! `take` hands out the most recently used session that is still fresh and
 //! passes the liveness check; `give_back` keeps at most `max_idle` per host.
-//! The pool never opens sessions itself: the relay does, on a miss.
+//! The pool never opens sessions itself: the relay does, on a miss, and
+//! hands each session it uses to a [`Lease`].
+//!
+//! The pool also owns the accounting: how many sessions per host are open
+//! (idle here, or lent out) and how many are idle. A [`Lease`] gives its
+//! session back only when asked to ([`Lease::give_back`], after a complete
+//! exchange); dropped, it closes the session and counts it closed.
+
+use std::cell::RefCell;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,11 +41,13 @@ pub struct Pool<S: Stream> {
     idle: Vec<Vec<Idle<S>>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// Per host: sessions open, idle here or lent out to a [`Lease`].
+    open: Vec<i64>,
 }
 
 impl<S: Stream> Pool<S> {
     pub fn new(upstreams: usize, max_idle: usize, idle_timeout: Duration) -> Self {
-        Pool { idle: (0..upstreams).map(|_| Vec::new()).collect(), max_idle, idle_timeout }
+        Pool { idle: (0..upstreams).map(|_| Vec::new()).collect(), max_idle, idle_timeout, open: vec![0; upstreams] }
     }
 
     /// The freshest live idle session for `id`, if any. Stale or dead
@@ -51,11 +61,23 @@ impl<S: Stream> Pool<S> {
                 None => true,
             };
             if healthy && now.duration_since(idle.since) < self.idle_timeout && idle.session.session.is_reusable_now() {
+                self.open[id] -= dropped as i64;
                 return (Some(idle.session), dropped);
             }
             dropped += 1;
         }
+        self.open[id] -= dropped as i64;
         (None, dropped)
+    }
+
+    /// Counts a session the relay just opened for `id`.
+    pub fn opened(&mut self, id: UpstreamId) {
+        self.open[id] += 1;
+    }
+
+    /// Sessions open for `id`: idle here or lent out.
+    pub fn open_count(&self, id: UpstreamId) -> i64 {
+        self.open[id]
     }
 
     /// Returns a session after a complete exchange. `false` if it was
@@ -63,6 +85,7 @@ impl<S: Stream> Pool<S> {
     pub fn give_back(&mut self, id: UpstreamId, mut session: PooledSession<S>, now: Instant) -> bool {
         let stack = &mut self.idle[id];
         if stack.len() >= self.max_idle {
+            self.open[id] -= 1;
             return false;
         }
         session.uses += 1;
@@ -73,11 +96,12 @@ impl<S: Stream> Pool<S> {
     /// Drops sessions idle for longer than the idle timeout; returns how many.
     pub fn sweep(&mut self, now: Instant) -> usize {
         let mut n = 0;
-        for stack in &mut self.idle {
+        for (stack, open) in self.idle.iter_mut().zip(&mut self.open) {
             // Oldest first: the stack is ordered by `since`.
             let keep_from =
                 stack.iter().position(|i| now.duration_since(i.since) < self.idle_timeout).unwrap_or(stack.len());
             n += keep_from;
+            *open -= keep_from as i64;
             stack.drain(..keep_from);
         }
         n
@@ -89,8 +113,60 @@ impl<S: Stream> Pool<S> {
 
     /// Drops every idle session (shutdown).
     pub fn clear(&mut self) {
-        for s in &mut self.idle {
+        for (s, open) in self.idle.iter_mut().zip(&mut self.open) {
+            *open -= s.len() as i64;
             s.clear();
+        }
+    }
+}
+
+/// A session lent out of (or new to) the pool for one exchange. Dropped,
+/// it closes the session and counts it closed; [`Lease::give_back`] puts it
+/// back, idle, for the next request.
+pub struct Lease<'p, S: Stream> {
+    pool: &'p RefCell<Pool<S>>,
+    id: UpstreamId,
+    session: Option<PooledSession<S>>,
+}
+
+impl<'p, S: Stream> Lease<'p, S> {
+    /// A session taken from `pool` (already counted open).
+    pub fn taken(pool: &'p RefCell<Pool<S>>, id: UpstreamId, session: PooledSession<S>) -> Self {
+        Lease { pool, id, session: Some(session) }
+    }
+
+    /// A session the relay just opened: counted open now.
+    pub fn opened(pool: &'p RefCell<Pool<S>>, id: UpstreamId, session: PooledSession<S>) -> Self {
+        pool.borrow_mut().opened(id);
+        Lease { pool, id, session: Some(session) }
+    }
+
+    /// After a complete exchange: back to the pool, idle. `false` if the
+    /// host already has `max_idle` idle sessions (this one is closed).
+    pub fn give_back(mut self, now: Instant) -> bool {
+        let session = self.session.take().expect("a lease holds its session until given back");
+        self.pool.borrow_mut().give_back(self.id, session, now)
+    }
+}
+
+impl<S: Stream> std::ops::Deref for Lease<'_, S> {
+    type Target = PooledSession<S>;
+    fn deref(&self) -> &PooledSession<S> {
+        self.session.as_ref().expect("a lease holds its session until given back")
+    }
+}
+
+impl<S: Stream> std::ops::DerefMut for Lease<'_, S> {
+    fn deref_mut(&mut self) -> &mut PooledSession<S> {
+        self.session.as_mut().expect("a lease holds its session until given back")
+    }
+}
+
+impl<S: Stream> Drop for Lease<'_, S> {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            self.pool.borrow_mut().open[self.id] -= 1;
+            drop(session);
         }
     }
 }
