@@ -237,9 +237,9 @@ both_backends!(no_proxy_hosts_go_direct_and_resolve_locally_connects_to_addresse
     if skip_squid() {
         return;
     }
-    let Rig { dir, intake, mut squid, creds } = Rig::new(PASSWORD);
-    let port = intake.addr().port();
-    let zone = dir.path().join("zone.txt");
+    let mut rig = Rig::new(PASSWORD);
+    let port = rig.intake.addr().port();
+    let zone = rig.dir.path().join("zone.txt");
     let text: String = upstream_hosts().iter().map(|h| format!("{h} A 127.0.0.1 60\n")).collect();
     std::fs::write(&zone, text).unwrap();
     let dns = MockDns::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
@@ -247,18 +247,7 @@ both_backends!(no_proxy_hosts_go_direct_and_resolve_locally_connects_to_addresse
 
     // Metrics bypasses the proxy (resolved here, straight to the intake);
     // traces go through it by name.
-    let relay = Relay::start(
-        dir.path(),
-        io,
-        intake.addr(),
-        &intake.ca_file,
-        &proxy_lines(
-            &squid.url(),
-            &intake,
-            Some(&creds),
-            &format!("upstream.proxy.no_proxy = [\"{METRICS_HOST}\"]\n{dns_lines}"),
-        ),
-    );
+    let relay = rig.relay(io, &format!("upstream.proxy.no_proxy = [\"{METRICS_HOST}\"]\n{dns_lines}"));
     assert_eq!(post(&relay, 1, SERIES, b"{}").status, 202, "{}", relay.log());
     assert_eq!(post(&relay, 2, "/api/v0.2/traces", b"{}").status, 202, "{}", relay.log());
     let status = relay.status_page("/");
@@ -268,26 +257,15 @@ both_backends!(no_proxy_hosts_go_direct_and_resolve_locally_connects_to_addresse
     drop(relay);
 
     // resolve_locally: the relay resolves the name and CONNECTs to the address.
-    let relay = Relay::start(
-        dir.path(),
-        io,
-        intake.addr(),
-        &intake.ca_file,
-        &proxy_lines(
-            &squid.url(),
-            &intake,
-            Some(&creds),
-            &format!("upstream.proxy.resolve_locally = true\n{dns_lines}"),
-        ),
-    );
+    let relay = rig.relay(io, &format!("upstream.proxy.resolve_locally = true\n{dns_lines}"));
     assert_eq!(post(&relay, 1, SERIES, b"{}").status, 202, "{}", relay.log());
-    let records = intake.mock.records();
+    let records = rig.intake.mock.records();
     assert_eq!(records.len(), 3);
     assert!(records.iter().all(|r| r.sni.is_some() && r.sni == r.host), "{records:?}");
     drop(relay);
 
-    squid.stop();
-    let targets = connect_targets(&squid);
+    rig.squid.stop();
+    let targets = connect_targets(&rig.squid);
     assert!(targets.iter().all(|t| !t.contains(METRICS_HOST)), "metrics went through the proxy: {targets:?}");
     assert!(targets.contains(&format!("CONNECT {TRACE_HOST}:{port} {USER}")), "{targets:?}");
     // With resolve_locally the proxy sees the address, not the name. Squid's
