@@ -288,18 +288,13 @@ fn https_proxy_gets_its_own_fips_tls_checked_against_its_ca() {
     let squid =
         Squid::start(&squid_config(&intake, Some((proxy_pki.leaf_cert_pem.clone(), proxy_pki.leaf_key_pem.clone()))));
     let creds = credentials(dir.path(), PASSWORD);
-    let relay = Relay::start(
-        dir.path(),
-        "epoll",
-        intake.addr(),
-        &intake.ca_file,
-        &proxy_lines(
-            &squid.tls_url(),
-            &intake,
-            Some(&creds),
-            &format!("upstream.proxy.ca_file = \"{}\"", proxy_ca.display()),
-        ),
-    );
+    // A relay through Squid's https_port, trusting `proxy_ca` for the proxy.
+    let relay_trusting = |proxy_ca: &Path| {
+        let extra = format!("upstream.proxy.ca_file = \"{}\"", proxy_ca.display());
+        let lines = proxy_lines(&squid.tls_url(), &intake, Some(&creds), &extra);
+        Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, &lines)
+    };
+    let relay = relay_trusting(&proxy_ca);
     for len in [10, 200_000] {
         let body = payload(len, 7);
         assert_eq!(post(&relay, 1, SERIES, &body).status, 202, "{}", relay.log());
@@ -309,18 +304,7 @@ fn https_proxy_gets_its_own_fips_tls_checked_against_its_ca() {
     drop(relay);
 
     // Trusting the intake's CA for the proxy fails the proxy's handshake: 502.
-    let relay = Relay::start(
-        dir.path(),
-        "epoll",
-        intake.addr(),
-        &intake.ca_file,
-        &proxy_lines(
-            &squid.tls_url(),
-            &intake,
-            Some(&creds),
-            &format!("upstream.proxy.ca_file = \"{}\"", intake.ca_file.display()),
-        ),
-    );
+    let relay = relay_trusting(&intake.ca_file);
     assert_eq!(post(&relay, 1, SERIES, b"{}").status, 502);
     assert!(
         eventually(Duration::from_secs(3), || relay.log().contains("TLS with proxy 127.0.0.1:")),
