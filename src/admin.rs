@@ -177,7 +177,7 @@ pub async fn ask_control(
     if access.commands.send(command(tx)).is_err() {
         return AdminReply::new(503, "the relay is shutting down; nothing was changed");
     }
-    match tokio::time::timeout(CONTROL_TIMEOUT, rx).await {
+    match crate::rt::timeout(CONTROL_TIMEOUT, rx).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(_)) => AdminReply::new(503, "the relay is shutting down; nothing was changed"),
         Err(_) => AdminReply::new(503, "the control loop did not answer in time; check the log"),

@@ -22,6 +22,7 @@ pub mod privileges;
 pub mod procstat;
 pub mod relay;
 pub mod route;
+pub mod rt;
 pub mod server;
 pub mod status;
 pub mod tuning;

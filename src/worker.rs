@@ -37,7 +37,7 @@ pub fn run<B: Backend>(
             let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
             match B::listener(l) {
                 Ok(l) => {
-                    tokio::task::spawn_local(accept_loop(ctx.clone(), l, offset, port));
+                    crate::rt::spawn(accept_loop(ctx.clone(), l, offset, port));
                 }
                 Err(e) => {
                     let _ = ready.send(Err(format!("worker {}: cannot register listener on port {port}: {e}", ctx.id)));
@@ -49,14 +49,14 @@ pub fn run<B: Backend>(
             let peer = stream.peer_addr();
             match (B::stream(stream), peer) {
                 (Ok(s), Ok(peer)) => {
-                    tokio::task::spawn_local(relay::serve(ctx.clone(), s, offset, peer));
+                    crate::rt::spawn(relay::serve(ctx.clone(), s, offset, peer));
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(worker = ctx.id, error = %e, "cannot take over a handed-over connection; it is closed")
                 }
             }
         }
-        tokio::task::spawn_local(housekeeping(ctx.clone()));
+        crate::rt::spawn(housekeeping(ctx.clone()));
         let _ = ready.send(Ok(()));
         drop(ready);
 
@@ -64,7 +64,7 @@ pub fn run<B: Backend>(
         let _ = phase.wait_for(|p| *p != relay::Phase::Running).await;
         let deadline = ctx.draining().unwrap_or_else(Instant::now) + DRAIN_GRACE;
         while ctx.connections.get() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            crate::rt::sleep(Duration::from_millis(10)).await;
         }
         if ctx.connections.get() > 0 {
             tracing::warn!(
@@ -93,7 +93,7 @@ async fn accept_loop<B: Backend>(ctx: Rc<WorkerCtx<B>>, listener: B::Listener, o
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::task::spawn_local(relay::serve(ctx.clone(), stream, offset, peer));
+                crate::rt::spawn(relay::serve(ctx.clone(), stream, offset, peer));
             }
             // The client gave up before the accept: nothing to log or wait for.
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
@@ -105,7 +105,7 @@ async fn accept_loop<B: Backend>(ctx: Rc<WorkerCtx<B>>, listener: B::Listener, o
                 } else {
                     unlogged += 1;
                 }
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                crate::rt::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
@@ -118,9 +118,10 @@ async fn drain_started<B: Backend>(ctx: &WorkerCtx<B>) {
 
 /// Publishes stats and sweeps idle sessions a few times a second.
 async fn housekeeping<B: Backend>(ctx: Rc<WorkerCtx<B>>) {
-    let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
+    let mut next = Instant::now();
     loop {
-        tick.tick().await;
+        crate::rt::sleep_until(next).await;
+        next = (next + PUBLISH_INTERVAL).max(Instant::now());
         ctx.pool.borrow_mut().sweep(Instant::now());
         publish(&ctx);
     }

@@ -2,9 +2,11 @@
 //!
 //! Everything above this module is generic over [`Backend`]: it reads into and
 //! writes from owned `Vec<u8>` buffers (the io_uring model, where the kernel
-//! holds the buffer while the operation is in flight) and never names
-//! tokio-uring or tokio's reactor. Timers and task spawning use tokio's
-//! current-thread primitives, which both backends run on.
+//! holds the buffer while the operation is in flight) and never names the
+//! ring or tokio's reactor. Timers and task spawning go through
+//! [`crate::rt`], which uses the loop this thread runs: the hand-driven ring
+//! ([`ring`], the io_uring backend) or tokio's current-thread runtime (the
+//! epoll backend).
 //!
 //! # Invariants
 //! `read` appends after `buf.len()` and never grows the buffer: the caller
@@ -16,6 +18,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 pub mod epoll;
+pub mod ring;
 pub mod uring;
 
 /// A connected TCP stream.
@@ -62,8 +65,8 @@ pub trait Backend: Copy + Send + 'static {
     /// Wraps an accepted std stream (one handed over by a previous process).
     fn stream(s: std::net::TcpStream) -> io::Result<Self::Stream>;
     async fn connect(addr: SocketAddr) -> io::Result<Self::Stream>;
-    /// Runs `fut` to completion on this thread, with a tokio `LocalSet` so
-    /// that `tokio::task::spawn_local` and `tokio::time` work inside.
+    /// Runs `fut` to completion on this thread's event loop, where
+    /// [`crate::rt`]'s spawn, sleep and timeout work.
     fn block_on<F: Future>(fut: F) -> io::Result<F::Output>;
 }
 

@@ -1,108 +1,116 @@
-//! The io_uring backend: tokio-uring, one ring per worker thread.
-//! Reads and writes hand their owned buffer to the kernel for the duration
-//! of the operation.
+//! The io_uring backend: every socket operation of a worker is an entry on
+//! the worker's own ring ([`super::ring`]), driven by hand: one
+//! `io_uring_enter` per loop turn submits and reaps everything. Reads and
+//! writes hand their owned buffer to the kernel for the duration of the
+//! operation and get it back with the result.
+//!
+//! Sockets are in blocking mode: io_uring waits on them inside the kernel,
+//! and the non-blocking reads (`recv_now`) pass `MSG_DONTWAIT`.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
-use tokio_uring::buf::BoundedBuf;
+use io_uring::{opcode, types};
 
+use super::ring;
 use super::{Backend, Listener, Stream};
-
-/// Submission queue entries per worker ring.
-const RING_ENTRIES: u32 = 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Uring;
 
 pub struct UringStream {
-    /// Readiness through the runtime's epoll reactor, registered at the
-    /// first cancel-safe wait. Declared first: it deregisters before the
-    /// socket closes.
-    ready: Option<AsyncFd<BorrowedSocket>>,
-    inner: tokio_uring::net::TcpStream,
+    fd: OwnedFd,
 }
 
-impl UringStream {
-    fn new(inner: tokio_uring::net::TcpStream) -> Self {
-        UringStream { ready: None, inner }
+/// Accepts after a one-shot poll on the ring and `accept4`, not an
+/// io_uring accept: when the accept loop stops (drain, restart in place),
+/// no accept stays in flight to take a connection nobody serves.
+pub struct UringListener(std::net::TcpListener);
+
+fn os_err(res: i32) -> io::Error {
+    io::Error::from_raw_os_error(-res)
+}
+
+/// Waits on the ring until `fd` has `events` (a one-shot poll; a dropped
+/// wait is cancelled and consumes nothing).
+async fn poll(fd: RawFd, events: libc::c_short) -> io::Result<()> {
+    let entry = opcode::PollAdd::new(types::Fd(fd), events as u32).build();
+    let (res, _, ()) = ring::submit(entry, ()).await;
+    if res < 0 {
+        return Err(os_err(res));
     }
+    Ok(())
 }
-
-/// The socket's descriptor, borrowed from the `TcpStream` that owns it.
-struct BorrowedSocket(RawFd);
-
-impl AsRawFd for BorrowedSocket {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-/// Accepts through readiness (the runtime's epoll reactor) and `accept4`,
-/// not an io_uring accept: when the accept loop stops (drain, restart in
-/// place), no accept stays in flight to take a connection nobody serves.
-pub struct UringListener(AsyncFd<std::net::TcpListener>);
 
 impl Stream for UringStream {
-    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
         let len = buf.len();
-        let (res, slice) = self.inner.read(buf.slice(len..)).await;
-        (res, slice.into_inner())
+        let room = (buf.capacity() - len).min(u32::MAX as usize) as u32;
+        // SAFETY: the pointer is into the spare capacity of `buf`, whose heap
+        // block moves with it into the operation and stays alive until the
+        // kernel answers.
+        let ptr = unsafe { buf.as_mut_ptr().add(len) };
+        loop {
+            let entry = opcode::Recv::new(types::Fd(self.fd.as_raw_fd()), ptr, room).build();
+            let (res, _, b) = ring::submit(entry, buf).await;
+            buf = b;
+            if res == -libc::EINTR {
+                continue;
+            }
+            if res < 0 {
+                return (Err(os_err(res)), buf);
+            }
+            // SAFETY: the kernel wrote `res` bytes after `len`.
+            unsafe { buf.set_len(len + res as usize) };
+            return (Ok(res as usize), buf);
+        }
     }
 
-    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        self.inner.write_all(buf).await
+    async fn write_all(&mut self, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let mut off = 0;
+        while off < buf.len() {
+            let left = (buf.len() - off).min(u32::MAX as usize) as u32;
+            // SAFETY: as in `read`; the bytes stay where they are until answered.
+            let ptr = unsafe { buf.as_ptr().add(off) };
+            let entry = opcode::Send::new(types::Fd(self.fd.as_raw_fd()), ptr, left).flags(libc::MSG_NOSIGNAL).build();
+            let (res, _, b) = ring::submit(entry, buf).await;
+            buf = b;
+            match res {
+                r if r == -libc::EINTR => continue,
+                r if r < 0 => return (Err(os_err(r)), buf),
+                0 => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                r => off += r as usize,
+            }
+        }
+        (Ok(()), buf)
     }
 
     async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        // A plain recv, never an io_uring read: nothing stays in flight if
-        // this wait is abandoned.
-        let fd = self.inner.as_raw_fd();
-        if self.ready.is_none() {
-            // The first request often arrives with the connection: no
-            // registration needed when it is already there.
+        debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
+        // A poll, then a plain recv: nothing that takes bytes is in flight
+        // while this wait may be abandoned.
+        let fd = self.fd.as_raw_fd();
+        loop {
+            poll(fd, libc::POLLIN).await?;
             if let Some(n) = super::recv_now(fd, buf)? {
                 return Ok(n);
-            }
-            // SAFETY: `fd` is owned by `self.inner`, which outlives `ready`
-            // (dropped first, by field order) and never changes descriptor.
-            let registered = unsafe { AsyncFd::register_with_interest(BorrowedSocket(fd), Interest::READABLE) };
-            self.ready = Some(registered?);
-        }
-        let ready = self.ready.as_ref().expect("registered above");
-        loop {
-            let mut guard = ready.readable().await?;
-            let room = buf.capacity() - buf.len();
-            match super::recv_now(fd, buf)? {
-                Some(n) => {
-                    // A short read emptied the socket: forget this readiness
-                    // now rather than learn it from an EAGAIN at the next
-                    // wait. Bytes that arrive later are a new edge, which
-                    // clear_ready never erases.
-                    if n > 0 && n < room {
-                        guard.clear_ready();
-                    }
-                    return Ok(n);
-                }
-                None => guard.clear_ready(),
             }
         }
     }
 
     fn shutdown_write(&self) -> io::Result<()> {
-        self.inner.shutdown(std::net::Shutdown::Write)
+        socket2::SockRef::from(&self.fd).shutdown(std::net::Shutdown::Write)
     }
 
     fn set_nodelay(&self) -> io::Result<()> {
-        self.inner.set_nodelay(true)
+        socket2::SockRef::from(&self.fd).set_nodelay(true)
     }
 
     fn raw_fd(&self) -> RawFd {
-        self.inner.as_raw_fd()
+        self.fd.as_raw_fd()
     }
 }
 
@@ -110,11 +118,12 @@ impl Listener for UringListener {
     type Stream = UringStream;
     async fn accept(&self) -> io::Result<(UringStream, SocketAddr)> {
         loop {
-            let mut guard = self.0.readable().await?;
-            match guard.try_io(|l| l.get_ref().accept()) {
-                Ok(Ok((s, peer))) => return Ok((UringStream::new(tokio_uring::net::TcpStream::from_std(s)), peer)),
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
+            match self.0.accept() {
+                // accept4 does not pass O_NONBLOCK on: the socket is blocking.
+                Ok((s, peer)) => return Ok((UringStream { fd: s.into() }, peer)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => poll(self.0.as_raw_fd(), libc::POLLIN).await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
         }
     }
@@ -127,26 +136,30 @@ impl Backend for Uring {
 
     fn listener(l: std::net::TcpListener) -> io::Result<UringListener> {
         l.set_nonblocking(true)?;
-        // SAFETY: the AsyncFd owns the listener, hence its descriptor.
-        let registered = unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) };
-        Ok(UringListener(registered?))
+        Ok(UringListener(l))
     }
 
     fn stream(s: std::net::TcpStream) -> io::Result<UringStream> {
         // Handed over by an epoll process, the socket may be O_NONBLOCK (a
-        // flag of the shared file description). Kernel 6.18 waits anyway,
-        // but io_uring reads of an O_NONBLOCK file may return EAGAIN on
-        // others; clear it, as for sockets this backend accepts itself.
+        // flag of the shared file description); io_uring reads of an
+        // O_NONBLOCK file may return EAGAIN instead of waiting. Clear it.
         s.set_nonblocking(false)?;
-        Ok(UringStream::new(tokio_uring::net::TcpStream::from_std(s)))
+        Ok(UringStream { fd: s.into() })
     }
 
     async fn connect(addr: SocketAddr) -> io::Result<UringStream> {
-        Ok(UringStream::new(tokio_uring::net::TcpStream::connect(addr).await?))
+        let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        let sa = Box::new(socket2::SockAddr::from(addr));
+        let entry = opcode::Connect::new(types::Fd(sock.as_raw_fd()), sa.as_ptr(), sa.len()).build();
+        let (res, _, _sa) = ring::submit(entry, sa).await;
+        if res < 0 {
+            return Err(os_err(res));
+        }
+        Ok(UringStream { fd: sock.into() })
     }
 
     fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {
         super::probe_uring().map_err(io::Error::other)?;
-        Ok(tokio_uring::builder().entries(RING_ENTRIES).start(fut))
+        ring::block_on(fut)
     }
 }

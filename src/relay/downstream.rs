@@ -100,7 +100,7 @@ impl<S: Stream> Downstream<S> {
 
     pub(super) async fn write(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         let write = self.io.write_all(std::mem::take(out));
-        let Ok((res, buf)) = tokio::time::timeout(self.write_timeout, write).await else {
+        let Ok((res, buf)) = crate::rt::timeout(self.write_timeout, write).await else {
             // The buffer stays with the cancelled operation; the connection is done.
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,

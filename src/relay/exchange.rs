@@ -73,7 +73,7 @@ pub(super) async fn acquire<B: Backend>(
         // Connect and handshake together within upstream.connect_timeout:
         // no request waits longer than that while the host is down.
         let limit = ctx.config.connect_timeout;
-        let opened = tokio::time::timeout(
+        let opened = crate::rt::timeout(
             limit,
             open_session::<B>(ctx.directory.dial(upstream, addr), ctx.tls.clone(), ctx.server_name(upstream), limit),
         )
@@ -239,7 +239,7 @@ pub(super) async fn forward<B: Backend>(
         }
     };
     let answer_head = tokio::select! {
-        r = tokio::time::timeout(ctx.config.response_timeout, read_head) => match r {
+        r = crate::rt::timeout(ctx.config.response_timeout, read_head) => match r {
             Ok(Ok(h)) => h,
             Ok(Err((cause, detail))) => return Err(Failure::Upstream { cause, detail, addr: Some(addr) }),
             Err(_) => return Err(Failure::Upstream {
@@ -432,7 +432,7 @@ pub(super) async fn write_upstream<S: Stream>(
     data: &[u8],
     timeout: Duration,
 ) -> io::Result<()> {
-    match tokio::time::timeout(timeout, pooled.session.write_plain(data)).await {
+    match crate::rt::timeout(timeout, pooled.session.write_plain(data)).await {
         Ok(res) => res,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
@@ -447,7 +447,7 @@ pub(super) async fn read_body<S: Stream>(
     pool: &RefCell<BufferPool>,
 ) -> Result<(), Failure> {
     down.borrow_big(pool);
-    match tokio::time::timeout(idle, down.fill(IO_BUF, pool)).await {
+    match crate::rt::timeout(idle, down.fill(IO_BUF, pool)).await {
         Err(_) => Err(Failure::Downstream("client stopped sending the body".into())),
         Ok(Err(e)) => Err(Failure::Downstream(e.to_string())),
         Ok(Ok(0)) => Err(Failure::Downstream("client closed mid-body".into())),
@@ -462,7 +462,7 @@ pub(super) async fn read_answer<S: Stream>(
     timeout: Duration,
 ) -> Result<(), (ErrorCause, String)> {
     buf.clear();
-    match tokio::time::timeout(timeout, pooled.session.read_plain(buf)).await {
+    match crate::rt::timeout(timeout, pooled.session.read_plain(buf)).await {
         Err(_) => Err((ErrorCause::Timeout, "the intake stopped sending its answer".into())),
         Ok(Err(e)) => Err((ErrorCause::Closed, format!("the intake connection failed mid-answer: {e}"))),
         Ok(Ok(0)) => Err((ErrorCause::Closed, "the intake closed the connection mid-answer".into())),

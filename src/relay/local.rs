@@ -158,7 +158,7 @@ pub(super) async fn read_admin_body<B: Backend>(
     let deadline = Instant::now() + ctx.config.header_timeout;
     while down.filled().len() < len {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, down.fill(IO_BUF, &ctx.buffers)).await {
+        match crate::rt::timeout(left, down.fill(IO_BUF, &ctx.buffers)).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Err(AdminReply::new(400, "the request body ended early")),
             Err(_) => return Err(AdminReply::new(408, "request body not received in time (limits.header_timeout)")),

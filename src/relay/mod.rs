@@ -142,7 +142,7 @@ impl<B: Backend> WorkerCtx<B> {
         let mut rx = self.phase.clone();
         loop {
             if let Phase::Draining { deadline, .. } = *rx.borrow_and_update() {
-                tokio::time::sleep_until(deadline.into()).await;
+                crate::rt::sleep_until(deadline).await;
                 return;
             }
             if rx.changed().await.is_err() {
@@ -266,7 +266,7 @@ async fn over_limit<B: Backend>(ctx: &WorkerCtx<B>, io: B::Stream, offset: u16, 
     let deadline = Instant::now() + ctx.config.header_timeout;
     while !down.filled().windows(4).any(|w| w == b"\r\n\r\n") && !down.eof && down.buf.len() < down.buf.capacity() {
         let left = deadline.saturating_duration_since(Instant::now());
-        if !matches!(tokio::time::timeout(left, down.fill(2048, &ctx.buffers)).await, Ok(Ok(n)) if n > 0) {
+        if !matches!(crate::rt::timeout(left, down.fill(2048, &ctx.buffers)).await, Ok(Ok(n)) if n > 0) {
             break;
         }
     }
@@ -336,11 +336,11 @@ async fn serve_one<B: Backend>(
         };
         let res = if idle {
             tokio::select! {
-                r = tokio::time::timeout(wait, down.fill_ready()) => r,
+                r = crate::rt::timeout(wait, down.fill_ready()) => r,
                 _ = ctx.drain_started() => return Outcome::Idle,
             }
         } else {
-            tokio::time::timeout(wait, down.fill(cfg.max_header_bytes + 1, &ctx.buffers)).await
+            crate::rt::timeout(wait, down.fill(cfg.max_header_bytes + 1, &ctx.buffers)).await
         };
         match res {
             Err(_) if idle => return Outcome::Close,

@@ -363,7 +363,7 @@ pub async fn resolve_forever(
             let _ = tx.send(ok);
         }
         tracing::trace!(upstream = %host, next_in = ?wait, "next DNS lookup scheduled");
-        tokio::time::sleep(wait).await;
+        crate::rt::sleep(wait).await;
     }
 }
 
@@ -392,7 +392,7 @@ pub async fn resolve_proxy_forever(
         if let Some(tx) = first.take() {
             let _ = tx.send(ok);
         }
-        tokio::time::sleep(wait).await;
+        crate::rt::sleep(wait).await;
     }
 }
 
@@ -445,7 +445,7 @@ pub async fn open_session<B: Backend>(
 ) -> Result<PooledSession<Hop<B::Stream>>, OpenError> {
     let addr = dial.endpoint;
     let stream = match &dial.via {
-        None => match tokio::time::timeout(timeout, B::connect(addr)).await {
+        None => match crate::rt::timeout(timeout, B::connect(addr)).await {
             Err(_) => return Err(OpenError::ConnectTimeout { addr, after: timeout }),
             Ok(Err(source)) => return Err(OpenError::Connect { addr, source }),
             Ok(Ok(s)) => {
@@ -468,7 +468,7 @@ pub async fn open_session<B: Backend>(
                 .map_err(|source| OpenError::Proxy { addr, source })?
         }
     };
-    let session = match tokio::time::timeout(timeout, TlsSession::connect(stream, config, server_name)).await {
+    let session = match crate::rt::timeout(timeout, TlsSession::connect(stream, config, server_name)).await {
         Err(_) => {
             return Err(match &dial.via {
                 None => OpenError::TlsTimeout { addr, after: timeout },

@@ -305,7 +305,7 @@ impl Proxy {
     ) -> Result<Hop<B::Stream>, ProxyError> {
         let proxy = self.config.authority();
         let timed_out = |step: &'static str| ProxyError::Timeout { proxy: proxy.clone(), addr, step, after: timeout };
-        let tcp = match tokio::time::timeout(timeout, B::connect(addr)).await {
+        let tcp = match crate::rt::timeout(timeout, B::connect(addr)).await {
             Err(_) => return Err(timed_out("TCP connect")),
             Ok(Err(source)) => return Err(ProxyError::Connect { proxy, addr, source }),
             Ok(Ok(s)) => s,
@@ -314,7 +314,7 @@ impl Proxy {
         let mut hop = match &self.tls {
             None => Hop::Tcp(tcp),
             Some(tls) => {
-                match tokio::time::timeout(timeout, TlsSession::connect(tcp, tls.clone(), &self.config.host)).await {
+                match crate::rt::timeout(timeout, TlsSession::connect(tcp, tls.clone(), &self.config.host)).await {
                     Err(_) => return Err(timed_out("TLS handshake")),
                     Ok(Err(source)) => return Err(ProxyError::Tls { proxy, source }),
                     Ok(Ok(s)) => Hop::Tls(Box::new(s)),
@@ -339,7 +339,7 @@ impl Proxy {
             res.map_err(|e| ProxyError::Closed { proxy: proxy.clone(), detail: format!("sending CONNECT: {e}") })?;
             read_connect_answer(&mut hop, &proxy, authority, with_credentials).await
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        match crate::rt::timeout(timeout, exchange).await {
             Err(_) => Err(timed_out("CONNECT answer")),
             Ok(Err(e)) => Err(e),
             Ok(Ok(())) => Ok(hop),
