@@ -31,7 +31,8 @@ pub trait Stream: 'static {
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
     /// Waits until the socket is readable, then appends what it holds to
     /// the spare capacity of `buf`; `Ok(0)` at end of stream. Cancel-safe:
-    /// dropped before it returns, it has consumed nothing, whereas a
+    /// dropped before it returns, it has consumed nothing, or (io_uring)
+    /// it left its read armed with `buf` (see [`Stream::arm`]), whereas a
     /// dropped `read` may leave an io_uring operation in flight that eats
     /// the next bytes. For waits that may be abandoned (between requests).
     async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
@@ -40,6 +41,24 @@ pub trait Stream: 'static {
     /// at end of stream. Only while no read is in flight (pooled sessions).
     fn try_read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
         recv_now(self.raw_fd(), buf)
+    }
+    /// Leaves a read armed on an idle stream, into the spare capacity of
+    /// `buf`, which the stream holds meanwhile (`buf` is left empty, a
+    /// placeholder the caller must not fill). The next `read`,
+    /// `read_ready`, `try_read_now` or `disarm` hands the buffer back with
+    /// what arrived. So an idle stream learns of bytes, FIN or reset when
+    /// they come, without a probe. Backends without it leave `buf` alone.
+    fn arm(&mut self, _buf: &mut Vec<u8>) {}
+    /// Whether a read is armed (its buffer is with the stream).
+    fn is_armed(&self) -> bool {
+        false
+    }
+    /// Cancels an armed read and puts its buffer back in `buf`:
+    /// `Ok(None)` when it had read nothing, `Ok(Some(0))` at end of
+    /// stream, `Ok(Some(n))` for `n` bytes appended. `Ok(None)` when none
+    /// was armed.
+    async fn disarm(&mut self, _buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        Ok(None)
     }
     /// Half-closes the write side.
     fn shutdown_write(&self) -> io::Result<()>;

@@ -529,6 +529,14 @@ pub fn submit<T: 'static>(entry: squeue::Entry, data: T) -> Op<T> {
     })
 }
 
+impl<T: 'static> Op<T> {
+    /// Asks the kernel to cancel the operation; it still completes (with
+    /// `-ECANCELED`, or with its result if that came first).
+    pub fn cancel(&self) {
+        with(|d| d.push(&opcode::AsyncCancel::new(self.index as u64).build().user_data(CANCEL_TAG)));
+    }
+}
+
 impl<T: 'static + Unpin> Future for Op<T> {
     type Output = (i32, u32, T);
 

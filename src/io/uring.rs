@@ -21,7 +21,69 @@ use super::{Backend, Listener, Stream};
 pub struct Uring;
 
 pub struct UringStream {
+    /// A read left in flight while the stream is idle ([`Stream::arm`]),
+    /// with the length its buffer had when armed.
+    armed: Option<(ring::Op<Vec<u8>>, usize)>,
     fd: OwnedFd,
+}
+
+impl UringStream {
+    fn new(fd: OwnedFd) -> Self {
+        UringStream { armed: None, fd }
+    }
+
+    /// Waits for the armed read, if any, and returns its result and buffer.
+    /// Cancel-safe: dropped, the read stays armed.
+    async fn take_armed(&mut self) -> Option<(io::Result<usize>, Vec<u8>)> {
+        let (op, _) = self.armed.as_mut()?;
+        let (res, _, buf) = op.await;
+        let (_, len) = self.armed.take().expect("armed above");
+        Some(finish_read(res, buf, len))
+    }
+
+    /// The armed read's result, if it is done; never waits.
+    fn poll_armed(&mut self) -> Option<(io::Result<usize>, Vec<u8>)> {
+        let (op, _) = self.armed.as_mut()?;
+        let std::task::Poll::Ready((res, _, buf)) =
+            std::pin::Pin::new(op).poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        else {
+            return None;
+        };
+        let (_, len) = self.armed.take().expect("armed above");
+        Some(finish_read(res, buf, len))
+    }
+}
+
+/// A receive's buffer with the bytes the kernel wrote after `len` counted.
+fn finish_read(res: i32, mut buf: Vec<u8>, len: usize) -> (io::Result<usize>, Vec<u8>) {
+    if res < 0 {
+        return (Err(os_err(res)), buf);
+    }
+    // SAFETY: the kernel wrote `res` bytes after `len`.
+    unsafe { buf.set_len(len + res as usize) };
+    (Ok(res as usize), buf)
+}
+
+/// Puts the armed read's buffer where the caller's placeholder was. The
+/// placeholder is empty by contract; bytes in it (a caller that broke the
+/// contract) are kept after the armed ones rather than lost.
+fn restore(buf: &mut Vec<u8>, mut got: Vec<u8>) {
+    let placeholder = std::mem::replace(buf, Vec::new());
+    debug_assert!(placeholder.is_empty(), "a buffer was filled while the stream held the armed one");
+    got.extend_from_slice(&placeholder);
+    *buf = got;
+}
+
+/// Submits a receive into the spare capacity of `buf`.
+fn recv(fd: RawFd, mut buf: Vec<u8>) -> (ring::Op<Vec<u8>>, usize) {
+    let len = buf.len();
+    let room = (buf.capacity() - len).min(u32::MAX as usize) as u32;
+    // SAFETY: the pointer is into the spare capacity of `buf`, whose heap
+    // block moves with it into the operation and stays alive until the
+    // kernel answers.
+    let ptr = unsafe { buf.as_mut_ptr().add(len) };
+    let entry = opcode::Recv::new(types::Fd(fd), ptr, room).build();
+    (ring::submit(entry, buf), len)
 }
 
 /// Accepts after a one-shot poll on the ring and `accept4`, not an
@@ -34,7 +96,7 @@ fn os_err(res: i32) -> io::Error {
 }
 
 /// Waits on the ring until `fd` has `events` (a one-shot poll; a dropped
-/// wait is cancelled and consumes nothing).
+/// wait is cancelled and consumes nothing). For the listener.
 async fn poll(fd: RawFd, events: libc::c_short) -> io::Result<()> {
     let entry = opcode::PollAdd::new(types::Fd(fd), events as u32).build();
     let (res, _, ()) = ring::submit(entry, ()).await;
@@ -45,27 +107,22 @@ async fn poll(fd: RawFd, events: libc::c_short) -> io::Result<()> {
 }
 
 impl Stream for UringStream {
-    async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        if let Some((res, got)) = self.take_armed().await {
+            let mut buf = buf;
+            restore(&mut buf, got);
+            return (res, buf);
+        }
         debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
-        let len = buf.len();
-        let room = (buf.capacity() - len).min(u32::MAX as usize) as u32;
-        // SAFETY: the pointer is into the spare capacity of `buf`, whose heap
-        // block moves with it into the operation and stays alive until the
-        // kernel answers.
-        let ptr = unsafe { buf.as_mut_ptr().add(len) };
+        let mut buf = buf;
         loop {
-            let entry = opcode::Recv::new(types::Fd(self.fd.as_raw_fd()), ptr, room).build();
-            let (res, _, b) = ring::submit(entry, buf).await;
-            buf = b;
+            let (op, len) = recv(self.fd.as_raw_fd(), buf);
+            let (res, _, b) = op.await;
             if res == -libc::EINTR {
+                buf = b;
                 continue;
             }
-            if res < 0 {
-                return (Err(os_err(res)), buf);
-            }
-            // SAFETY: the kernel wrote `res` bytes after `len`.
-            unsafe { buf.set_len(len + res as usize) };
-            return (Ok(res as usize), buf);
+            return finish_read(res, b, len);
         }
     }
 
@@ -89,15 +146,50 @@ impl Stream for UringStream {
     }
 
     async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
-        // A poll, then a plain recv: nothing that takes bytes is in flight
-        // while this wait may be abandoned.
-        let fd = self.fd.as_raw_fd();
-        loop {
-            poll(fd, libc::POLLIN).await?;
-            if let Some(n) = super::recv_now(fd, buf)? {
-                return Ok(n);
-            }
+        // The read is armed with the caller's buffer and stays armed if
+        // this wait is abandoned: no poll and no extra recv per wait.
+        if self.armed.is_none() {
+            debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
+            self.arm(buf);
+        }
+        let (res, got) = self.take_armed().await.expect("armed above");
+        restore(buf, got);
+        res
+    }
+
+    fn try_read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        if self.armed.is_some() {
+            return match self.poll_armed() {
+                None => Ok(None),
+                Some((res, got)) => {
+                    restore(buf, got);
+                    res.map(Some)
+                }
+            };
+        }
+        super::recv_now(self.fd.as_raw_fd(), buf)
+    }
+
+    fn arm(&mut self, buf: &mut Vec<u8>) {
+        if self.armed.is_some() || buf.capacity() == buf.len() {
+            return;
+        }
+        self.armed = Some(recv(self.fd.as_raw_fd(), std::mem::take(buf)));
+    }
+
+    fn is_armed(&self) -> bool {
+        self.armed.is_some()
+    }
+
+    async fn disarm(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        let Some((op, _)) = &self.armed else { return Ok(None) };
+        op.cancel();
+        let (res, got) = self.take_armed().await.expect("armed above");
+        restore(buf, got);
+        match res {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -120,7 +212,7 @@ impl Listener for UringListener {
         loop {
             match self.0.accept() {
                 // accept4 does not pass O_NONBLOCK on: the socket is blocking.
-                Ok((s, peer)) => return Ok((UringStream { fd: s.into() }, peer)),
+                Ok((s, peer)) => return Ok((UringStream::new(s.into()), peer)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => poll(self.0.as_raw_fd(), libc::POLLIN).await?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -144,7 +236,7 @@ impl Backend for Uring {
         // flag of the shared file description); io_uring reads of an
         // O_NONBLOCK file may return EAGAIN instead of waiting. Clear it.
         s.set_nonblocking(false)?;
-        Ok(UringStream { fd: s.into() })
+        Ok(UringStream::new(s.into()))
     }
 
     async fn connect(addr: SocketAddr) -> io::Result<UringStream> {
@@ -155,11 +247,118 @@ impl Backend for Uring {
         if res < 0 {
             return Err(os_err(res));
         }
-        Ok(UringStream { fd: sock.into() })
+        Ok(UringStream::new(sock.into()))
     }
 
     fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {
         super::probe_uring().map_err(io::Error::other)?;
         ring::block_on(fut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    /// A connected pair: the ring's side and a plain std peer.
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, _) = l.accept().unwrap();
+        (ours, peer)
+    }
+
+    async fn settle() {
+        crate::rt::sleep(Duration::from_millis(20)).await;
+    }
+
+    #[test]
+    fn a_disarmed_read_gives_back_what_it_took_and_takes_nothing_after() {
+        ring::block_on(async {
+            let (ours, mut peer) = pair();
+            let mut s = Uring::stream(ours).unwrap();
+            // Armed, then bytes arrive: disarm hands them back.
+            let mut buf = Vec::with_capacity(64);
+            s.arm(&mut buf);
+            assert!(s.is_armed() && buf.capacity() == 0);
+            peer.write_all(b"first").unwrap();
+            settle().await;
+            assert_eq!(s.disarm(&mut buf).await.unwrap(), Some(5));
+            assert_eq!(&buf[..], b"first");
+            // Armed, nothing arrives: disarm reports nothing, and bytes sent
+            // afterwards are still in the socket for whoever reads next.
+            buf.clear();
+            s.arm(&mut buf);
+            assert_eq!(s.disarm(&mut buf).await.unwrap(), None);
+            assert_eq!(buf.capacity(), 64);
+            peer.write_all(b"later").unwrap();
+            settle().await;
+            let mut plain = Vec::with_capacity(64);
+            assert_eq!(super::super::recv_now(s.raw_fd(), &mut plain).unwrap(), Some(5));
+            assert_eq!(&plain[..], b"later");
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_wait_keeps_its_read_and_loses_no_byte() {
+        ring::block_on(async {
+            let (ours, mut peer) = pair();
+            let mut s = Uring::stream(ours).unwrap();
+            let mut buf = Vec::with_capacity(64);
+            let t0 = Instant::now();
+            assert!(crate::rt::timeout(Duration::from_millis(10), s.read_ready(&mut buf)).await.is_err());
+            assert!(t0.elapsed() >= Duration::from_millis(10));
+            assert!(s.is_armed(), "the abandoned wait left its read armed");
+            // Nothing came yet: a liveness check says so without a syscall.
+            assert_eq!(s.try_read_now(&mut buf).unwrap(), None);
+            peer.write_all(b"request").unwrap();
+            settle().await;
+            assert_eq!(s.try_read_now(&mut buf).unwrap(), Some(7));
+            assert_eq!(&buf[..], b"request");
+            // A plain read after a wait that was abandoned gets the bytes too.
+            buf.clear();
+            assert!(crate::rt::timeout(Duration::from_millis(5), s.read_ready(&mut buf)).await.is_err());
+            peer.write_all(b"next").unwrap();
+            let (res, got) = s.read(Vec::new()).await;
+            assert_eq!(res.unwrap(), 4);
+            assert_eq!(&got[..], b"next");
+            // The peer closes: an armed read sees the end of stream.
+            let mut buf = Vec::with_capacity(64);
+            s.arm(&mut buf);
+            drop(peer);
+            settle().await;
+            assert_eq!(s.try_read_now(&mut buf).unwrap(), Some(0));
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn reads_writes_and_connect_go_through_the_ring() {
+        ring::block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let echo = std::thread::spawn(move || {
+                let (mut c, _) = l.accept().unwrap();
+                let mut b = vec![0u8; 256 * 1024];
+                c.read_exact(&mut b).unwrap();
+                c.write_all(&b).unwrap();
+            });
+            let mut s = Uring::connect(addr).await.unwrap();
+            let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+            let (res, _) = s.write_all(data.clone()).await;
+            res.unwrap();
+            let mut got = Vec::with_capacity(data.len());
+            while got.len() < data.len() {
+                let (res, b) = s.read(got).await;
+                got = b;
+                assert!(res.unwrap() > 0);
+            }
+            assert!(got == data);
+            echo.join().unwrap();
+        })
+        .unwrap();
     }
 }

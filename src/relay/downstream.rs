@@ -66,7 +66,7 @@ impl<S: Stream> Downstream<S> {
     /// idle buffer. Cancel-safe (see [`Stream::read_ready`]): a drain or an
     /// idle timeout can abandon it without losing a byte of the next request.
     pub(super) async fn fill_ready(&mut self) -> io::Result<usize> {
-        if self.buf.len() == self.buf.capacity() {
+        if !self.io.is_armed() && self.buf.len() == self.buf.capacity() {
             self.buf.reserve(IDLE_BUF);
         }
         let n = self.io.read_ready(&mut self.buf).await?;
@@ -74,6 +74,20 @@ impl<S: Stream> Downstream<S> {
             self.eof = true;
         }
         Ok(n)
+    }
+
+    /// Takes back the read an abandoned [`Self::fill_ready`] left armed
+    /// (io_uring): `Ok(n)` bytes of the next request it had read (0: none).
+    /// Before the socket changes hands, so that no byte goes missing.
+    pub(super) async fn disarm(&mut self) -> io::Result<usize> {
+        match self.io.disarm(&mut self.buf).await? {
+            None => Ok(0),
+            Some(0) => {
+                self.eof = true;
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the Agent closed the connection"))
+            }
+            Some(n) => Ok(n),
+        }
     }
 
     /// Moves to a pooled buffer (body reads: a whole record per read).

@@ -219,8 +219,16 @@ pub async fn serve<B: Backend>(ctx: Rc<WorkerCtx<B>>, io: B::Stream, offset: u16
         match serve_one(&ctx, &mut down, offset, peer, &mut scratch, &mut answer_buf).await {
             Outcome::KeepAlive if ctx.draining().is_none() => continue,
             Outcome::KeepAlive | Outcome::Idle if ctx.handing_over() && down.filled().is_empty() && !down.eof => {
-                hand_over(&ctx, down, peer);
-                return;
+                // The abandoned wait's read (io_uring) may hold the first
+                // bytes of the next request: then serve it here first.
+                match down.disarm().await {
+                    Ok(0) => {
+                        hand_over(&ctx, down, peer);
+                        return;
+                    }
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
             }
             // Bytes of the next request already read: serve it first.
             Outcome::KeepAlive if ctx.handing_over() && !down.eof => continue,

@@ -89,6 +89,7 @@ impl<S: Stream> Pool<S> {
             return false;
         }
         session.uses += 1;
+        session.session.arm_idle();
         stack.push(Idle { session, since: now });
         true
     }

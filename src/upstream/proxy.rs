@@ -508,6 +508,25 @@ impl<S: Stream> Stream for Hop<S> {
         }
     }
 
+    /// Only a plain hop arms; the TLS hop to an `https://` proxy checks
+    /// liveness by reading what it holds.
+    fn arm(&mut self, buf: &mut Vec<u8>) {
+        if let Hop::Tcp(s) = self {
+            s.arm(buf)
+        }
+    }
+
+    fn is_armed(&self) -> bool {
+        matches!(self, Hop::Tcp(s) if s.is_armed())
+    }
+
+    async fn disarm(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        match self {
+            Hop::Tcp(s) => s.disarm(buf).await,
+            Hop::Tls(_) => Ok(None),
+        }
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Hop::Tcp(s) => s.shutdown_write(),

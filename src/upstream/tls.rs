@@ -415,9 +415,13 @@ impl<S: Stream> TlsSession<S> {
             self.update_tx_key()?;
         }
         self.send_wbuf().await?;
-        self.compact();
-        if self.rbuf.len() == self.rbuf.capacity() {
-            return Err(invalid("TLS record larger than the buffer"));
+        // Armed (idle in the pool), the stream holds `rbuf`, with the read
+        // that is under way.
+        if !self.io.is_armed() {
+            self.compact();
+            if self.rbuf.len() == self.rbuf.capacity() {
+                return Err(invalid("TLS record larger than the buffer"));
+            }
         }
         let buf = std::mem::take(&mut self.rbuf);
         self.poisoned = true;
@@ -529,9 +533,11 @@ impl<S: Stream> TlsSession<S> {
                     if self.eof {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the connection"));
                     }
-                    self.compact();
-                    if self.rbuf.len() == self.rbuf.capacity() {
-                        return Err(invalid("TLS record larger than the buffer"));
+                    if !self.io.is_armed() {
+                        self.compact();
+                        if self.rbuf.len() == self.rbuf.capacity() {
+                            return Err(invalid("TLS record larger than the buffer"));
+                        }
                     }
                     match self.io.try_read_now(&mut self.rbuf)? {
                         None => return Ok(None),
@@ -583,10 +589,13 @@ impl<S: Stream> TlsSession<S> {
             return false;
         }
         loop {
-            self.compact();
-            if self.rbuf.len() == self.rbuf.capacity() {
-                return false;
+            if !self.io.is_armed() {
+                self.compact();
+                if self.rbuf.len() == self.rbuf.capacity() {
+                    return false;
+                }
             }
+            // Armed: no system call; the read reports what came meanwhile.
             match self.io.try_read_now(&mut self.rbuf) {
                 Ok(None) => break,
                 Ok(Some(0)) | Err(_) => {
@@ -605,6 +614,21 @@ impl<S: Stream> TlsSession<S> {
                 // Application data nobody asked for, close_notify, an alert, a bad record.
                 _ => return false,
             }
+        }
+    }
+
+    /// Goes idle (into the pool): where the backend can, a read stays armed
+    /// on the socket, so what the intake sends meanwhile (a ticket, an
+    /// alert, FIN) is seen when it comes and reuse needs no probe.
+    pub fn arm_idle(&mut self) {
+        if self.poisoned || self.eof || !self.plain.is_empty() {
+            return;
+        }
+        self.compact();
+        if self.rpos == self.rbuf.len() && self.rbuf.capacity() > self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+            self.io.arm(&mut self.rbuf);
         }
     }
 
