@@ -212,6 +212,10 @@ impl Ops {
 
 struct Driver {
     id: usize,
+    /// The time at the start of this loop turn: sleeps compare their
+    /// deadline with it (a sleep due within the turn fires at the next
+    /// one), so polling a timeout reads no clock.
+    now: Cell<Instant>,
     ring: RefCell<IoUring>,
     ops: RefCell<Ops>,
     timers: RefCell<BTreeMap<(Instant, u64), Waker>>,
@@ -240,6 +244,7 @@ impl Driver {
         let shared = Arc::new(Shared { remote: Mutex::new(Vec::new()), notified: AtomicBool::new(false), eventfd: efd });
         let driver = Driver {
             id: NEXT_DRIVER_ID.fetch_add(1, Ordering::Relaxed),
+            now: Cell::new(Instant::now()),
             ring: RefCell::new(ring),
             ops: RefCell::new(Ops::default()),
             timers: RefCell::new(BTreeMap::new()),
@@ -354,6 +359,7 @@ impl Driver {
         let main_waker = Waker::from(main.clone());
         let mut turns_without_enter = 0u32;
         loop {
+            self.now.set(Instant::now());
             if self.main_woken.replace(false) {
                 main.queued.store(false, Ordering::Release);
                 if let Poll::Ready(out) = fut.as_mut().poll(&mut Context::from_waker(&main_waker)) {
@@ -385,7 +391,7 @@ impl Driver {
     fn fire_timers(&self) -> Option<Instant> {
         let mut timers = self.timers.borrow_mut();
         let first = *timers.keys().next()?;
-        let now = Instant::now();
+        let now = self.now.get();
         if first.0 > now {
             return Some(first.0);
         }
@@ -599,26 +605,26 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
     Sleep { deadline, key: None }
 }
 
+
 impl Future for Sleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if Instant::now() >= self.deadline {
-            if let Some(key) = self.key.take() {
-                with(|d| d.timers.borrow_mut().remove(&key));
-            }
-            return Poll::Ready(());
-        }
         let deadline = self.deadline;
-        let key = *self.key.get_or_insert_with(|| {
-            with(|d| {
+        let key = self.key;
+        let (ready, key) = with(|d| {
+            let mut timers = d.timers.borrow_mut();
+            if d.now.get() >= deadline {
+                if let Some(key) = key {
+                    timers.remove(&key);
+                }
+                return (true, None);
+            }
+            let key = key.unwrap_or_else(|| {
                 let seq = d.next_timer.get();
                 d.next_timer.set(seq + 1);
                 (deadline, seq)
-            })
-        });
-        with(|d| {
-            let mut timers = d.timers.borrow_mut();
+            });
             match timers.get_mut(&key) {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 Some(w) => *w = cx.waker().clone(),
@@ -626,8 +632,14 @@ impl Future for Sleep {
                     timers.insert(key, cx.waker().clone());
                 }
             }
+            (false, Some(key))
         });
-        Poll::Pending
+        self.key = key;
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
