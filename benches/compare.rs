@@ -19,7 +19,8 @@
 //! Run: `benches/compare.sh` (installs HAProxy, wrk and nginx-full when
 //! missing), or
 //! `cargo bench --bench compare -- [--quick] [--secs N] [--reps N] [--json FILE] [--no-external]
-//!  [--io auto|both] [--baseline PATH]`.
+//!  [--io auto|both] [--baseline PATH] [--only SUBSTRING]`; `--only` keeps
+//! the workloads whose name holds SUBSTRING (e.g. `"1 KiB closed"`).
 
 mod harness;
 
@@ -94,7 +95,9 @@ fn main() {
     };
     println!();
     header("p99.9 µs");
-    for w in WORKLOADS {
+    let only = arg_value("--only");
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    for w in WORKLOADS.iter().filter(|w| wanted(w.name)) {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); contenders.len()];
         for _ in 0..reps {
             for (i, c) in contenders.iter().enumerate() {
@@ -134,6 +137,8 @@ fn main() {
         header("");
         for (name, bytes, conns) in
             [("1 KiB closed loop, 64 conns (wrk)", 1024, 64), ("64 KiB closed loop, 64 conns (wrk)", 65536, 64)]
+                .into_iter()
+                .filter(|(name, ..)| wanted(name))
         {
             let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); external.len()];
             for _ in 0..reps {
