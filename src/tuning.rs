@@ -159,7 +159,7 @@ const RULES: &[Rule] = &[
     Rule {
         key: "kernel.io_uring_disabled",
         compare: Compare::Exact,
-        advice: "allow io_uring for every process (1 limits it to kernel.io_uring_group, 2 disables it; the relay then falls back to epoll)",
+        advice: "allow io_uring for every process (1 limits it to kernel.io_uring_group, 2 disables it; workers.io = \"uring\" then refuses to start, and auto uses epoll either way)",
     },
 ];
 
@@ -668,7 +668,7 @@ fn check_seccomp(status_path: &Path) -> Finding {
             verdict: Verdict::Note,
             key,
             found: Some("2".into()),
-            text: "Seccomp = 2 (filter): a seccomp filter is active and may block io_uring_setup (Docker's default profile does); with workers.io = auto the relay then falls back to epoll and says so in its log; to keep io_uring, allow io_uring_setup, io_uring_enter and io_uring_register in the filter (the systemd unit's SystemCallFilter does), or set workers.io = \"epoll\" to make the choice explicit".to_string(),
+            text: "Seccomp = 2 (filter): a seccomp filter is active and may block io_uring_setup (Docker's default profile does); workers.io = auto uses epoll, which needs none of it; for workers.io = \"uring\", allow io_uring_setup, io_uring_enter and io_uring_register in the filter (the systemd unit's SystemCallFilter does)".to_string(),
         },
         Ok(other) => Finding {
             verdict: Verdict::Note,
@@ -683,7 +683,7 @@ fn check_seccomp(status_path: &Path) -> Finding {
             key,
             found: None,
             text: format!(
-                "seccomp mode unknown ({}: {problem}); if io_uring is blocked the relay falls back to epoll",
+                "seccomp mode unknown ({}: {problem}); if io_uring is blocked, workers.io = \"uring\" refuses to start (auto uses epoll)",
                 status_path.display()
             ),
         },
@@ -793,7 +793,7 @@ mod tests {
         let tw = diff_for(&report, "net.ipv4.tcp_tw_reuse").to_string();
         assert!(tw.contains("= 2, profile throughput wants 1:"), "{tw}");
         let uring = diff_for(&report, "kernel.io_uring_disabled").to_string();
-        assert!(uring.contains("falls back to epoll"), "{uring}");
+        assert!(uring.contains("auto uses epoll"), "{uring}");
         assert!(uring.contains("sysctl -w kernel.io_uring_disabled=0"), "{uring}");
     }
 
