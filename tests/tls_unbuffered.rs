@@ -486,3 +486,55 @@ fn requested_key_updates_coalesce_and_a_flood_is_cut() {
     .unwrap();
     server.join().unwrap();
 }
+
+/// Plaintext put straight into a lent record buffer (how the relay reads an
+/// Agent body into a record) reaches the peer as sent, for TLS 1.2 and 1.3,
+/// mixed with ordinary writes; an empty lent record sends nothing; more than
+/// the lent room is refused and the session is not used again.
+fn lent_records(version: &'static SupportedProtocolVersion) {
+    let pki = pki();
+    let total = 16 * 1024 + 5000 + 700;
+    let (addr, server) = spawn_server(&pki, version, move |l, cfg| {
+        let mut s = Server::accept(&l, &cfg);
+        let got = s.recv_exact(total);
+        s.send(&got);
+        s.conn.send_close_notify();
+        s.flush();
+    });
+    Epoll::block_on(async move {
+        let mut s = connect(addr, pki.client.clone()).await;
+        let data = pattern(total, 9);
+        // A record as big as it gets (the room is capped at one fragment)…
+        let mut lent = s.lend_record(1 << 20).unwrap();
+        assert_eq!(lent.max, 16 * 1024);
+        lent.buf.extend_from_slice(&data[..16 * 1024]);
+        assert!(lent.buf.capacity() - lent.buf.len() >= 17, "room left for the tag");
+        s.seal_lent(lent).unwrap();
+        s.flush().await.unwrap();
+        // …an empty one (nothing goes out), a short one, then a plain write.
+        let lent = s.lend_record(100).unwrap();
+        s.seal_lent(lent).unwrap();
+        let mut lent = s.lend_record(5000).unwrap();
+        lent.buf.extend_from_slice(&data[16 * 1024..16 * 1024 + 5000]);
+        s.seal_lent(lent).unwrap();
+        s.write_plain(&data[16 * 1024 + 5000..]).await.unwrap();
+        assert_eq!(read_exact(&mut s, total, 16 * 1024).await, data);
+        // A lent record overfilled is refused; the session is done.
+        let mut lent = s.lend_record(10).unwrap();
+        lent.buf.extend_from_slice(&[0u8; 11]);
+        assert!(s.seal_lent(lent).is_err());
+        assert!(s.write_plain(b"x").await.is_err(), "a session whose lent record failed is not used again");
+    })
+    .unwrap();
+    server.join().unwrap();
+}
+
+#[test]
+fn lent_records_tls12() {
+    lent_records(&rustls::version::TLS12);
+}
+
+#[test]
+fn lent_records_tls13() {
+    lent_records(&rustls::version::TLS13);
+}

@@ -25,6 +25,26 @@ impl Stream for EpollStream {
         (res, buf)
     }
 
+    async fn read_max(&mut self, mut buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
+        debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
+        let fd = self.0.as_raw_fd();
+        loop {
+            if let Err(e) = self.0.readable().await {
+                return (Err(e), buf);
+            }
+            // try_io clears the readiness when the read would block.
+            let res = self.0.try_io(tokio::io::Interest::READABLE, || match super::recv_now_max(fd, &mut buf, max) {
+                Ok(Some(n)) => Ok(n),
+                Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e),
+            });
+            match res {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return (other, buf),
+            }
+        }
+    }
+
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let res = self.0.write_all(&buf).await;
         (res, buf)

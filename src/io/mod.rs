@@ -27,6 +27,10 @@ pub trait Stream: 'static {
     /// Reads into the spare capacity of `buf` (after `len()`), appending.
     /// `Ok(0)` is end of stream. The caller must leave spare capacity.
     async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+    /// As [`Stream::read`], but reads at most `max` bytes (the room for one
+    /// record's plaintext in a lent record buffer). Only while no read is
+    /// armed.
+    async fn read_max(&mut self, buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>);
     /// Writes all of `buf[..len()]`.
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
     /// Waits until the socket is readable, then appends what it holds to
@@ -119,13 +123,19 @@ pub fn probe_uring() -> Result<(), String> {
 /// capacity of `buf` (appending). `Ok(None)`: nothing waiting; `Ok(Some(0))`:
 /// end of stream. Only for sockets with no I/O operation in flight (pooled).
 pub fn recv_now(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    recv_now_max(fd, buf, usize::MAX)
+}
+
+/// [`recv_now`], reading at most `max` bytes.
+pub fn recv_now_max(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<Option<usize>> {
     let spare = buf.spare_capacity_mut();
-    if spare.is_empty() {
+    if spare.is_empty() || max == 0 {
         return Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room to read"));
     }
-    // SAFETY: recv writes at most spare.len() bytes into the spare capacity,
-    // and set_len covers exactly the bytes it wrote.
-    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+    let room = spare.len().min(max);
+    // SAFETY: recv writes at most `room` bytes into the spare capacity, and
+    // set_len covers exactly the bytes it wrote.
+    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), room, libc::MSG_DONTWAIT) };
     if n < 0 {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };

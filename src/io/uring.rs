@@ -75,9 +75,14 @@ fn restore(buf: &mut Vec<u8>, mut got: Vec<u8>) {
 }
 
 /// Submits a receive into the spare capacity of `buf`.
-fn recv(fd: RawFd, mut buf: Vec<u8>) -> (ring::Op<Vec<u8>>, usize) {
+fn recv(fd: RawFd, buf: Vec<u8>) -> (ring::Op<Vec<u8>>, usize) {
+    recv_max(fd, buf, u32::MAX as usize)
+}
+
+/// Submits a receive of at most `max` bytes into the spare capacity of `buf`.
+fn recv_max(fd: RawFd, mut buf: Vec<u8>, max: usize) -> (ring::Op<Vec<u8>>, usize) {
     let len = buf.len();
-    let room = (buf.capacity() - len).min(u32::MAX as usize) as u32;
+    let room = (buf.capacity() - len).min(max).min(u32::MAX as usize) as u32;
     // SAFETY: the pointer is into the spare capacity of `buf`, whose heap
     // block moves with it into the operation and stays alive until the
     // kernel answers.
@@ -113,10 +118,15 @@ impl Stream for UringStream {
             restore(&mut buf, got);
             return (res, buf);
         }
+        self.read_max(buf, usize::MAX).await
+    }
+
+    async fn read_max(&mut self, buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
+        debug_assert!(self.armed.is_none(), "read_max while a read is armed");
         debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
         let mut buf = buf;
         loop {
-            let (op, len) = recv(self.fd.as_raw_fd(), buf);
+            let (op, len) = recv_max(self.fd.as_raw_fd(), buf, max);
             let (res, _, b) = op.await;
             if res == -libc::EINTR {
                 buf = b;

@@ -193,6 +193,16 @@ pub(super) async fn forward<B: Backend>(
     let idle = ctx.config.client_idle_timeout;
     while !body.done() {
         if down.filled().is_empty() {
+            // Content-Length: the Agent's bytes go straight into a record
+            // buffer of the session and are sealed there (no copy).
+            if let Some(left) = body.left() {
+                let n = body_into_record(down, &mut pooled, left, idle).await?;
+                body.count(n);
+                flush_upstream(&mut pooled, ctx.config.response_timeout)
+                    .await
+                    .map_err(|e| Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(addr) })?;
+                continue;
+            }
             read_body(down, idle, &ctx.buffers).await?;
         }
         let n = body.take(down.filled(), usize::MAX, ctx.config.max_body_bytes)?;
@@ -367,6 +377,16 @@ impl BodyProgress {
         }
     }
 
+    /// Counts `n` body bytes that went out without passing through
+    /// [`Self::take`] (read straight into a record); only for a
+    /// Content-Length body, and at most what is left.
+    pub(super) fn count(&mut self, n: usize) {
+        if let BodyProgress::Length { left, .. } = self {
+            debug_assert!(n as u64 <= *left);
+            *left -= (n as u64).min(*left);
+        }
+    }
+
     /// Bytes still to come, when the framing says (Content-Length).
     pub(super) fn left(&self) -> Option<u64> {
         match self {
@@ -439,6 +459,48 @@ pub(super) async fn write_upstream<S: Stream>(
             format!("the intake stopped reading the request for {timeout:?} (upstream.response_timeout)"),
         )),
     }
+}
+
+/// Writes what is sealed and queued on the session, bounded like
+/// [`write_upstream`].
+async fn flush_upstream<S: Stream>(pooled: &mut PooledSession<S>, timeout: Duration) -> io::Result<()> {
+    match crate::rt::timeout(timeout, pooled.session.flush()).await {
+        Ok(res) => res,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the intake stopped reading the request for {timeout:?} (upstream.response_timeout)"),
+        )),
+    }
+}
+
+/// Reads up to one record of the body (at most `left` bytes) from the
+/// Agent straight into the session's record buffer and seals it there.
+/// Returns the bytes read. A failure drops the lease with the session,
+/// which is then poisoned: it is never reused.
+async fn body_into_record<S: Stream, U: Stream>(
+    down: &mut Downstream<S>,
+    pooled: &mut PooledSession<U>,
+    left: u64,
+    idle: Duration,
+) -> Result<usize, Failure> {
+    let addr = pooled.addr;
+    let write_failed = |e: io::Error| Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(addr) };
+    let mut lent = pooled.session.lend_record(usize::try_from(left).unwrap_or(usize::MAX)).map_err(write_failed)?;
+    let read = down.io.read_max(std::mem::take(&mut lent.buf), lent.max);
+    let Ok((res, buf)) = crate::rt::timeout(idle, read).await else {
+        return Err(Failure::Downstream("client stopped sending the body".into()));
+    };
+    let n = match res {
+        Ok(0) => {
+            down.eof = true;
+            return Err(Failure::Downstream("client closed mid-body".into()));
+        }
+        Ok(n) => n,
+        Err(e) => return Err(Failure::Downstream(e.to_string())),
+    };
+    lent.buf = buf;
+    pooled.session.seal_lent(lent).map_err(write_failed)?;
+    Ok(n)
 }
 
 pub(super) async fn read_body<S: Stream>(

@@ -484,6 +484,15 @@ impl<S: Stream> Stream for Hop<S> {
         }
     }
 
+    /// Only the plain hop reads a bounded amount; relayed bodies are read
+    /// from Agent sockets, never from a hop.
+    async fn read_max(&mut self, buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            Hop::Tcp(s) => s.read_max(buf, max).await,
+            Hop::Tls(_) => (Err(io::Error::new(io::ErrorKind::Unsupported, "bounded read through a TLS hop")), buf),
+        }
+    }
+
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
             Hop::Tcp(s) => s.write_all(buf).await,

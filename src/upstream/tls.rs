@@ -109,6 +109,15 @@ const HS_HELLO_REQUEST: u8 = 0;
 const HS_NEW_SESSION_TICKET: u8 = 4;
 const HS_KEY_UPDATE: u8 = 24;
 
+/// The record buffer of a session, lent for one record's plaintext to be
+/// read into it ([`TlsSession::lend_record`]): `buf` holds the record's
+/// header room and room for at most `max` bytes of plaintext, then its tag.
+pub struct LentRecord {
+    pub buf: Vec<u8>,
+    start: usize,
+    pub max: usize,
+}
+
 /// One record taken off `rbuf`.
 enum Opened {
     /// Application data, now at `rbuf[range]`.
@@ -371,8 +380,9 @@ impl<S: Stream> TlsSession<S> {
         }
     }
 
-    /// Seals application data, updating the key (TLS 1.3) well before its limit.
-    fn seal_data(&mut self, data: &[u8]) -> io::Result<()> {
+    /// Before an application data record: updates the key (TLS 1.3) well
+    /// before its limit, and answers a key update the peer asked for.
+    fn before_data_record(&mut self) -> io::Result<()> {
         if self.key_update_owed {
             self.key_update_owed = false;
             self.update_tx_key()?;
@@ -384,7 +394,56 @@ impl<S: Stream> TlsSession<S> {
                 RecordVersion::Tls12 => self.exhausted = true,
             }
         }
+        Ok(())
+    }
+
+    /// Seals application data.
+    fn seal_data(&mut self, data: &[u8]) -> io::Result<()> {
+        self.before_data_record()?;
         self.seal_into_wbuf(CONTENT_APPLICATION_DATA, data)
+    }
+
+    /// Lends the record buffer for one application data record of at most
+    /// `max` bytes (capped at one fragment), so the caller can read its
+    /// plaintext straight into it: the returned buffer has room for the
+    /// header before it and for the tag after it. Give it back with
+    /// [`Self::seal_lent`] (or drop the session: until then it is
+    /// poisoned). Records already queued stay in front of it.
+    pub fn lend_record(&mut self, max: usize) -> io::Result<LentRecord> {
+        self.usable()?;
+        self.before_data_record()?;
+        let max = max.min(MAX_FRAGMENT);
+        // A key update above queued its own record: the data record follows it.
+        let start = self.wbuf.len();
+        self.wbuf.resize(start + self.sealer.prefix_len(), 0);
+        self.wbuf.reserve(max + self.sealer.overhead());
+        self.poisoned = true;
+        Ok(LentRecord { buf: std::mem::take(&mut self.wbuf), start, max })
+    }
+
+    /// Takes the lent buffer back with the plaintext appended and seals it
+    /// where it is (an empty plaintext seals nothing); [`Self::flush`]
+    /// writes it.
+    pub fn seal_lent(&mut self, lent: LentRecord) -> io::Result<()> {
+        let LentRecord { buf, start, max } = lent;
+        self.wbuf = buf;
+        self.poisoned = false;
+        let plain = self.wbuf.len() - start - self.sealer.prefix_len();
+        if plain > max {
+            self.poisoned = true;
+            return Err(invalid("more plaintext than the lent record holds"));
+        }
+        if plain == 0 {
+            self.wbuf.truncate(start);
+            return Ok(());
+        }
+        match self.sealer.seal(&mut self.wbuf, start, CONTENT_APPLICATION_DATA) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.poisoned = true;
+                Err(records_io(e))
+            }
+        }
     }
 
     /// Makes room to read: drops what was opened and handed out, keeping a
