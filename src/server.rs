@@ -19,7 +19,7 @@ use crate::handover;
 use crate::io::{epoll::Epoll, uring::Uring, Backend};
 use crate::listener::{self, BindError};
 use crate::metrics::StatsHub;
-use crate::relay::{Phase, WorkerCtx};
+use crate::worker::{Phase, WorkerCtx};
 use crate::route::RouteTable;
 use crate::status::StatusInfo;
 use crate::upstream::{self, dns::Resolver, proxy::Proxy, Directory};

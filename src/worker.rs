@@ -1,17 +1,31 @@
 //! A worker: one thread, pinned to one CPU, running its own event loop
 //! (io_uring or epoll) with its own listeners, pool, buffers and stats.
+//! Its state ([`WorkerCtx`]) lives here; the connections it serves
+//! ([`crate::relay`]) borrow it.
 //!
 //! It accepts until the control thread says drain, then waits for its
 //! connections to finish (bounded by the drain deadline) and returns. It
 //! never touches another worker's state.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::ClientConfig;
+use tokio::sync::watch;
+
+use crate::buffers::BufferPool;
+use crate::config::Config;
 use crate::io::{Backend, Listener};
 use crate::listener::WorkerListeners;
-use crate::metrics::PUBLISH_INTERVAL;
-use crate::relay::{self, WorkerCtx};
+use crate::metrics::{StatsHub, WorkerStats, PUBLISH_INTERVAL};
+use crate::relay::{self, MAX_FREE_BUFFERS};
+use crate::route::{RouteTable, UpstreamId};
+use crate::status::StatusInfo;
+use crate::upstream::pool::Pool;
+use crate::upstream::proxy::Hop;
+use crate::upstream::Directory;
 
 /// After the drain deadline, answers already under way get this long.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
@@ -19,6 +33,117 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one accept error line per listener this often.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Lifecycle phase published by the control thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Stop accepting, finish what was read, answer 503 at `deadline`.
+    /// With `handover`, a restart in place: connections idle at a request
+    /// boundary are handed to the next process instead of closed, and
+    /// answers keep the connection alive.
+    Draining {
+        deadline: Instant,
+        handover: bool,
+    },
+}
+
+/// Everything a worker's connections share. Lives on one thread.
+pub struct WorkerCtx<B: Backend> {
+    pub id: usize,
+    pub config: Arc<Config>,
+    pub routes: Arc<RouteTable>,
+    pub directory: Arc<Directory>,
+    pub tls: Arc<ClientConfig>,
+    pub pool: RefCell<Pool<Hop<B::Stream>>>,
+    /// I/O buffers lent to connections while they carry a request.
+    pub buffers: RefCell<BufferPool>,
+    pub stats: RefCell<WorkerStats>,
+    pub hub: Arc<StatsHub>,
+    pub info: Arc<StatusInfo>,
+    pub phase: watch::Receiver<Phase>,
+    /// Requests between a complete head and a complete answer.
+    pub in_flight: Cell<usize>,
+    pub connections: Cell<usize>,
+    /// Round robin over an upstream's addresses.
+    pub(crate) next_addr: Cell<usize>,
+    /// Idle Agent connections for the next process (restart in place only).
+    pub handed_over: Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>,
+}
+
+impl<B: Backend> WorkerCtx<B> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: usize,
+        config: Arc<Config>,
+        routes: Arc<RouteTable>,
+        directory: Arc<Directory>,
+        tls: Arc<ClientConfig>,
+        hub: Arc<StatsHub>,
+        info: Arc<StatusInfo>,
+        phase: watch::Receiver<Phase>,
+        handed_over: Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>,
+    ) -> Self {
+        let n = routes.upstreams.len();
+        WorkerCtx {
+            id,
+            pool: RefCell::new(Pool::new(n, config.max_idle_per_host, config.upstream_idle_timeout)),
+            buffers: RefCell::new(BufferPool::new(MAX_FREE_BUFFERS)),
+            stats: RefCell::new(WorkerStats::new(n)),
+            config,
+            routes,
+            directory,
+            tls,
+            hub,
+            info,
+            phase,
+            in_flight: Cell::new(0),
+            connections: Cell::new(0),
+            next_addr: Cell::new(0),
+            handed_over,
+        }
+    }
+
+    pub fn draining(&self) -> Option<Instant> {
+        match *self.phase.borrow() {
+            Phase::Running => None,
+            Phase::Draining { deadline, .. } => Some(deadline),
+        }
+    }
+
+    /// Resolves once the drain deadline has passed (never while running).
+    pub(crate) async fn drain_deadline(&self) {
+        let mut rx = self.phase.clone();
+        loop {
+            if let Phase::Draining { deadline, .. } = *rx.borrow_and_update() {
+                crate::rt::sleep_until(deadline).await;
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Whether this drain is a restart in place (connections handed over).
+    pub fn handing_over(&self) -> bool {
+        matches!(*self.phase.borrow(), Phase::Draining { handover: true, .. })
+    }
+
+    /// Resolves once draining starts.
+    pub(crate) async fn drain_started(&self) {
+        let mut rx = self.phase.clone();
+        let _ = rx.wait_for(|p| *p != Phase::Running).await;
+    }
+
+    pub(crate) fn upstream_host(&self, id: UpstreamId) -> &str {
+        &self.routes.upstreams[id].host
+    }
+
+    pub(crate) fn server_name(&self, id: UpstreamId) -> &str {
+        self.config.server_name_for(self.upstream_host(id))
+    }
+}
 
 /// Agent connections a previous process handed over: `(port offset, stream)`.
 pub type Adopted = Vec<(u16, std::net::TcpStream)>;
@@ -61,7 +186,7 @@ pub fn run<B: Backend>(
         drop(ready);
 
         let mut phase = ctx.phase.clone();
-        let _ = phase.wait_for(|p| *p != relay::Phase::Running).await;
+        let _ = phase.wait_for(|p| *p != Phase::Running).await;
         let deadline = ctx.draining().unwrap_or_else(Instant::now) + DRAIN_GRACE;
         while ctx.connections.get() > 0 && Instant::now() < deadline {
             crate::rt::sleep(Duration::from_millis(10)).await;
@@ -113,7 +238,7 @@ async fn accept_loop<B: Backend>(ctx: Rc<WorkerCtx<B>>, listener: B::Listener, o
 
 async fn drain_started<B: Backend>(ctx: &WorkerCtx<B>) {
     let mut rx = ctx.phase.clone();
-    let _ = rx.wait_for(|p| *p != relay::Phase::Running).await;
+    let _ = rx.wait_for(|p| *p != Phase::Running).await;
 }
 
 /// Publishes stats and sweeps idle sessions a few times a second.

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::downstream::Downstream;
 use super::failure::Failure;
-use super::{WorkerCtx, CONNECT_RETRIES, IO_BUF};
+use super::{CONNECT_RETRIES, IO_BUF};
+use crate::worker::WorkerCtx;
 use crate::buffers::BufferPool;
 use crate::http1::{self, BodyFraming, ChunkedScanner, ClientConn, RequestError, RequestHead};
 use crate::io::{Backend, Stream};

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use super::downstream::Downstream;
 use super::exchange::BodyProgress;
-use super::{drain_body, Outcome, WorkerCtx, IO_BUF};
+use super::{drain_body, Outcome, IO_BUF};
+use crate::worker::WorkerCtx;
 use crate::admin::{self, AdminCommand, AdminReply, Route};
 use crate::http1::{self, BodyFraming, ClientConn, Method, RequestHead};
 use crate::io::{Backend, Stream};

@@ -2,8 +2,9 @@
 //! a pooled TLS session (or open one), stream the request out, stream the
 //! intake's answer back, give the session back.
 //!
-//! Laid out by side: this file holds the worker's shared state and the
-//! Agent connection's loop (read a head, route, refuse, drain, hand over);
+//! Laid out by side: this file holds the Agent connection's loop (read a
+//! head, route, refuse, drain, hand over), on the worker's state
+//! ([`crate::worker::WorkerCtx`]);
 //! [`downstream`] the Agent socket and its buffers; [`local`] the answers
 //! the relay gives itself (status pages, admin API); [`exchange`] one
 //! exchange on an intake session (acquire, stream the request, stream the
@@ -20,26 +21,16 @@
 //! One buffer per direction, bounded; the relay reads from one side only
 //! after the previous bytes were written to the other.
 
-use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::ClientConfig;
-use tokio::sync::watch;
-
-use crate::buffers::BufferPool;
-use crate::config::Config;
 use crate::http1::{self, ClientConn, RequestError, RequestHead};
 use crate::io::{Backend, Stream};
-use crate::metrics::{ErrorCause, StatsHub, WorkerStats};
-use crate::route::{ProductRoute, RouteTable, UpstreamId, PRODUCTS};
-use crate::status::StatusInfo;
-use crate::upstream::pool::Pool;
-use crate::upstream::proxy::Hop;
-use crate::upstream::Directory;
+use crate::metrics::ErrorCause;
+use crate::route::{ProductRoute, UpstreamId, PRODUCTS};
+use crate::worker::WorkerCtx;
 
 mod downstream;
 mod exchange;
@@ -60,116 +51,6 @@ pub const IDLE_BUF: usize = 4 * 1024;
 pub const MAX_FREE_BUFFERS: usize = 256;
 /// Other addresses tried after a failed connect or handshake.
 pub const CONNECT_RETRIES: usize = 3;
-
-/// Lifecycle phase published by the control thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Running,
-    /// Stop accepting, finish what was read, answer 503 at `deadline`.
-    /// With `handover`, a restart in place: connections idle at a request
-    /// boundary are handed to the next process instead of closed, and
-    /// answers keep the connection alive.
-    Draining {
-        deadline: Instant,
-        handover: bool,
-    },
-}
-
-/// Everything a worker's connections share. Lives on one thread.
-pub struct WorkerCtx<B: Backend> {
-    pub id: usize,
-    pub config: Arc<Config>,
-    pub routes: Arc<RouteTable>,
-    pub directory: Arc<Directory>,
-    pub tls: Arc<ClientConfig>,
-    pub pool: RefCell<Pool<Hop<B::Stream>>>,
-    /// I/O buffers lent to connections while they carry a request.
-    pub buffers: RefCell<BufferPool>,
-    pub stats: RefCell<WorkerStats>,
-    pub hub: Arc<StatsHub>,
-    pub info: Arc<StatusInfo>,
-    pub phase: watch::Receiver<Phase>,
-    /// Requests between a complete head and a complete answer.
-    pub in_flight: Cell<usize>,
-    pub connections: Cell<usize>,
-    next_addr: Cell<usize>,
-    /// Idle Agent connections for the next process (restart in place only).
-    pub handed_over: Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>,
-}
-
-impl<B: Backend> WorkerCtx<B> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: usize,
-        config: Arc<Config>,
-        routes: Arc<RouteTable>,
-        directory: Arc<Directory>,
-        tls: Arc<ClientConfig>,
-        hub: Arc<StatsHub>,
-        info: Arc<StatusInfo>,
-        phase: watch::Receiver<Phase>,
-        handed_over: Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>,
-    ) -> Self {
-        let n = routes.upstreams.len();
-        WorkerCtx {
-            id,
-            pool: RefCell::new(Pool::new(n, config.max_idle_per_host, config.upstream_idle_timeout)),
-            buffers: RefCell::new(BufferPool::new(MAX_FREE_BUFFERS)),
-            stats: RefCell::new(WorkerStats::new(n)),
-            config,
-            routes,
-            directory,
-            tls,
-            hub,
-            info,
-            phase,
-            in_flight: Cell::new(0),
-            connections: Cell::new(0),
-            next_addr: Cell::new(0),
-            handed_over,
-        }
-    }
-
-    pub fn draining(&self) -> Option<Instant> {
-        match *self.phase.borrow() {
-            Phase::Running => None,
-            Phase::Draining { deadline, .. } => Some(deadline),
-        }
-    }
-
-    /// Resolves once the drain deadline has passed (never while running).
-    async fn drain_deadline(&self) {
-        let mut rx = self.phase.clone();
-        loop {
-            if let Phase::Draining { deadline, .. } = *rx.borrow_and_update() {
-                crate::rt::sleep_until(deadline).await;
-                return;
-            }
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
-    /// Whether this drain is a restart in place (connections handed over).
-    pub fn handing_over(&self) -> bool {
-        matches!(*self.phase.borrow(), Phase::Draining { handover: true, .. })
-    }
-
-    /// Resolves once draining starts.
-    async fn drain_started(&self) {
-        let mut rx = self.phase.clone();
-        let _ = rx.wait_for(|p| *p != Phase::Running).await;
-    }
-
-    fn upstream_host(&self, id: UpstreamId) -> &str {
-        &self.routes.upstreams[id].host
-    }
-
-    fn server_name(&self, id: UpstreamId) -> &str {
-        self.config.server_name_for(self.upstream_host(id))
-    }
-}
 
 /// Counts a connection as open for its product while alive.
 struct ConnGuard<'a, B: Backend> {
