@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 pub mod epoll;
+pub mod mem;
 pub mod ring;
 pub mod uring;
 

@@ -576,7 +576,8 @@ impl<T: 'static> Drop for Op<T> {
     fn drop(&mut self) {
         let Some(data) = self.data.take() else { return };
         let index = self.index;
-        let _ = try_with(|d| {
+        let mut data = Some(data);
+        let handled = try_with(|d| {
             let mut ops = d.ops.borrow_mut();
             let Some(slot) = ops.slots[index].as_mut() else { return };
             match slot.state {
@@ -586,12 +587,18 @@ impl<T: 'static> Drop for Op<T> {
                 _ => {
                     slot.state = OpState::Orphaned;
                     slot.waker = None;
-                    slot.keep = Some(Box::new(data));
+                    slot.keep = data.take().map(|v| Box::new(v) as Box<dyn Any>);
                     drop(ops);
                     d.push(&opcode::AsyncCancel::new(index as u64).build().user_data(CANCEL_TAG));
                 }
             }
-        });
+        })
+        .is_some();
+        if !handled {
+            // No loop on this thread any more (a panic unwinding past it):
+            // the kernel may still write into this memory, so leak it.
+            std::mem::forget(data);
+        }
     }
 }
 

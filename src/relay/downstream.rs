@@ -126,3 +126,56 @@ impl<S: Stream> Downstream<S> {
         res
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The Agent side's framing over the in-memory backend.
+    use super::*;
+    use crate::io::mem::{pair, Mem, PIPE_CAPACITY};
+    use crate::io::Backend;
+
+    #[test]
+    fn waits_buffers_and_writes_of_an_agent_connection() {
+        Mem::block_on(async {
+            let (mut agent, ours) = pair();
+            let pool = RefCell::new(BufferPool::new(4));
+            let mut down = Downstream {
+                io: ours,
+                buf: Vec::with_capacity(IDLE_BUF),
+                start: 0,
+                eof: false,
+                idle: Vec::new(),
+                write_timeout: Duration::from_millis(50),
+            };
+            // The wait between requests, abandoned, loses nothing.
+            assert!(crate::rt::timeout(Duration::from_millis(10), down.fill_ready()).await.is_err());
+            let head = b"POST /api/v2/series HTTP/1.1\r\n".to_vec();
+            agent.write_all(head.clone()).await.0.unwrap();
+            assert_eq!(down.fill_ready().await.unwrap(), head.len());
+            assert_eq!(down.filled(), &head[..]);
+            // More than the idle buffer holds: a pooled buffer is borrowed,
+            // the bytes read so far move with it, and it goes back when idle.
+            let body = vec![b'x'; 3 * IDLE_BUF];
+            agent.write_all(body.clone()).await.0.unwrap();
+            while down.filled().len() < head.len() + body.len() {
+                assert!(down.fill(IO_BUF, &pool).await.unwrap() > 0);
+            }
+            assert!(down.buf.capacity() > IDLE_BUF, "a pooled buffer carries the request");
+            assert_eq!(&down.filled()[..head.len()], &head[..]);
+            down.consume(head.len());
+            assert_eq!(down.filled(), &body[..]);
+            down.consume(body.len());
+            down.park(&pool);
+            assert_eq!((down.buf.capacity(), pool.borrow().free_count()), (IDLE_BUF, 1));
+            // An Agent that stops reading: the write gives up after write_timeout.
+            let mut answer = vec![0u8; 2 * PIPE_CAPACITY];
+            let err = down.write(&mut answer).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            // The Agent goes away: end of stream.
+            drop(agent);
+            assert_eq!(down.fill_ready().await.unwrap(), 0);
+            assert!(down.eof);
+        })
+        .unwrap();
+    }
+}

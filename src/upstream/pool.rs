@@ -171,3 +171,153 @@ impl<S: Stream> Drop for Lease<'_, S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pool's accounting and liveness checks over the in-memory
+    //! backend: real TLS sessions (the FIPS provider on both sides), no
+    //! sockets.
+    use super::*;
+    use crate::io::mem::{Mem, MemStream};
+    use crate::io::{Backend, Listener, Stream};
+    use crate::upstream::tls::TlsSession;
+    use rustls::pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+
+    const NAME: &str = "metrics.agent.ddog-gov.com";
+
+    fn configs() -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>, tempfile::TempDir) {
+        let pki = loadgen::pki::TestPki::generate(&[]);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, &pki.ca_cert_pem).unwrap();
+        let client = crate::crypto::client_config(&crate::crypto::TrustSource::CaFile(ca)).unwrap();
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pki.leaf_cert_pem.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.leaf_key_pem.as_bytes()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(crate::crypto::fips_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        (client, Arc::new(server), dir)
+    }
+
+    async fn send_tls(io: &mut MemStream, conn: &mut rustls::ServerConnection) -> bool {
+        while conn.wants_write() {
+            let mut out = Vec::new();
+            conn.write_tls(&mut out).unwrap();
+            if io.write_all(out).await.0.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// An intake in memory: answers every request with `pong`; after
+    /// `exchanges` of them it sends close_notify and goes away (FIN).
+    async fn intake(mut io: MemStream, config: Arc<rustls::ServerConfig>, exchanges: usize) {
+        let mut conn = rustls::ServerConnection::new(config).unwrap();
+        let mut done = 0;
+        let mut buf = Vec::with_capacity(32 * 1024);
+        loop {
+            if !send_tls(&mut io, &mut conn).await {
+                return;
+            }
+            if done == exchanges {
+                conn.send_close_notify();
+                send_tls(&mut io, &mut conn).await;
+                return;
+            }
+            buf.clear();
+            let (res, b) = io.read(buf).await;
+            buf = b;
+            if !matches!(res, Ok(n) if n > 0) {
+                return;
+            }
+            conn.read_tls(&mut &buf[..]).unwrap();
+            conn.process_new_packets().unwrap();
+            let mut plain = [0u8; 4096];
+            match conn.reader().read(&mut plain) {
+                Ok(n) if n > 0 => {
+                    conn.writer().write_all(b"pong").unwrap();
+                    done += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn open(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> PooledSession<MemStream> {
+        let io = Mem::connect(addr).await.unwrap();
+        let session = TlsSession::connect(io, config, NAME).await.unwrap();
+        PooledSession { session, addr, uses: 0, endpoint: None }
+    }
+
+    async fn ping(s: &mut PooledSession<MemStream>) {
+        s.session.write_plain(b"ping").await.unwrap();
+        let mut buf = Vec::with_capacity(64);
+        while buf.len() < 4 {
+            assert!(s.session.read_plain(&mut buf).await.unwrap() > 0);
+        }
+        assert_eq!(&buf[..], b"pong");
+    }
+
+    #[test]
+    fn a_session_given_back_is_taken_again_and_a_closed_one_is_dropped() {
+        let (client, server, _dir) = configs();
+        Mem::block_on(async move {
+            let addr: SocketAddr = "127.0.0.1:443".parse().unwrap();
+            let listener = Mem::listen(addr);
+            let serve = server.clone();
+            crate::rt::spawn(async move {
+                // The first connection serves two exchanges and closes; the
+                // others serve many.
+                let mut exchanges = 2;
+                loop {
+                    let (io, _) = listener.accept().await.unwrap();
+                    crate::rt::spawn(intake(io, serve.clone(), exchanges));
+                    exchanges = 100;
+                }
+            });
+            let pool = RefCell::new(Pool::new(1, 2, Duration::from_secs(30)));
+            let now = Instant::now();
+            // Opened, used, given back: one open, one idle.
+            let mut lease = Lease::opened(&pool, 0, open(addr, client.clone()).await);
+            ping(&mut lease).await;
+            assert!(lease.give_back(now));
+            assert_eq!((pool.borrow().open_count(0), pool.borrow().idle_count(0)), (1, 1));
+            // Taken again: the same session (its use counted), still alive.
+            let (taken, dropped) = pool.borrow_mut().take(0, now);
+            let mut lease = Lease::taken(&pool, 0, taken.expect("the idle session is reusable"));
+            assert_eq!((dropped, lease.uses), (0, 1));
+            ping(&mut lease).await;
+            assert!(lease.give_back(now));
+            // The intake closes it while idle (close_notify, FIN): the
+            // liveness check drops it and counts it closed.
+            crate::rt::sleep(Duration::from_millis(20)).await;
+            let (taken, dropped) = pool.borrow_mut().take(0, now);
+            assert!(taken.is_none());
+            assert_eq!((dropped, pool.borrow().open_count(0)), (1, 0));
+            // A lease dropped after a failed exchange closes its session.
+            let lease = Lease::opened(&pool, 0, open(addr, client.clone()).await);
+            assert_eq!(pool.borrow().open_count(0), 1);
+            drop(lease);
+            assert_eq!((pool.borrow().open_count(0), pool.borrow().idle_count(0)), (0, 0));
+            // Beyond max_idle (2), a session given back is closed.
+            let mut leases = Vec::new();
+            for _ in 0..3 {
+                leases.push(Lease::opened(&pool, 0, open(addr, client.clone()).await));
+            }
+            let kept: Vec<bool> = leases.into_iter().map(|l| l.give_back(now)).collect();
+            assert_eq!(kept, [true, true, false]);
+            assert_eq!((pool.borrow().open_count(0), pool.borrow().idle_count(0)), (2, 2));
+            // Past the idle timeout, sessions are swept.
+            assert_eq!(pool.borrow_mut().sweep(now + Duration::from_secs(31)), 2);
+            assert_eq!(pool.borrow().open_count(0), 0);
+        })
+        .unwrap();
+    }
+}
