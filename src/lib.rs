@@ -25,6 +25,8 @@ pub mod route;
 pub mod rt;
 pub mod server;
 pub mod status;
+#[cfg(test)]
+mod testing;
 pub mod tuning;
 pub mod upstream;
 pub mod worker;

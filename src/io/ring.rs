@@ -89,10 +89,13 @@ pub fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {
     Ok(out)
 }
 
+/// A named set of setup flags.
+type SetupAttempt = (&'static str, fn(&mut io_uring::Builder));
+
 /// Builds the ring with the best setup flags the kernel takes.
 fn build_ring() -> io::Result<(IoUring, &'static str)> {
     let cq = RING_ENTRIES * 4;
-    let attempts: [(&'static str, fn(&mut io_uring::Builder)); 3] = [
+    let attempts: [SetupAttempt; 3] = [
         ("single_issuer+defer_taskrun", |b| {
             b.setup_single_issuer().setup_defer_taskrun();
         }),
@@ -114,11 +117,6 @@ fn build_ring() -> io::Result<(IoUring, &'static str)> {
         }
     }
     Err(last.expect("at least one attempt"))
-}
-
-/// The flags the ring of this kernel gets (for the start log line).
-pub fn setup_name() -> io::Result<&'static str> {
-    build_ring().map(|(_, name)| name)
 }
 
 struct TaskSlot {
@@ -233,7 +231,8 @@ struct Driver {
 
 impl Driver {
     fn new() -> io::Result<Driver> {
-        let (ring, _) = build_ring()?;
+        let (ring, setup) = build_ring()?;
+        tracing::debug!(setup, entries = RING_ENTRIES, "io_uring ring set up");
         // SAFETY: eventfd returns a new descriptor or -1.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if efd < 0 {

@@ -68,7 +68,7 @@ fn finish_read(res: i32, mut buf: Vec<u8>, len: usize) -> (io::Result<usize>, Ve
 /// placeholder is empty by contract; bytes in it (a caller that broke the
 /// contract) are kept after the armed ones rather than lost.
 fn restore(buf: &mut Vec<u8>, mut got: Vec<u8>) {
-    let placeholder = std::mem::replace(buf, Vec::new());
+    let placeholder = std::mem::take(buf);
     debug_assert!(placeholder.is_empty(), "a buffer was filled while the stream held the armed one");
     got.extend_from_slice(&placeholder);
     *buf = got;

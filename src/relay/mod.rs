@@ -427,3 +427,102 @@ async fn fail_upstream<B: Backend>(
     http1::local_response(status, &body, client, scratch);
     let _ = down.write(scratch).await;
 }
+
+#[cfg(test)]
+mod tests {
+    //! Whole exchanges through the relay over the in-memory backend: an
+    //! Agent connection, the worker's state, the pool and a TLS intake, in
+    //! one thread and no socket.
+    use super::*;
+    use crate::admin::AdminAccess;
+    use crate::io::mem::{pair, Mem, MemStream};
+    use crate::metrics::StatsHub;
+    use crate::route::RouteTable;
+    use crate::status::StatusInfo;
+    use crate::testing::{configs, http_202, intake};
+    use crate::upstream::Directory;
+    use crate::worker::Phase;
+    use std::cell::Cell;
+    use std::sync::Arc;
+
+    const INTAKE: &str = "127.0.0.1:443";
+
+    /// A worker's state for the memory backend, every product sent to
+    /// [`INTAKE`]; the phase's sender keeps it running.
+    fn worker(tls: Arc<rustls::ClientConfig>) -> (Rc<WorkerCtx<Mem>>, tokio::sync::watch::Sender<Phase>) {
+        let raw = crate::config::parse_str(&format!("[upstream]\noverride_addr = \"{INTAKE}\"\n")).unwrap();
+        let config = Arc::new(raw.validate().unwrap());
+        let routes = Arc::new(RouteTable::new(&config));
+        let directory = Arc::new(Directory::new(&routes, &config.override_addrs, config.health));
+        let hub = Arc::new(StatsHub::new(1, routes.upstreams.len()));
+        let (commands, _) = tokio::sync::mpsc::unbounded_channel();
+        let info = Arc::new(StatusInfo {
+            version: "test",
+            fips_module: crate::crypto::linked_module(),
+            io_backend: <Mem as Backend>::NAME,
+            workers: 1,
+            routes: routes.clone(),
+            directory: directory.clone(),
+            admin: AdminAccess { token: None, commands },
+            readiness: std::sync::atomic::AtomicU8::new(crate::status::READY_SERVING),
+        });
+        let (phase_tx, phase) = tokio::sync::watch::channel(Phase::Running);
+        let handed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        (Rc::new(WorkerCtx::new(0, config, routes, directory, tls, hub, info, phase, handed)), phase_tx)
+    }
+
+    /// Reads one answer (head and Content-Length body) off the Agent's end.
+    async fn answer(agent: &mut MemStream) -> String {
+        let mut got: Vec<u8> = Vec::with_capacity(64 * 1024);
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    return String::from_utf8_lossy(&got).into_owned();
+                }
+            }
+            let (res, b) = agent.read(got).await;
+            got = b;
+            assert!(res.unwrap() > 0, "the relay closed the Agent connection");
+        }
+    }
+
+    #[test]
+    fn requests_are_relayed_on_pooled_sessions_and_a_closed_one_is_replaced() {
+        let (client, server, _dir) = configs();
+        Mem::block_on(async move {
+            let accepted = Rc::new(Cell::new(0));
+            // The intake's first connection carries two exchanges, then closes.
+            crate::rt::spawn(intake(Mem::listen(INTAKE.parse().unwrap()), server, 2, accepted.clone(), Rc::new(http_202)));
+            let (ctx, _running) = worker(client);
+            let (mut agent, ours) = pair();
+            crate::rt::spawn(serve(ctx.clone(), ours, 1, "127.0.0.1:50000".parse().unwrap()));
+            // Small, large (read straight into records) and small again.
+            for (i, len) in [10usize, 40_000, 5].into_iter().enumerate() {
+                let head = format!(
+                    "POST /api/v2/series HTTP/1.1\r\nHost: 127.0.0.1:9805\r\nDD-API-KEY: k\r\nContent-Length: {len}\r\n\r\n"
+                );
+                let body = vec![b'a' + i as u8; len];
+                agent.write_all([head.as_bytes(), &body].concat()).await.0.unwrap();
+                let a = answer(&mut agent).await;
+                assert!(a.starts_with("HTTP/1.1 202"), "request {i}: {a}");
+                assert!(a.ends_with(&format!("{{\"bytes\":{len}}}")), "request {i}: {a}");
+            }
+            // Two sessions: the first carried two requests; the intake's
+            // close was seen before the third, which went on a new one.
+            assert_eq!(accepted.get(), 2);
+            assert_eq!(ctx.pool.borrow().open_count(0), 1);
+            // A malformed head: 400 from the relay, nothing forwarded.
+            agent.write_all(b"POST /api/v2/series HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec()).await.0.unwrap();
+            let a = answer(&mut agent).await;
+            assert!(a.starts_with("HTTP/1.1 400"), "{a}");
+            assert_eq!(accepted.get(), 2);
+        })
+        .unwrap();
+    }
+}

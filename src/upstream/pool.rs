@@ -179,75 +179,17 @@ mod tests {
     //! sockets.
     use super::*;
     use crate::io::mem::{Mem, MemStream};
-    use crate::io::{Backend, Listener, Stream};
+    use crate::io::Backend;
+    use crate::testing::{configs, intake};
     use crate::upstream::tls::TlsSession;
-    use rustls::pki_types::pem::PemObject;
-    use std::io::{Read, Write};
+    use std::cell::Cell;
+    use std::rc::Rc;
 
     const NAME: &str = "metrics.agent.ddog-gov.com";
 
-    fn configs() -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>, tempfile::TempDir) {
-        let pki = loadgen::pki::TestPki::generate(&[]);
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, &pki.ca_cert_pem).unwrap();
-        let client = crate::crypto::client_config(&crate::crypto::TrustSource::CaFile(ca)).unwrap();
-        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pki.leaf_cert_pem.as_bytes())
-            .map(|c| c.unwrap())
-            .collect();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.leaf_key_pem.as_bytes()).unwrap();
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(crate::crypto::fips_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-        (client, Arc::new(server), dir)
-    }
-
-    async fn send_tls(io: &mut MemStream, conn: &mut rustls::ServerConnection) -> bool {
-        while conn.wants_write() {
-            let mut out = Vec::new();
-            conn.write_tls(&mut out).unwrap();
-            if io.write_all(out).await.0.is_err() {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// An intake in memory: answers every request with `pong`; after
-    /// `exchanges` of them it sends close_notify and goes away (FIN).
-    async fn intake(mut io: MemStream, config: Arc<rustls::ServerConfig>, exchanges: usize) {
-        let mut conn = rustls::ServerConnection::new(config).unwrap();
-        let mut done = 0;
-        let mut buf = Vec::with_capacity(32 * 1024);
-        loop {
-            if !send_tls(&mut io, &mut conn).await {
-                return;
-            }
-            if done == exchanges {
-                conn.send_close_notify();
-                send_tls(&mut io, &mut conn).await;
-                return;
-            }
-            buf.clear();
-            let (res, b) = io.read(buf).await;
-            buf = b;
-            if !matches!(res, Ok(n) if n > 0) {
-                return;
-            }
-            conn.read_tls(&mut &buf[..]).unwrap();
-            conn.process_new_packets().unwrap();
-            let mut plain = [0u8; 4096];
-            match conn.reader().read(&mut plain) {
-                Ok(n) if n > 0 => {
-                    conn.writer().write_all(b"pong").unwrap();
-                    done += 1;
-                }
-                _ => {}
-            }
-        }
+    /// Answers every request (any bytes) with `pong`.
+    fn pong(_: &[u8]) -> Option<Vec<u8>> {
+        Some(b"pong".to_vec())
     }
 
     async fn open(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> PooledSession<MemStream> {
@@ -271,17 +213,8 @@ mod tests {
         Mem::block_on(async move {
             let addr: SocketAddr = "127.0.0.1:443".parse().unwrap();
             let listener = Mem::listen(addr);
-            let serve = server.clone();
-            crate::rt::spawn(async move {
-                // The first connection serves two exchanges and closes; the
-                // others serve many.
-                let mut exchanges = 2;
-                loop {
-                    let (io, _) = listener.accept().await.unwrap();
-                    crate::rt::spawn(intake(io, serve.clone(), exchanges));
-                    exchanges = 100;
-                }
-            });
+            // The first connection serves two exchanges and closes.
+            crate::rt::spawn(intake(listener, server, 2, Rc::new(Cell::new(0)), Rc::new(pong)));
             let pool = RefCell::new(Pool::new(1, 2, Duration::from_secs(30)));
             let now = Instant::now();
             // Opened, used, given back: one open, one idle.
