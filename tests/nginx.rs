@@ -1,0 +1,125 @@
+//! Interop with an intake nobody here wrote: Debian's nginx, TLS 1.2 only
+//! and TLS 1.3 only, as the intake. Bodies from 0 B to 1 MiB (the large
+//! ones are read straight into records), pooled sessions, and sessions
+//! resumed when nginx closes them (`keepalive_requests 3`): nginx's access
+//! log says which protocol each request came over and whether its TLS
+//! session was resumed. A missing nginx fails these tests unless
+//! FIPSRELAY_TEST_SKIP_NGINX=1 (setup.sh installs it).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const NGINX: &str = "/usr/sbin/nginx";
+
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    access_log: std::path::PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn skip() -> bool {
+    if std::env::var("FIPSRELAY_TEST_SKIP_NGINX").as_deref() == Ok("1") {
+        eprintln!("skipping: FIPSRELAY_TEST_SKIP_NGINX=1");
+        return true;
+    }
+    assert!(Path::new(NGINX).exists(), "{NGINX} missing: run scripts/setup.sh, or set FIPSRELAY_TEST_SKIP_NGINX=1");
+    false
+}
+
+/// nginx, one process, TLS with `protocol` only. Every request is passed
+/// to a plain server block of the same nginx that answers 202: proxy_pass
+/// reads the whole body first, so `$request_length` counts it.
+fn start_nginx(dir: &Path, pki: &TestPki, protocol: &str) -> Nginx {
+    let root = dir.join(format!("nginx-{protocol}"));
+    std::fs::create_dir_all(&root).unwrap();
+    pki.write_to(&root).unwrap();
+    for attempt in 0..10 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let access_log = root.join(format!("access-{attempt}.log"));
+        let conf = root.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nmaster_process off;\npid {r}/nginx.pid;\nerror_log {r}/error.log warn;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  log_format relay '$ssl_protocol $ssl_session_reused $request_length $status';\n\
+                 access_log {log} relay;\n  client_body_temp_path {r}/body;\n  proxy_temp_path {r}/proxy;\n\
+                 fastcgi_temp_path {r}/fastcgi;\n  uwsgi_temp_path {r}/uwsgi;\n  scgi_temp_path {r}/scgi;\n\
+                 client_max_body_size 8m;\n\
+                 server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {r}/cert.pem;\n    ssl_certificate_key {r}/key.pem;\n\
+                 ssl_protocols {protocol};\n    ssl_session_cache shared:relay:1m;\n    keepalive_requests 3;\n\
+                 location / {{ proxy_pass http://127.0.0.1:{sink}; proxy_http_version 1.1; }}\n  }}\n\
+                 server {{\n    listen 127.0.0.1:{sink};\n    access_log off;\n    location / {{ return 202 '{{}}'; }}\n  }}\n}}\n",
+                r = root.display(),
+                log = access_log.display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(NGINX)
+            .args(["-e", &root.join("error.log").display().to_string(), "-p"])
+            .arg(&root)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        let mut nginx = Nginx { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), access_log };
+        if eventually(Duration::from_secs(5), || std::net::TcpStream::connect(nginx.addr).is_ok()) {
+            return nginx;
+        }
+        let _ = nginx.child.kill();
+        let _ = nginx.child.wait();
+    }
+    panic!("nginx did not start: {}", std::fs::read_to_string(root.join("error.log")).unwrap_or_default());
+}
+
+fn interop(io: &str, protocol: &str) {
+    if skip() {
+        return;
+    }
+    let dir = TestDir::new();
+    let pki = TestPki::generate(&[]);
+    let nginx = start_nginx(dir.path(), &pki, protocol);
+    let relay = Relay::start(dir.path(), io, nginx.addr, &dir.path().join(format!("nginx-{protocol}/ca.pem")), "");
+    let sizes = [0usize, 1024, 65_536, 1 << 20, 700, 3 * 16_384 + 1, 5, 200_000, 1];
+    let mut agent = relay.connect(1);
+    for (i, &len) in sizes.iter().enumerate() {
+        let body = payload(len, i as u64);
+        let r = agent.request("POST", "/api/v2/series", &[("DD-API-KEY", FAKE_KEY)], &body);
+        assert_eq!(r.status, 202, "request {i} ({len} B): {}\n{}", String::from_utf8_lossy(&r.body), relay.log());
+    }
+    // Every request reached nginx whole, over the one protocol; nginx closed
+    // each session after 3 requests and the relay's next ones resumed.
+    let mut lines = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            lines = std::fs::read_to_string(&nginx.access_log).unwrap_or_default().lines().map(String::from).collect();
+            lines.len() == sizes.len()
+        }),
+        "nginx logged {lines:?}"
+    );
+    for (line, &len) in lines.iter().zip(&sizes) {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!((f[0], f[3]), (protocol, "202"), "{line}");
+        assert!(f[2].parse::<usize>().unwrap() > len, "the whole body arrived: {line}");
+    }
+    assert!(lines.iter().any(|l| l.split(' ').nth(1) == Some("r")), "a resumed session: {lines:?}");
+}
+
+both_backends!(nginx_tls12_intake, |io: &str| interop(io, "TLSv1.2"));
+both_backends!(nginx_tls13_intake, |io: &str| interop(io, "TLSv1.3"));
