@@ -97,6 +97,9 @@ pub trait Backend: Copy + Send + 'static {
 /// Reports whether io_uring can be used by this process, and why not.
 pub fn probe_uring() -> Result<(), String> {
     match io_uring::IoUring::new(8) {
+        Ok(ring) if !ring.params().is_feature_ext_arg() => {
+            Err("io_uring lacks timed waits (IORING_FEAT_EXT_ARG): Linux 5.11 or newer is needed".to_string())
+        }
         Ok(_) => Ok(()),
         Err(e) => {
             let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")

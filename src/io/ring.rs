@@ -28,7 +28,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -73,12 +73,15 @@ fn with<R>(f: impl FnOnce(&Driver) -> R) -> R {
 }
 
 fn try_with<R>(f: impl FnOnce(&Driver) -> R) -> Option<R> {
-    CURRENT.try_with(|c| c.borrow().as_ref().map(|d| f(d))).ok().flatten()
+    CURRENT.try_with(|c| c.try_borrow().ok()?.as_ref().map(|d| f(d))).ok().flatten()
 }
 
 /// Runs `fut` to completion on this thread, with a new ring; tasks spawned
 /// with [`spawn`] run beside it and are dropped when it returns.
 pub fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {
+    if is_current() {
+        return Err(io::Error::other("an io_uring loop already runs on this thread"));
+    }
     let driver = Rc::new(Driver::new()?);
     CURRENT.with(|c| *c.borrow_mut() = Some(driver.clone()));
     CURRENT_ID.with(|id| id.set(driver.id));
@@ -110,6 +113,12 @@ fn build_ring() -> io::Result<(IoUring, &'static str)> {
         b.setup_cqsize(cq).setup_clamp();
         set(&mut b);
         match b.build(RING_ENTRIES) {
+            Ok(ring) if !ring.params().is_feature_ext_arg() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this kernel's io_uring has no timed waits (IORING_FEAT_EXT_ARG, Linux 5.11)",
+                ))
+            }
             Ok(ring) => return Ok((ring, name)),
             // EINVAL: a flag this kernel does not know; try fewer.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
@@ -129,7 +138,9 @@ struct TaskSlot {
 struct Shared {
     remote: Mutex<Vec<(usize, u32)>>,
     notified: AtomicBool,
-    eventfd: RawFd,
+    /// Owned here, not by the driver: a waker that outlives the driver
+    /// still writes to this eventfd, never to a reused descriptor number.
+    eventfd: OwnedFd,
 }
 
 struct WakeHandle {
@@ -156,9 +167,9 @@ impl Wake for WakeHandle {
         self.shared.remote.lock().unwrap_or_else(|p| p.into_inner()).push((self.index, self.gen));
         if !self.shared.notified.swap(true, Ordering::AcqRel) {
             let one = 1u64;
-            // SAFETY: writes 8 bytes from a live u64 to an eventfd the driver
-            // owns; a failure (the driver gone) loses a wake nobody waits for.
-            unsafe { libc::write(self.shared.eventfd, (&one as *const u64).cast(), 8) };
+            // SAFETY: writes 8 bytes from a live u64 to the eventfd this
+            // handle keeps open; with the driver gone, nobody reads it.
+            unsafe { libc::write(self.shared.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
         }
     }
 }
@@ -223,9 +234,9 @@ struct Driver {
     run_queue: RefCell<VecDeque<(usize, u32)>>,
     main_woken: Cell<bool>,
     shared: Arc<Shared>,
-    eventfd: OwnedFd,
-    /// Where the kernel writes the eventfd's counter; boxed so it never moves.
-    eventfd_buf: Box<std::cell::UnsafeCell<u64>>,
+    /// Where the kernel writes the eventfd's counter. Leaked (8 bytes per
+    /// worker thread): the read into it is in flight until the ring closes.
+    eventfd_buf: &'static std::cell::UnsafeCell<u64>,
     cqes: RefCell<Vec<(u64, i32, u32)>>,
 }
 
@@ -240,7 +251,7 @@ impl Driver {
         }
         // SAFETY: efd is a fresh descriptor owned by nothing else.
         let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
-        let shared = Arc::new(Shared { remote: Mutex::new(Vec::new()), notified: AtomicBool::new(false), eventfd: efd });
+        let shared = Arc::new(Shared { remote: Mutex::new(Vec::new()), notified: AtomicBool::new(false), eventfd });
         let driver = Driver {
             id: NEXT_DRIVER_ID.fetch_add(1, Ordering::Relaxed),
             now: Cell::new(Instant::now()),
@@ -253,8 +264,7 @@ impl Driver {
             run_queue: RefCell::new(VecDeque::new()),
             main_woken: Cell::new(true),
             shared,
-            eventfd,
-            eventfd_buf: Box::new(std::cell::UnsafeCell::new(0)),
+            eventfd_buf: Box::leak(Box::new(std::cell::UnsafeCell::new(0))),
             cqes: RefCell::new(Vec::with_capacity(256)),
         };
         driver.arm_eventfd();
@@ -262,25 +272,32 @@ impl Driver {
     }
 
     fn arm_eventfd(&self) {
-        let entry = opcode::Read::new(types::Fd(self.eventfd.as_raw_fd()), self.eventfd_buf.get().cast(), 8)
+        let entry = opcode::Read::new(types::Fd(self.shared.eventfd.as_raw_fd()), self.eventfd_buf.get().cast(), 8)
             .build()
             .user_data(EVENTFD_TAG);
         self.push(&entry);
     }
 
-    /// Queues one submission; when the queue is full, submits it first.
+    /// Queues one submission; when the queue is full, submits what is
+    /// queued and collects completions first (the kernel may refuse new
+    /// entries while completions wait).
     fn push(&self, entry: &squeue::Entry) {
-        let mut ring = self.ring.borrow_mut();
         loop {
             // SAFETY: every entry points only into memory that stays alive
             // until its completion (owned by an Op future, then by its slot).
-            if unsafe { ring.submission().push(entry) }.is_ok() {
+            if unsafe { self.ring.borrow_mut().submission().push(entry) }.is_ok() {
                 return;
             }
-            if let Err(e) = ring.submit() {
-                if !matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) {
-                    tracing::error!(error = %e, "io_uring submit failed");
-                }
+            self.enter(false, None);
+            self.reap();
+        }
+    }
+
+    /// Hands what is queued to the kernel now, without waiting.
+    fn submit_now(&self) {
+        if let Err(e) = self.ring.borrow_mut().submit() {
+            if !matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) {
+                tracing::error!(error = %e, "io_uring submit failed");
             }
         }
     }
@@ -498,15 +515,21 @@ impl Driver {
             self.enter(true, Some((Instant::now() + Duration::from_millis(10)).min(deadline)));
             self.reap();
         }
-        let mut ops = self.ops.borrow_mut();
-        if ops.in_flight > 0 {
-            // The kernel still holds these buffers: leak them rather than
-            // free memory it may write into.
-            tracing::warn!(operations = ops.in_flight, "io_uring operations still in flight at exit");
-            for slot in ops.slots.iter_mut().flatten() {
-                if matches!(slot.state, OpState::Orphaned | OpState::Pending) {
-                    std::mem::forget(slot.keep.take());
-                }
+        let in_flight = self.ops.borrow().in_flight;
+        if in_flight > 0 {
+            tracing::warn!(operations = in_flight, "io_uring operations still in flight at exit");
+        }
+    }
+}
+
+impl Drop for Driver {
+    /// Whatever the kernel has not answered (after `shut_down`, or a panic
+    /// that skipped it) keeps its memory: leaked, never freed while the
+    /// kernel may still write into it.
+    fn drop(&mut self) {
+        for slot in self.ops.get_mut().slots.iter_mut().flatten() {
+            if matches!(slot.state, OpState::Orphaned | OpState::Pending) {
+                std::mem::forget(slot.keep.take());
             }
         }
     }
@@ -589,6 +612,10 @@ impl<T: 'static> Drop for Op<T> {
                     slot.keep = data.take().map(|v| Box::new(v) as Box<dyn Any>);
                     drop(ops);
                     d.push(&opcode::AsyncCancel::new(index as u64).build().user_data(CANCEL_TAG));
+                    // Submitted now: an entry still queued names its socket
+                    // by number, and the socket may close (and the number be
+                    // reused) before the next loop turn.
+                    d.submit_now();
                 }
             }
         })
@@ -660,7 +687,7 @@ impl Drop for Sleep {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, RawFd};
 
     fn socketpair() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
@@ -747,5 +774,28 @@ mod tests {
         let v = block_on(async { rx.await.unwrap() }).unwrap();
         assert_eq!(v, 7);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn a_waker_that_outlives_its_loop_writes_to_nothing_else() {
+        let (tx, rx) = std::sync::mpsc::channel::<Waker>();
+        block_on(std::future::poll_fn(|cx| {
+            tx.send(cx.waker().clone()).unwrap();
+            Poll::Ready(())
+        }))
+        .unwrap();
+        let waker = rx.recv().unwrap();
+        // The loop is gone; new descriptors take the lowest free numbers.
+        let (a, b) = socketpair();
+        waker.wake_by_ref();
+        waker.wake();
+        let mut buf = Vec::with_capacity(16);
+        assert_eq!(crate::io::recv_now(b.as_raw_fd(), &mut buf).unwrap(), None, "no stray bytes on a new socket");
+        drop(a);
+    }
+
+    #[test]
+    fn a_loop_inside_a_loop_is_refused() {
+        block_on(async { assert!(block_on(async {}).is_err()) }).unwrap();
     }
 }

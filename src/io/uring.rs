@@ -122,8 +122,19 @@ impl Stream for UringStream {
     }
 
     async fn read_max(&mut self, buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
-        debug_assert!(self.armed.is_none(), "read_max while a read is armed");
-        debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
+        if self.armed.is_some() {
+            // Not reached by the relay (bounded reads are body reads, never
+            // on an armed stream): collect the armed read rather than have
+            // two in flight, and refuse a buffer that holds bytes.
+            if !buf.is_empty() {
+                return (Err(io::Error::other("bounded read into a filled buffer while a read is armed")), buf);
+            }
+            let (res, got) = self.take_armed().await.expect("armed above");
+            return (res, got);
+        }
+        if buf.capacity() == buf.len() || max == 0 {
+            return (Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room to read")), buf);
+        }
         let mut buf = buf;
         loop {
             let (op, len) = recv_max(self.fd.as_raw_fd(), buf, max);
@@ -158,13 +169,20 @@ impl Stream for UringStream {
     async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
         // The read is armed with the caller's buffer and stays armed if
         // this wait is abandoned: no poll and no extra recv per wait.
-        if self.armed.is_none() {
-            debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
-            self.arm(buf);
+        loop {
+            if self.armed.is_none() {
+                if buf.capacity() == buf.len() {
+                    return Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room to read"));
+                }
+                self.arm(buf);
+            }
+            let (res, got) = self.take_armed().await.expect("armed above");
+            restore(buf, got);
+            match res {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                other => return other,
+            }
         }
-        let (res, got) = self.take_armed().await.expect("armed above");
-        restore(buf, got);
-        res
     }
 
     fn try_read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
@@ -198,7 +216,9 @@ impl Stream for UringStream {
         restore(buf, got);
         match res {
             Ok(n) => Ok(Some(n)),
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Ok(None),
+            // Cancelled before it read anything (EINTR: cancelled while a
+            // kernel worker thread was in the receive).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ECANCELED | libc::EINTR)) => Ok(None),
             Err(e) => Err(e),
         }
     }
