@@ -61,6 +61,21 @@ impl Stream for EpollStream {
         }
     }
 
+    /// Through tokio's readiness: a socket the reactor knows is drained (a
+    /// short read cleared its readiness, and no event came since) answers
+    /// "nothing" without a system call. The pool's liveness check before
+    /// every reuse costs no `recv` that way.
+    fn try_read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        if buf.capacity() == buf.len() {
+            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room to read"));
+        }
+        match self.0.try_read_buf(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
         socket2::SockRef::from(&self.0).shutdown(std::net::Shutdown::Write)
     }
