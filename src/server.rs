@@ -19,10 +19,10 @@ use crate::handover;
 use crate::io::{epoll::Epoll, uring::Uring, Backend};
 use crate::listener::{self, BindError};
 use crate::metrics::StatsHub;
-use crate::worker::{Phase, WorkerCtx};
 use crate::route::RouteTable;
 use crate::status::StatusInfo;
 use crate::upstream::{self, dns::Resolver, proxy::Proxy, Directory};
+use crate::worker::{Phase, WorkerCtx};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

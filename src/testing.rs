@@ -1,9 +1,9 @@
 //! Test helpers for unit tests over the in-memory backend: a PKI with the
 //! FIPS provider on both sides, and a TLS intake that runs in memory.
 
+use std::cell::Cell;
 use std::io::{Read, Write};
 use std::rc::Rc;
-use std::cell::Cell;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;

@@ -638,7 +638,6 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
     Sleep { deadline, key: None }
 }
 
-
 impl Future for Sleep {
     type Output = ();
 
@@ -692,7 +691,10 @@ mod tests {
     fn socketpair() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
         // SAFETY: socketpair fills two fresh descriptors on success.
-        assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }, 0);
+        assert_eq!(
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) },
+            0
+        );
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }
 

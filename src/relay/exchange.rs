@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use super::downstream::Downstream;
 use super::failure::Failure;
 use super::{CONNECT_RETRIES, IO_BUF};
-use crate::worker::WorkerCtx;
 use crate::buffers::BufferPool;
 use crate::http1::{self, BodyFraming, ChunkedScanner, ClientConn, RequestError, RequestHead};
 use crate::io::{Backend, Stream};
@@ -20,6 +19,7 @@ use crate::route::{UpstreamId, PRODUCTS};
 use crate::upstream::pool::{Lease, PooledSession};
 use crate::upstream::proxy::Hop;
 use crate::upstream::{open_session, OpenError};
+use crate::worker::WorkerCtx;
 
 /// Takes a live pooled session or opens a new one.
 pub(super) async fn acquire<B: Backend>(
@@ -199,9 +199,11 @@ pub(super) async fn forward<B: Backend>(
             if let Some(left) = body.left() {
                 let n = body_into_record(down, &mut pooled, left, idle).await?;
                 body.count(n);
-                flush_upstream(&mut pooled, ctx.config.response_timeout)
-                    .await
-                    .map_err(|e| Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(addr) })?;
+                flush_upstream(&mut pooled, ctx.config.response_timeout).await.map_err(|e| Failure::Upstream {
+                    cause: ErrorCause::Write,
+                    detail: e.to_string(),
+                    addr: Some(addr),
+                })?;
                 continue;
             }
             read_body(down, idle, &ctx.buffers).await?;
@@ -485,7 +487,8 @@ async fn body_into_record<S: Stream, U: Stream>(
     idle: Duration,
 ) -> Result<usize, Failure> {
     let addr = pooled.addr;
-    let write_failed = |e: io::Error| Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(addr) };
+    let write_failed =
+        |e: io::Error| Failure::Upstream { cause: ErrorCause::Write, detail: e.to_string(), addr: Some(addr) };
     let mut lent = pooled.session.lend_record(usize::try_from(left).unwrap_or(usize::MAX)).map_err(write_failed)?;
     let read = down.io.read_max(std::mem::take(&mut lent.buf), lent.max);
     let Ok((res, buf)) = crate::rt::timeout(idle, read).await else {

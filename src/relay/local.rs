@@ -8,10 +8,10 @@ use std::time::Instant;
 use super::downstream::Downstream;
 use super::exchange::BodyProgress;
 use super::{drain_body, Outcome, IO_BUF};
-use crate::worker::WorkerCtx;
 use crate::admin::{self, AdminCommand, AdminReply, Route};
 use crate::http1::{self, BodyFraming, ClientConn, Method, RequestHead};
 use crate::io::{Backend, Stream};
+use crate::worker::WorkerCtx;
 
 pub(super) async fn answer_status<B: Backend>(
     ctx: &WorkerCtx<B>,
