@@ -455,19 +455,18 @@ pub(super) async fn write_upstream<S: Stream>(
     data: &[u8],
     timeout: Duration,
 ) -> io::Result<()> {
-    match crate::rt::timeout(timeout, pooled.session.write_plain(data)).await {
-        Ok(res) => res,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("the intake stopped reading the request for {timeout:?} (upstream.response_timeout)"),
-        )),
-    }
+    bounded_write(timeout, pooled.session.write_plain(data)).await
 }
 
 /// Writes what is sealed and queued on the session, bounded like
 /// [`write_upstream`].
 async fn flush_upstream<S: Stream>(pooled: &mut PooledSession<S>, timeout: Duration) -> io::Result<()> {
-    match crate::rt::timeout(timeout, pooled.session.flush()).await {
+    bounded_write(timeout, pooled.session.flush()).await
+}
+
+/// A write to the intake that fails once it stalls for `timeout`.
+async fn bounded_write(timeout: Duration, write: impl std::future::Future<Output = io::Result<()>>) -> io::Result<()> {
+    match crate::rt::timeout(timeout, write).await {
         Ok(res) => res,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
