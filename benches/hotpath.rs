@@ -1,8 +1,9 @@
 //! Microbenches of the relay's hot path, printed as HDR summaries:
 //! request-head parse + rewrite, chunked scanning, TLS record encryption
-//! through the FIPS provider (1 KiB and 64 KiB), and allocations per
-//! forwarded request in steady state (counted on relay worker threads only,
-//! end to end through a real relay and a real TLS mock intake).
+//! through the FIPS provider (1 KiB and 64 KiB), and, end to end through a
+//! real relay and a real TLS mock intake in steady state, allocations per
+//! forwarded request (counted on relay worker threads only) and body bytes
+//! copied in user space per forwarded body byte.
 //!
 //! Run: `cargo bench --bench hotpath` (add `-- --quick` for a short run).
 
@@ -212,8 +213,40 @@ fn bench_pool(iters: u64) {
     .unwrap();
 }
 
-/// End to end through an in-process relay: allocations on worker threads
-/// per forwarded request, in steady state (after warm-up).
+/// The relay's body counters, summed over products: (bytes in, bytes out,
+/// bytes copied), read from `/metrics` on the status port.
+fn body_counters(status: std::net::SocketAddr) -> (u64, u64, u64) {
+    let mut s = std::net::TcpStream::connect(status).unwrap();
+    loadgen::client::send(&mut s, "GET", "/metrics", &[("connection", "close")], b"").unwrap();
+    let r = loadgen::client::read_response(&mut BufReader::new(s), false).unwrap();
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8(r.body).unwrap();
+    let sum = |name: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    (sum(fipsrelay::metrics::M_BYTES_IN), sum(fipsrelay::metrics::M_BYTES_OUT), sum(fipsrelay::metrics::M_BYTES_COPIED))
+}
+
+/// Polls the counters until the relay has published `bytes_in` request
+/// body bytes (workers publish a few times a second).
+fn counters_at(status: std::net::SocketAddr, bytes_in: u64) -> (u64, u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = body_counters(status);
+        if c.0 >= bytes_in || Instant::now() > deadline {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// End to end through an in-process relay, in steady state (after
+/// warm-up): allocations on worker threads per forwarded request, and body
+/// bytes copied in user space per forwarded body byte (the relay's own
+/// `fipsrelay_body_bytes_copied_total`), at 1 KiB and 64 KiB.
 fn bench_allocs(requests: u64) {
     let (_dir, ca, mock) = in_process_intake();
     let base = {
@@ -236,6 +269,7 @@ fn bench_allocs(requests: u64) {
         let config = raw.validate().unwrap();
         let relay = std::thread::spawn(move || fipsrelay::server::run(config, fipsrelay::config::Source::Defaults));
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], base + 1));
+        let status = std::net::SocketAddr::from(([127, 0, 0, 1], base));
         let deadline = Instant::now() + Duration::from_secs(10);
         let stream = loop {
             match std::net::TcpStream::connect(addr) {
@@ -245,26 +279,36 @@ fn bench_allocs(requests: u64) {
             }
         };
         let mut reader = BufReader::new(stream);
-        let body = vec![b'a'; 1024];
-        let send = |reader: &mut BufReader<std::net::TcpStream>| {
-            loadgen::client::send(reader.get_mut(), "POST", "/api/v2/series", &[], &body).unwrap();
-            let r = loadgen::client::read_response(reader, false).unwrap();
-            assert_eq!(r.status, 202);
-        };
-        for _ in 0..200 {
-            send(&mut reader);
+        let mut sent_in: u64 = 0;
+        for (label, size, n) in [("1 KiB", 1024usize, requests), ("64 KiB", 64 * 1024, requests / 10)] {
+            let body = vec![b'a'; size];
+            let send = |reader: &mut BufReader<std::net::TcpStream>| {
+                loadgen::client::send(reader.get_mut(), "POST", "/api/v2/series", &[], &body).unwrap();
+                let r = loadgen::client::read_response(reader, false).unwrap();
+                assert_eq!(r.status, 202);
+            };
+            for _ in 0..200 {
+                send(&mut reader);
+            }
+            sent_in += 200 * size as u64;
+            let before = counters_at(status, sent_in);
+            WORKER_ALLOCS.store(0, Ordering::Relaxed);
+            COUNTING.store(true, Ordering::Relaxed);
+            for _ in 0..n {
+                send(&mut reader);
+            }
+            COUNTING.store(false, Ordering::Relaxed);
+            let allocs = WORKER_ALLOCS.load(Ordering::Relaxed);
+            sent_in += n * size as u64;
+            let after = counters_at(status, sent_in);
+            let forwarded = (after.0 - before.0) + (after.1 - before.1);
+            let copied = after.2 - before.2;
+            results.push(format!(
+                "allocs/request ({io:<5}) {label:<6} keep-alive: {:.2} ({allocs} allocations over {n} requests, worker threads only); body bytes copied in user space per forwarded body byte: {:.3} ({copied} of {forwarded})",
+                allocs as f64 / n as f64,
+                copied as f64 / forwarded.max(1) as f64,
+            ));
         }
-        WORKER_ALLOCS.store(0, Ordering::Relaxed);
-        COUNTING.store(true, Ordering::Relaxed);
-        for _ in 0..requests {
-            send(&mut reader);
-        }
-        COUNTING.store(false, Ordering::Relaxed);
-        let allocs = WORKER_ALLOCS.load(Ordering::Relaxed);
-        results.push(format!(
-            "allocs/request ({io:<5}) 1 KiB keep-alive: {:.2} ({allocs} allocations over {requests} requests, worker threads only)",
-            allocs as f64 / requests as f64
-        ));
         drop(reader);
         unsafe { libc::raise(libc::SIGTERM) };
         relay.join().unwrap().unwrap();

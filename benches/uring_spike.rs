@@ -11,6 +11,9 @@
 //! - `epoll`: level-triggered `epoll_wait`, then `recv` and `send`;
 //! - `uring-basic`: one `Recv` per connection re-armed after each `Send`,
 //!   `submit_and_wait(1)` per turn (what tokio-uring does, minus its reactor);
+//! - `uring-defer`: the same on a `SINGLE_ISSUER | DEFER_TASKRUN` ring (what
+//!   the relay's own loop does today: one `Recv` per read);
+//! - `uring-defer-fixed`: that, with the sockets as registered files;
 //! - `uring-tuned`: `SINGLE_ISSUER | DEFER_TASKRUN`, registered files, one
 //!   multishot `RecvMulti` per connection into a provided-buffer ring (no
 //!   re-arm per read), `Send` straight from the provided buffer, which goes
@@ -154,20 +157,34 @@ fn ud(conn: usize, kind: u64, extra: u64) -> u64 {
     conn as u64 | (kind << 32) | (extra << 40)
 }
 
-/// One Recv per connection, re-armed after its Send completes.
-fn server_uring_basic(l: TcpListener, conns: usize) -> (u64, u64) {
+/// One Recv per connection, re-armed after its Send completes. With
+/// `defer`, the ring is `SINGLE_ISSUER | DEFER_TASKRUN` (as the relay's
+/// own loop); with `fixed`, the sockets are registered files as well.
+fn server_uring_basic(l: TcpListener, conns: usize, defer: bool, fixed: bool) -> Result<(u64, u64), String> {
     use io_uring::{opcode, types, IoUring};
     pin(1);
     let socks = accept_all(&l, conns);
     let t0 = thread_cpu();
-    let mut ring = IoUring::new(1024).unwrap();
+    let mut ring: IoUring = if defer {
+        IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(1024)
+            .map_err(|e| format!("SINGLE_ISSUER | DEFER_TASKRUN: {e}"))?
+    } else {
+        IoUring::new(1024).unwrap()
+    };
+    if fixed {
+        let fds: Vec<RawFd> = socks.iter().map(|s| s.as_raw_fd()).collect();
+        ring.submitter().register_files(&fds).map_err(|e| format!("register_files: {e}"))?;
+    }
+    let fd = |i: usize| -> types::Fd { types::Fd(if fixed { i as RawFd } else { socks[i].as_raw_fd() }) };
+    let flags = if fixed { io_uring::squeue::Flags::FIXED_FILE } else { io_uring::squeue::Flags::empty() };
     let mut bufs: Vec<Vec<u8>> = (0..conns).map(|_| vec![0u8; 4 * MSG]).collect();
     let mut pending: Vec<(usize, usize)> = vec![(0, 0); conns]; // (sent, len)
     let mut open = conns;
     let recv = |i: usize, b: &mut Vec<u8>| {
-        opcode::Recv::new(types::Fd(socks[i].as_raw_fd()), b.as_mut_ptr(), b.len() as u32)
-            .build()
-            .user_data(ud(i, RECV, 0))
+        opcode::Recv::new(fd(i), b.as_mut_ptr(), b.len() as u32).build().flags(flags).user_data(ud(i, RECV, 0))
     };
     for (i, b) in bufs.iter_mut().enumerate() {
         let e = recv(i, b);
@@ -184,9 +201,7 @@ fn server_uring_basic(l: TcpListener, conns: usize) -> (u64, u64) {
                     continue;
                 }
                 pending[i] = (0, res as usize);
-                opcode::Send::new(types::Fd(socks[i].as_raw_fd()), bufs[i].as_ptr(), res as u32)
-                    .build()
-                    .user_data(ud(i, SEND, 0))
+                opcode::Send::new(fd(i), bufs[i].as_ptr(), res as u32).build().flags(flags).user_data(ud(i, SEND, 0))
             } else {
                 if res < 0 {
                     continue;
@@ -194,8 +209,9 @@ fn server_uring_basic(l: TcpListener, conns: usize) -> (u64, u64) {
                 pending[i].0 += res as usize;
                 let (sent, len) = pending[i];
                 if sent < len {
-                    opcode::Send::new(types::Fd(socks[i].as_raw_fd()), bufs[i][sent..].as_ptr(), (len - sent) as u32)
+                    opcode::Send::new(fd(i), bufs[i][sent..].as_ptr(), (len - sent) as u32)
                         .build()
+                        .flags(flags)
                         .user_data(ud(i, SEND, 0))
                 } else {
                     recv(i, &mut bufs[i])
@@ -205,7 +221,7 @@ fn server_uring_basic(l: TcpListener, conns: usize) -> (u64, u64) {
         }
     }
     let t1 = thread_cpu();
-    (t1.0 - t0.0, t1.1 - t0.1)
+    Ok((t1.0 - t0.0, t1.1 - t0.1))
 }
 
 /// SINGLE_ISSUER | DEFER_TASKRUN, registered files, multishot recv into a
@@ -306,7 +322,9 @@ fn run(variant: &str, conns: usize, secs: f64) -> Result<(f64, f64, f64), String
     let v = variant.to_string();
     let server = std::thread::spawn(move || match v.as_str() {
         "epoll" => Ok(server_epoll(l, conns)),
-        "uring-basic" => Ok(server_uring_basic(l, conns)),
+        "uring-basic" => server_uring_basic(l, conns, false, false),
+        "uring-defer" => server_uring_basic(l, conns, true, false),
+        "uring-defer-fixed" => server_uring_basic(l, conns, true, true),
         _ => server_uring_tuned(l, conns),
     });
     let exchanges = Arc::new(AtomicU64::new(0));
@@ -330,7 +348,7 @@ fn main() {
         return;
     }
     println!("# io_uring spike: loopback echo, 1 KiB, {conns} connections closed loop; server on CPU 1, client on CPU 0; {secs} s runs, {reps} reps interleaved, medians");
-    let variants = ["epoll", "uring-basic", "uring-tuned"];
+    let variants = ["epoll", "uring-basic", "uring-defer", "uring-defer-fixed", "uring-tuned"];
     let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); variants.len()];
     for _ in 0..reps {
         for (i, v) in variants.iter().enumerate() {
@@ -340,7 +358,7 @@ fn main() {
             }
         }
     }
-    println!("{:<14} {:>12} {:>26} {:>10}", "variant", "exchanges/s", "server CPU µs/exchange", "vs epoll");
+    println!("{:<18} {:>12} {:>26} {:>10}", "variant", "exchanges/s", "server CPU µs/exchange", "vs epoll");
     let med = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         if v.is_empty() {
@@ -355,6 +373,6 @@ fn main() {
         let user = med(r.iter().map(|x| x.1).collect());
         let sys = med(r.iter().map(|x| x.2).collect());
         let total = med(r.iter().map(|x| x.1 + x.2).collect());
-        println!("{v:<14} {rate:>12.0} {:>26} {:>10.2}", format!("{total:.2} ({user:.2}+{sys:.2})"), total / epoll_cpu);
+        println!("{v:<18} {rate:>12.0} {:>26} {:>10.2}", format!("{total:.2} ({user:.2}+{sys:.2})"), total / epoll_cpu);
     }
 }

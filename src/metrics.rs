@@ -16,6 +16,7 @@ use crate::route::PRODUCTS;
 pub const M_REQUESTS: &str = "fipsrelay_requests_total";
 pub const M_BYTES_IN: &str = "fipsrelay_request_body_bytes_total";
 pub const M_BYTES_OUT: &str = "fipsrelay_response_body_bytes_total";
+pub const M_BYTES_COPIED: &str = "fipsrelay_body_bytes_copied_total";
 pub const M_UPSTREAM_ERRORS: &str = "fipsrelay_upstream_errors_total";
 pub const M_POOL_HITS: &str = "fipsrelay_pool_hits_total";
 pub const M_POOL_MISSES: &str = "fipsrelay_pool_misses_total";
@@ -162,6 +163,10 @@ pub struct ProductStats {
     pub requests: [u64; 5],
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Body bytes (either direction) copied in user space on their way:
+    /// what is not read straight into a record buffer, or written to the
+    /// Agent from the buffer it was opened in.
+    pub bytes_copied: u64,
     pub errors: [u64; ErrorCause::ALL.len()],
     pub refused: u64,
     pub pool_hits: u64,
@@ -202,6 +207,7 @@ impl ProductStats {
         }
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
+        self.bytes_copied += o.bytes_copied;
         self.refused += o.refused;
         self.pool_hits += o.pool_hits;
         self.pool_misses += o.pool_misses;

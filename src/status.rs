@@ -266,6 +266,11 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
             (|p: &ProductStats| p.bytes_in) as fn(&ProductStats) -> u64,
         ),
         (M_BYTES_OUT, "Answer body bytes sent to the Agent.", |p: &ProductStats| p.bytes_out),
+        (
+            M_BYTES_COPIED,
+            "Body bytes, either way, copied in user space (not read straight into a TLS record buffer or written from the one they were opened in).",
+            |p: &ProductStats| p.bytes_copied,
+        ),
         (M_POOL_HITS, "Requests sent on a pooled upstream session.", |p: &ProductStats| p.pool_hits),
         (M_POOL_MISSES, "Requests that needed a new upstream session.", |p: &ProductStats| p.pool_misses),
         (M_REFUSED, "Malformed or oversized requests refused with 4xx.", |p: &ProductStats| p.refused),

@@ -54,6 +54,9 @@ const MAIN: usize = usize::MAX;
 const MAX_TURNS_WITHOUT_ENTER: u32 = 16;
 /// At exit, how long to wait for the kernel to answer cancelled operations.
 const EXIT_CANCEL_WAIT: Duration = Duration::from_millis(200);
+/// Slots in each ring's table of registered files (at most the
+/// `RLIMIT_NOFILE` soft limit). Sockets beyond it are named by descriptor.
+const FILE_SLOTS: u32 = 4096;
 
 static NEXT_DRIVER_ID: AtomicUsize = AtomicUsize::new(1);
 
@@ -238,6 +241,18 @@ struct Driver {
     /// worker thread): the read into it is in flight until the ring closes.
     eventfd_buf: &'static std::cell::UnsafeCell<u64>,
     cqes: RefCell<Vec<(u64, i32, u32)>>,
+    files: RefCell<Files>,
+}
+
+/// The ring's registered file table: sockets in it are named by slot
+/// (`IOSQE_FIXED_FILE`), so the kernel skips the descriptor lookup and its
+/// reference count on every operation.
+struct Files {
+    /// Slots the table has (0: no table on this kernel).
+    cap: u32,
+    /// Slots never used yet start here.
+    next: u32,
+    free: Vec<u32>,
 }
 
 impl Driver {
@@ -252,6 +267,14 @@ impl Driver {
         // SAFETY: efd is a fresh descriptor owned by nothing else.
         let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
         let shared = Arc::new(Shared { remote: Mutex::new(Vec::new()), notified: AtomicBool::new(false), eventfd });
+        let slots = file_slots();
+        let cap = match ring.submitter().register_files_sparse(slots) {
+            Ok(()) => slots,
+            Err(e) => {
+                tracing::debug!(error = %e, "no registered file table; sockets are named by descriptor");
+                0
+            }
+        };
         let driver = Driver {
             id: NEXT_DRIVER_ID.fetch_add(1, Ordering::Relaxed),
             now: Cell::new(Instant::now()),
@@ -266,6 +289,7 @@ impl Driver {
             shared,
             eventfd_buf: Box::leak(Box::new(std::cell::UnsafeCell::new(0))),
             cqes: RefCell::new(Vec::with_capacity(256)),
+            files: RefCell::new(Files { cap, next: 0, free: Vec::new() }),
         };
         driver.arm_eventfd();
         Ok(driver)
@@ -533,6 +557,60 @@ impl Drop for Driver {
             }
         }
     }
+}
+
+/// The file table's size: [`FILE_SLOTS`], or the `RLIMIT_NOFILE` soft
+/// limit if lower (the kernel refuses a larger table).
+fn file_slots() -> u32 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    limit.rlim_cur.min(FILE_SLOTS as libc::rlim_t) as u32
+}
+
+/// Puts `fd` in this thread's ring's file table; returns its slot, or
+/// `None` (no loop, no table, table full, or the kernel refused), in
+/// which case operations name the descriptor. While registered, the table
+/// holds a reference to the socket: closing `fd` does not close it until
+/// [`unregister_file`].
+pub fn register_file(fd: std::os::fd::RawFd) -> Option<u32> {
+    try_with(|d| {
+        let mut files = d.files.borrow_mut();
+        let slot = match files.free.pop() {
+            Some(s) => s,
+            None if files.next < files.cap => {
+                files.next += 1;
+                files.next - 1
+            }
+            None => return None,
+        };
+        match d.ring.borrow().submitter().register_files_update(slot, &[fd]) {
+            Ok(_) => Some(slot),
+            Err(e) => {
+                tracing::debug!(error = %e, slot, "registering a socket in the ring's file table failed");
+                files.free.push(slot);
+                None
+            }
+        }
+    })
+    .flatten()
+}
+
+/// Empties a slot [`register_file`] gave. Operations already submitted
+/// keep the file until they complete; an entry still queued would find the
+/// slot empty (so the callers' operations are all answered or submitted
+/// first: dropped operations submit their cancellation at once).
+pub fn unregister_file(slot: u32) {
+    let _ = try_with(|d| {
+        let res = d.ring.borrow().submitter().register_files_update(slot, &[-1]);
+        match res {
+            Ok(_) => d.files.borrow_mut().free.push(slot),
+            // The slot stays taken (and the socket open until the ring closes).
+            Err(e) => tracing::warn!(error = %e, slot, "emptying a slot of the ring's file table failed"),
+        }
+    });
 }
 
 /// Spawns a task on this thread's loop.

@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use io_uring::{opcode, types};
+use io_uring::{opcode, squeue, types};
 
 use super::ring;
 use super::{Backend, Listener, Stream};
@@ -24,12 +24,39 @@ pub struct UringStream {
     /// A read left in flight while the stream is idle ([`Stream::arm`]),
     /// with the length its buffer had when armed.
     armed: Option<(ring::Op<Vec<u8>>, usize)>,
+    /// How ring operations name the socket: its slot in the ring's file
+    /// table, or its descriptor.
+    target: Target,
     fd: OwnedFd,
+}
+
+/// The socket as an operation names it.
+#[derive(Clone, Copy)]
+struct Target {
+    /// A slot of the ring's file table, or the descriptor.
+    n: RawFd,
+    fixed: bool,
+}
+
+impl Target {
+    /// Stamps `entry` (built with `types::Fd(self.n)`) as using a
+    /// registered file when it does.
+    fn stamp(self, entry: squeue::Entry) -> squeue::Entry {
+        if self.fixed {
+            entry.flags(squeue::Flags::FIXED_FILE)
+        } else {
+            entry
+        }
+    }
 }
 
 impl UringStream {
     fn new(fd: OwnedFd) -> Self {
-        UringStream { armed: None, fd }
+        let target = match ring::register_file(fd.as_raw_fd()) {
+            Some(slot) => Target { n: slot as RawFd, fixed: true },
+            None => Target { n: fd.as_raw_fd(), fixed: false },
+        };
+        UringStream { armed: None, target, fd }
     }
 
     /// Waits for the armed read, if any, and returns its result and buffer.
@@ -74,20 +101,31 @@ fn restore(buf: &mut Vec<u8>, mut got: Vec<u8>) {
     *buf = got;
 }
 
+impl Drop for UringStream {
+    /// The armed read is cancelled (submitted at once) before the slot is
+    /// emptied; the socket closes when the slot no longer holds it.
+    fn drop(&mut self) {
+        drop(self.armed.take());
+        if self.target.fixed {
+            ring::unregister_file(self.target.n as u32);
+        }
+    }
+}
+
 /// Submits a receive into the spare capacity of `buf`.
-fn recv(fd: RawFd, buf: Vec<u8>) -> (ring::Op<Vec<u8>>, usize) {
-    recv_max(fd, buf, u32::MAX as usize)
+fn recv(to: Target, buf: Vec<u8>) -> (ring::Op<Vec<u8>>, usize) {
+    recv_max(to, buf, u32::MAX as usize)
 }
 
 /// Submits a receive of at most `max` bytes into the spare capacity of `buf`.
-fn recv_max(fd: RawFd, mut buf: Vec<u8>, max: usize) -> (ring::Op<Vec<u8>>, usize) {
+fn recv_max(to: Target, mut buf: Vec<u8>, max: usize) -> (ring::Op<Vec<u8>>, usize) {
     let len = buf.len();
     let room = (buf.capacity() - len).min(max).min(u32::MAX as usize) as u32;
     // SAFETY: the pointer is into the spare capacity of `buf`, whose heap
     // block moves with it into the operation and stays alive until the
     // kernel answers.
     let ptr = unsafe { buf.as_mut_ptr().add(len) };
-    let entry = opcode::Recv::new(types::Fd(fd), ptr, room).build();
+    let entry = to.stamp(opcode::Recv::new(types::Fd(to.n), ptr, room).build());
     (ring::submit(entry, buf), len)
 }
 
@@ -137,7 +175,7 @@ impl Stream for UringStream {
         }
         let mut buf = buf;
         loop {
-            let (op, len) = recv_max(self.fd.as_raw_fd(), buf, max);
+            let (op, len) = recv_max(self.target, buf, max);
             let (res, _, b) = op.await;
             if res == -libc::EINTR {
                 buf = b;
@@ -153,7 +191,9 @@ impl Stream for UringStream {
             let left = (buf.len() - off).min(u32::MAX as usize) as u32;
             // SAFETY: as in `read`; the bytes stay where they are until answered.
             let ptr = unsafe { buf.as_ptr().add(off) };
-            let entry = opcode::Send::new(types::Fd(self.fd.as_raw_fd()), ptr, left).flags(libc::MSG_NOSIGNAL).build();
+            let entry = self
+                .target
+                .stamp(opcode::Send::new(types::Fd(self.target.n), ptr, left).flags(libc::MSG_NOSIGNAL).build());
             let (res, _, b) = ring::submit(entry, buf).await;
             buf = b;
             match res {
@@ -202,7 +242,7 @@ impl Stream for UringStream {
         if self.armed.is_some() || buf.capacity() == buf.len() {
             return;
         }
-        self.armed = Some(recv(self.fd.as_raw_fd(), std::mem::take(buf)));
+        self.armed = Some(recv(self.target, std::mem::take(buf)));
     }
 
     fn is_armed(&self) -> bool {
@@ -361,6 +401,39 @@ mod tests {
             drop(peer);
             settle().await;
             assert_eq!(s.try_read_now(&mut buf).unwrap(), Some(0));
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn sockets_are_registered_files_and_close_when_dropped() {
+        ring::block_on(async {
+            let (ours, mut peer) = pair();
+            let mut s = Uring::stream(ours).unwrap();
+            assert!(s.target.fixed, "the ring has a file table on this kernel");
+            let slot = s.target.n;
+            // I/O by slot works both ways.
+            peer.write_all(b"ping").unwrap();
+            let (res, got) = s.read(Vec::with_capacity(16)).await;
+            assert_eq!((res.unwrap(), &got[..]), (4, &b"ping"[..]));
+            let (res, _) = s.write_all(b"pong".to_vec()).await;
+            res.unwrap();
+            let mut b = [0u8; 4];
+            peer.read_exact(&mut b).unwrap();
+            assert_eq!(&b, b"pong");
+            // Dropped with a read armed: the table lets go of the socket,
+            // so it closes (the peer reads EOF), and the slot is reused.
+            let mut buf = Vec::with_capacity(16);
+            s.arm(&mut buf);
+            drop(s);
+            // The cancelled read lets go of the file when its completion is
+            // reaped, on the loop's next turn (DEFER_TASKRUN).
+            settle().await;
+            peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert_eq!(peer.read(&mut b).unwrap(), 0, "the socket closed with the stream");
+            let (again, _peer2) = pair();
+            let s2 = Uring::stream(again).unwrap();
+            assert_eq!(s2.target.n, slot, "the emptied slot is used again");
         })
         .unwrap();
     }
