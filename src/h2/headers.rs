@@ -1,0 +1,328 @@
+//! Header translation between the Agent's HTTP/1.1 and HTTP/2 to the
+//! intake (RFC 9113 §8), through HPACK (`loona-hpack`).
+//!
+//! Requests start from the upstream head that [`crate::http1::parse_request`]
+//! already rendered and checked (request line, `Host`, the end-to-end fields
+//! as received; hop-by-hop fields and `Expect` gone). Its request line and
+//! `Host` become the pseudo-fields; every other field goes on byte for byte
+//! with its name lowercased, except `Transfer-Encoding`, whose framing DATA
+//! frames replace (§8.2.2). `Content-Encoding` is never touched.
+//!
+//! Answers go the other way: the intake's field list becomes an HTTP/1.1
+//! head that [`crate::http1::parse_response`] then reads like any answer
+//! from an HTTP/1.1 intake, so the rules for what the Agent is told (framing,
+//! `Connection`, HTTP/1.0 clients) live in one place. An answer without
+//! `content-length` whose body follows is announced chunked; the exchange
+//! then writes its DATA in chunks.
+//!
+//! Must never: forward a connection-specific field in either direction, or
+//! accept an answer block that breaks §8.3 (pseudo-fields after regular
+//! ones, unknown or repeated pseudo-fields, uppercase names).
+
+use std::io::Write;
+
+use thiserror::Error;
+
+/// Fields that are connection-specific in HTTP/1.1 and must not appear in
+/// HTTP/2 (RFC 9113 §8.2.2). `te` is allowed with the value `trailers` only.
+const CONNECTION_SPECIFIC: [&[u8]; 6] =
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"];
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum HeaderError {
+    #[error("the rendered request head does not parse: {0}")]
+    Request(&'static str),
+    #[error("the intake's header block does not decode (HPACK): {0}")]
+    Hpack(String),
+    #[error("the intake's header list is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the intake's answer head is malformed: {0}")]
+    Malformed(&'static str),
+}
+
+/// Encodes the HTTP/2 header block for `rendered` (an upstream HTTP/1.1
+/// head from `parse_request`) into `out` (appended).
+pub fn encode_request(
+    rendered: &[u8],
+    encoder: &mut loona_hpack::Encoder<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), HeaderError> {
+    let mut headers = [httparse::EMPTY_HEADER; crate::http1::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(rendered) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(HeaderError::Request("incomplete or invalid")),
+    }
+    let method = req.method.ok_or(HeaderError::Request("no method"))?;
+    let path = req.path.ok_or(HeaderError::Request("no target"))?;
+    let authority = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value)
+        .ok_or(HeaderError::Request("no Host"))?;
+    // Lowercased names live in one scratch buffer; the field list borrows it.
+    let mut names: Vec<u8> = Vec::with_capacity(512);
+    let mut spans: Vec<(usize, usize, &[u8])> = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if CONNECTION_SPECIFIC.iter().any(|c| name.eq_ignore_ascii_case(c)) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"te") && !h.value.eq_ignore_ascii_case(b"trailers") {
+            continue;
+        }
+        let start = names.len();
+        names.extend(name.iter().map(u8::to_ascii_lowercase));
+        spans.push((start, names.len(), h.value));
+    }
+    let pseudo = [
+        (&b":method"[..], method.as_bytes()),
+        (b":scheme", b"https"),
+        (b":authority", authority),
+        (b":path", path.as_bytes()),
+    ];
+    let fields = pseudo.into_iter().chain(spans.iter().map(|&(s, e, v)| (&names[s..e], v)));
+    encoder.encode_into(fields, &mut VecWriter(out)).map_err(|_| HeaderError::Request("HPACK encoding failed"))
+}
+
+/// `io::Write` over a byte vector (HPACK writes through it; never fails).
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl Write for VecWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Decodes the intake's answer header block and writes it as an HTTP/1.1
+/// head into `out` (cleared first), for `parse_response`. `end_stream`: the
+/// HEADERS frame ended the stream (no body follows). Returns the status.
+/// Informational (1xx) heads are rendered too; the caller skips them as it
+/// does for HTTP/1.1. `max_list` bounds the decoded list (names + values +
+/// 32 bytes a field, as SETTINGS_MAX_HEADER_LIST_SIZE counts).
+pub fn decode_answer(
+    block: &[u8],
+    decoder: &mut loona_hpack::Decoder<'_>,
+    end_stream: bool,
+    max_list: usize,
+    out: &mut Vec<u8>,
+) -> Result<u16, HeaderError> {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 000 \r\n");
+    let mut status: Option<u16> = None;
+    let mut regular = false;
+    let mut list = 0usize;
+    let mut has_length = false;
+    let mut bad: Option<HeaderError> = None;
+    let res = decoder.decode_with_cb(block, |name, value| {
+        if bad.is_some() {
+            return;
+        }
+        list += name.len() + value.len() + 32;
+        if list > max_list {
+            bad = Some(HeaderError::TooLarge(max_list));
+            return;
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if regular {
+                bad = Some(HeaderError::Malformed("a pseudo-field after a regular field"));
+            } else if pseudo != b"status" {
+                bad = Some(HeaderError::Malformed("a pseudo-field other than :status in an answer"));
+            } else if status.is_some() {
+                bad = Some(HeaderError::Malformed("a repeated :status"));
+            } else {
+                status = parse_status(&value);
+                if status.is_none() {
+                    bad = Some(HeaderError::Malformed(":status is not three digits"));
+                }
+            }
+            return;
+        }
+        regular = true;
+        if name.iter().any(u8::is_ascii_uppercase) {
+            bad = Some(HeaderError::Malformed("an uppercase field name"));
+            return;
+        }
+        if CONNECTION_SPECIFIC.iter().any(|c| name.as_ref() == *c)
+            || (name.as_ref() == b"te" && value.as_ref() != b"trailers")
+        {
+            bad = Some(HeaderError::Malformed("a connection-specific field"));
+            return;
+        }
+        if name.iter().chain(value.iter()).any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+            bad = Some(HeaderError::Malformed("CR, LF or NUL in a field"));
+            return;
+        }
+        has_length |= name.as_ref() == b"content-length";
+        out.extend_from_slice(&name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&value);
+        out.extend_from_slice(b"\r\n");
+    });
+    if let Err(e) = res {
+        return Err(HeaderError::Hpack(format!("{e:?}")));
+    }
+    if let Some(e) = bad {
+        return Err(e);
+    }
+    let status = status.ok_or(HeaderError::Malformed("no :status"))?;
+    let digits = format!("{status:03}");
+    out[9..12].copy_from_slice(digits.as_bytes());
+    if !(100..200).contains(&status) && !has_length {
+        if end_stream {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        } else {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(status)
+}
+
+fn parse_status(v: &[u8]) -> Option<u16> {
+    if v.len() != 3 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = v.iter().fold(0u16, |n, d| n * 10 + (d - b'0') as u16);
+    (100..=999).contains(&n).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::{parse_request, parse_response, BodyFraming, ClientConn, Method};
+
+    fn decode_all(block: &[u8]) -> Vec<(String, String)> {
+        let mut d = loona_hpack::Decoder::new();
+        d.decode(block)
+            .unwrap()
+            .into_iter()
+            .map(|(n, v)| (String::from_utf8(n).unwrap(), String::from_utf8(v).unwrap()))
+            .collect()
+    }
+
+    fn rendered(agent: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        parse_request(agent, 16 * 1024, 1 << 30, Some("metrics.agent.ddog-gov.com"), &mut out).unwrap().unwrap();
+        out
+    }
+
+    #[test]
+    fn an_agent_request_becomes_pseudo_fields_and_its_end_to_end_fields() {
+        let head = rendered(
+            b"POST /api/v2/series?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9804\r\nDD-API-KEY: secret\r\nContent-Type: application/json\r\nContent-Encoding: zstd\r\nContent-Length: 5\r\nConnection: keep-alive, X-Drop\r\nX-Drop: gone\r\nKeep-Alive: 5\r\nTE: gzip\r\nUser-Agent: datadog-agent/7\r\n\r\n",
+        );
+        let mut enc = loona_hpack::Encoder::new();
+        let mut block = Vec::new();
+        encode_request(&head, &mut enc, &mut block).unwrap();
+        let fields = decode_all(&block);
+        let f: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(
+            f,
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", "metrics.agent.ddog-gov.com"),
+                (":path", "/api/v2/series?x=1"),
+                ("dd-api-key", "secret"),
+                ("content-type", "application/json"),
+                ("content-encoding", "zstd"),
+                ("content-length", "5"),
+                ("user-agent", "datadog-agent/7"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_chunked_request_loses_transfer_encoding_and_te_trailers_stays() {
+        let head = rendered(b"POST /api/v2/logs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let mut enc = loona_hpack::Encoder::new();
+        let mut block = Vec::new();
+        encode_request(&head, &mut enc, &mut block).unwrap();
+        assert!(decode_all(&block).iter().all(|(n, _)| n != "transfer-encoding"));
+        // `te: trailers` passes (the relay's HTTP/1.1 rendering drops TE as
+        // hop-by-hop, so this starts from a hand-written rendered head).
+        let mut block = Vec::new();
+        encode_request(b"GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n", &mut enc, &mut block).unwrap();
+        assert!(decode_all(&block).contains(&("te".into(), "trailers".into())));
+    }
+
+    #[test]
+    fn the_encoder_indexes_what_repeats() {
+        let head = rendered(b"POST /api/v2/series HTTP/1.1\r\nHost: x\r\nDD-API-KEY: k\r\nContent-Length: 1\r\n\r\n");
+        let mut enc = loona_hpack::Encoder::new();
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        encode_request(&head, &mut enc, &mut first).unwrap();
+        encode_request(&head, &mut enc, &mut second).unwrap();
+        // loona-hpack indexes a field only when its name is in no table, so
+        // `:path` and `:authority` go as literals every time: 64 then 51
+        // bytes here. A policy that indexes them too would make it ~10.
+        assert!(second.len() < first.len(), "{} then {} bytes", first.len(), second.len());
+        let mut d = loona_hpack::Decoder::new();
+        assert_eq!(d.decode(&first).unwrap(), d.decode(&second).unwrap());
+    }
+
+    fn answer_block(fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut enc = loona_hpack::Encoder::new();
+        enc.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+    }
+
+    fn answer(fields: &[(&str, &str)], end_stream: bool) -> Result<(u16, Vec<u8>), HeaderError> {
+        let mut d = loona_hpack::Decoder::new();
+        let mut out = Vec::new();
+        decode_answer(&answer_block(fields), &mut d, end_stream, 16 * 1024, &mut out).map(|s| (s, out))
+    }
+
+    #[test]
+    fn an_answer_becomes_an_http1_head_the_relay_already_reads() {
+        let (status, h1) =
+            answer(&[(":status", "202"), ("content-type", "application/json"), ("content-length", "2")], false)
+                .unwrap();
+        assert_eq!(status, 202);
+        let mut out = Vec::new();
+        let head = parse_response(&h1, 16 * 1024, Method::Other, ClientConn::default(), &mut out).unwrap().unwrap();
+        assert_eq!((head.status, head.framing), (202, BodyFraming::Length(2)));
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "HTTP/1.1 202 \r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+        );
+        // No length: chunked if a body follows, empty if HEADERS ended the stream.
+        let (_, h1) = answer(&[(":status", "200")], false).unwrap();
+        let head = parse_response(&h1, 16 * 1024, Method::Other, ClientConn::default(), &mut out).unwrap().unwrap();
+        assert_eq!(head.framing, BodyFraming::Chunked);
+        let (_, h1) = answer(&[(":status", "503")], true).unwrap();
+        let head = parse_response(&h1, 16 * 1024, Method::Other, ClientConn::default(), &mut out).unwrap().unwrap();
+        assert_eq!(head.framing, BodyFraming::Length(0));
+        // An interim answer stays interim.
+        let (status, _) = answer(&[(":status", "100")], false).unwrap();
+        assert_eq!(status, 100);
+    }
+
+    #[test]
+    fn malformed_answer_blocks_are_refused() {
+        let bad = |fields: &[(&str, &str)]| answer(fields, true).unwrap_err();
+        assert!(matches!(bad(&[("content-type", "x")]), HeaderError::Malformed("no :status")));
+        assert!(matches!(bad(&[("a", "b"), (":status", "200")]), HeaderError::Malformed(_)));
+        assert!(matches!(bad(&[(":status", "200"), (":status", "200")]), HeaderError::Malformed(_)));
+        assert!(matches!(bad(&[(":path", "/"), (":status", "200")]), HeaderError::Malformed(_)));
+        assert!(matches!(bad(&[(":status", "20")]), HeaderError::Malformed(_)));
+        assert!(matches!(bad(&[(":status", "200"), ("connection", "close")]), HeaderError::Malformed(_)));
+        assert!(matches!(bad(&[(":status", "200"), ("transfer-encoding", "chunked")]), HeaderError::Malformed(_)));
+        assert!(matches!(bad(&[(":status", "200"), ("X-Up", "1")]), HeaderError::Malformed(_)));
+        assert!(matches!(bad(&[(":status", "200"), ("x", "a\r\nInjected: 1")]), HeaderError::Malformed(_)));
+        // A list over the bound.
+        let long = "v".repeat(20_000);
+        assert_eq!(bad(&[(":status", "200"), ("x", &long)]), HeaderError::TooLarge(16 * 1024));
+        // Bytes that are not HPACK.
+        let mut d = loona_hpack::Decoder::new();
+        assert!(matches!(
+            decode_answer(&[0xff, 0xff, 0xff], &mut d, true, 1024, &mut Vec::new()),
+            Err(HeaderError::Hpack(_))
+        ));
+    }
+}
