@@ -4,12 +4,15 @@
 //! - [`frame`]: frames (RFC 9113 §4, §6), read in place and written into the
 //!   plaintext that is sealed into TLS records;
 //! - [`headers`]: the Agent's HTTP/1.1 head as an HTTP/2 field list and the
-//!   intake's answer fields as an HTTP/1.1 head, through HPACK.
+//!   intake's answer fields as an HTTP/1.1 head, through HPACK;
+//! - [`conn`]: one client connection without I/O: settings, streams,
+//!   flow-control windows, PING and SETTINGS answers, GOAWAY, floods.
 //!
-//! Not yet here: the connection (streams, flow-control windows, settings,
-//! GOAWAY replay) and the exchange that multiplexes Agent requests on it;
+//! Not yet here: the exchange that multiplexes Agent requests on a
+//! connection per worker and host (and replays streams after GOAWAY);
 //! until they are, the relay speaks HTTP/1.1 to the intake and offers no
 //! ALPN protocol.
 
+pub mod conn;
 pub mod frame;
 pub mod headers;
