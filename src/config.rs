@@ -21,6 +21,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
 pub const DEFAULT_RESPONSE_TIMEOUT: &str = "15s";
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: &str = "30s";
 pub const DEFAULT_MAX_IDLE_PER_HOST: usize = 64;
+/// HTTP/1.1 until the HTTP/2 exchange has its fault handling (issue #12);
+/// then `auto`.
+pub const DEFAULT_PROTOCOL: &str = "http1";
+pub const DEFAULT_H2_MAX_CONNECTIONS: usize = 2;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: &str = "120s";
@@ -181,6 +185,10 @@ pub struct RawUpstream {
     pub response_timeout: String,
     pub idle_timeout: String,
     pub max_idle_per_host: usize,
+    /// `http1`, `h2` or `auto` (offer both by ALPN, use what the intake picks).
+    pub protocol: String,
+    /// HTTP/2 connections per worker and intake host.
+    pub h2_max_connections: usize,
     /// `[upstream.proxy]`: egress through an HTTP CONNECT proxy.
     pub proxy: RawProxy,
 }
@@ -226,6 +234,8 @@ impl Default for RawUpstream {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT.into(),
             idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT.into(),
             max_idle_per_host: DEFAULT_MAX_IDLE_PER_HOST,
+            protocol: DEFAULT_PROTOCOL.into(),
+            h2_max_connections: DEFAULT_H2_MAX_CONNECTIONS,
             proxy: RawProxy::default(),
         }
     }
@@ -329,6 +339,25 @@ pub struct RawLog {
 impl Default for RawLog {
     fn default() -> Self {
         Self { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// What the relay speaks to the intake (`upstream.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    H2,
+    /// ALPN offers `h2` and `http/1.1`; the intake picks.
+    Auto,
+}
+
+impl UpstreamProtocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::Auto => "auto",
+        }
     }
 }
 
@@ -511,6 +540,8 @@ pub struct Config {
     pub response_timeout: Duration,
     pub upstream_idle_timeout: Duration,
     pub max_idle_per_host: usize,
+    pub protocol: UpstreamProtocol,
+    pub h2_max_connections: usize,
     /// Egress through an HTTP CONNECT proxy (`[upstream.proxy]`), if set.
     pub proxy: Option<ProxyConfig>,
     pub max_header_bytes: usize,
@@ -729,6 +760,20 @@ impl RawConfig {
                 "use at most 4096",
             ));
         }
+        let protocol = match self.upstream.protocol.as_str() {
+            "http1" | "http/1.1" => UpstreamProtocol::Http1,
+            "h2" => UpstreamProtocol::H2,
+            "auto" => UpstreamProtocol::Auto,
+            other => return Err(invalid("upstream.protocol", other, "unknown protocol", "use one of http1, h2, auto")),
+        };
+        if !(1..=64).contains(&self.upstream.h2_max_connections) {
+            return Err(invalid(
+                "upstream.h2_max_connections",
+                self.upstream.h2_max_connections,
+                "out of range",
+                "use 1 to 64 HTTP/2 connections per worker and host",
+            ));
+        }
         if !(1024..=16 * 1024 * 1024).contains(&self.limits.max_header_bytes) {
             return Err(invalid(
                 "limits.max_header_bytes",
@@ -794,6 +839,8 @@ impl RawConfig {
             response_timeout: duration("upstream.response_timeout", &self.upstream.response_timeout)?,
             upstream_idle_timeout: duration("upstream.idle_timeout", &self.upstream.idle_timeout)?,
             max_idle_per_host: self.upstream.max_idle_per_host,
+            protocol,
+            h2_max_connections: self.upstream.h2_max_connections,
             proxy,
             max_header_bytes: self.limits.max_header_bytes,
             max_body_bytes: self.limits.max_body_bytes,

@@ -361,6 +361,21 @@ pub fn client_config(trust: &TrustSource) -> Result<Arc<ClientConfig>, CryptoErr
     Ok(Arc::new(config))
 }
 
+/// ALPN protocol id of HTTP/2 over TLS.
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN protocol id of HTTP/1.1.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// `config` (from [`client_config`]) offering `alpn`, in order of
+/// preference, in its ClientHello; empty offers none (the intake then
+/// speaks HTTP/1.1). Everything else, FIPS included, stays as built.
+pub fn with_alpn(config: &Arc<ClientConfig>, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut c = (**config).clone();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    debug_assert!(c.fips());
+    Arc::new(c)
+}
+
 /// Lines for `fipsrelay version`: the protocol versions and suites on offer.
 pub fn offer_description() -> Vec<String> {
     let p = fips_provider();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, AdminAccess, AdminCommand, AdminReply, Reloader, TokenError, TokenSource};
-use crate::config::{Config, IoChoice, Source};
+use crate::config::{Config, IoChoice, Source, UpstreamProtocol};
 use crate::crypto::{self, CryptoError, TrustSource};
 use crate::handover;
 use crate::io::{epoll::Epoll, uring::Uring, Backend};
@@ -299,7 +299,12 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     // config per worker, built now). Drop to run.user before any thread starts.
     let mut tls_configs = Vec::with_capacity(workers);
     for _ in 0..workers {
-        tls_configs.push(crypto::client_config(&trust)?);
+        let base = crypto::client_config(&trust)?;
+        tls_configs.push(match config.protocol {
+            UpstreamProtocol::Http1 => base,
+            UpstreamProtocol::H2 => crypto::with_alpn(&base, &[crypto::ALPN_H2]),
+            UpstreamProtocol::Auto => crypto::with_alpn(&base, &[crypto::ALPN_H2, crypto::ALPN_HTTP1]),
+        });
     }
     let check_tls = crypto::client_config(&trust)?;
     match &config.run_user {

@@ -56,6 +56,8 @@ pub struct WorkerCtx<B: Backend> {
     pub directory: Arc<Directory>,
     pub tls: Arc<ClientConfig>,
     pub pool: RefCell<Pool<Hop<B::Stream>>>,
+    /// HTTP/2 connections per intake host (`upstream.protocol` h2 or auto).
+    pub h2: RefCell<relay::h2::H2Hosts>,
     /// I/O buffers lent to connections while they carry a request.
     pub buffers: RefCell<BufferPool>,
     pub stats: RefCell<WorkerStats>,
@@ -88,6 +90,7 @@ impl<B: Backend> WorkerCtx<B> {
         WorkerCtx {
             id,
             pool: RefCell::new(Pool::new(n, config.max_idle_per_host, config.upstream_idle_timeout)),
+            h2: RefCell::new(relay::h2::H2Hosts::new(n)),
             buffers: RefCell::new(BufferPool::new(MAX_FREE_BUFFERS)),
             stats: RefCell::new(WorkerStats::new(n)),
             config,

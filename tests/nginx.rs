@@ -43,7 +43,14 @@ fn skip() -> bool {
 /// to a plain server block of the same nginx that answers 202: proxy_pass
 /// reads the whole body first, so `$request_length` counts it.
 fn start_nginx(dir: &Path, pki: &TestPki, protocol: &str) -> Nginx {
-    let root = dir.join(format!("nginx-{protocol}"));
+    start_nginx_with(dir, pki, protocol, false)
+}
+
+/// As [`start_nginx`]; with `http2`, nginx offers h2 by ALPN
+/// (`listen ... ssl http2`, Debian's nginx 1.22) and keeps sessions open.
+fn start_nginx_with(dir: &Path, pki: &TestPki, protocol: &str, http2: bool) -> Nginx {
+    let root = dir.join(format!("nginx-{protocol}{}", if http2 { "-h2" } else { "" }));
+    let (listen_opt, keepalive) = if http2 { (" http2", 1000) } else { ("", 3) };
     std::fs::create_dir_all(&root).unwrap();
     pki.write_to(&root).unwrap();
     for attempt in 0..10 {
@@ -56,12 +63,12 @@ fn start_nginx(dir: &Path, pki: &TestPki, protocol: &str) -> Nginx {
             format!(
                 "daemon off;\nmaster_process off;\npid {r}/nginx.pid;\nerror_log {r}/error.log warn;\n\
                  events {{ worker_connections 256; }}\n\
-                 http {{\n  log_format relay '$ssl_protocol $ssl_session_reused $request_length $status';\n\
+                 http {{\n  log_format relay '$ssl_protocol $ssl_session_reused $request_length $status $server_protocol $connection';\n\
                  access_log {log} relay;\n  client_body_temp_path {r}/body;\n  proxy_temp_path {r}/proxy;\n\
                  fastcgi_temp_path {r}/fastcgi;\n  uwsgi_temp_path {r}/uwsgi;\n  scgi_temp_path {r}/scgi;\n\
                  client_max_body_size 8m;\n\
-                 server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {r}/cert.pem;\n    ssl_certificate_key {r}/key.pem;\n\
-                 ssl_protocols {protocol};\n    ssl_session_cache shared:relay:1m;\n    keepalive_requests 3;\n\
+                 server {{\n    listen 127.0.0.1:{port} ssl{listen_opt};\n    ssl_certificate {r}/cert.pem;\n    ssl_certificate_key {r}/key.pem;\n\
+                 ssl_protocols {protocol};\n    ssl_session_cache shared:relay:1m;\n    keepalive_requests {keepalive};\n\
                  location / {{ proxy_pass http://127.0.0.1:{sink}; proxy_http_version 1.1; }}\n  }}\n\
                  server {{\n    listen 127.0.0.1:{sink};\n    access_log off;\n    location / {{ return 202 '{{}}'; }}\n  }}\n}}\n",
                 r = root.display(),
@@ -123,3 +130,102 @@ fn interop(io: &str, protocol: &str) {
 
 both_backends!(nginx_tls12_intake, |io: &str| interop(io, "TLSv1.2"));
 both_backends!(nginx_tls13_intake, |io: &str| interop(io, "TLSv1.3"));
+
+/// HTTP/2 to an nginx that speaks it: four Agent connections at once, each
+/// sending bodies from 0 B to 1 MiB (Content-Length and chunked) and a GET;
+/// every request arrives whole over HTTP/2, and they share a few
+/// connections (at most `h2_max_connections` = 2 per worker and host, 2
+/// workers; every request here goes to the metrics host).
+fn h2_interop(io: &str, protocol: &str) {
+    if skip() {
+        return;
+    }
+    let dir = TestDir::new();
+    let pki = TestPki::generate(&[]);
+    let nginx = start_nginx_with(dir.path(), &pki, "TLSv1.3", true);
+    let ca = dir.path().join("nginx-TLSv1.3-h2/ca.pem");
+    let relay = Relay::start(dir.path(), io, nginx.addr, &ca, &format!("upstream.protocol = \"{protocol}\""));
+    let sizes = [0usize, 1024, 65_536, 1 << 20, 700, 3 * 16_384 + 1, 5, 200_000, 1];
+    let agents = 4;
+    std::thread::scope(|scope| {
+        for a in 0..agents {
+            let relay = &relay;
+            scope.spawn(move || {
+                let mut agent = relay.connect(1);
+                for (i, &len) in sizes.iter().enumerate() {
+                    let body = payload(len, (a * 100 + i) as u64);
+                    let r = agent.request("POST", "/api/v2/series", &[("DD-API-KEY", FAKE_KEY)], &body);
+                    assert_eq!(r.status, 202, "agent {a} request {i} ({len} B): {}", String::from_utf8_lossy(&r.body));
+                }
+                let r = agent.request("GET", "/api/v1/metadata", &[("DD-API-KEY", FAKE_KEY)], b"");
+                assert_eq!(r.status, 202, "GET");
+                // A chunked body, decoded into DATA frames.
+                agent.write_raw(b"POST /api/v2/series HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+                let r = agent.read_response(false).unwrap();
+                assert_eq!(r.status, 202, "chunked");
+            });
+        }
+    });
+    let expected = agents * (sizes.len() + 2);
+    let mut lines = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            lines = std::fs::read_to_string(&nginx.access_log).unwrap_or_default().lines().map(String::from).collect();
+            lines.len() == expected
+        }),
+        "nginx logged {} of {expected}: {lines:?}\n{}",
+        lines.len(),
+        relay.log()
+    );
+    let mut conns = std::collections::BTreeSet::new();
+    for line in &lines {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!((f[3], f[4]), ("202", "HTTP/2.0"), "{line}");
+        conns.insert(f[5].to_string());
+    }
+    for &len in &sizes {
+        assert!(
+            lines.iter().filter(|l| l.split(' ').nth(2).unwrap().parse::<usize>().unwrap() > len).count() >= agents,
+            "bodies of {len} B arrived whole: {lines:?}"
+        );
+    }
+    assert!(
+        conns.len() <= 4,
+        "{expected} requests over {} connections: {conns:?}\n{lines:?}\n{}",
+        conns.len(),
+        relay.log()
+    );
+}
+
+both_backends!(nginx_h2_intake, |io: &str| h2_interop(io, "h2"));
+both_backends!(nginx_h2_intake_by_auto, |io: &str| h2_interop(io, "auto"));
+
+/// `auto` against an intake without h2 speaks HTTP/1.1; `h2` is refused
+/// (nginx ends the handshake with `no_application_protocol`): 502, and the
+/// log says why.
+fn h2_fallback(io: &str) {
+    if skip() {
+        return;
+    }
+    let dir = TestDir::new();
+    let pki = TestPki::generate(&[]);
+    let nginx = start_nginx(dir.path(), &pki, "TLSv1.3");
+    let ca = dir.path().join("nginx-TLSv1.3/ca.pem");
+    let auto = Relay::start(dir.path(), io, nginx.addr, &ca, "upstream.protocol = \"auto\"");
+    let mut agent = auto.connect(1);
+    for i in 0..3 {
+        let r = agent.request("POST", "/api/v2/series", &[], &payload(2000, i));
+        assert_eq!(r.status, 202, "{}", auto.log());
+    }
+    drop(auto);
+    let only = Relay::start(dir.path(), io, nginx.addr, &ca, "upstream.protocol = \"h2\"");
+    let r = only.request(1, "POST", "/api/v2/series", &[], b"x");
+    assert_eq!(r.status, 502);
+    assert!(eventually(Duration::from_secs(5), || only.log().contains("NoApplicationProtocol")), "{}", only.log());
+    let lines: Vec<String> =
+        std::fs::read_to_string(&nginx.access_log).unwrap_or_default().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().all(|l| l.split(' ').nth(4) == Some("HTTP/1.1")), "{lines:?}");
+}
+
+both_backends!(nginx_without_h2, h2_fallback);

@@ -170,6 +170,11 @@ impl Conn {
         &mut self.out
     }
 
+    /// Bytes queued in [`Conn::output`].
+    pub fn output_len(&self) -> usize {
+        self.out.len()
+    }
+
     /// The last answer head, as HTTP/1.1 (valid until the next `receive`).
     pub fn answer_head(&self) -> &[u8] {
         &self.head

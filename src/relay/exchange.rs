@@ -12,6 +12,7 @@ use super::downstream::Downstream;
 use super::failure::Failure;
 use super::{CONNECT_RETRIES, IO_BUF};
 use crate::buffers::BufferPool;
+use crate::config::UpstreamProtocol;
 use crate::http1::{self, BodyFraming, ChunkedScanner, ClientConn, RequestError, RequestHead};
 use crate::io::{Backend, Stream};
 use crate::metrics::ErrorCause;
@@ -156,6 +157,14 @@ pub(super) async fn forward<B: Backend>(
     answer_buf: &mut Vec<u8>,
     body: &mut BodyProgress,
 ) -> Result<(u16, bool), Failure> {
+    if ctx.config.protocol != UpstreamProtocol::Http1 {
+        // HTTP/2 to the intake, unless it picked HTTP/1.1 by ALPN (auto).
+        if let Some(done) =
+            super::h2::forward(ctx, down, offset, upstream, head, upstream_head, answer_buf, body).await?
+        {
+            return Ok(done);
+        }
+    }
     // Body bytes copied in user space on the way (the hotpath bench and
     // `/metrics` report them per forwarded byte).
     let mut copied: u64 = 0;

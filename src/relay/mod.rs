@@ -35,6 +35,7 @@ use crate::worker::WorkerCtx;
 mod downstream;
 mod exchange;
 mod failure;
+pub mod h2;
 mod local;
 
 use downstream::Downstream;

@@ -150,6 +150,16 @@ impl<'p, S: Stream> Lease<'p, S> {
     }
 }
 
+impl<S: Stream> Lease<'_, S> {
+    /// Takes the session out of the pool's keeping for good (an HTTP/2
+    /// connection, which its own task owns and closes): no longer counted
+    /// open here.
+    pub fn detach(mut self) -> PooledSession<S> {
+        self.pool.borrow_mut().open[self.id] -= 1;
+        self.session.take().expect("a lease holds its session until given back")
+    }
+}
+
 impl<S: Stream> std::ops::Deref for Lease<'_, S> {
     type Target = PooledSession<S>;
     fn deref(&self) -> &PooledSession<S> {

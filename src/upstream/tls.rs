@@ -87,6 +87,8 @@ pub struct TlsSession<S: Stream> {
     described: String,
     /// The intake's end-entity certificate (DER), for `diagnose`.
     peer_certificate: Option<Vec<u8>>,
+    /// The protocol the intake picked by ALPN (`h2`), if any.
+    alpn: Option<Vec<u8>>,
 }
 
 /// The handshake, before rustls hands the records over.
@@ -234,6 +236,7 @@ impl<S: Stream> TlsSession<S> {
             _ => RecordVersion::Tls12,
         };
         let peer_certificate = h.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+        let alpn = h.conn.alpn_protocol().map(<[u8]>::to_vec);
         let Handshake { conn, mut rbuf, wbuf, .. } = h;
         let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(TlsError::Handshake)?;
         let limit = super::records::confidentiality_limit(kernel.negotiated_cipher_suite());
@@ -261,6 +264,7 @@ impl<S: Stream> TlsSession<S> {
             poisoned: false,
             described,
             peer_certificate,
+            alpn,
         })
     }
 
@@ -622,6 +626,11 @@ impl<S: Stream> TlsSession<S> {
                 self.eof = true;
             }
         }
+    }
+
+    /// Whether the intake picked HTTP/2 by ALPN.
+    pub fn is_h2(&self) -> bool {
+        self.alpn.as_deref() == Some(crate::crypto::ALPN_H2)
     }
 
     /// The socket under the session.

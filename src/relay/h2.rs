@@ -1,0 +1,609 @@
+//! Exchanges over HTTP/2 to the intake (`upstream.protocol = h2 | auto`):
+//! many Agent requests of a worker, one stream each, share a few TLS
+//! sessions per intake host.
+//!
+//! Each connection is one task ([`drive`]) that owns the TLS session and
+//! the protocol state ([`crate::h2::conn::Conn`]): every turn it writes all
+//! the frames the exchanges queued (the requests of many Agent connections
+//! in one TLS write), then reads, and files what it read under each
+//! stream. An exchange ([`forward`]) runs in its Agent connection's task:
+//! it opens a stream, queues the body as the windows allow, and takes its
+//! answer from its stream's slot.
+//!
+//! # Backpressure
+//! A stream's answer bytes wait in its slot until the Agent has taken them;
+//! only then are they released to the intake's flow control, so an Agent
+//! that reads slowly stalls its own stream and no other. A request body is
+//! read from the Agent only while the stream's send window has room and
+//! the connection's output is below [`MAX_PENDING_OUTPUT`].
+//!
+//! # Faults (RFC 9113 §8.7 and the Agent's retry rules, DESIGN §1)
+//! - A stream reset, refused or above a GOAWAY's last stream before its
+//!   answer head: 502 or 503, which the Agent retries.
+//! - The connection lost before the head: 502; after it: the Agent
+//!   connection is cut.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::downstream::Downstream;
+use super::exchange::{acquire, AnswerOut, BodyProgress};
+use super::failure::Failure;
+use super::IO_BUF;
+use crate::config::UpstreamProtocol;
+use crate::h2::conn::{Conn, Event, LocalSettings};
+use crate::h2::frame::ErrorCode;
+use crate::http1::{self, BodyFraming, ClientConn, RequestError, RequestHead};
+use crate::io::{Backend, Stream};
+use crate::metrics::ErrorCause;
+use crate::route::UpstreamId;
+use crate::upstream::pool::PooledSession;
+use crate::worker::WorkerCtx;
+
+/// Plaintext queued on a connection beyond which exchanges wait for the
+/// connection's task to write it before they queue more body.
+const MAX_PENDING_OUTPUT: usize = 256 * 1024;
+/// After an intake picked HTTP/1.1 by ALPN (`auto`), how long its host is
+/// served over HTTP/1.1 before ALPN is offered again.
+const HTTP1_RECHECK: Duration = Duration::from_secs(300);
+
+/// A worker's HTTP/2 connections, per intake host.
+pub struct H2Hosts {
+    conns: Vec<Vec<Rc<H2Conn>>>,
+    /// Connections being opened (connect and handshake under way), which
+    /// count against `upstream.h2_max_connections` too.
+    opening: Vec<usize>,
+    /// Woken when an opening ends, for exchanges that wait for it.
+    opened: Rc<Notify>,
+    /// `auto`: the host picked HTTP/1.1; its requests take that path until then.
+    http1_until: Vec<Option<Instant>>,
+}
+
+impl H2Hosts {
+    pub fn new(upstreams: usize) -> Self {
+        H2Hosts {
+            conns: vec![Vec::new(); upstreams],
+            opening: vec![0; upstreams],
+            opened: Rc::new(Notify::new()),
+            http1_until: vec![None; upstreams],
+        }
+    }
+
+    /// Open HTTP/2 connections to host `id`.
+    pub fn open_count(&self, id: UpstreamId) -> usize {
+        self.conns[id].iter().filter(|c| c.inner.borrow().dead.is_none()).count()
+    }
+}
+
+/// One HTTP/2 connection, shared by its task and the exchanges on it.
+pub(crate) struct H2Conn {
+    inner: RefCell<Inner>,
+    /// The connection's task wakes the exchanges (answers, windows, output written).
+    changed: Notify,
+    /// Exchanges wake the connection's task (frames queued).
+    to_driver: Notify,
+    addr: SocketAddr,
+}
+
+struct Inner {
+    conn: Conn,
+    slots: Vec<Slot>,
+    /// Why the connection ended; no new stream goes on it.
+    dead: Option<String>,
+}
+
+/// What one stream received.
+#[derive(Default)]
+struct Slot {
+    id: u32,
+    /// Status and whether HEADERS ended the stream.
+    head: Option<(u16, bool)>,
+    /// The answer head as HTTP/1.1.
+    h1: Vec<u8>,
+    data: Vec<u8>,
+    ended: bool,
+    reset: Option<ErrorCode>,
+}
+
+impl H2Conn {
+    /// Waits until `f` gives a value; `f` runs after every change.
+    async fn wait_until<T>(&self, mut f: impl FnMut(&mut Inner) -> Option<T>) -> T {
+        loop {
+            let mut changed = pin!(self.changed.notified());
+            changed.as_mut().enable();
+            if let Some(v) = f(&mut self.inner.borrow_mut()) {
+                return v;
+            }
+            changed.await;
+        }
+    }
+
+    /// The stream is done with: its slot goes; a stream still open is reset.
+    fn finish(&self, id: u32) {
+        let mut i = self.inner.borrow_mut();
+        i.slots.retain(|s| s.id != id);
+        if i.dead.is_none() {
+            i.conn.cancel(id);
+        }
+        drop(i);
+        self.to_driver.notify_one();
+    }
+}
+
+/// Relays one request over HTTP/2. `Ok(None)`: the intake picked HTTP/1.1
+/// (`auto`); the caller relays it that way (the session went to the pool).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    offset: u16,
+    upstream: UpstreamId,
+    head: &RequestHead,
+    upstream_head: &mut Vec<u8>,
+    answer_buf: &mut Vec<u8>,
+    body: &mut BodyProgress,
+) -> Result<Option<(u16, bool)>, Failure> {
+    if let Some(until) = ctx.h2.borrow().http1_until[upstream] {
+        if Instant::now() < until {
+            return Ok(None);
+        }
+    }
+    let Some(conn) = connection(ctx, offset, upstream).await? else { return Ok(None) };
+    let addr = conn.addr;
+    let upstream_fail = |cause: ErrorCause, detail: String| Failure::Upstream { cause, detail, addr: Some(addr) };
+
+    // Open the stream (waiting, bounded, while the intake's stream limit is reached).
+    let no_body = body.done() && !head.expect_continue;
+    let open = conn.wait_until(|i| {
+        if let Some(why) = &i.dead {
+            return Some(Err(why.clone()));
+        }
+        if !i.conn.can_open() {
+            return None;
+        }
+        let opened = i.conn.open(upstream_head, no_body).map_err(|e| e.to_string());
+        if let Ok(id) = opened {
+            i.slots.push(Slot { id, ..Slot::default() });
+        }
+        Some(opened)
+    });
+    let id = match crate::rt::timeout(ctx.config.connect_timeout, open).await {
+        Err(_) => {
+            return Err(upstream_fail(
+                ErrorCause::Overloaded,
+                format!(
+                    "every HTTP/2 connection to the intake is at its stream limit (upstream.h2_max_connections = {})",
+                    ctx.config.h2_max_connections
+                ),
+            ))
+        }
+        Ok(Err(why)) => return Err(upstream_fail(ErrorCause::Closed, why)),
+        Ok(Ok(id)) => id,
+    };
+    conn.to_driver.notify_one();
+    let _stream = StreamGuard { conn: &conn, id };
+    exchange(ctx, down, offset, &conn, id, head, upstream_head, answer_buf, body).await.map(Some)
+}
+
+/// Ends a stream's exchange however it ends (returned, failed, or dropped
+/// with its Agent connection): the slot goes, an open stream is reset.
+struct StreamGuard<'a> {
+    conn: &'a H2Conn,
+    id: u32,
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        self.conn.finish(self.id);
+    }
+}
+
+/// A live connection to `upstream` with room for a stream, or a new one.
+async fn connection<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    offset: u16,
+    upstream: UpstreamId,
+) -> Result<Option<Rc<H2Conn>>, Failure> {
+    let deadline = Instant::now() + ctx.config.connect_timeout;
+    loop {
+        let opened = ctx.h2.borrow().opened.clone();
+        let mut wait = pin!(opened.notified());
+        wait.as_mut().enable();
+        {
+            let mut hosts = ctx.h2.borrow_mut();
+            let opening = hosts.opening[upstream];
+            let conns = &mut hosts.conns[upstream];
+            conns.retain(|c| c.inner.borrow().dead.is_none());
+            if let Some(c) = conns.iter().find(|c| c.inner.borrow().conn.can_open()) {
+                return Ok(Some(c.clone()));
+            }
+            if conns.len() + opening < ctx.config.h2_max_connections {
+                hosts.opening[upstream] += 1;
+                break;
+            }
+            if !conns.is_empty() && opening == 0 {
+                // All at their limit: the least busy one (the stream waits there).
+                return Ok(conns.iter().min_by_key(|c| c.inner.borrow().conn.active()).cloned());
+            }
+        }
+        // Another exchange is opening the connection this one will use.
+        if crate::rt::timeout(deadline.saturating_duration_since(Instant::now()), wait).await.is_err() {
+            return Err(Failure::Upstream {
+                cause: ErrorCause::ConnectTimeout,
+                detail: "no HTTP/2 connection to the intake within upstream.connect_timeout".into(),
+                addr: None,
+            });
+        }
+    }
+    let _opening = Opening { hosts: &ctx.h2, upstream };
+    open_connection(ctx, offset, upstream).await
+}
+
+/// One connection being opened; however the opening ends (done, failed,
+/// or dropped with its Agent connection), it stops counting.
+struct Opening<'a> {
+    hosts: &'a RefCell<H2Hosts>,
+    upstream: UpstreamId,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        let mut hosts = self.hosts.borrow_mut();
+        hosts.opening[self.upstream] -= 1;
+        hosts.opened.notify_waiters();
+    }
+}
+
+/// Opens a session for a new HTTP/2 connection and starts its task.
+async fn open_connection<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    offset: u16,
+    upstream: UpstreamId,
+) -> Result<Option<Rc<H2Conn>>, Failure> {
+    let (lease, _) = acquire(ctx, offset, upstream, false).await?;
+    if !lease.session.is_h2() {
+        if ctx.config.protocol == UpstreamProtocol::H2 {
+            return Err(Failure::Upstream {
+                cause: ErrorCause::BadAnswer,
+                detail:
+                    "the intake did not pick h2 by ALPN and upstream.protocol = \"h2\"; set it to \"auto\" or \"http1\""
+                        .into(),
+                addr: Some(lease.addr),
+            });
+        }
+        tracing::info!(
+            upstream = ctx.upstream_host(upstream),
+            "the intake picked HTTP/1.1 by ALPN; its requests go over HTTP/1.1"
+        );
+        ctx.h2.borrow_mut().http1_until[upstream] = Some(Instant::now() + HTTP1_RECHECK);
+        lease.give_back(Instant::now());
+        return Ok(None);
+    }
+    let session = lease.detach();
+    let conn = Rc::new(H2Conn {
+        inner: RefCell::new(Inner { conn: Conn::new(LocalSettings::default()), slots: Vec::new(), dead: None }),
+        changed: Notify::new(),
+        to_driver: Notify::new(),
+        addr: session.addr,
+    });
+    tracing::debug!(upstream = ctx.upstream_host(upstream), addr = %session.addr, "HTTP/2 connection opened");
+    ctx.h2.borrow_mut().conns[upstream].push(conn.clone());
+    crate::rt::spawn(drive(conn.clone(), session, ctx.config.response_timeout, ctx.config.upstream_idle_timeout));
+    Ok(Some(conn))
+}
+
+/// The connection's task: writes what is queued, reads and files what
+/// comes, until the connection fails, the intake closes it, or it has been
+/// idle (no stream) for `idle_timeout`.
+async fn drive<S: Stream>(
+    conn: Rc<H2Conn>,
+    mut session: PooledSession<S>,
+    write_timeout: Duration,
+    idle_timeout: Duration,
+) {
+    let mut rbuf: Vec<u8> = Vec::with_capacity(4 * IO_BUF);
+    let mut out: Vec<u8> = Vec::with_capacity(4 * IO_BUF);
+    let mut idle_since = Instant::now();
+    let why = loop {
+        std::mem::swap(conn.inner.borrow_mut().conn.output(), &mut out);
+        if !out.is_empty() {
+            let write = crate::rt::timeout(write_timeout, session.session.write_plain(&out)).await;
+            out.clear();
+            conn.changed.notify_waiters();
+            match write {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => break format!("writing to the intake failed: {e}"),
+                Err(_) => break format!("the intake stopped reading for {write_timeout:?}"),
+            }
+        }
+        if let Some(why) = conn.inner.borrow().dead.clone() {
+            break why;
+        }
+        let busy = !conn.inner.borrow().slots.is_empty();
+        if busy {
+            idle_since = Instant::now();
+        }
+        if rbuf.len() == rbuf.capacity() {
+            rbuf.reserve(IO_BUF);
+        }
+        tokio::select! {
+            biased;
+            _ = conn.to_driver.notified() => continue,
+            r = session.session.read_plain_ready(&mut rbuf) => match r {
+                Ok(0) => break "the intake closed the connection".to_string(),
+                Err(e) => break format!("the intake connection failed: {e}"),
+                Ok(_) => {}
+            },
+            _ = crate::rt::sleep_until(idle_since + idle_timeout), if !busy => {
+                let mut i = conn.inner.borrow_mut();
+                crate::h2::frame::write_goaway(i.conn.output(), 0, ErrorCode::NoError);
+                i.dead = Some("idle".into());
+                continue;
+            }
+        }
+        let mut i = conn.inner.borrow_mut();
+        let Inner { conn: c, slots, .. } = &mut *i;
+        let res = c.receive(&rbuf, |c, ev| file(slots, c, &rbuf, ev));
+        match res {
+            Ok(used) => {
+                rbuf.drain(..used);
+            }
+            Err(e) => {
+                tracing::warn!(addr = %conn.addr, error = %e, "HTTP/2 connection to the intake cut");
+                i.dead = Some(e.to_string());
+                // The GOAWAY is queued: the loop writes it, then ends.
+            }
+        }
+        drop(i);
+        conn.changed.notify_waiters();
+    };
+    let mut i = conn.inner.borrow_mut();
+    if i.dead.is_none() {
+        tracing::debug!(addr = %conn.addr, why = %why, "HTTP/2 connection ended");
+        i.dead = Some(why);
+    }
+    drop(i);
+    conn.changed.notify_waiters();
+}
+
+/// Files one event under its stream's slot.
+fn file(slots: &mut [Slot], c: &Conn, input: &[u8], ev: Event) {
+    let find = |slots: &mut [Slot], id: u32| slots.iter_mut().position(|s| s.id == id);
+    match ev {
+        Event::Head { stream, status, end_stream } => {
+            if let Some(k) = find(slots, stream) {
+                let s = &mut slots[k];
+                s.h1.clear();
+                s.h1.extend_from_slice(c.answer_head());
+                s.head = Some((status, end_stream));
+                s.ended |= end_stream;
+            }
+        }
+        Event::Data { stream, range, end_stream } => {
+            if let Some(k) = find(slots, stream) {
+                slots[k].data.extend_from_slice(&input[range]);
+                slots[k].ended |= end_stream;
+            }
+        }
+        Event::Reset { stream, code } => {
+            if let Some(k) = find(slots, stream) {
+                slots[k].reset = Some(code);
+            }
+        }
+        Event::GoAway { last_stream, .. } => {
+            for s in slots.iter_mut().filter(|s| s.id > last_stream && !s.ended) {
+                s.reset = Some(ErrorCode::RefusedStream);
+            }
+        }
+        Event::WindowOpen => {}
+    }
+}
+
+/// Sends the body and relays the answer of stream `id`.
+#[allow(clippy::too_many_arguments)]
+async fn exchange<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    offset: u16,
+    conn: &H2Conn,
+    id: u32,
+    head: &RequestHead,
+    upstream_head: &mut Vec<u8>,
+    answer_buf: &mut Vec<u8>,
+    body: &mut BodyProgress,
+) -> Result<(u16, bool), Failure> {
+    let addr = conn.addr;
+    let lost = |why: String| Failure::Upstream { cause: ErrorCause::Closed, detail: why, addr: Some(addr) };
+    if head.expect_continue && !body.done() {
+        let mut cont = Vec::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
+        down.write(&mut cont).await.map_err(|e| Failure::Downstream(e.to_string()))?;
+    }
+    let idle = ctx.config.client_idle_timeout;
+    let mut copied = 0u64;
+    let mut sent_end = body.done() && !head.expect_continue;
+    while !sent_end {
+        if down.filled().is_empty() && !body.done() {
+            super::exchange::read_body(down, idle, &ctx.buffers).await?;
+        }
+        // The payload at the front of the Agent's buffer: Content-Length
+        // bytes as they are, chunked ones decoded in place.
+        let (consumed, payload) = match body {
+            BodyProgress::Length { .. } => {
+                let n = body.take(down.filled(), usize::MAX, ctx.config.max_body_bytes)?;
+                (n, n)
+            }
+            BodyProgress::Chunked(scanner) => {
+                let start = down.start;
+                let (c, p) =
+                    scanner.dechunk(&mut down.buf[start..]).map_err(|e| Failure::Refused(RequestError::Chunked(e)))?;
+                if scanner.payload > ctx.config.max_body_bytes {
+                    return Err(Failure::Refused(RequestError::BodyTooLarge {
+                        len: scanner.payload,
+                        limit: ctx.config.max_body_bytes,
+                    }));
+                }
+                (c, p)
+            }
+        };
+        if payload == 0 && !body.done() {
+            down.consume(consumed);
+            continue;
+        }
+        let mut at = 0;
+        loop {
+            let last = at == payload && body.done();
+            // Room in the stream's window and the connection's output.
+            let room = conn
+                .wait_until(|i| {
+                    if let Some(why) = &i.dead {
+                        return Some(Err(why.clone()));
+                    }
+                    if let Some(s) = i.slots.iter().find(|s| s.id == id) {
+                        if let Some(code) = s.reset {
+                            return Some(Err(format!(
+                                "the intake reset the stream ({code:?}) before the body was sent"
+                            )));
+                        }
+                    }
+                    let room = i.conn.send_room(id);
+                    let out = i.conn.output_len();
+                    ((room > 0 || (last && at == payload)) && out < MAX_PENDING_OUTPUT).then_some(Ok(room))
+                })
+                .await
+                .map_err(lost)?;
+            let n = room.min(payload - at);
+            let end = last || (at + n == payload && body.done());
+            let chunk = &down.buf[down.start + at..down.start + at + n];
+            conn.inner.borrow_mut().conn.data(id, chunk, end).map_err(|e| lost(e.to_string()))?;
+            conn.to_driver.notify_one();
+            copied += n as u64;
+            at += n;
+            if end {
+                sent_end = true;
+                break;
+            }
+            if at == payload {
+                break;
+            }
+        }
+        down.consume(consumed);
+    }
+    {
+        let mut stats = ctx.stats.borrow_mut();
+        let p = stats.product(offset);
+        p.bytes_in += body.payload();
+        p.bytes_copied += copied;
+    }
+
+    // The answer head (interim ones skipped), bounded by the response timeout.
+    let client = ClientConn { close: head.close || (ctx.draining().is_some() && !ctx.handing_over()), ..head.client() };
+    let wait_head = conn.wait_until(|i| {
+        let dead = i.dead.clone();
+        let s = i.slots.iter_mut().find(|s| s.id == id)?;
+        if let Some((status, _)) = s.head {
+            if (100..200).contains(&status) {
+                s.head = None;
+                return None;
+            }
+            return Some(Ok(std::mem::take(&mut s.h1)));
+        }
+        if let Some(code) = s.reset {
+            return Some(Err((code, String::new())));
+        }
+        dead.map(|why| Err((ErrorCode::Internal, why)))
+    });
+    let h1 = match crate::rt::timeout(ctx.config.response_timeout, wait_head).await {
+        Err(_) => {
+            return Err(Failure::Upstream {
+                cause: ErrorCause::Timeout,
+                detail: format!("no answer within upstream.response_timeout ({:?})", ctx.config.response_timeout),
+                addr: Some(addr),
+            })
+        }
+        Ok(Err((ErrorCode::RefusedStream, _))) => {
+            return Err(Failure::Upstream {
+                cause: ErrorCause::Closed,
+                detail: "the intake refused the stream (REFUSED_STREAM or GOAWAY): never processed".into(),
+                addr: Some(addr),
+            })
+        }
+        Ok(Err((code, why))) if why.is_empty() => {
+            return Err(lost(format!("the intake reset the stream ({code:?}) before answering")))
+        }
+        Ok(Err((_, why))) => return Err(lost(format!("{why} before the answer"))),
+        Ok(Ok(h1)) => h1,
+    };
+    let answer_head = http1::parse_response(&h1, ctx.config.max_header_bytes, head.method, client, upstream_head)
+        .map_err(|e| Failure::Upstream { cause: ErrorCause::BadAnswer, detail: e.to_string(), addr: Some(addr) })?
+        .ok_or_else(|| lost("an incomplete answer head (a relay bug)".into()))?;
+
+    // The body, as it comes; each piece released to flow control once written.
+    let mut answer = AnswerOut { head: upstream_head, head_pending: true, copied: 0 };
+    let chunked = answer_head.framing == BodyFraming::Chunked && !answer_head.dechunk;
+    let mut sent: u64 = 0;
+    loop {
+        let next = conn.wait_until(|i| {
+            let dead = i.dead.clone();
+            let s = i.slots.iter_mut().find(|s| s.id == id)?;
+            if !s.data.is_empty() || s.ended {
+                answer_buf.clear();
+                answer_buf.extend_from_slice(&s.data);
+                s.data.clear();
+                return Some(Ok(s.ended));
+            }
+            if let Some(code) = s.reset {
+                return Some(Err(format!("the intake reset the stream ({code:?}) mid-answer")));
+            }
+            dead.map(|why| Err(format!("{why} mid-answer")))
+        });
+        let ended = match crate::rt::timeout(ctx.config.response_timeout, next).await {
+            Err(_) => {
+                return Err(answer.fail(ErrorCause::Timeout, "the intake stopped sending its answer".into(), addr))
+            }
+            Ok(Err(why)) => return Err(answer.fail(ErrorCause::Closed, why, addr)),
+            Ok(Ok(ended)) => ended,
+        };
+        let n = answer_buf.len();
+        sent += n as u64;
+        conn.inner.borrow_mut().conn.release(id, n);
+        conn.to_driver.notify_one();
+        if chunked {
+            let mut framed = Vec::with_capacity(n + 16);
+            if n > 0 {
+                framed.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                framed.extend_from_slice(answer_buf);
+                framed.extend_from_slice(b"\r\n");
+            }
+            if ended {
+                framed.extend_from_slice(b"0\r\n\r\n");
+            }
+            *answer_buf = framed;
+        }
+        let len = answer_buf.len();
+        answer.send(down, answer_buf, len).await?;
+        if ended {
+            break;
+        }
+    }
+    answer.finish(down).await?;
+    if let BodyFraming::Length(total) = answer_head.framing {
+        if sent != total {
+            return Err(Failure::AnswerCut {
+                cause: ErrorCause::BadAnswer,
+                detail: format!("the intake's DATA ({sent} bytes) does not match its content-length ({total})"),
+            });
+        }
+    }
+    {
+        let mut stats = ctx.stats.borrow_mut();
+        let p = stats.product(offset);
+        p.bytes_out += sent;
+        p.bytes_copied += answer.copied + sent;
+    }
+    Ok((answer_head.status, !answer_head.client.close))
+}
