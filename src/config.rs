@@ -1117,6 +1117,22 @@ mod tests {
     }
 
     #[test]
+    fn upstream_protocol_keys() {
+        let c = parse_str("").unwrap().validate().unwrap();
+        assert_eq!((c.protocol, c.h2_max_connections), (UpstreamProtocol::Http1, 2));
+        for (v, want) in
+            [("h2", UpstreamProtocol::H2), ("auto", UpstreamProtocol::Auto), ("http1", UpstreamProtocol::Http1)]
+        {
+            let c = parse_str(&format!("[upstream]\nprotocol = \"{v}\"\n")).unwrap().validate().unwrap();
+            assert_eq!(c.protocol, want);
+        }
+        let e = parse_str("[upstream]\nprotocol = \"spdy\"\n").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("upstream.protocol") && e.contains("http1, h2, auto"), "{e}");
+        let e = parse_str("[upstream]\nh2_max_connections = 0\n").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("upstream.h2_max_connections"), "{e}");
+    }
+
+    #[test]
     fn admin_defaults_and_changed_keys() {
         let c = RawConfig::default().validate().unwrap();
         assert!(c.admin_enabled);

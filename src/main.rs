@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fipsrelay::config::{self, Config, Source, ENV_OVERRIDES, PORT_COUNT};
+use fipsrelay::config::{self, Config, Source, UpstreamProtocol, ENV_OVERRIDES, PORT_COUNT};
 use fipsrelay::route::{ProductRoute, RouteTable, PRODUCTS};
 use fipsrelay::{crypto, logging, server, tuning};
 
@@ -218,6 +218,18 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
         };
         println!("# {port:<6} {:<28} {host}", p.name);
     }
+    let protocol = match config.protocol {
+        UpstreamProtocol::Http1 => "HTTP/1.1 (upstream.protocol = \"http1\"; no ALPN offered)".to_string(),
+        UpstreamProtocol::H2 => format!(
+            "HTTP/2 only (ALPN h2; an intake without it is refused), up to {} connections per worker and host",
+            config.h2_max_connections
+        ),
+        UpstreamProtocol::Auto => format!(
+            "ALPN h2, http/1.1: what each intake host picks; up to {} HTTP/2 connections per worker and host",
+            config.h2_max_connections
+        ),
+    };
+    println!("# upstream protocol: {protocol}");
     if !config.override_addrs.is_empty() {
         let list: Vec<String> = config.override_addrs.iter().map(|a| a.to_string()).collect();
         println!("# every upstream connection goes to {} (upstream.override_addr)", list.join(", "));

@@ -24,6 +24,7 @@ pub const M_REFUSED: &str = "fipsrelay_refused_requests_total";
 pub const M_OPEN_CONNECTIONS: &str = "fipsrelay_open_connections";
 pub const M_UPSTREAM_SESSIONS_OPEN: &str = "fipsrelay_upstream_sessions_open";
 pub const M_UPSTREAM_SESSIONS_IDLE: &str = "fipsrelay_upstream_sessions_idle";
+pub const M_UPSTREAM_H2_CONNECTIONS: &str = "fipsrelay_upstream_h2_connections";
 pub const M_UPSTREAM_ADDRESS_UP: &str = "fipsrelay_upstream_address_up";
 pub const M_UPSTREAM_TRANSITIONS: &str = "fipsrelay_upstream_transitions_total";
 pub const M_UPSTREAM_PANIC: &str = "fipsrelay_upstream_panic";
@@ -220,6 +221,8 @@ impl ProductStats {
 pub struct UpstreamStats {
     pub sessions_open: i64,
     pub sessions_idle: i64,
+    /// HTTP/2 connections (each a TLS session not counted above).
+    pub h2_connections: i64,
 }
 
 /// One worker's counters (or the sum over all workers).
@@ -270,6 +273,7 @@ impl WorkerStats {
         for (a, b) in self.upstreams.iter_mut().zip(&o.upstreams) {
             a.sessions_open += b.sessions_open;
             a.sessions_idle += b.sessions_idle;
+            a.h2_connections += b.h2_connections;
         }
     }
 }

@@ -287,6 +287,7 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
         version: VERSION,
         fips_module,
         io_backend: backend,
+        upstream_protocol: config.protocol.label(),
         workers,
         routes: routes.clone(),
         directory: directory.clone(),

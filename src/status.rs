@@ -15,6 +15,8 @@ pub struct StatusInfo {
     /// The linked FIPS module and its CMVP status (`crypto::MODULE_TABLE`).
     pub fips_module: crate::crypto::FipsModule,
     pub io_backend: &'static str,
+    /// `upstream.protocol`: http1, h2 or auto.
+    pub upstream_protocol: &'static str,
     pub workers: usize,
     pub routes: std::sync::Arc<RouteTable>,
     /// Upstream addresses and their health, as the workers see them.
@@ -79,6 +81,7 @@ fn summary(info: &StatusInfo, hub: &StatsHub) -> String {
     let _ = writeln!(s, "uptime: {}s", hub.started.elapsed().as_secs());
     let _ = writeln!(s, "fips: enabled ({})", info.fips_module);
     let _ = writeln!(s, "io: {} ({} workers)", info.io_backend, info.workers);
+    let _ = writeln!(s, "upstream protocol: {}", info.upstream_protocol);
     if let Some(p) = info.directory.proxy() {
         let d = &info.directory;
         let direct: Vec<&str> = (0..d.len()).filter(|id| !d.via_proxy(*id)).map(|id| d.host(id)).collect();
@@ -183,6 +186,7 @@ fn health(info: &StatusInfo, hub: &StatsHub) -> String {
         "fips": true,
         "fips_module": module,
         "io": info.io_backend,
+        "upstream_protocol": info.upstream_protocol,
         "workers": info.workers,
         "uptime_seconds": hub.started.elapsed().as_secs(),
         "proxy": info.directory.proxy().map(|p| p.display.clone()),
@@ -297,13 +301,20 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
             p.name, m.products[p.offset as usize].open_connections
         );
     }
-    for (name, help, idle) in [
-        (M_UPSTREAM_SESSIONS_OPEN, "Open TLS sessions to the upstream host.", false),
-        (M_UPSTREAM_SESSIONS_IDLE, "Idle pooled TLS sessions to the upstream host.", true),
+    for (name, help, get) in [
+        (
+            M_UPSTREAM_SESSIONS_OPEN,
+            "Open HTTP/1.1 TLS sessions to the upstream host.",
+            (|u: &crate::metrics::UpstreamStats| u.sessions_open) as fn(&crate::metrics::UpstreamStats) -> i64,
+        ),
+        (M_UPSTREAM_SESSIONS_IDLE, "Idle pooled HTTP/1.1 TLS sessions to the upstream host.", |u| u.sessions_idle),
+        (M_UPSTREAM_H2_CONNECTIONS, "Open HTTP/2 connections (TLS sessions) to the upstream host.", |u| {
+            u.h2_connections
+        }),
     ] {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge");
         for (i, u) in info.routes.upstreams.iter().enumerate() {
-            let v = if idle { m.upstreams[i].sessions_idle } else { m.upstreams[i].sessions_open };
+            let v = get(&m.upstreams[i]);
             let _ = writeln!(s, "{name}{{upstream=\"{}\"}} {}", u.host, v);
         }
     }

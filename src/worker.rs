@@ -260,10 +260,12 @@ async fn housekeeping<B: Backend>(ctx: Rc<WorkerCtx<B>>) {
 fn publish<B: Backend>(ctx: &WorkerCtx<B>) {
     {
         let pool = ctx.pool.borrow();
+        let h2 = ctx.h2.borrow();
         let mut st = ctx.stats.borrow_mut();
         for (i, u) in st.upstreams.iter_mut().enumerate() {
             u.sessions_open = pool.open_count(i);
             u.sessions_idle = pool.idle_count(i) as i64;
+            u.h2_connections = h2.open_count(i) as i64;
         }
     }
     ctx.hub.publish(ctx.id, &ctx.stats.borrow());

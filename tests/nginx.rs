@@ -189,6 +189,11 @@ fn h2_interop(io: &str, protocol: &str) {
             "bodies of {len} B arrived whole: {lines:?}"
         );
     }
+    // The status page and /metrics say what the relay speaks.
+    assert!(relay.status_page("/").contains(&format!("upstream protocol: {protocol}")));
+    let open =
+        relay.wait_metric("fipsrelay_upstream_h2_connections{upstream=\"metrics.agent.ddog-gov.com\"}", |v| v >= 1.0);
+    assert!(open <= 4.0, "{open} HTTP/2 connections");
     assert!(
         conns.len() <= 4,
         "{expected} requests over {} connections: {conns:?}\n{lines:?}\n{}",

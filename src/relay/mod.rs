@@ -461,6 +461,7 @@ mod tests {
             version: "test",
             fips_module: crate::crypto::linked_module(),
             io_backend: <Mem as Backend>::NAME,
+            upstream_protocol: "http1",
             workers: 1,
             routes: routes.clone(),
             directory: directory.clone(),
