@@ -170,12 +170,14 @@ pub fn start_relay_bin(
     threads: usize,
     io: &str,
 ) -> Target {
+    // "epoll+h2": the backend, then `upstream.protocol` (http1 without it).
+    let (io, protocol) = io.split_once('+').unwrap_or((io, "http1"));
     let base = free_base();
     let config = dir.join(format!("fipsrelay-{base}.toml"));
     std::fs::write(
         &config,
         format!(
-            "[listen]\nport_range_start = {base}\n[workers]\nthreads = {threads}\npin = false\nio = \"{io}\"\n[upstream]\noverride_addr = \"{}\"\nca_file = \"{}\"\nmax_idle_per_host = 256\n[log]\nlevel = \"warn\"\n[admin]\nenabled = false\n",
+            "[listen]\nport_range_start = {base}\n[workers]\nthreads = {threads}\npin = false\nio = \"{io}\"\n[upstream]\nprotocol = \"{protocol}\"\noverride_addr = \"{}\"\nca_file = \"{}\"\nmax_idle_per_host = 256\n[log]\nlevel = \"warn\"\n[admin]\nenabled = false\n",
             addr,
             ca.display()
         ),
@@ -485,7 +487,7 @@ pub fn start_nginx_intake(dir: &Path, tls: &Path, cpu: Option<usize>) -> NginxIn
              http {{\n  access_log off;\n  client_body_temp_path {r}/body;\n  proxy_temp_path {r}/proxy;\n\
                fastcgi_temp_path {r}/fastcgi;\n  uwsgi_temp_path {r}/uwsgi;\n  scgi_temp_path {r}/scgi;\n\
                client_body_buffer_size 128k;\n  client_max_body_size 64m;\n\
-               server {{\n    listen 127.0.0.1:{port} ssl;\n    listen 127.0.0.1:{plain};\n    ssl_certificate {t}/cert.pem;\n    ssl_certificate_key {t}/key.pem;\n\
+               server {{\n    listen 127.0.0.1:{port} ssl http2;\n    listen 127.0.0.1:{plain};\n    ssl_certificate {t}/cert.pem;\n    ssl_certificate_key {t}/key.pem;\n\
                  ssl_protocols TLSv1.2 TLSv1.3;\n    keepalive_requests 10000000;\n    keepalive_timeout 120s;\n\
                  location / {{ echo_read_request_body; echo_status 202; echo -n \"{{}}\"; }}\n  }}\n}}\n",
             echo = echo.display(),

@@ -185,6 +185,11 @@ impl Conn {
         self.settings_acked
     }
 
+    /// Whether the intake sent GOAWAY (no new stream goes on this connection).
+    pub fn going_away(&self) -> bool {
+        self.goaway.is_some()
+    }
+
     /// Streams open now.
     pub fn active(&self) -> usize {
         self.streams.len()

@@ -18,8 +18,11 @@
 //! the connection's output is below [`MAX_PENDING_OUTPUT`].
 //!
 //! # Faults (RFC 9113 §8.7 and the Agent's retry rules, DESIGN §1)
-//! - A stream reset, refused or above a GOAWAY's last stream before its
-//!   answer head: 502 or 503, which the Agent retries.
+//! - A stream the intake never processed (REFUSED_STREAM, or above a
+//!   GOAWAY's last stream id) is sent again on another connection, up to
+//!   [`REPLAYS`] times, when its whole body is still in the Agent buffer
+//!   (the body is consumed only once the answer head is there); else 502.
+//! - A stream reset before its answer head: 502, which the Agent retries.
 //! - The connection lost before the head: 502; after it: the Agent
 //!   connection is cut.
 
@@ -51,6 +54,8 @@ const MAX_PENDING_OUTPUT: usize = 256 * 1024;
 /// After an intake picked HTTP/1.1 by ALPN (`auto`), how long its host is
 /// served over HTTP/1.1 before ALPN is offered again.
 const HTTP1_RECHECK: Duration = Duration::from_secs(300);
+/// Times a request the intake never processed is sent again.
+const REPLAYS: usize = 3;
 
 /// A worker's HTTP/2 connections, per intake host.
 pub struct H2Hosts {
@@ -153,20 +158,69 @@ pub(super) async fn forward<B: Backend>(
             return Ok(None);
         }
     }
-    let Some(conn) = connection(ctx, offset, upstream).await? else { return Ok(None) };
+    let mut replays = 0;
+    loop {
+        let Some(conn) = connection(ctx, offset, upstream).await? else { return Ok(None) };
+        match on_connection(ctx, down, offset, &conn, head, upstream_head, answer_buf, body).await {
+            Err(Exchange::Refused) if replays < REPLAYS => {
+                replays += 1;
+                tracing::info!(upstream = ctx.upstream_host(upstream), addr = %conn.addr, replays, "the intake never processed the stream (GOAWAY or REFUSED_STREAM); sent again on another connection");
+                *body = BodyProgress::new(head.framing);
+            }
+            Err(Exchange::Refused) => {
+                return Err(Failure::Upstream {
+                    cause: ErrorCause::Closed,
+                    detail: format!("the intake refused the stream {} times (REFUSED_STREAM or GOAWAY)", REPLAYS + 1),
+                    addr: Some(conn.addr),
+                })
+            }
+            Err(Exchange::Failed(f)) => return Err(f),
+            Ok(done) => return Ok(Some(done)),
+        }
+    }
+}
+
+/// How an exchange on one connection ended badly.
+enum Exchange {
+    /// The intake never processed the stream, and the request can be sent
+    /// again as it was (its body was not consumed).
+    Refused,
+    Failed(Failure),
+}
+
+impl From<Failure> for Exchange {
+    fn from(f: Failure) -> Self {
+        Exchange::Failed(f)
+    }
+}
+
+/// One attempt of the exchange on `conn`.
+#[allow(clippy::too_many_arguments)]
+async fn on_connection<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    offset: u16,
+    conn: &Rc<H2Conn>,
+    head: &RequestHead,
+    upstream_head: &mut Vec<u8>,
+    answer_buf: &mut Vec<u8>,
+    body: &mut BodyProgress,
+) -> Result<(u16, bool), Exchange> {
     let addr = conn.addr;
     let upstream_fail = |cause: ErrorCause, detail: String| Failure::Upstream { cause, detail, addr: Some(addr) };
 
     // Open the stream (waiting, bounded, while the intake's stream limit is reached).
     let no_body = body.done() && !head.expect_continue;
     let open = conn.wait_until(|i| {
-        if let Some(why) = &i.dead {
-            return Some(Err(why.clone()));
+        if i.dead.is_some() || i.conn.going_away() {
+            // Nothing of this request was sent on this connection: another
+            // one takes it.
+            return Some(Err(None));
         }
         if !i.conn.can_open() {
             return None;
         }
-        let opened = i.conn.open(upstream_head, no_body).map_err(|e| e.to_string());
+        let opened = i.conn.open(upstream_head, no_body).map_err(|e| Some(e.to_string()));
         if let Ok(id) = opened {
             i.slots.push(Slot { id, ..Slot::default() });
         }
@@ -174,20 +228,21 @@ pub(super) async fn forward<B: Backend>(
     });
     let id = match crate::rt::timeout(ctx.config.connect_timeout, open).await {
         Err(_) => {
-            return Err(upstream_fail(
+            return Err(Exchange::Failed(upstream_fail(
                 ErrorCause::Overloaded,
                 format!(
                     "every HTTP/2 connection to the intake is at its stream limit (upstream.h2_max_connections = {})",
                     ctx.config.h2_max_connections
                 ),
-            ))
+            )))
         }
-        Ok(Err(why)) => return Err(upstream_fail(ErrorCause::Closed, why)),
+        Ok(Err(None)) => return Err(Exchange::Refused),
+        Ok(Err(Some(why))) => return Err(upstream_fail(ErrorCause::Closed, why).into()),
         Ok(Ok(id)) => id,
     };
     conn.to_driver.notify_one();
-    let _stream = StreamGuard { conn: &conn, id };
-    exchange(ctx, down, offset, &conn, id, head, upstream_head, answer_buf, body).await.map(Some)
+    let _stream = StreamGuard { conn, id };
+    exchange(ctx, down, offset, conn, id, head, upstream_head, answer_buf, body).await
 }
 
 /// Ends a stream's exchange however it ends (returned, failed, or dropped
@@ -222,6 +277,9 @@ async fn connection<B: Backend>(
             if let Some(c) = conns.iter().find(|c| c.inner.borrow().conn.can_open()) {
                 return Ok(Some(c.clone()));
             }
+            // A connection the intake is closing (GOAWAY) takes no stream
+            // and does not count against the limit.
+            conns.retain(|c| !c.inner.borrow().conn.going_away());
             if conns.len() + opening < ctx.config.h2_max_connections {
                 hosts.opening[upstream] += 1;
                 break;
@@ -325,6 +383,9 @@ async fn drive<S: Stream>(
             break why;
         }
         let busy = !conn.inner.borrow().slots.is_empty();
+        if !busy && conn.inner.borrow().conn.going_away() {
+            break "the intake sent GOAWAY".to_string();
+        }
         if busy {
             idle_since = Instant::now();
         }
@@ -416,9 +477,20 @@ async fn exchange<B: Backend>(
     upstream_head: &mut Vec<u8>,
     answer_buf: &mut Vec<u8>,
     body: &mut BodyProgress,
-) -> Result<(u16, bool), Failure> {
+) -> Result<(u16, bool), Exchange> {
     let addr = conn.addr;
     let lost = |why: String| Failure::Upstream { cause: ErrorCause::Closed, detail: why, addr: Some(addr) };
+    // A body that is all in the Agent buffer already (a typical Agent
+    // request) stays there until the answer head: a refused stream can then
+    // be sent again as it was.
+    let held = match body {
+        BodyProgress::Length { left, .. } if !head.expect_continue && *left as usize <= down.filled().len() => {
+            Some(*left as usize)
+        }
+        _ => None,
+    };
+    let mut replayable = held.is_some() || body.done();
+    let mut offset_in_buf = 0usize;
     if head.expect_continue && !body.done() {
         let mut cont = Vec::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
         down.write(&mut cont).await.map_err(|e| Failure::Downstream(e.to_string()))?;
@@ -427,14 +499,14 @@ async fn exchange<B: Backend>(
     let mut copied = 0u64;
     let mut sent_end = body.done() && !head.expect_continue;
     while !sent_end {
-        if down.filled().is_empty() && !body.done() {
+        if down.filled().len() == offset_in_buf && !body.done() {
             super::exchange::read_body(down, idle, &ctx.buffers).await?;
         }
         // The payload at the front of the Agent's buffer: Content-Length
         // bytes as they are, chunked ones decoded in place.
         let (consumed, payload) = match body {
             BodyProgress::Length { .. } => {
-                let n = body.take(down.filled(), usize::MAX, ctx.config.max_body_bytes)?;
+                let n = body.take(&down.filled()[offset_in_buf..], usize::MAX, ctx.config.max_body_bytes)?;
                 (n, n)
             }
             BodyProgress::Chunked(scanner) => {
@@ -445,13 +517,15 @@ async fn exchange<B: Backend>(
                     return Err(Failure::Refused(RequestError::BodyTooLarge {
                         len: scanner.payload,
                         limit: ctx.config.max_body_bytes,
-                    }));
+                    })
+                    .into());
                 }
                 (c, p)
             }
         };
         if payload == 0 && !body.done() {
             down.consume(consumed);
+            replayable = false;
             continue;
         }
         let mut at = 0;
@@ -478,7 +552,8 @@ async fn exchange<B: Backend>(
                 .map_err(lost)?;
             let n = room.min(payload - at);
             let end = last || (at + n == payload && body.done());
-            let chunk = &down.buf[down.start + at..down.start + at + n];
+            let from = down.start + offset_in_buf + at;
+            let chunk = &down.buf[from..from + n];
             conn.inner.borrow_mut().conn.data(id, chunk, end).map_err(|e| lost(e.to_string()))?;
             conn.to_driver.notify_one();
             copied += n as u64;
@@ -491,13 +566,12 @@ async fn exchange<B: Backend>(
                 break;
             }
         }
-        down.consume(consumed);
-    }
-    {
-        let mut stats = ctx.stats.borrow_mut();
-        let p = stats.product(offset);
-        p.bytes_in += body.payload();
-        p.bytes_copied += copied;
+        if held.is_some() {
+            offset_in_buf += consumed;
+        } else {
+            down.consume(consumed);
+            replayable = false;
+        }
     }
 
     // The answer head (interim ones skipped), bounded by the response timeout.
@@ -523,21 +597,32 @@ async fn exchange<B: Backend>(
                 cause: ErrorCause::Timeout,
                 detail: format!("no answer within upstream.response_timeout ({:?})", ctx.config.response_timeout),
                 addr: Some(addr),
-            })
+            }
+            .into())
         }
+        Ok(Err((ErrorCode::RefusedStream, _))) if replayable => return Err(Exchange::Refused),
         Ok(Err((ErrorCode::RefusedStream, _))) => {
             return Err(Failure::Upstream {
                 cause: ErrorCause::Closed,
-                detail: "the intake refused the stream (REFUSED_STREAM or GOAWAY): never processed".into(),
+                detail: "the intake refused the stream (REFUSED_STREAM or GOAWAY) after its body had gone".into(),
                 addr: Some(addr),
-            })
+            }
+            .into())
         }
         Ok(Err((code, why))) if why.is_empty() => {
-            return Err(lost(format!("the intake reset the stream ({code:?}) before answering")))
+            return Err(lost(format!("the intake reset the stream ({code:?}) before answering")).into())
         }
-        Ok(Err((_, why))) => return Err(lost(format!("{why} before the answer"))),
+        Ok(Err((_, why))) => return Err(lost(format!("{why} before the answer")).into()),
         Ok(Ok(h1)) => h1,
     };
+    // Answered: the body the Agent buffer held is done with.
+    down.consume(offset_in_buf);
+    {
+        let mut stats = ctx.stats.borrow_mut();
+        let p = stats.product(offset);
+        p.bytes_in += body.payload();
+        p.bytes_copied += copied;
+    }
     let answer_head = http1::parse_response(&h1, ctx.config.max_header_bytes, head.method, client, upstream_head)
         .map_err(|e| Failure::Upstream { cause: ErrorCause::BadAnswer, detail: e.to_string(), addr: Some(addr) })?
         .ok_or_else(|| lost("an incomplete answer head (a relay bug)".into()))?;
@@ -563,9 +648,11 @@ async fn exchange<B: Backend>(
         });
         let ended = match crate::rt::timeout(ctx.config.response_timeout, next).await {
             Err(_) => {
-                return Err(answer.fail(ErrorCause::Timeout, "the intake stopped sending its answer".into(), addr))
+                return Err(answer
+                    .fail(ErrorCause::Timeout, "the intake stopped sending its answer".into(), addr)
+                    .into())
             }
-            Ok(Err(why)) => return Err(answer.fail(ErrorCause::Closed, why, addr)),
+            Ok(Err(why)) => return Err(answer.fail(ErrorCause::Closed, why, addr).into()),
             Ok(Ok(ended)) => ended,
         };
         let n = answer_buf.len();
@@ -596,7 +683,8 @@ async fn exchange<B: Backend>(
             return Err(Failure::AnswerCut {
                 cause: ErrorCause::BadAnswer,
                 detail: format!("the intake's DATA ({sent} bytes) does not match its content-length ({total})"),
-            });
+            }
+            .into());
         }
     }
     {
