@@ -1,5 +1,5 @@
 //! Header translation between the Agent's HTTP/1.1 and HTTP/2 to the
-//! intake (RFC 9113 §8), through HPACK (`loona-hpack`).
+//! intake (RFC 9113 §8), through HPACK ([`super::hpack`]).
 //!
 //! Requests start from the upstream head that [`crate::http1::parse_request`]
 //! already rendered and checked (request line, `Host`, the end-to-end fields
@@ -18,8 +18,6 @@
 //! Must never: forward a connection-specific field in either direction, or
 //! accept an answer block that breaks §8.3 (pseudo-fields after regular
 //! ones, unknown or repeated pseudo-fields, uppercase names).
-
-use std::io::Write;
 
 use thiserror::Error;
 
@@ -44,7 +42,7 @@ pub enum HeaderError {
 /// head from `parse_request`) into `out` (appended).
 pub fn encode_request(
     rendered: &[u8],
-    encoder: &mut loona_hpack::Encoder<'_>,
+    encoder: &mut super::hpack::Encoder,
     out: &mut Vec<u8>,
 ) -> Result<(), HeaderError> {
     let mut headers = [httparse::EMPTY_HEADER; crate::http1::MAX_HEADERS];
@@ -83,20 +81,8 @@ pub fn encode_request(
         (b":path", path.as_bytes()),
     ];
     let fields = pseudo.into_iter().chain(spans.iter().map(|&(s, e, v)| (&names[s..e], v)));
-    encoder.encode_into(fields, &mut VecWriter(out)).map_err(|_| HeaderError::Request("HPACK encoding failed"))
-}
-
-/// `io::Write` over a byte vector (HPACK writes through it; never fails).
-struct VecWriter<'a>(&'a mut Vec<u8>);
-
-impl Write for VecWriter<'_> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    encoder.encode(fields, out);
+    Ok(())
 }
 
 /// Decodes the intake's answer header block and writes it as an HTTP/1.1
@@ -107,7 +93,7 @@ impl Write for VecWriter<'_> {
 /// 32 bytes a field, as SETTINGS_MAX_HEADER_LIST_SIZE counts).
 pub fn decode_answer(
     block: &[u8],
-    decoder: &mut loona_hpack::Decoder<'_>,
+    decoder: &mut super::hpack::Decoder,
     end_stream: bool,
     max_list: usize,
     out: &mut Vec<u8>,
@@ -119,7 +105,7 @@ pub fn decode_answer(
     let mut list = 0usize;
     let mut has_length = false;
     let mut bad: Option<HeaderError> = None;
-    let res = decoder.decode_with_cb(block, |name, value| {
+    let res = decoder.decode(block, |name, value| {
         if bad.is_some() {
             return;
         }
@@ -136,7 +122,7 @@ pub fn decode_answer(
             } else if status.is_some() {
                 bad = Some(HeaderError::Malformed("a repeated :status"));
             } else {
-                status = parse_status(&value);
+                status = parse_status(value);
                 if status.is_none() {
                     bad = Some(HeaderError::Malformed(":status is not three digits"));
                 }
@@ -148,9 +134,7 @@ pub fn decode_answer(
             bad = Some(HeaderError::Malformed("an uppercase field name"));
             return;
         }
-        if CONNECTION_SPECIFIC.iter().any(|c| name.as_ref() == *c)
-            || (name.as_ref() == b"te" && value.as_ref() != b"trailers")
-        {
+        if CONNECTION_SPECIFIC.contains(&name) || (name == b"te" && value != b"trailers") {
             bad = Some(HeaderError::Malformed("a connection-specific field"));
             return;
         }
@@ -158,14 +142,14 @@ pub fn decode_answer(
             bad = Some(HeaderError::Malformed("CR, LF or NUL in a field"));
             return;
         }
-        has_length |= name.as_ref() == b"content-length";
-        out.extend_from_slice(&name);
+        has_length |= name == b"content-length";
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(&value);
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     });
     if let Err(e) = res {
-        return Err(HeaderError::Hpack(format!("{e:?}")));
+        return Err(HeaderError::Hpack(e.to_string()));
     }
     if let Some(e) = bad {
         return Err(e);
@@ -217,7 +201,7 @@ mod tests {
         let head = rendered(
             b"POST /api/v2/series?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9804\r\nDD-API-KEY: secret\r\nContent-Type: application/json\r\nContent-Encoding: zstd\r\nContent-Length: 5\r\nConnection: keep-alive, X-Drop\r\nX-Drop: gone\r\nKeep-Alive: 5\r\nTE: gzip\r\nUser-Agent: datadog-agent/7\r\n\r\n",
         );
-        let mut enc = loona_hpack::Encoder::new();
+        let mut enc = crate::h2::hpack::Encoder::new();
         let mut block = Vec::new();
         encode_request(&head, &mut enc, &mut block).unwrap();
         let fields = decode_all(&block);
@@ -241,12 +225,13 @@ mod tests {
     #[test]
     fn a_chunked_request_loses_transfer_encoding_and_te_trailers_stays() {
         let head = rendered(b"POST /api/v2/logs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
-        let mut enc = loona_hpack::Encoder::new();
+        let mut enc = crate::h2::hpack::Encoder::new();
         let mut block = Vec::new();
         encode_request(&head, &mut enc, &mut block).unwrap();
         assert!(decode_all(&block).iter().all(|(n, _)| n != "transfer-encoding"));
         // `te: trailers` passes (the relay's HTTP/1.1 rendering drops TE as
         // hop-by-hop, so this starts from a hand-written rendered head).
+        let mut enc = crate::h2::hpack::Encoder::new();
         let mut block = Vec::new();
         encode_request(b"GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n", &mut enc, &mut block).unwrap();
         assert!(decode_all(&block).contains(&("te".into(), "trailers".into())));
@@ -255,14 +240,13 @@ mod tests {
     #[test]
     fn the_encoder_indexes_what_repeats() {
         let head = rendered(b"POST /api/v2/series HTTP/1.1\r\nHost: x\r\nDD-API-KEY: k\r\nContent-Length: 1\r\n\r\n");
-        let mut enc = loona_hpack::Encoder::new();
+        let mut enc = crate::h2::hpack::Encoder::new();
         let (mut first, mut second) = (Vec::new(), Vec::new());
         encode_request(&head, &mut enc, &mut first).unwrap();
         encode_request(&head, &mut enc, &mut second).unwrap();
-        // loona-hpack indexes a field only when its name is in no table, so
-        // `:path` and `:authority` go as literals every time: 64 then 51
-        // bytes here. A policy that indexes them too would make it ~10.
-        assert!(second.len() < first.len(), "{} then {} bytes", first.len(), second.len());
+        // The second block: indexes, then the key (never indexed) and the
+        // length (not indexed) as literals.
+        assert!(second.len() <= 24, "{} then {} bytes", first.len(), second.len());
         let mut d = loona_hpack::Decoder::new();
         assert_eq!(d.decode(&first).unwrap(), d.decode(&second).unwrap());
     }
@@ -273,7 +257,7 @@ mod tests {
     }
 
     fn answer(fields: &[(&str, &str)], end_stream: bool) -> Result<(u16, Vec<u8>), HeaderError> {
-        let mut d = loona_hpack::Decoder::new();
+        let mut d = crate::h2::hpack::Decoder::new();
         let mut out = Vec::new();
         decode_answer(&answer_block(fields), &mut d, end_stream, 16 * 1024, &mut out).map(|s| (s, out))
     }
@@ -319,7 +303,7 @@ mod tests {
         let long = "v".repeat(20_000);
         assert_eq!(bad(&[(":status", "200"), ("x", &long)]), HeaderError::TooLarge(16 * 1024));
         // Bytes that are not HPACK.
-        let mut d = loona_hpack::Decoder::new();
+        let mut d = crate::h2::hpack::Decoder::new();
         assert!(matches!(
             decode_answer(&[0xff, 0xff, 0xff], &mut d, true, 1024, &mut Vec::new()),
             Err(HeaderError::Hpack(_))

@@ -4,7 +4,8 @@
 //! - [`frame`]: frames (RFC 9113 §4, §6), read in place and written into the
 //!   plaintext that is sealed into TLS records;
 //! - [`headers`]: the Agent's HTTP/1.1 head as an HTTP/2 field list and the
-//!   intake's answer fields as an HTTP/1.1 head, through HPACK;
+//!   intake's answer fields as an HTTP/1.1 head;
+//! - [`hpack`]: header compression (RFC 7541), the relay's own;
 //! - [`conn`]: one client connection without I/O: settings, streams,
 //!   flow-control windows, PING and SETTINGS answers, GOAWAY, floods.
 //!
@@ -16,3 +17,4 @@
 pub mod conn;
 pub mod frame;
 pub mod headers;
+pub mod hpack;

@@ -30,6 +30,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -88,8 +89,6 @@ impl H2Hosts {
 /// One HTTP/2 connection, shared by its task and the exchanges on it.
 pub(crate) struct H2Conn {
     inner: RefCell<Inner>,
-    /// The connection's task wakes the exchanges (answers, windows, output written).
-    changed: Notify,
     /// Exchanges wake the connection's task (frames queued).
     to_driver: Notify,
     addr: SocketAddr,
@@ -100,6 +99,28 @@ struct Inner {
     slots: Vec<Slot>,
     /// Why the connection ended; no new stream goes on it.
     dead: Option<String>,
+    /// Exchanges waiting on the connection (room to open a stream, window,
+    /// output written), woken together when any of that changes. An
+    /// exchange waiting for its own stream's answer waits in its slot.
+    waiters: Vec<Waker>,
+}
+
+impl Inner {
+    fn wake_waiters(&mut self) {
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// The connection ended: every exchange on it looks again.
+    fn wake_all(&mut self) {
+        self.wake_waiters();
+        for s in &mut self.slots {
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    }
 }
 
 /// What one stream received.
@@ -113,19 +134,40 @@ struct Slot {
     data: Vec<u8>,
     ended: bool,
     reset: Option<ErrorCode>,
+    /// The exchange waiting for this stream's answer.
+    waker: Option<Waker>,
 }
 
 impl H2Conn {
-    /// Waits until `f` gives a value; `f` runs after every change.
-    async fn wait_until<T>(&self, mut f: impl FnMut(&mut Inner) -> Option<T>) -> T {
-        loop {
-            let mut changed = pin!(self.changed.notified());
-            changed.as_mut().enable();
-            if let Some(v) = f(&mut self.inner.borrow_mut()) {
-                return v;
+    /// Waits until `f` gives a value, woken with the connection's waiters.
+    async fn wait_conn<T>(&self, mut f: impl FnMut(&mut Inner) -> Option<T>) -> T {
+        std::future::poll_fn(|cx| {
+            let mut i = self.inner.borrow_mut();
+            if let Some(v) = f(&mut i) {
+                return Poll::Ready(v);
             }
-            changed.await;
-        }
+            if !i.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                i.waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Waits until `f` gives a value, woken by what arrives for stream `id`.
+    async fn wait_stream<T>(&self, id: u32, mut f: impl FnMut(&mut Inner) -> Option<T>) -> T {
+        std::future::poll_fn(|cx| {
+            let mut i = self.inner.borrow_mut();
+            if let Some(v) = f(&mut i) {
+                return Poll::Ready(v);
+            }
+            match i.slots.iter_mut().find(|s| s.id == id) {
+                Some(s) => s.waker = Some(cx.waker().clone()),
+                None => i.waiters.push(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// The stream is done with: its slot goes; a stream still open is reset.
@@ -135,6 +177,8 @@ impl H2Conn {
         if i.dead.is_none() {
             i.conn.cancel(id);
         }
+        // Room for a stream that waits to open.
+        i.wake_waiters();
         drop(i);
         self.to_driver.notify_one();
     }
@@ -211,7 +255,7 @@ async fn on_connection<B: Backend>(
 
     // Open the stream (waiting, bounded, while the intake's stream limit is reached).
     let no_body = body.done() && !head.expect_continue;
-    let open = conn.wait_until(|i| {
+    let open = conn.wait_conn(|i| {
         if i.dead.is_some() || i.conn.going_away() {
             // Nothing of this request was sent on this connection: another
             // one takes it.
@@ -344,8 +388,12 @@ async fn open_connection<B: Backend>(
     }
     let session = lease.detach();
     let conn = Rc::new(H2Conn {
-        inner: RefCell::new(Inner { conn: Conn::new(LocalSettings::default()), slots: Vec::new(), dead: None }),
-        changed: Notify::new(),
+        inner: RefCell::new(Inner {
+            conn: Conn::new(LocalSettings::default()),
+            slots: Vec::new(),
+            dead: None,
+            waiters: Vec::new(),
+        }),
         to_driver: Notify::new(),
         addr: session.addr,
     });
@@ -372,7 +420,7 @@ async fn drive<S: Stream>(
         if !out.is_empty() {
             let write = crate::rt::timeout(write_timeout, session.session.write_plain(&out)).await;
             out.clear();
-            conn.changed.notify_waiters();
+            conn.inner.borrow_mut().wake_waiters();
             match write {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => break format!("writing to the intake failed: {e}"),
@@ -408,8 +456,8 @@ async fn drive<S: Stream>(
             }
         }
         let mut i = conn.inner.borrow_mut();
-        let Inner { conn: c, slots, .. } = &mut *i;
-        let res = c.receive(&rbuf, |c, ev| file(slots, c, &rbuf, ev));
+        let Inner { conn: c, slots, waiters, .. } = &mut *i;
+        let res = c.receive(&rbuf, |c, ev| file(slots, waiters, c, &rbuf, ev));
         match res {
             Ok(used) => {
                 rbuf.drain(..used);
@@ -417,24 +465,27 @@ async fn drive<S: Stream>(
             Err(e) => {
                 tracing::warn!(addr = %conn.addr, error = %e, "HTTP/2 connection to the intake cut");
                 i.dead = Some(e.to_string());
+                i.wake_all();
                 // The GOAWAY is queued: the loop writes it, then ends.
             }
         }
-        drop(i);
-        conn.changed.notify_waiters();
     };
     let mut i = conn.inner.borrow_mut();
     if i.dead.is_none() {
         tracing::debug!(addr = %conn.addr, why = %why, "HTTP/2 connection ended");
         i.dead = Some(why);
     }
-    drop(i);
-    conn.changed.notify_waiters();
+    i.wake_all();
 }
 
-/// Files one event under its stream's slot.
-fn file(slots: &mut [Slot], c: &Conn, input: &[u8], ev: Event) {
+/// Files one event under its stream's slot and wakes who waits for it.
+fn file(slots: &mut [Slot], waiters: &mut Vec<Waker>, c: &Conn, input: &[u8], ev: Event) {
     let find = |slots: &mut [Slot], id: u32| slots.iter_mut().position(|s| s.id == id);
+    let wake = |s: &mut Slot| {
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    };
     match ev {
         Event::Head { stream, status, end_stream } => {
             if let Some(k) = find(slots, stream) {
@@ -443,25 +494,40 @@ fn file(slots: &mut [Slot], c: &Conn, input: &[u8], ev: Event) {
                 s.h1.extend_from_slice(c.answer_head());
                 s.head = Some((status, end_stream));
                 s.ended |= end_stream;
+                wake(s);
             }
         }
         Event::Data { stream, range, end_stream } => {
             if let Some(k) = find(slots, stream) {
                 slots[k].data.extend_from_slice(&input[range]);
                 slots[k].ended |= end_stream;
+                wake(&mut slots[k]);
             }
         }
         Event::Reset { stream, code } => {
             if let Some(k) = find(slots, stream) {
                 slots[k].reset = Some(code);
+                wake(&mut slots[k]);
+            }
+            // A reset stream may have been waiting for window room.
+            for w in waiters.drain(..) {
+                w.wake();
             }
         }
         Event::GoAway { last_stream, .. } => {
             for s in slots.iter_mut().filter(|s| s.id > last_stream && !s.ended) {
                 s.reset = Some(ErrorCode::RefusedStream);
+                wake(s);
+            }
+            for w in waiters.drain(..) {
+                w.wake();
             }
         }
-        Event::WindowOpen => {}
+        Event::WindowOpen => {
+            for w in waiters.drain(..) {
+                w.wake();
+            }
+        }
     }
 }
 
@@ -533,7 +599,7 @@ async fn exchange<B: Backend>(
             let last = at == payload && body.done();
             // Room in the stream's window and the connection's output.
             let room = conn
-                .wait_until(|i| {
+                .wait_conn(|i| {
                     if let Some(why) = &i.dead {
                         return Some(Err(why.clone()));
                     }
@@ -576,7 +642,7 @@ async fn exchange<B: Backend>(
 
     // The answer head (interim ones skipped), bounded by the response timeout.
     let client = ClientConn { close: head.close || (ctx.draining().is_some() && !ctx.handing_over()), ..head.client() };
-    let wait_head = conn.wait_until(|i| {
+    let wait_head = conn.wait_stream(id, |i| {
         let dead = i.dead.clone();
         let s = i.slots.iter_mut().find(|s| s.id == id)?;
         if let Some((status, _)) = s.head {
@@ -632,7 +698,7 @@ async fn exchange<B: Backend>(
     let chunked = answer_head.framing == BodyFraming::Chunked && !answer_head.dechunk;
     let mut sent: u64 = 0;
     loop {
-        let next = conn.wait_until(|i| {
+        let next = conn.wait_stream(id, |i| {
             let dead = i.dead.clone();
             let s = i.slots.iter_mut().find(|s| s.id == id)?;
             if !s.data.is_empty() || s.ended {
