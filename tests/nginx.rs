@@ -16,6 +16,8 @@ use std::time::Duration;
 use common::*;
 
 const NGINX: &str = "/usr/sbin/nginx";
+/// Bytes of nginx's `GET /big` answer: four times a stream's window.
+const BIG: usize = 4 << 20;
 
 struct Nginx {
     child: Child,
@@ -54,6 +56,9 @@ fn start_nginx_with(dir: &Path, pki: &TestPki, protocol: &str, http2: bool, keep
     let root = dir.join(format!("nginx-{protocol}{}", if http2 { "-h2" } else { "" }));
     let listen_opt = if http2 { " http2" } else { "" };
     std::fs::create_dir_all(&root).unwrap();
+    // A large answer (`GET /big`), for the slow-reader test.
+    std::fs::write(root.join("big.bin"), payload(BIG, 7)).unwrap();
+    std::fs::create_dir_all(&root).unwrap();
     pki.write_to(&root).unwrap();
     for attempt in 0..10 {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -71,7 +76,8 @@ fn start_nginx_with(dir: &Path, pki: &TestPki, protocol: &str, http2: bool, keep
                  client_max_body_size 8m;\n\
                  server {{\n    listen 127.0.0.1:{port} ssl{listen_opt};\n    ssl_certificate {r}/cert.pem;\n    ssl_certificate_key {r}/key.pem;\n\
                  ssl_protocols {protocol};\n    ssl_session_cache shared:relay:1m;\n    keepalive_requests {keepalive};\n\
-                 location / {{ proxy_pass http://127.0.0.1:{sink}; proxy_http_version 1.1; }}\n  }}\n\
+                 location / {{ proxy_pass http://127.0.0.1:{sink}; proxy_http_version 1.1; }}\n\
+                 location = /big {{ alias {r}/big.bin; }}\n  }}\n\
                  server {{\n    listen 127.0.0.1:{sink};\n    access_log off;\n    location / {{ return 202 '{{}}'; }}\n  }}\n}}\n",
                 r = root.display(),
                 log = access_log.display(),
@@ -263,3 +269,42 @@ fn h2_fallback(io: &str) {
 }
 
 both_backends!(nginx_without_h2, h2_fallback);
+
+/// An Agent that stops reading a 4 MiB answer does not slow the other
+/// Agents' requests, which share its HTTP/2 connections (one worker): its
+/// stream holds at most its window, and only it waits.
+fn h2_slow_reader(io: &str) {
+    if skip() {
+        return;
+    }
+    let dir = TestDir::new();
+    let pki = TestPki::generate(&[]);
+    let nginx = start_nginx_with(dir.path(), &pki, "TLSv1.3", true, 1000);
+    let ca = dir.path().join("nginx-TLSv1.3-h2/ca.pem");
+    let relay = Relay::start(dir.path(), io, nginx.addr, &ca, "upstream.protocol = \"h2\"\nworkers.threads = 1");
+    // A small receive buffer, so the relay's writes to this Agent stall
+    // within a few KiB (loopback buffers would otherwise take it all).
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(8 * 1024).unwrap();
+    sock.connect(&relay.addr(1).into()).unwrap();
+    let stream: std::net::TcpStream = sock.into();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut slow = Client { reader: std::io::BufReader::new(stream) };
+    slow.write_raw(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Time for nginx to send what the stream's window allows and for the
+    // relay's write to this Agent to get stuck.
+    std::thread::sleep(Duration::from_millis(500));
+    // Meanwhile, another Agent's requests go through: were they held behind
+    // the stalled stream, each would end in upstream.response_timeout (504).
+    let mut fast = relay.connect(1);
+    for i in 0..50 {
+        let r = fast.request("POST", "/api/v2/series", &[], &payload(2048, i));
+        assert_eq!(r.status, 202, "{}", relay.log());
+    }
+    // The slow Agent reads at last and gets all of it.
+    let r = slow.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body == payload(BIG, 7), "the large answer arrived whole ({} bytes)", r.body.len());
+}
+
+both_backends!(nginx_h2_slow_reader_stalls_only_itself, h2_slow_reader);
