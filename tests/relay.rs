@@ -82,9 +82,10 @@ both_backends!(bodies_arrive_byte_exact, |io: &str| {
 });
 
 both_backends!(keep_alive_reuses_upstream_sessions, |io: &str| {
+    // HTTP/1.1 to the intake whatever FIPSRELAY_TEST_PROTOCOL says: this checks the HTTP/1.1 session pool.
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
-    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "upstream.protocol = \"http1\"");
     let mut total = 0;
     for c in 0..4 {
         let mut client = relay.connect(1);
@@ -540,10 +541,12 @@ fn non_loopback_listen_needs_opt_in() {
 }
 
 both_backends!(dead_pooled_session_is_replaced_transparently, |io: &str| {
+    // HTTP/1.1 to the intake whatever FIPSRELAY_TEST_PROTOCOL says: this checks the HTTP/1.1 session pool.
     let dir = TestDir::new();
     let mut intake = Intake::start(dir.path());
     let addr = intake.addr();
-    let relay = Relay::start(dir.path(), io, addr, &intake.ca_file, "workers.threads = 1");
+    let relay =
+        Relay::start(dir.path(), io, addr, &intake.ca_file, "workers.threads = 1\nupstream.protocol = \"http1\"");
     assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"one").status, 202);
     relay.wait_metric("fipsrelay_upstream_sessions_idle{upstream=\"metrics.agent.ddog-gov.com\"}", |v| v == 1.0);
     // The intake restarts: the pooled session is now dead.
@@ -568,9 +571,16 @@ both_backends!(dead_pooled_session_is_replaced_transparently, |io: &str| {
 });
 
 both_backends!(client_abort_mid_body_never_completes_upstream, |io: &str| {
+    // HTTP/1.1 to the intake whatever FIPSRELAY_TEST_PROTOCOL says: this checks the HTTP/1.1 session pool.
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
-    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "workers.threads = 1");
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        "workers.threads = 1\nupstream.protocol = \"http1\"",
+    );
     let mut c = relay.connect(1);
     c.write_raw(b"POST /api/v2/series HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
     c.write_raw(&payload(5000, 3));
@@ -1202,9 +1212,10 @@ fn unframed_answer(target: &str) -> (Vec<u8>, bool) {
 }
 
 both_backends!(http10_answers_without_a_length_are_close_delimited, |io: &str| {
+    // HTTP/1.1 to the intake whatever FIPSRELAY_TEST_PROTOCOL says: the raw intake speaks only HTTP/1.1.
     let dir = TestDir::new();
     let intake = RawIntake::start(dir.path());
-    let relay = Relay::start(dir.path(), io, intake.addr, &intake.ca_file, "");
+    let relay = Relay::start(dir.path(), io, intake.addr, &intake.ca_file, "upstream.protocol = \"http1\"");
     // HTTP/1.0, with keep-alive or not: the body as it is meant (chunks
     // decoded, trailer dropped), no length and no transfer coding, then the close.
     for keep_alive in [true, false] {

@@ -621,7 +621,11 @@ mod tests {
                     match e {
                         Event::Head { status, end_stream, .. } => {
                             assert_eq!((status, end_stream), (202, false));
-                            assert!(extra.starts_with(b"HTTP/1.1 202 \r\n"), "{}", String::from_utf8_lossy(&extra));
+                            assert!(
+                                extra.starts_with(b"HTTP/1.1 202 Accepted\r\n"),
+                                "{}",
+                                String::from_utf8_lossy(&extra)
+                            );
                             heads += 1;
                         }
                         Event::Data { stream, end_stream, .. } => {

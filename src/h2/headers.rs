@@ -99,7 +99,6 @@ pub fn decode_answer(
     out: &mut Vec<u8>,
 ) -> Result<u16, HeaderError> {
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 000 \r\n");
     let mut status: Option<u16> = None;
     let mut regular = false;
     let mut list = 0usize;
@@ -155,8 +154,9 @@ pub fn decode_answer(
         return Err(e);
     }
     let status = status.ok_or(HeaderError::Malformed("no :status"))?;
-    let digits = format!("{status:03}");
-    out[9..12].copy_from_slice(digits.as_bytes());
+    // HTTP/2 has no reason phrase: the standard one for the Agent's hop.
+    let line = format!("HTTP/1.1 {status} {}\r\n", crate::http1::reason(status));
+    out.splice(0..0, line.bytes());
     if !(100..200).contains(&status) && !has_length {
         if end_stream {
             out.extend_from_slice(b"content-length: 0\r\n");
@@ -273,7 +273,7 @@ mod tests {
         assert_eq!((head.status, head.framing), (202, BodyFraming::Length(2)));
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
-            "HTTP/1.1 202 \r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+            "HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
         );
         // No length: chunked if a body follows, empty if HEADERS ended the stream.
         let (_, h1) = answer(&[(":status", "200")], false).unwrap();

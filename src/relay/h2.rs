@@ -206,17 +206,18 @@ pub(super) async fn forward<B: Backend>(
     loop {
         let Some(conn) = connection(ctx, offset, upstream).await? else { return Ok(None) };
         match on_connection(ctx, down, offset, &conn, head, upstream_head, answer_buf, body).await {
-            Err(Exchange::Refused) if replays < REPLAYS => {
+            Err(Exchange::Refused(_)) if replays < REPLAYS => {
                 replays += 1;
                 tracing::info!(upstream = ctx.upstream_host(upstream), addr = %conn.addr, replays, "the intake never processed the stream (GOAWAY or REFUSED_STREAM); sent again on another connection");
                 *body = BodyProgress::new(head.framing);
             }
-            Err(Exchange::Refused) => {
+            Err(Exchange::Refused(held)) => {
+                down.consume(held);
                 return Err(Failure::Upstream {
                     cause: ErrorCause::Closed,
                     detail: format!("the intake refused the stream {} times (REFUSED_STREAM or GOAWAY)", REPLAYS + 1),
                     addr: Some(conn.addr),
-                })
+                });
             }
             Err(Exchange::Failed(f)) => return Err(f),
             Ok(done) => return Ok(Some(done)),
@@ -227,8 +228,9 @@ pub(super) async fn forward<B: Backend>(
 /// How an exchange on one connection ended badly.
 enum Exchange {
     /// The intake never processed the stream, and the request can be sent
-    /// again as it was (its body was not consumed).
-    Refused,
+    /// again as it was: its body, this many bytes, is still at the front of
+    /// the Agent buffer (the caller consumes it if it gives up).
+    Refused(usize),
     Failed(Failure),
 }
 
@@ -280,13 +282,21 @@ async fn on_connection<B: Backend>(
                 ),
             )))
         }
-        Ok(Err(None)) => return Err(Exchange::Refused),
+        Ok(Err(None)) => return Err(Exchange::Refused(0)),
         Ok(Err(Some(why))) => return Err(upstream_fail(ErrorCause::Closed, why).into()),
         Ok(Ok(id)) => id,
     };
     conn.to_driver.notify_one();
     let _stream = StreamGuard { conn, id };
-    exchange(ctx, down, offset, conn, id, head, upstream_head, answer_buf, body).await
+    let mut held = 0;
+    match exchange(ctx, down, offset, conn, id, head, upstream_head, answer_buf, body, &mut held).await {
+        Err(Exchange::Refused(_)) => Err(Exchange::Refused(held)),
+        other => {
+            // Answered or failed: the body the Agent buffer held is done with.
+            down.consume(held);
+            other
+        }
+    }
 }
 
 /// Ends a stream's exchange however it ends (returned, failed, or dropped
@@ -543,6 +553,7 @@ async fn exchange<B: Backend>(
     upstream_head: &mut Vec<u8>,
     answer_buf: &mut Vec<u8>,
     body: &mut BodyProgress,
+    held_out: &mut usize,
 ) -> Result<(u16, bool), Exchange> {
     let addr = conn.addr;
     let lost = |why: String| Failure::Upstream { cause: ErrorCause::Closed, detail: why, addr: Some(addr) };
@@ -594,53 +605,61 @@ async fn exchange<B: Backend>(
             replayable = false;
             continue;
         }
-        let mut at = 0;
-        loop {
-            let last = at == payload && body.done();
-            // Room in the stream's window and the connection's output.
-            let room = conn
-                .wait_conn(|i| {
-                    if let Some(why) = &i.dead {
-                        return Some(Err(why.clone()));
-                    }
-                    if let Some(s) = i.slots.iter().find(|s| s.id == id) {
-                        if let Some(code) = s.reset {
-                            return Some(Err(format!(
-                                "the intake reset the stream ({code:?}) before the body was sent"
-                            )));
+        // Sends `payload` bytes; however that ends, the `consumed` input
+        // bytes are taken off the Agent buffer (or counted as held), so a
+        // failure never leaves body bytes to be read as a request.
+        let sent = async {
+            let mut at = 0;
+            loop {
+                let last = at == payload && body.done();
+                // Room in the stream's window and the connection's output.
+                let room = conn
+                    .wait_conn(|i| {
+                        if let Some(why) = &i.dead {
+                            return Some(Err(why.clone()));
                         }
-                    }
-                    let room = i.conn.send_room(id);
-                    let out = i.conn.output_len();
-                    ((room > 0 || (last && at == payload)) && out < MAX_PENDING_OUTPUT).then_some(Ok(room))
-                })
-                .await
-                .map_err(lost)?;
-            let n = room.min(payload - at);
-            let end = last || (at + n == payload && body.done());
-            let from = down.start + offset_in_buf + at;
-            let chunk = &down.buf[from..from + n];
-            conn.inner.borrow_mut().conn.data(id, chunk, end).map_err(|e| lost(e.to_string()))?;
-            conn.to_driver.notify_one();
-            copied += n as u64;
-            at += n;
-            if end {
-                sent_end = true;
-                break;
-            }
-            if at == payload {
-                break;
+                        if let Some(s) = i.slots.iter().find(|s| s.id == id) {
+                            if let Some(code) = s.reset {
+                                return Some(Err(format!(
+                                    "the intake reset the stream ({code:?}) before the body was sent"
+                                )));
+                            }
+                        }
+                        let room = i.conn.send_room(id);
+                        let out = i.conn.output_len();
+                        ((room > 0 || (last && at == payload)) && out < MAX_PENDING_OUTPUT).then_some(Ok(room))
+                    })
+                    .await
+                    .map_err(lost)?;
+                let n = room.min(payload - at);
+                let end = last || (at + n == payload && body.done());
+                let from = down.start + offset_in_buf + at;
+                let chunk = &down.buf[from..from + n];
+                conn.inner.borrow_mut().conn.data(id, chunk, end).map_err(|e| lost(e.to_string()))?;
+                conn.to_driver.notify_one();
+                copied += n as u64;
+                at += n;
+                if end || at == payload {
+                    return Ok::<bool, Failure>(end);
+                }
             }
         }
+        .await;
         if held.is_some() {
             offset_in_buf += consumed;
+            *held_out = offset_in_buf;
         } else {
             down.consume(consumed);
             replayable = false;
         }
+        sent_end = sent?;
     }
 
-    // The answer head (interim ones skipped), bounded by the response timeout.
+    // Held in the Agent buffer until the caller knows whether it goes again.
+    *held_out = offset_in_buf;
+
+    // The answer head (interim ones skipped), bounded by the response timeout
+    // and the drain deadline.
     let client = ClientConn { close: head.close || (ctx.draining().is_some() && !ctx.handing_over()), ..head.client() };
     let wait_head = conn.wait_stream(id, |i| {
         let dead = i.dead.clone();
@@ -657,7 +676,15 @@ async fn exchange<B: Backend>(
         }
         dead.map(|why| Err((ErrorCode::Internal, why)))
     });
-    let h1 = match crate::rt::timeout(ctx.config.response_timeout, wait_head).await {
+    let waited = tokio::select! {
+        r = crate::rt::timeout(ctx.config.response_timeout, wait_head) => r,
+        _ = ctx.drain_deadline() => return Err(Failure::Upstream {
+            cause: ErrorCause::Draining,
+            detail: "the relay is shutting down and its drain timeout passed".into(),
+            addr: Some(addr),
+        }.into()),
+    };
+    let h1 = match waited {
         Err(_) => {
             return Err(Failure::Upstream {
                 cause: ErrorCause::Timeout,
@@ -666,7 +693,7 @@ async fn exchange<B: Backend>(
             }
             .into())
         }
-        Ok(Err((ErrorCode::RefusedStream, _))) if replayable => return Err(Exchange::Refused),
+        Ok(Err((ErrorCode::RefusedStream, _))) if replayable => return Err(Exchange::Refused(offset_in_buf)),
         Ok(Err((ErrorCode::RefusedStream, _))) => {
             return Err(Failure::Upstream {
                 cause: ErrorCause::Closed,
@@ -681,8 +708,6 @@ async fn exchange<B: Backend>(
         Ok(Err((_, why))) => return Err(lost(format!("{why} before the answer")).into()),
         Ok(Ok(h1)) => h1,
     };
-    // Answered: the body the Agent buffer held is done with.
-    down.consume(offset_in_buf);
     {
         let mut stats = ctx.stats.borrow_mut();
         let p = stats.product(offset);

@@ -277,6 +277,12 @@ impl Drop for Relay {
     }
 }
 
+/// `upstream.protocol` for the relays the tests start: `http1` unless
+/// FIPSRELAY_TEST_PROTOCOL says otherwise.
+pub fn test_protocol() -> String {
+    std::env::var("FIPSRELAY_TEST_PROTOCOL").unwrap_or_else(|_| "http1".into())
+}
+
 pub fn render_config(base: u16, io: &str, upstream: SocketAddr, ca_file: &Path, extra: &str) -> String {
     // `extra` holds "section.key = value" lines, placed into their sections.
     let mut sections: Vec<(String, Vec<String>)> = vec![
@@ -284,7 +290,13 @@ pub fn render_config(base: u16, io: &str, upstream: SocketAddr, ca_file: &Path, 
         ("workers".into(), vec![format!("io = \"{io}\""), "threads = 2".into(), "pin = false".into()]),
         (
             "upstream".into(),
-            vec![format!("override_addr = \"{upstream}\""), format!("ca_file = \"{}\"", ca_file.display())],
+            vec![
+                format!("override_addr = \"{upstream}\""),
+                format!("ca_file = \"{}\"", ca_file.display()),
+                // FIPSRELAY_TEST_PROTOCOL=h2 runs a suite over HTTP/2 to the
+                // mock intake (scripts/test.sh does, for relay and faults).
+                format!("protocol = \"{}\"", test_protocol()),
+            ],
         ),
         ("log".into(), vec![]),
         ("limits".into(), vec![]),

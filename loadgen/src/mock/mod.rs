@@ -37,6 +37,8 @@ use crate::duration::{parse_duration, ParseDurationError};
 use crate::hash::BodyHasher;
 use request::{ReadError, RequestHead};
 
+mod h2;
+
 /// Path of the counters endpoint; requests to it are not recorded.
 pub const STATS_PATH: &str = "/mock/stats";
 /// `GET` here answers [`MockDigest`] as JSON; not recorded.
@@ -214,6 +216,8 @@ pub struct RequestRecord {
     pub headers: Vec<(String, String)>,
     /// Same for every request on one TCP connection; starts at 1.
     pub connection_id: u64,
+    /// The request came over HTTP/2 (ALPN h2), not HTTP/1.1.
+    pub http2: bool,
 }
 
 impl RequestRecord {
@@ -291,7 +295,9 @@ pub fn server_config(cfg: &MockConfig) -> Result<rustls::ServerConfig, MockConfi
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // h2 for clients that offer it (the relay's upstream.protocol h2 or
+    // auto); a client that offers no ALPN speaks HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(config)
 }
@@ -532,6 +538,10 @@ async fn serve_connection(mut tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc
     };
     shared.handshakes.fetch_add(1, Ordering::Relaxed);
     let sni = tls.get_ref().1.server_name().map(str::to_owned);
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        h2::serve(tls, shared, sni, id).await;
+        return;
+    }
     let mut conn = BufReader::with_capacity(IO_BUFFER, tls);
     loop {
         match serve_one(&mut conn, &shared, &sni, id).await {
@@ -656,6 +666,7 @@ fn record(head: RequestHead, sni: &Option<String>, body_len: u64, body_hash: u64
         body_hash,
         headers: head.headers,
         connection_id,
+        http2: false,
     }
 }
 

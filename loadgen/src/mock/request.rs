@@ -178,7 +178,7 @@ impl<'a> HashSink<'a> {
     }
 
     /// After `n` more bytes, waits until the rate allows them.
-    async fn pace(&mut self, n: usize) {
+    pub(crate) async fn pace(&mut self, n: usize) {
         if let Some(t) = &mut self.throttle {
             t.done += n as u64;
             let due = t.start + Duration::from_secs_f64(t.done as f64 / t.bytes_per_s as f64);
@@ -186,7 +186,7 @@ impl<'a> HashSink<'a> {
         }
     }
 
-    fn update(&mut self, bytes: &[u8]) {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
         match bytes.split_first() {
             Some((&first, rest)) if self.flip_next => {
                 self.flip_next = false;
