@@ -368,7 +368,12 @@ impl Conn {
                 }
             }
             Kind::WindowUpdate => {
-                self.spend_control()?;
+                // While this side uploads, the intake answers with little
+                // but WINDOW_UPDATEs: those that open a window in use are
+                // not a flood; updates for streams already gone count.
+                if f.stream != 0 && !self.streams.iter().any(|s| s.id == f.stream) {
+                    self.spend_control()?;
+                }
                 let inc = frame::window_update(payload) as i64;
                 if f.stream == 0 {
                     self.conn_send += inc;
@@ -685,6 +690,25 @@ mod tests {
         let f = Frame::parse(tail, 16_384).unwrap().unwrap();
         assert_eq!(f.kind, Kind::GoAway);
         assert_eq!(frame::goaway(&tail[f.payload.clone()]).1, ErrorCode::EnhanceYourCalm);
+    }
+
+    #[test]
+    fn window_updates_during_an_upload_are_not_a_flood() {
+        let mut conn = Conn::new(LocalSettings::default());
+        let id = conn.open(&rendered(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\n"), false).unwrap();
+        let mut input = Vec::new();
+        for _ in 0..5 * CONTROL_BUDGET {
+            frame::write_window_update(&mut input, id, 1);
+            frame::write_window_update(&mut input, 0, 1);
+        }
+        conn.receive(&input, |_, _| {}).unwrap();
+        assert_eq!(conn.send_room(id), 16_384.min(65_535 + 5 * CONTROL_BUDGET as usize));
+        // Updates for a stream that is not open still count.
+        let mut input = Vec::new();
+        for _ in 0..=CONTROL_BUDGET {
+            frame::write_window_update(&mut input, 99, 1);
+        }
+        assert_eq!(conn.receive(&input, |_, _| {}).unwrap_err(), ConnError::Flood);
     }
 
     #[test]
