@@ -2,8 +2,8 @@
 # The test command: installs build prerequisites when missing, checks the
 # dependency policy (cargo deny: bans, licenses, sources; see deny.toml),
 # then runs every test of the workspace (unit and end-to-end, both I/O
-# backends), and the relay and fault-matrix tests once more over HTTP/2 to
-# the mock intake (upstream.protocol = "h2"). FIPSRELAY_SKIP_DENY=1 skips the cargo-deny step (it is installed
+# backends), first with upstream.protocol = "http1", then with the default,
+# "auto" (HTTP/2 to the mock intake). FIPSRELAY_SKIP_DENY=1 skips the cargo-deny step (it is installed
 # from crates.io the first time, which takes several minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,8 @@ if [ "${FIPSRELAY_SKIP_DENY:-0}" != "1" ]; then
 fi
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked -- --test-threads 2
-# The relay and fault-matrix tests again with HTTP/2 to the intake (tests
+# Every test again with the default upstream.protocol, auto, which speaks
+# HTTP/2 to the mock intake and to nginx (the pass above pins http1; tests
 # that check the HTTP/1.1 session pool, or use the raw HTTP/1.1 intake, pin
-# http1).
-FIPSRELAY_TEST_PROTOCOL=h2 cargo test --locked --test relay --test faults -- --test-threads 2
+# it in both).
+FIPSRELAY_TEST_PROTOCOL=auto cargo test --workspace --locked -- --test-threads 2

@@ -21,9 +21,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
 pub const DEFAULT_RESPONSE_TIMEOUT: &str = "15s";
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: &str = "30s";
 pub const DEFAULT_MAX_IDLE_PER_HOST: usize = 64;
-/// HTTP/1.1 until the HTTP/2 exchange has its fault handling (issue #12);
-/// then `auto`.
-pub const DEFAULT_PROTOCOL: &str = "http1";
+/// ALPN offers h2 and http/1.1; each intake host gets what it picks.
+pub const DEFAULT_PROTOCOL: &str = "auto";
 pub const DEFAULT_H2_MAX_CONNECTIONS: usize = 2;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
@@ -1119,7 +1118,7 @@ mod tests {
     #[test]
     fn upstream_protocol_keys() {
         let c = parse_str("").unwrap().validate().unwrap();
-        assert_eq!((c.protocol, c.h2_max_connections), (UpstreamProtocol::Http1, 2));
+        assert_eq!((c.protocol, c.h2_max_connections), (UpstreamProtocol::Auto, 2));
         for (v, want) in
             [("h2", UpstreamProtocol::H2), ("auto", UpstreamProtocol::Auto), ("http1", UpstreamProtocol::Http1)]
         {

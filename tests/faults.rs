@@ -136,7 +136,7 @@ both_backends!(fault_matrix_loses_nothing_and_answers_retryable_statuses, |io: &
     // failed handshakes get 502; they take the only address down (passive
     // marking, health.fall = 3), and from then on the answer is 503 at once.
     // When the fault ends, the active checks bring the address back.
-    if test_protocol() == "h2" {
+    if test_protocol() != "http1" {
         // An HTTP/2 connection opened before is still up and would carry
         // every request past these accept-time faults: the intake restarts
         // (same address), so the relay must open new ones.

@@ -99,6 +99,9 @@ struct Inner {
     slots: Vec<Slot>,
     /// Why the connection ended; no new stream goes on it.
     dead: Option<String>,
+    /// Its address is no longer one of the host's (DNS moved, or marked
+    /// down): no new stream goes on it, and it ends once idle.
+    retired: bool,
     /// Exchanges waiting on the connection (room to open a stream, window,
     /// output written), woken together when any of that changes. An
     /// exchange waiting for its own stream's answer waits in its slot.
@@ -319,6 +322,7 @@ async fn connection<B: Backend>(
     upstream: UpstreamId,
 ) -> Result<Option<Rc<H2Conn>>, Failure> {
     let deadline = Instant::now() + ctx.config.connect_timeout;
+    let resolved = ctx.directory.get(upstream);
     loop {
         let opened = ctx.h2.borrow().opened.clone();
         let mut wait = pin!(opened.notified());
@@ -328,6 +332,16 @@ async fn connection<B: Backend>(
             let opening = hosts.opening[upstream];
             let conns = &mut hosts.conns[upstream];
             conns.retain(|c| c.inner.borrow().dead.is_none());
+            // Connections to an address the host no longer has, or that is
+            // marked down, take no new stream (as pooled HTTP/1.1 sessions).
+            conns.retain(|c| {
+                let keep = resolved.endpoints.iter().any(|e| e.addr == c.addr && e.is_up());
+                if !keep {
+                    c.inner.borrow_mut().retired = true;
+                    c.to_driver.notify_one();
+                }
+                keep
+            });
             if let Some(c) = conns.iter().find(|c| c.inner.borrow().conn.can_open()) {
                 return Ok(Some(c.clone()));
             }
@@ -402,6 +416,7 @@ async fn open_connection<B: Backend>(
             conn: Conn::new(LocalSettings::default()),
             slots: Vec::new(),
             dead: None,
+            retired: false,
             waiters: Vec::new(),
         }),
         to_driver: Notify::new(),
@@ -443,6 +458,12 @@ async fn drive<S: Stream>(
         let busy = !conn.inner.borrow().slots.is_empty();
         if !busy && conn.inner.borrow().conn.going_away() {
             break "the intake sent GOAWAY".to_string();
+        }
+        if !busy && conn.inner.borrow().retired {
+            let mut i = conn.inner.borrow_mut();
+            crate::h2::frame::write_goaway(i.conn.output(), 0, ErrorCode::NoError);
+            i.dead = Some("its address is no longer the host's".into());
+            continue;
         }
         if busy {
             idle_since = Instant::now();

@@ -293,8 +293,8 @@ pub fn render_config(base: u16, io: &str, upstream: SocketAddr, ca_file: &Path, 
             vec![
                 format!("override_addr = \"{upstream}\""),
                 format!("ca_file = \"{}\"", ca_file.display()),
-                // FIPSRELAY_TEST_PROTOCOL=h2 runs a suite over HTTP/2 to the
-                // mock intake (scripts/test.sh does, for relay and faults).
+                // http1 unless FIPSRELAY_TEST_PROTOCOL says otherwise:
+                // scripts/test.sh runs everything once more with "auto".
                 format!("protocol = \"{}\"", test_protocol()),
             ],
         ),
