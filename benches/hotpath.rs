@@ -254,14 +254,15 @@ fn bench_allocs(requests: u64) {
         l.local_addr().unwrap().port().clamp(20000, 60000) / 16 * 16
     };
     let mut results = Vec::new();
-    for io in ["uring", "epoll"] {
+    let runs = [("uring", "http1"), ("epoll", "http1"), ("uring", "h2"), ("epoll", "h2")];
+    for (k, (io, protocol)) in runs.into_iter().enumerate() {
         if io == "uring" && fipsrelay::io::probe_uring().is_err() {
             println!("allocs/request ({io}): skipped, io_uring unavailable");
             continue;
         }
-        let base = base + if io == "uring" { 0 } else { 32 };
+        let base = base + 32 * k as u16;
         let toml = format!(
-            "[listen]\nport_range_start = {base}\n[workers]\nthreads = 1\npin = false\nio = \"{io}\"\n[upstream]\noverride_addr = \"{}\"\nca_file = \"{}\"\n[shutdown]\ndrain_timeout = \"1s\"\n[admin]\nenabled = false\n",
+            "[listen]\nport_range_start = {base}\n[workers]\nthreads = 1\npin = false\nio = \"{io}\"\n[upstream]\nprotocol = \"{protocol}\"\noverride_addr = \"{}\"\nca_file = \"{}\"\n[shutdown]\ndrain_timeout = \"1s\"\n[admin]\nenabled = false\n",
             mock.addr(),
             ca.display()
         );
@@ -304,7 +305,7 @@ fn bench_allocs(requests: u64) {
             let forwarded = (after.0 - before.0) + (after.1 - before.1);
             let copied = after.2 - before.2;
             results.push(format!(
-                "allocs/request ({io:<5}) {label:<6} keep-alive: {:.2} ({allocs} allocations over {n} requests, worker threads only); body bytes copied in user space per forwarded body byte: {:.3} ({copied} of {forwarded})",
+                "allocs/request ({io:<5} {protocol:<5}) {label:<6} keep-alive: {:.2} ({allocs} allocations over {n} requests, worker threads only); body bytes copied in user space per forwarded body byte: {:.3} ({copied} of {forwarded})",
                 allocs as f64 / n as f64,
                 copied as f64 / forwarded.max(1) as f64,
             ));

@@ -120,6 +120,8 @@ pub struct Conn {
     decoder: super::hpack::Decoder,
     out: Vec<u8>,
     head: Vec<u8>,
+    /// Scratch for lowercased field names while a request is encoded.
+    names: Vec<u8>,
     partial: Option<PartialBlock>,
     goaway: Option<u32>,
     control: u32,
@@ -158,6 +160,7 @@ impl Conn {
             decoder: super::hpack::Decoder::new(),
             out,
             head: Vec::new(),
+            names: Vec::new(),
             partial: None,
             goaway: None,
             control: 0,
@@ -209,7 +212,7 @@ impl Conn {
         debug_assert!(self.can_open());
         let mut block = std::mem::take(&mut self.head);
         block.clear();
-        headers::encode_request(rendered, &mut self.encoder, &mut block)?;
+        headers::encode_request(rendered, &mut self.encoder, &mut self.names, &mut block)?;
         let id = self.next_stream;
         self.next_stream += 2;
         frame::write_headers(&mut self.out, id, &block, end_stream, self.peer_max_frame);

@@ -43,6 +43,7 @@ pub enum HeaderError {
 pub fn encode_request(
     rendered: &[u8],
     encoder: &mut super::hpack::Encoder,
+    scratch: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<(), HeaderError> {
     let mut headers = [httparse::EMPTY_HEADER; crate::http1::MAX_HEADERS];
@@ -59,9 +60,14 @@ pub fn encode_request(
         .find(|h| h.name.eq_ignore_ascii_case("host"))
         .map(|h| h.value)
         .ok_or(HeaderError::Request("no Host"))?;
-    // Lowercased names live in one scratch buffer; the field list borrows it.
-    let mut names: Vec<u8> = Vec::with_capacity(512);
-    let mut spans: Vec<(usize, usize, &[u8])> = Vec::with_capacity(req.headers.len());
+    let pseudo = [
+        (&b":method"[..], method.as_bytes()),
+        (b":scheme", b"https"),
+        (b":authority", authority),
+        (b":path", path.as_bytes()),
+    ];
+    encoder.encode(pseudo, out);
+    // Each name lowercased in `scratch` (reused: no allocation per request).
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if CONNECTION_SPECIFIC.iter().any(|c| name.eq_ignore_ascii_case(c)) {
@@ -70,18 +76,10 @@ pub fn encode_request(
         if name.eq_ignore_ascii_case(b"te") && !h.value.eq_ignore_ascii_case(b"trailers") {
             continue;
         }
-        let start = names.len();
-        names.extend(name.iter().map(u8::to_ascii_lowercase));
-        spans.push((start, names.len(), h.value));
+        scratch.clear();
+        scratch.extend(name.iter().map(u8::to_ascii_lowercase));
+        encoder.encode([(&scratch[..], h.value)], out);
     }
-    let pseudo = [
-        (&b":method"[..], method.as_bytes()),
-        (b":scheme", b"https"),
-        (b":authority", authority),
-        (b":path", path.as_bytes()),
-    ];
-    let fields = pseudo.into_iter().chain(spans.iter().map(|&(s, e, v)| (&names[s..e], v)));
-    encoder.encode(fields, out);
     Ok(())
 }
 
@@ -203,7 +201,7 @@ mod tests {
         );
         let mut enc = crate::h2::hpack::Encoder::new();
         let mut block = Vec::new();
-        encode_request(&head, &mut enc, &mut block).unwrap();
+        encode_request(&head, &mut enc, &mut Vec::new(), &mut block).unwrap();
         let fields = decode_all(&block);
         let f: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         assert_eq!(
@@ -227,13 +225,14 @@ mod tests {
         let head = rendered(b"POST /api/v2/logs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
         let mut enc = crate::h2::hpack::Encoder::new();
         let mut block = Vec::new();
-        encode_request(&head, &mut enc, &mut block).unwrap();
+        encode_request(&head, &mut enc, &mut Vec::new(), &mut block).unwrap();
         assert!(decode_all(&block).iter().all(|(n, _)| n != "transfer-encoding"));
         // `te: trailers` passes (the relay's HTTP/1.1 rendering drops TE as
         // hop-by-hop, so this starts from a hand-written rendered head).
         let mut enc = crate::h2::hpack::Encoder::new();
         let mut block = Vec::new();
-        encode_request(b"GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n", &mut enc, &mut block).unwrap();
+        encode_request(b"GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n", &mut enc, &mut Vec::new(), &mut block)
+            .unwrap();
         assert!(decode_all(&block).contains(&("te".into(), "trailers".into())));
     }
 
@@ -242,8 +241,8 @@ mod tests {
         let head = rendered(b"POST /api/v2/series HTTP/1.1\r\nHost: x\r\nDD-API-KEY: k\r\nContent-Length: 1\r\n\r\n");
         let mut enc = crate::h2::hpack::Encoder::new();
         let (mut first, mut second) = (Vec::new(), Vec::new());
-        encode_request(&head, &mut enc, &mut first).unwrap();
-        encode_request(&head, &mut enc, &mut second).unwrap();
+        encode_request(&head, &mut enc, &mut Vec::new(), &mut first).unwrap();
+        encode_request(&head, &mut enc, &mut Vec::new(), &mut second).unwrap();
         // The second block: indexes, then the key (never indexed) and the
         // length (not indexed) as literals.
         assert!(second.len() <= 24, "{} then {} bytes", first.len(), second.len());

@@ -55,6 +55,10 @@ const MAX_PENDING_OUTPUT: usize = 256 * 1024;
 /// After an intake picked HTTP/1.1 by ALPN (`auto`), how long its host is
 /// served over HTTP/1.1 before ALPN is offered again.
 const HTTP1_RECHECK: Duration = Duration::from_secs(300);
+/// Finished streams' slots kept per connection for reuse, and the largest
+/// answer buffer one may keep.
+const MAX_SPARE_SLOTS: usize = 64;
+const SPARE_SLOT_BYTES: usize = 64 * 1024;
 /// Times a request the intake never processed is sent again.
 const REPLAYS: usize = 3;
 
@@ -102,6 +106,9 @@ struct Inner {
     /// Its address is no longer one of the host's (DNS moved, or marked
     /// down): no new stream goes on it, and it ends once idle.
     retired: bool,
+    /// Slots of finished streams, kept for their buffers (no allocation per
+    /// stream in steady state).
+    spare: Vec<Slot>,
     /// Exchanges waiting on the connection (room to open a stream, window,
     /// output written), woken together when any of that changes. An
     /// exchange waiting for its own stream's answer waits in its slot.
@@ -176,7 +183,14 @@ impl H2Conn {
     /// The stream is done with: its slot goes; a stream still open is reset.
     fn finish(&self, id: u32) {
         let mut i = self.inner.borrow_mut();
-        i.slots.retain(|s| s.id != id);
+        if let Some(k) = i.slots.iter().position(|s| s.id == id) {
+            let mut slot = i.slots.swap_remove(k);
+            if i.spare.len() < MAX_SPARE_SLOTS && slot.data.capacity() <= SPARE_SLOT_BYTES {
+                slot.h1.clear();
+                slot.data.clear();
+                i.spare.push(slot);
+            }
+        }
         if i.dead.is_none() {
             i.conn.cancel(id);
         }
@@ -271,7 +285,13 @@ async fn on_connection<B: Backend>(
         }
         let opened = i.conn.open(upstream_head, no_body).map_err(|e| Some(e.to_string()));
         if let Ok(id) = opened {
-            i.slots.push(Slot { id, ..Slot::default() });
+            let mut slot = i.spare.pop().unwrap_or_default();
+            slot.id = id;
+            slot.head = None;
+            slot.ended = false;
+            slot.reset = None;
+            slot.waker = None;
+            i.slots.push(slot);
         }
         Some(opened)
     });
@@ -417,6 +437,7 @@ async fn open_connection<B: Backend>(
             slots: Vec::new(),
             dead: None,
             retired: false,
+            spare: Vec::new(),
             waiters: Vec::new(),
         }),
         to_driver: Notify::new(),
@@ -658,7 +679,10 @@ async fn exchange<B: Backend>(
                 let chunk = &down.buf[from..from + n];
                 conn.inner.borrow_mut().conn.data(id, chunk, end).map_err(|e| lost(e.to_string()))?;
                 conn.to_driver.notify_one();
-                copied += n as u64;
+                // Copied into the connection's frames, and again when they
+                // are sealed (the HTTP/1.1 path reads bodies straight into
+                // records; DATA payloads do not, yet).
+                copied += 2 * n as u64;
                 at += n;
                 if end || at == payload {
                     return Ok::<bool, Failure>(end);
@@ -690,7 +714,9 @@ async fn exchange<B: Backend>(
                 s.head = None;
                 return None;
             }
-            return Some(Ok(std::mem::take(&mut s.h1)));
+            answer_buf.clear();
+            answer_buf.extend_from_slice(&s.h1);
+            return Some(Ok(()));
         }
         if let Some(code) = s.reset {
             return Some(Err((code, String::new())));
@@ -705,7 +731,7 @@ async fn exchange<B: Backend>(
             addr: Some(addr),
         }.into()),
     };
-    let h1 = match waited {
+    match waited {
         Err(_) => {
             return Err(Failure::Upstream {
                 cause: ErrorCause::Timeout,
@@ -727,7 +753,7 @@ async fn exchange<B: Backend>(
             return Err(lost(format!("the intake reset the stream ({code:?}) before answering")).into())
         }
         Ok(Err((_, why))) => return Err(lost(format!("{why} before the answer")).into()),
-        Ok(Ok(h1)) => h1,
+        Ok(Ok(())) => {}
     };
     {
         let mut stats = ctx.stats.borrow_mut();
@@ -735,9 +761,10 @@ async fn exchange<B: Backend>(
         p.bytes_in += body.payload();
         p.bytes_copied += copied;
     }
-    let answer_head = http1::parse_response(&h1, ctx.config.max_header_bytes, head.method, client, upstream_head)
-        .map_err(|e| Failure::Upstream { cause: ErrorCause::BadAnswer, detail: e.to_string(), addr: Some(addr) })?
-        .ok_or_else(|| lost("an incomplete answer head (a relay bug)".into()))?;
+    let answer_head =
+        http1::parse_response(answer_buf, ctx.config.max_header_bytes, head.method, client, upstream_head)
+            .map_err(|e| Failure::Upstream { cause: ErrorCause::BadAnswer, detail: e.to_string(), addr: Some(addr) })?
+            .ok_or_else(|| lost("an incomplete answer head (a relay bug)".into()))?;
 
     // The body, as it comes; each piece released to flow control once written.
     let mut answer = AnswerOut { head: upstream_head, head_pending: true, copied: 0 };
