@@ -76,6 +76,16 @@ fn main() {
             contenders.push(Contender { label: format!("baseline {io}"), kind: Kind::Relay(b.clone(), io) });
         }
     }
+    // HTTP/2 to the intake (the mock and nginx offer h2 by ALPN; HAProxy and
+    // the HTTP/1.1 rows do not ask for it).
+    for &io in &backends {
+        let h2: &'static str = match io {
+            "uring" => "uring+h2",
+            "epoll" => "epoll+h2",
+            _ => "auto+h2",
+        };
+        contenders.push(Contender { label: format!("fipsrelay {io} h2"), kind: Kind::Relay(bins.relay.clone(), h2) });
+    }
     contenders.push(Contender { label: "haproxy".into(), kind: Kind::Haproxy });
 
     println!("# fipsrelay vs HAProxy — {}", machine());
@@ -131,18 +141,6 @@ fn main() {
         let tls = dir.path().join("tls");
         let nginx = start_nginx_intake(dir.path(), &tls, load_cpu);
         let mut external = contenders.clone();
-        // HTTP/2 to the intake (nginx offers h2 by ALPN; HAProxy and the
-        // HTTP/1.1 rows do not ask for it).
-        for &io in &backends {
-            let h2: &'static str = if io == "uring" {
-                "uring+h2"
-            } else if io == "epoll" {
-                "epoll+h2"
-            } else {
-                "auto+h2"
-            };
-            external.push(Contender { label: format!("fipsrelay {io} h2"), kind: Kind::Relay(bins.relay.clone(), h2) });
-        }
         external.push(Contender { label: "haproxy plain (floor)".into(), kind: Kind::HaproxyPlain });
         println!();
         println!("# external rig: wrk -t1 (Debian) → proxy → nginx-full TLS intake (echo_read_request_body; 202), wrk + nginx on CPU {load_cpu:?}; the floor row relays plaintext to nginx's plaintext port");
