@@ -24,6 +24,16 @@ pub const DEFAULT_MAX_IDLE_PER_HOST: usize = 64;
 /// ALPN offers h2 and http/1.1; each intake host gets what it picks.
 pub const DEFAULT_PROTOCOL: &str = "auto";
 pub const DEFAULT_H2_MAX_CONNECTIONS: usize = 2;
+/// Times a request none of which the intake processed is tried again.
+pub const DEFAULT_RETRIES: usize = 3;
+/// HTTP/2 receive windows advertised to the intake: a stream's, and the
+/// connection's (answers are small; these let a 3 MiB one stream at a
+/// 100 ms, 240 Mbit/s link's bandwidth-delay product).
+pub const DEFAULT_H2_STREAM_WINDOW: u32 = 1 << 20;
+pub const DEFAULT_H2_CONNECTION_WINDOW: u32 = 4 << 20;
+/// Exchanges of one worker and host that may wait for a stream while every
+/// HTTP/2 connection is at the intake's stream limit; beyond, 503 at once.
+pub const DEFAULT_H2_MAX_QUEUED: usize = 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: &str = "120s";
@@ -188,6 +198,14 @@ pub struct RawUpstream {
     pub protocol: String,
     /// HTTP/2 connections per worker and intake host.
     pub h2_max_connections: usize,
+    /// Tries again of a request the intake never processed.
+    pub retries: usize,
+    /// HTTP/2 receive window per stream, in bytes.
+    pub h2_stream_window: u32,
+    /// HTTP/2 receive window of a connection, in bytes.
+    pub h2_connection_window: u32,
+    /// Exchanges waiting for a stream, per worker and host.
+    pub h2_max_queued: usize,
     /// `[upstream.proxy]`: egress through an HTTP CONNECT proxy.
     pub proxy: RawProxy,
 }
@@ -235,6 +253,10 @@ impl Default for RawUpstream {
             max_idle_per_host: DEFAULT_MAX_IDLE_PER_HOST,
             protocol: DEFAULT_PROTOCOL.into(),
             h2_max_connections: DEFAULT_H2_MAX_CONNECTIONS,
+            retries: DEFAULT_RETRIES,
+            h2_stream_window: DEFAULT_H2_STREAM_WINDOW,
+            h2_connection_window: DEFAULT_H2_CONNECTION_WINDOW,
+            h2_max_queued: DEFAULT_H2_MAX_QUEUED,
             proxy: RawProxy::default(),
         }
     }
@@ -541,6 +563,12 @@ pub struct Config {
     pub max_idle_per_host: usize,
     pub protocol: UpstreamProtocol,
     pub h2_max_connections: usize,
+    /// A failed connect or handshake moves to the next address, and an
+    /// HTTP/2 stream the intake never processed is sent again, this many times.
+    pub retries: usize,
+    pub h2_stream_window: u32,
+    pub h2_connection_window: u32,
+    pub h2_max_queued: usize,
     /// Egress through an HTTP CONNECT proxy (`[upstream.proxy]`), if set.
     pub proxy: Option<ProxyConfig>,
     pub max_header_bytes: usize,
@@ -773,6 +801,40 @@ impl RawConfig {
                 "use 1 to 64 HTTP/2 connections per worker and host",
             ));
         }
+        if self.upstream.retries > 10 {
+            return Err(invalid(
+                "upstream.retries",
+                self.upstream.retries,
+                "too many",
+                "use 0 to 10; the Agent retries a failed request itself",
+            ));
+        }
+        // RFC 9113 §6.5.2: a window is at most 2^31-1.
+        const MAX_WINDOW: u32 = (1 << 31) - 1;
+        if !(65_535..=MAX_WINDOW).contains(&self.upstream.h2_stream_window) {
+            return Err(invalid(
+                "upstream.h2_stream_window",
+                self.upstream.h2_stream_window,
+                "out of range",
+                "use 65535 to 2147483647 bytes; the default is 1048576",
+            ));
+        }
+        if !(self.upstream.h2_stream_window..=MAX_WINDOW).contains(&self.upstream.h2_connection_window) {
+            return Err(invalid(
+                "upstream.h2_connection_window",
+                self.upstream.h2_connection_window,
+                "out of range",
+                "use at least upstream.h2_stream_window and at most 2147483647 bytes; the default is 4194304",
+            ));
+        }
+        if self.upstream.h2_max_queued > 1 << 20 {
+            return Err(invalid(
+                "upstream.h2_max_queued",
+                self.upstream.h2_max_queued,
+                "too large",
+                "use 0 to 1048576 waiting requests per worker and host; the default is 1024",
+            ));
+        }
         if !(1024..=16 * 1024 * 1024).contains(&self.limits.max_header_bytes) {
             return Err(invalid(
                 "limits.max_header_bytes",
@@ -840,6 +902,10 @@ impl RawConfig {
             max_idle_per_host: self.upstream.max_idle_per_host,
             protocol,
             h2_max_connections: self.upstream.h2_max_connections,
+            retries: self.upstream.retries,
+            h2_stream_window: self.upstream.h2_stream_window,
+            h2_connection_window: self.upstream.h2_connection_window,
+            h2_max_queued: self.upstream.h2_max_queued,
             proxy,
             max_header_bytes: self.limits.max_header_bytes,
             max_body_bytes: self.limits.max_body_bytes,
@@ -1129,6 +1195,25 @@ mod tests {
         assert!(e.contains("upstream.protocol") && e.contains("http1, h2, auto"), "{e}");
         let e = parse_str("[upstream]\nh2_max_connections = 0\n").unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("upstream.h2_max_connections"), "{e}");
+        assert_eq!(
+            (c.retries, c.h2_stream_window, c.h2_connection_window, c.h2_max_queued),
+            (3, 1 << 20, 4 << 20, 1024)
+        );
+        for (text, key) in [
+            ("retries = 11", "upstream.retries"),
+            ("h2_stream_window = 1000", "upstream.h2_stream_window"),
+            ("h2_stream_window = 2147483648", "upstream.h2_stream_window"),
+            ("h2_connection_window = 65535", "upstream.h2_connection_window"),
+            ("h2_max_queued = 2000000", "upstream.h2_max_queued"),
+        ] {
+            let e = parse_str(&format!("[upstream]\n{text}\n")).unwrap().validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let c = parse_str("[upstream]\nretries = 0\nh2_stream_window = 65535\nh2_connection_window = 65535\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!((c.retries, c.h2_stream_window, c.h2_connection_window), (0, 65_535, 65_535));
     }
 
     #[test]

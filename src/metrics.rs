@@ -25,6 +25,11 @@ pub const M_OPEN_CONNECTIONS: &str = "fipsrelay_open_connections";
 pub const M_UPSTREAM_SESSIONS_OPEN: &str = "fipsrelay_upstream_sessions_open";
 pub const M_UPSTREAM_SESSIONS_IDLE: &str = "fipsrelay_upstream_sessions_idle";
 pub const M_UPSTREAM_H2_CONNECTIONS: &str = "fipsrelay_upstream_h2_connections";
+pub const M_UPSTREAM_H2_WRITES: &str = "fipsrelay_upstream_h2_writes_total";
+pub const M_UPSTREAM_H2_FRAMES: &str = "fipsrelay_upstream_h2_frames_written_total";
+pub const M_UPSTREAM_H2_STREAMS: &str = "fipsrelay_upstream_h2_streams_total";
+pub const M_UPSTREAM_H2_REPLAYS: &str = "fipsrelay_upstream_h2_replays_total";
+pub const M_UPSTREAM_H2_PINGS: &str = "fipsrelay_upstream_h2_pings_total";
 pub const M_UPSTREAM_ADDRESS_UP: &str = "fipsrelay_upstream_address_up";
 pub const M_UPSTREAM_TRANSITIONS: &str = "fipsrelay_upstream_transitions_total";
 pub const M_UPSTREAM_PANIC: &str = "fipsrelay_upstream_panic";
@@ -223,6 +228,13 @@ pub struct UpstreamStats {
     pub sessions_idle: i64,
     /// HTTP/2 connections (each a TLS session not counted above).
     pub h2_connections: i64,
+    /// HTTP/2 counters: TLS writes, frames in them, streams opened,
+    /// requests sent again (refused unprocessed), liveness PINGs.
+    pub h2_writes: u64,
+    pub h2_frames: u64,
+    pub h2_streams: u64,
+    pub h2_replays: u64,
+    pub h2_pings: u64,
 }
 
 /// One worker's counters (or the sum over all workers).
@@ -274,6 +286,11 @@ impl WorkerStats {
             a.sessions_open += b.sessions_open;
             a.sessions_idle += b.sessions_idle;
             a.h2_connections += b.h2_connections;
+            a.h2_writes += b.h2_writes;
+            a.h2_frames += b.h2_frames;
+            a.h2_streams += b.h2_streams;
+            a.h2_replays += b.h2_replays;
+            a.h2_pings += b.h2_pings;
         }
     }
 }

@@ -318,6 +318,26 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
             let _ = writeln!(s, "{name}{{upstream=\"{}\"}} {}", u.host, v);
         }
     }
+    for (name, help, get) in [
+        (
+            M_UPSTREAM_H2_WRITES,
+            "TLS writes on HTTP/2 connections to the upstream host (each carries every frame queued since the last).",
+            (|u: &crate::metrics::UpstreamStats| u.h2_writes) as fn(&crate::metrics::UpstreamStats) -> u64,
+        ),
+        (M_UPSTREAM_H2_FRAMES, "HTTP/2 frames written to the upstream host.", |u| u.h2_frames),
+        (M_UPSTREAM_H2_STREAMS, "HTTP/2 streams opened to the upstream host (one per request try).", |u| u.h2_streams),
+        (
+            M_UPSTREAM_H2_REPLAYS,
+            "Requests sent again because the upstream host refused them unprocessed (GOAWAY, REFUSED_STREAM).",
+            |u| u.h2_replays,
+        ),
+        (M_UPSTREAM_H2_PINGS, "Liveness PINGs sent on HTTP/2 connections to the upstream host.", |u| u.h2_pings),
+    ] {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (i, u) in info.routes.upstreams.iter().enumerate() {
+            let _ = writeln!(s, "{name}{{upstream=\"{}\"}} {}", u.host, get(&m.upstreams[i]));
+        }
+    }
     let _ = writeln!(
         s,
         "# HELP {M_UPSTREAM_ADDRESS_UP} 1 if the upstream address passes its health checks.\n# TYPE {M_UPSTREAM_ADDRESS_UP} gauge"

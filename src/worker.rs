@@ -266,6 +266,12 @@ fn publish<B: Backend>(ctx: &WorkerCtx<B>) {
             u.sessions_open = pool.open_count(i);
             u.sessions_idle = pool.idle_count(i) as i64;
             u.h2_connections = h2.open_count(i) as i64;
+            let c = &h2.counters[i];
+            u.h2_writes = c.writes.get();
+            u.h2_frames = c.frames.get();
+            u.h2_streams = c.streams.get();
+            u.h2_replays = c.replays.get();
+            u.h2_pings = c.pings.get();
         }
     }
     ctx.hub.publish(ctx.id, &ctx.stats.borrow());

@@ -512,3 +512,167 @@ both_backends!(slow_intake_backpressure_bounds_memory_and_blocks_senders, |io: &
     // Another product on the same worker is not held behind the uploads.
     assert!(small_worst < Duration::from_secs(1), "a small request took {small_worst:?}");
 });
+
+/// HTTP/2 faults, whatever FIPSRELAY_TEST_PROTOCOL says.
+const H2: &str = "upstream.protocol = \"h2\"\nworkers.threads = 1\n";
+
+both_backends!(h2_goaway_graceful_is_unseen_abrupt_is_replayed_or_502, |io: &str| {
+    // Graceful: streams under way are answered, new ones go to a new
+    // connection; the Agent sees only 202. Abrupt (the h2 crate's: GOAWAY
+    // with the last stream processed, then the connection closes): streams
+    // above it were never processed and are sent again (4 Agent
+    // connections keep at most 4 streams open, fewer than the 10 a
+    // connection takes, so a replay lands where it is processed); streams
+    // processed but not answered get 502, which the Agent retries.
+    for (name, fault) in [("graceful GOAWAY", Fault::GoAway(5)), ("abrupt GOAWAY", Fault::GoAwayAbrupt(10))] {
+        let graceful = matches!(fault, Fault::GoAway(_));
+        let dir = TestDir::new();
+        let intake = Intake::start_with(dir.path(), Behavior { fault, ..Behavior::default() }, CipherMode::Default);
+        let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, H2);
+        let report = verified_load(dir.path(), &intake, relay.port(1), "800ms", 4);
+        assert_verified(&report, name);
+        let log = relay.log();
+        let tail = &log[log.len().saturating_sub(3000)..];
+        let seen = statuses(&report);
+        if graceful {
+            assert_eq!(seen, vec![202], "{name}: {}\n{tail}", report["status"]);
+        } else {
+            assert!(seen.iter().all(|s| [202, 502].contains(s)), "{name}: {}\n{tail}", report["status"]);
+        }
+        assert_eq!(report["errors"]["total"], 0, "{name}: {}", report["errors"]);
+        let ok = report["ok"].as_u64().unwrap();
+        assert!(ok > 30, "{name}: {ok} requests answered 202");
+        let conns = intake.mock.connections_accepted();
+        assert!(conns >= 3, "{name}: {ok} requests over {conns} connections; each takes 5 or 10");
+        let replays = relay.wait_metric_sum("fipsrelay_upstream_h2_replays_total", |_| true);
+        eprintln!(
+            "{io} {name}: {} answered, {ok} with 202, {conns} intake connections, {replays} replays",
+            report["requests"]
+        );
+    }
+});
+
+both_backends!(h2_refused_streams_are_sent_again_within_upstream_retries, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start_with(
+        dir.path(),
+        Behavior { fault: Fault::RefuseFirstStream, ..Behavior::default() },
+        CipherMode::Default,
+    );
+    // Each intake connection refuses its first stream: the request goes
+    // again (on the same connection), and the Agent sees a plain 202.
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, H2);
+    let mut c = relay.connect(1);
+    for i in 0..5 {
+        let r = c.request("POST", "/api/v2/series", &[("Content-Type", "application/json")], &payload(3000, i));
+        assert_eq!(r.status, 202, "request {i}: {}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(intake.mock.stats().requests, 5, "each request recorded once");
+    assert_eq!(intake.mock.connections_accepted(), 1);
+    let replays = relay.wait_metric_sum("fipsrelay_upstream_h2_replays_total", |v| v == 1.0);
+    assert_eq!(replays, 1.0, "one refused stream, sent once more");
+    drop(relay);
+
+    // upstream.retries = 0: the refused stream is the Agent's to retry (502),
+    // and the connection carries the next request.
+    let dir = TestDir::new();
+    let intake = Intake::start_with(
+        dir.path(),
+        Behavior { fault: Fault::RefuseFirstStream, ..Behavior::default() },
+        CipherMode::Default,
+    );
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, &format!("{H2}upstream.retries = 0"));
+    let mut c = relay.connect(1);
+    let r = c.request("POST", "/api/v2/series", &[], &payload(100, 1));
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    let r = c.request("POST", "/api/v2/series", &[], &payload(100, 2));
+    assert_eq!(r.status, 202);
+    assert_eq!(intake.mock.stats().requests, 1);
+    assert!(relay.log().contains("upstream.retries = 0"), "{}", relay.log());
+});
+
+both_backends!(h2_a_silent_connection_is_found_by_its_ping, |io: &str| {
+    let dir = TestDir::new();
+    let intake =
+        Intake::start_with(dir.path(), Behavior { fault: Fault::Freeze, ..Behavior::default() }, CipherMode::Default);
+    // Nothing read for idle_timeout / 2 = 1 s: PING; no ACK within
+    // connect_timeout: the connection ends, before its idle timeout would
+    // (and before a request could stall on it).
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        &format!("{H2}upstream.idle_timeout = \"2s\"\nupstream.connect_timeout = \"300ms\"\nupstream.response_timeout = \"1500ms\""),
+    );
+    let r = relay.request(1, "POST", "/api/v2/series", &[], &payload(100, 1));
+    assert_eq!(r.status, 202);
+    let t = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || relay.log().contains("did not answer a PING within 300ms")),
+        "{}",
+        relay.log()
+    );
+    eprintln!("{io}: the silent connection ended {:?} after its answer (idle timeout 2 s)", t.elapsed());
+    assert_eq!(relay.wait_metric_sum("fipsrelay_upstream_h2_connections", |v| v == 0.0), 0.0);
+    assert!(relay.wait_metric_sum("fipsrelay_upstream_h2_pings_total", |v| v >= 1.0) >= 1.0);
+    // The next request opens a new connection and is answered.
+    let r = relay.request(1, "POST", "/api/v2/series", &[], &payload(100, 2));
+    assert_eq!(r.status, 202);
+    assert_eq!(intake.mock.connections_accepted(), 2);
+
+    // A connection that answers its PINGs stays and carries the next request.
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        &format!("{H2}upstream.idle_timeout = \"1s\"\nupstream.connect_timeout = \"300ms\""),
+    );
+    assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], &payload(100, 1)).status, 202);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(relay.wait_metric_sum("fipsrelay_upstream_h2_pings_total", |v| v >= 1.0) >= 1.0);
+    assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], &payload(100, 2)).status, 202);
+    assert_eq!(intake.mock.connections_accepted(), 1, "the PINGed connection was reused");
+});
+
+both_backends!(h2_a_full_stream_queue_answers_503_at_once, |io: &str| {
+    let dir = TestDir::new();
+    // One stream at a time on the only connection; 2 may wait; the rest: 503.
+    let intake = Intake::start_config(dir.path(), |c| c.h2_max_streams = Some(1));
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        &format!(
+            "{H2}upstream.h2_max_connections = 1\nupstream.h2_max_queued = 2\n\
+             upstream.connect_timeout = \"6s\"\nupstream.response_timeout = \"6s\""
+        ),
+    );
+    // The connection is up and the intake's SETTINGS known.
+    assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"{}").status, 202);
+    intake.mock.set_behavior(Behavior { fault: Fault::SlowAnswer(Duration::from_millis(1500)), ..Behavior::default() });
+    let relay = &relay;
+    let answers: Vec<(u16, Duration)> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..6)
+            .map(|i| {
+                s.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20 * i));
+                    let t = Instant::now();
+                    let r = relay.request(1, "POST", "/api/v2/series", &[], &payload(100, i));
+                    (r.status, t.elapsed())
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    eprintln!("{io}: {answers:?}");
+    let ok = answers.iter().filter(|(s, _)| *s == 202).count();
+    let refused: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
+    assert_eq!((ok, refused.len()), (3, 3), "{answers:?}");
+    assert!(refused.iter().all(|(_, t)| *t < Duration::from_millis(1000)), "503 at once: {answers:?}");
+    assert!(relay.log().contains("upstream.h2_max_queued = 2"), "{}", relay.log());
+});

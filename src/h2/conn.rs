@@ -85,6 +85,8 @@ pub enum Event {
     GoAway { last_stream: u32, code: ErrorCode },
     /// Windows opened: streams waiting to send may try again.
     WindowOpen,
+    /// The intake acknowledged a [`Conn::ping`] with this payload.
+    PingAck([u8; 8]),
 }
 
 #[derive(Debug)]
@@ -254,6 +256,11 @@ impl Conn {
         Ok(())
     }
 
+    /// Queues a PING (liveness); its ACK comes as [`Event::PingAck`].
+    pub fn ping(&mut self, data: [u8; 8]) {
+        frame::write_ping(&mut self.out, false, data);
+    }
+
     /// Abandons a stream (the Agent went away): RST_STREAM CANCEL.
     pub fn cancel(&mut self, stream: u32) {
         if self.streams.iter().any(|s| s.id == stream) {
@@ -364,9 +371,11 @@ impl Conn {
             }
             Kind::Ping => {
                 self.spend_control()?;
-                if !f.has(frame::FLAG_ACK) {
-                    let mut data = [0u8; 8];
-                    data.copy_from_slice(payload);
+                let mut data = [0u8; 8];
+                data.copy_from_slice(payload);
+                if f.has(frame::FLAG_ACK) {
+                    on(self, Event::PingAck(data));
+                } else {
                     frame::write_ping(&mut self.out, true, data);
                 }
             }
@@ -675,6 +684,26 @@ mod tests {
             .await;
             assert!(conn.can_open());
         });
+    }
+
+    #[test]
+    fn a_ping_goes_out_and_its_ack_comes_back_as_an_event() {
+        let mut conn = Conn::new(LocalSettings::default());
+        conn.output().clear();
+        conn.ping(*b"liveness");
+        let out = conn.output().clone();
+        let f = Frame::parse(&out, 16_384).unwrap().unwrap();
+        assert_eq!((f.kind, f.has(frame::FLAG_ACK), &out[f.payload.clone()]), (Kind::Ping, false, &b"liveness"[..]));
+        let mut input = Vec::new();
+        frame::write_ping(&mut input, true, *b"liveness");
+        frame::write_ping(&mut input, false, *b"theirs!!");
+        let mut events = Vec::new();
+        conn.receive(&input, |_, e| events.push(e)).unwrap();
+        assert_eq!(events, vec![Event::PingAck(*b"liveness")]);
+        // The intake's own PING is answered, not reported.
+        let out = conn.output().clone();
+        let f = Frame::parse(&out[17..], 16_384).unwrap().unwrap();
+        assert_eq!((f.kind, f.has(frame::FLAG_ACK)), (Kind::Ping, true));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::downstream::Downstream;
 use super::failure::Failure;
-use super::{CONNECT_RETRIES, IO_BUF};
+use super::IO_BUF;
 use crate::buffers::BufferPool;
 use crate::config::UpstreamProtocol;
 use crate::http1::{self, BodyFraming, ChunkedScanner, ClientConn, RequestError, RequestHead};
@@ -52,7 +52,7 @@ pub(super) async fn acquire<B: Backend>(
     }
     // Round-robin over the host's addresses that are up; a failed connect or
     // handshake (nothing of the request written yet) moves on to the next
-    // one, up to CONNECT_RETRIES more times (like HAProxy's retries +
+    // one, up to `upstream.retries` more times (like HAProxy's retries +
     // redispatch), and counts against the address's health at once.
     let n = resolved.endpoints.len();
     let all_down = || Failure::Upstream {
@@ -94,7 +94,7 @@ pub(super) async fn acquire<B: Backend>(
             }
         };
     }
-    let attempts = up.min(1 + CONNECT_RETRIES);
+    let attempts = up.min(1 + ctx.config.retries);
     // Stays so if every address goes down while the others are tried.
     let mut failure = all_down();
     let mut tried = 0;

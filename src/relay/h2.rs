@@ -25,8 +25,17 @@
 //! - A stream reset before its answer head: 502, which the Agent retries.
 //! - The connection lost before the head: 502; after it: the Agent
 //!   connection is cut.
+//!
+//! # Liveness and queueing
+//! A connection from which nothing has been read for half of
+//! `upstream.idle_timeout` is sent a PING (by its task when idle, or by the
+//! next exchange that would use it, which waits for the ACK); no ACK within
+//! `upstream.connect_timeout` ends it. While every connection of a host is
+//! at the intake's stream limit, exchanges wait for a stream, at most
+//! `upstream.h2_max_queued` of them and at most `upstream.connect_timeout`
+//! long; the others get 503.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
@@ -59,8 +68,25 @@ const HTTP1_RECHECK: Duration = Duration::from_secs(300);
 /// answer buffer one may keep.
 const MAX_SPARE_SLOTS: usize = 64;
 const SPARE_SLOT_BYTES: usize = 64 * 1024;
-/// Times a request the intake never processed is sent again.
-const REPLAYS: usize = 3;
+
+/// What a worker's HTTP/2 connections to one host did, for `/metrics` and
+/// the bench (frames and requests per write).
+#[derive(Default)]
+pub struct H2Counters {
+    /// TLS writes (each carrying every frame queued since the last one).
+    pub writes: Cell<u64>,
+    pub frames: Cell<u64>,
+    /// Streams opened (requests, replays included).
+    pub streams: Cell<u64>,
+    /// Requests sent again after the intake refused them unprocessed.
+    pub replays: Cell<u64>,
+    /// Liveness PINGs sent.
+    pub pings: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>, n: u64) {
+    c.set(c.get() + n);
+}
 
 /// A worker's HTTP/2 connections, per intake host.
 pub struct H2Hosts {
@@ -72,6 +98,9 @@ pub struct H2Hosts {
     opened: Rc<Notify>,
     /// `auto`: the host picked HTTP/1.1; its requests take that path until then.
     http1_until: Vec<Option<Instant>>,
+    /// Exchanges waiting for a stream while every connection is at its limit.
+    queued: Vec<usize>,
+    pub counters: Vec<Rc<H2Counters>>,
 }
 
 impl H2Hosts {
@@ -81,6 +110,8 @@ impl H2Hosts {
             opening: vec![0; upstreams],
             opened: Rc::new(Notify::new()),
             http1_until: vec![None; upstreams],
+            queued: vec![0; upstreams],
+            counters: (0..upstreams).map(|_| Rc::default()).collect(),
         }
     }
 
@@ -96,6 +127,10 @@ pub(crate) struct H2Conn {
     /// Exchanges wake the connection's task (frames queued).
     to_driver: Notify,
     addr: SocketAddr,
+    counters: Rc<H2Counters>,
+    /// Half of `upstream.idle_timeout`: a connection read nothing from for
+    /// this long is PINGed before it takes a stream.
+    stale_after: Duration,
 }
 
 struct Inner {
@@ -113,9 +148,22 @@ struct Inner {
     /// output written), woken together when any of that changes. An
     /// exchange waiting for its own stream's answer waits in its slot.
     waiters: Vec<Waker>,
+    /// When the intake last sent anything.
+    last_read: Instant,
+    /// A PING awaiting its ACK, since then.
+    ping_sent: Option<Instant>,
 }
 
 impl Inner {
+    /// Queues a liveness PING unless one is out.
+    fn ping(&mut self, counters: &H2Counters) {
+        if self.ping_sent.is_none() && self.dead.is_none() {
+            self.conn.ping(*b"fipsrly!");
+            self.ping_sent = Some(Instant::now());
+            bump(&counters.pings, 1);
+        }
+    }
+
     fn wake_waiters(&mut self) {
         for w in self.waiters.drain(..) {
             w.wake();
@@ -149,6 +197,17 @@ struct Slot {
 }
 
 impl H2Conn {
+    /// Before the connection takes a stream: one the intake has been silent
+    /// on for half the idle timeout is asked for a PING first.
+    fn probe_if_stale(&self) {
+        let mut i = self.inner.borrow_mut();
+        if i.last_read.elapsed() >= self.stale_after && i.ping_sent.is_none() {
+            i.ping(&self.counters);
+            drop(i);
+            self.to_driver.notify_one();
+        }
+    }
+
     /// Waits until `f` gives a value, woken with the connection's waiters.
     async fn wait_conn<T>(&self, mut f: impl FnMut(&mut Inner) -> Option<T>) -> T {
         std::future::poll_fn(|cx| {
@@ -220,11 +279,13 @@ pub(super) async fn forward<B: Backend>(
         }
     }
     let mut replays = 0;
+    let retries = ctx.config.retries;
     loop {
         let Some(conn) = connection(ctx, offset, upstream).await? else { return Ok(None) };
-        match on_connection(ctx, down, offset, &conn, head, upstream_head, answer_buf, body).await {
-            Err(Exchange::Refused(_)) if replays < REPLAYS => {
+        match on_connection(ctx, down, offset, upstream, &conn, head, upstream_head, answer_buf, body).await {
+            Err(Exchange::Refused(_)) if replays < retries => {
                 replays += 1;
+                bump(&conn.counters.replays, 1);
                 tracing::info!(upstream = ctx.upstream_host(upstream), addr = %conn.addr, replays, "the intake never processed the stream (GOAWAY or REFUSED_STREAM); sent again on another connection");
                 *body = BodyProgress::new(head.framing);
             }
@@ -232,7 +293,10 @@ pub(super) async fn forward<B: Backend>(
                 down.consume(held);
                 return Err(Failure::Upstream {
                     cause: ErrorCause::Closed,
-                    detail: format!("the intake refused the stream {} times (REFUSED_STREAM or GOAWAY)", REPLAYS + 1),
+                    detail: format!(
+                        "the intake refused the stream {} times (REFUSED_STREAM or GOAWAY; upstream.retries = {retries})",
+                        replays + 1
+                    ),
                     addr: Some(conn.addr),
                 });
             }
@@ -263,6 +327,7 @@ async fn on_connection<B: Backend>(
     ctx: &WorkerCtx<B>,
     down: &mut Downstream<B::Stream>,
     offset: u16,
+    upstream: UpstreamId,
     conn: &Rc<H2Conn>,
     head: &RequestHead,
     upstream_head: &mut Vec<u8>,
@@ -271,6 +336,28 @@ async fn on_connection<B: Backend>(
 ) -> Result<(u16, bool), Exchange> {
     let addr = conn.addr;
     let upstream_fail = |cause: ErrorCause, detail: String| Failure::Upstream { cause, detail, addr: Some(addr) };
+    let overloaded = || {
+        Exchange::Failed(upstream_fail(
+            ErrorCause::Overloaded,
+            format!(
+                "every HTTP/2 connection to the intake is at its stream limit and {} requests wait \
+                 (upstream.h2_max_connections = {}, upstream.h2_max_queued = {})",
+                ctx.config.h2_max_queued, ctx.config.h2_max_connections, ctx.config.h2_max_queued
+            ),
+        ))
+    };
+
+    // A connection at its stream limit: the exchange queues, if there is room.
+    let _queued = if conn.inner.borrow().conn.can_open() {
+        None
+    } else {
+        let mut hosts = ctx.h2.borrow_mut();
+        if hosts.queued[upstream] >= ctx.config.h2_max_queued {
+            return Err(overloaded());
+        }
+        hosts.queued[upstream] += 1;
+        Some(Queued { hosts: &ctx.h2, upstream })
+    };
 
     // Open the stream (waiting, bounded, while the intake's stream limit is reached).
     let no_body = body.done() && !head.expect_continue;
@@ -280,7 +367,8 @@ async fn on_connection<B: Backend>(
             // one takes it.
             return Some(Err(None));
         }
-        if !i.conn.can_open() {
+        // A stale connection's PING not answered yet, or no stream free.
+        if i.ping_sent.is_some() || !i.conn.can_open() {
             return None;
         }
         let opened = i.conn.open(upstream_head, no_body).map_err(|e| Some(e.to_string()));
@@ -309,6 +397,8 @@ async fn on_connection<B: Backend>(
         Ok(Err(Some(why))) => return Err(upstream_fail(ErrorCause::Closed, why).into()),
         Ok(Ok(id)) => id,
     };
+    drop(_queued);
+    bump(&conn.counters.streams, 1);
     conn.to_driver.notify_one();
     let _stream = StreamGuard { conn, id };
     let mut held = 0;
@@ -332,6 +422,18 @@ struct StreamGuard<'a> {
 impl Drop for StreamGuard<'_> {
     fn drop(&mut self) {
         self.conn.finish(self.id);
+    }
+}
+
+/// An exchange waiting for a stream; it stops counting however the wait ends.
+struct Queued<'a> {
+    hosts: &'a RefCell<H2Hosts>,
+    upstream: UpstreamId,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.hosts.borrow_mut().queued[self.upstream] -= 1;
     }
 }
 
@@ -363,6 +465,7 @@ async fn connection<B: Backend>(
                 keep
             });
             if let Some(c) = conns.iter().find(|c| c.inner.borrow().conn.can_open()) {
+                c.probe_if_stale();
                 return Ok(Some(c.clone()));
             }
             // A connection the intake is closing (GOAWAY) takes no stream
@@ -431,46 +534,86 @@ async fn open_connection<B: Backend>(
         return Ok(None);
     }
     let session = lease.detach();
+    let local = LocalSettings {
+        stream_window: ctx.config.h2_stream_window,
+        conn_window: ctx.config.h2_connection_window,
+        ..LocalSettings::default()
+    };
     let conn = Rc::new(H2Conn {
         inner: RefCell::new(Inner {
-            conn: Conn::new(LocalSettings::default()),
+            conn: Conn::new(local),
             slots: Vec::new(),
             dead: None,
             retired: false,
             spare: Vec::new(),
             waiters: Vec::new(),
+            last_read: Instant::now(),
+            ping_sent: None,
         }),
         to_driver: Notify::new(),
         addr: session.addr,
+        counters: ctx.h2.borrow().counters[upstream].clone(),
+        stale_after: ctx.config.upstream_idle_timeout / 2,
     });
     tracing::debug!(upstream = ctx.upstream_host(upstream), addr = %session.addr, "HTTP/2 connection opened");
     ctx.h2.borrow_mut().conns[upstream].push(conn.clone());
-    crate::rt::spawn(drive(conn.clone(), session, ctx.config.response_timeout, ctx.config.upstream_idle_timeout));
+    let timeouts = Timeouts {
+        write: ctx.config.response_timeout,
+        idle: ctx.config.upstream_idle_timeout,
+        ping: ctx.config.connect_timeout,
+    };
+    crate::rt::spawn(drive(conn.clone(), session, timeouts));
     Ok(Some(conn))
 }
 
+/// A connection task's limits.
+struct Timeouts {
+    /// A write the intake takes no byte of for this long ends the connection.
+    write: Duration,
+    /// No stream for this long: the connection closes.
+    idle: Duration,
+    /// A PING not acknowledged within this ends the connection.
+    ping: Duration,
+}
+
+/// Frames in `out` (whole frames, as the connection queues them).
+fn count_frames(out: &[u8]) -> u64 {
+    let mut at = 0;
+    let mut n = 0;
+    while at + 9 <= out.len() {
+        let len = (out[at] as usize) << 16 | (out[at + 1] as usize) << 8 | out[at + 2] as usize;
+        at += 9 + len;
+        n += 1;
+    }
+    n
+}
+
 /// The connection's task: writes what is queued, reads and files what
-/// comes, until the connection fails, the intake closes it, or it has been
-/// idle (no stream) for `idle_timeout`.
-async fn drive<S: Stream>(
-    conn: Rc<H2Conn>,
-    mut session: PooledSession<S>,
-    write_timeout: Duration,
-    idle_timeout: Duration,
-) {
+/// comes, until the connection fails, the intake closes it or stops
+/// answering PINGs, or it has been idle (no stream) for `idle_timeout`.
+async fn drive<S: Stream>(conn: Rc<H2Conn>, mut session: PooledSession<S>, limits: Timeouts) {
     let mut rbuf: Vec<u8> = Vec::with_capacity(4 * IO_BUF);
     let mut out: Vec<u8> = Vec::with_capacity(4 * IO_BUF);
     let mut idle_since = Instant::now();
+    let counters = conn.counters.clone();
     let why = loop {
         std::mem::swap(conn.inner.borrow_mut().conn.output(), &mut out);
         if !out.is_empty() {
-            let write = crate::rt::timeout(write_timeout, session.session.write_plain(&out)).await;
+            // The preface's 24 bytes are not a frame.
+            let frames = if out.starts_with(crate::h2::frame::PREFACE) {
+                count_frames(&out[crate::h2::frame::PREFACE.len()..])
+            } else {
+                count_frames(&out)
+            };
+            bump(&counters.writes, 1);
+            bump(&counters.frames, frames);
+            let write = crate::rt::timeout(limits.write, session.session.write_plain(&out)).await;
             out.clear();
             conn.inner.borrow_mut().wake_waiters();
             match write {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => break format!("writing to the intake failed: {e}"),
-                Err(_) => break format!("the intake stopped reading for {write_timeout:?}"),
+                Err(_) => break format!("the intake stopped reading for {:?}", limits.write),
             }
         }
         if let Some(why) = conn.inner.borrow().dead.clone() {
@@ -492,6 +635,17 @@ async fn drive<S: Stream>(
         if rbuf.len() == rbuf.capacity() {
             rbuf.reserve(IO_BUF);
         }
+        // What the clock may do next: end a PING's wait, PING a connection
+        // silent for half the idle timeout, or close an idle one.
+        let (last_read, ping_sent) = {
+            let i = conn.inner.borrow();
+            (i.last_read, i.ping_sent)
+        };
+        let timer = match ping_sent {
+            Some(sent) => Some(sent + limits.ping),
+            None if !busy => Some((idle_since + limits.idle).min(last_read + conn.stale_after)),
+            None => None,
+        };
         tokio::select! {
             biased;
             _ = conn.to_driver.notified() => continue,
@@ -500,16 +654,27 @@ async fn drive<S: Stream>(
                 Err(e) => break format!("the intake connection failed: {e}"),
                 Ok(_) => {}
             },
-            _ = crate::rt::sleep_until(idle_since + idle_timeout), if !busy => {
+            _ = crate::rt::sleep_until(timer.unwrap_or(idle_since)), if timer.is_some() => {
+                let now = Instant::now();
                 let mut i = conn.inner.borrow_mut();
-                crate::h2::frame::write_goaway(i.conn.output(), 0, ErrorCode::NoError);
-                i.dead = Some("idle".into());
+                if ping_sent.is_some() {
+                    let why = format!("the intake did not answer a PING within {:?}", limits.ping);
+                    tracing::warn!(addr = %conn.addr, "HTTP/2 connection to the intake cut: {why}");
+                    i.dead = Some(why);
+                    i.wake_all();
+                } else if now >= idle_since + limits.idle {
+                    crate::h2::frame::write_goaway(i.conn.output(), 0, ErrorCode::NoError);
+                    i.dead = Some("idle".into());
+                } else {
+                    i.ping(&counters);
+                }
                 continue;
             }
         }
         let mut i = conn.inner.borrow_mut();
-        let Inner { conn: c, slots, waiters, .. } = &mut *i;
-        let res = c.receive(&rbuf, |c, ev| file(slots, waiters, c, &rbuf, ev));
+        i.last_read = Instant::now();
+        let Inner { conn: c, slots, waiters, ping_sent, .. } = &mut *i;
+        let res = c.receive(&rbuf, |c, ev| file(slots, waiters, ping_sent, c, &rbuf, ev));
         match res {
             Ok(used) => {
                 rbuf.drain(..used);
@@ -531,7 +696,14 @@ async fn drive<S: Stream>(
 }
 
 /// Files one event under its stream's slot and wakes who waits for it.
-fn file(slots: &mut [Slot], waiters: &mut Vec<Waker>, c: &Conn, input: &[u8], ev: Event) {
+fn file(
+    slots: &mut [Slot],
+    waiters: &mut Vec<Waker>,
+    ping_sent: &mut Option<Instant>,
+    c: &Conn,
+    input: &[u8],
+    ev: Event,
+) {
     let find = |slots: &mut [Slot], id: u32| slots.iter_mut().position(|s| s.id == id);
     let wake = |s: &mut Slot| {
         if let Some(w) = s.waker.take() {
@@ -576,6 +748,13 @@ fn file(slots: &mut [Slot], waiters: &mut Vec<Waker>, c: &Conn, input: &[u8], ev
             }
         }
         Event::WindowOpen => {
+            for w in waiters.drain(..) {
+                w.wake();
+            }
+        }
+        Event::PingAck(_) => {
+            // Alive: exchanges that waited for it open their streams.
+            *ping_sent = None;
             for w in waiters.drain(..) {
                 w.wake();
             }
@@ -833,4 +1012,46 @@ async fn exchange<B: Backend>(
         p.bytes_copied += answer.copied + sent;
     }
     Ok((answer_head.status, !answer_head.client.close))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(ids: &[u32]) -> Vec<Slot> {
+        ids.iter().map(|&id| Slot { id, ..Slot::default() }).collect()
+    }
+
+    #[test]
+    fn goaway_refuses_only_the_streams_above_its_last_stream_id() {
+        let conn = Conn::new(LocalSettings::default());
+        let mut s = slots(&[1, 3, 5, 7]);
+        s[3].ended = true;
+        let (mut waiters, mut ping) = (Vec::new(), None);
+        file(&mut s, &mut waiters, &mut ping, &conn, &[], Event::GoAway { last_stream: 3, code: ErrorCode::NoError });
+        let reset: Vec<_> = s.iter().map(|s| (s.id, s.reset)).collect();
+        // 5 was never processed: refused (sent again); 7 had its whole
+        // answer already; 1 and 3 go on.
+        assert_eq!(reset, vec![(1, None), (3, None), (5, Some(ErrorCode::RefusedStream)), (7, None)]);
+    }
+
+    #[test]
+    fn a_ping_ack_ends_the_wait_for_it() {
+        let conn = Conn::new(LocalSettings::default());
+        let mut s = slots(&[1]);
+        let (mut waiters, mut ping) = (Vec::new(), Some(Instant::now()));
+        file(&mut s, &mut waiters, &mut ping, &conn, &[], Event::PingAck(*b"fipsrly!"));
+        assert_eq!(ping, None);
+    }
+
+    #[test]
+    fn frames_are_counted_by_their_headers() {
+        let mut out = Vec::new();
+        crate::h2::frame::write_ping(&mut out, false, [0; 8]);
+        crate::h2::frame::data_head(&mut out, 1, 3, true);
+        out.extend_from_slice(b"abc");
+        crate::h2::frame::write_rst_stream(&mut out, 1, ErrorCode::Cancel);
+        assert_eq!(count_frames(&out), 3);
+        assert_eq!(count_frames(&[]), 0);
+    }
 }

@@ -50,8 +50,6 @@ pub const IO_BUF: usize = 16 * 1024;
 pub const IDLE_BUF: usize = 4 * 1024;
 /// Pooled buffers kept per worker between requests.
 pub const MAX_FREE_BUFFERS: usize = 256;
-/// Other addresses tried after a failed connect or handshake.
-pub const CONNECT_RETRIES: usize = 3;
 
 /// Counts a connection as open for its product while alive.
 struct ConnGuard<'a, B: Backend> {

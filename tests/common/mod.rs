@@ -75,13 +75,20 @@ impl Intake {
     }
 
     pub fn start_with(dir: &Path, behavior: Behavior, cipher: CipherMode) -> Intake {
+        Self::start_config(dir, |cfg| {
+            cfg.behavior = behavior;
+            cfg.cipher = cipher;
+        })
+    }
+
+    /// A mock intake whose config `set` changes.
+    pub fn start_config(dir: &Path, set: impl FnOnce(&mut MockConfig)) -> Intake {
         let pki = TestPki::generate(&[]);
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, &pki.ca_cert_pem).unwrap();
         let mut cfg =
             MockConfig::new("127.0.0.1:0".parse().unwrap(), pki.leaf_cert_pem.clone(), pki.leaf_key_pem.clone());
-        cfg.behavior = behavior;
-        cfg.cipher = cipher;
+        set(&mut cfg);
         let mock = MockIntake::start(cfg).unwrap();
         Intake { mock, pki, ca_file }
     }
@@ -258,6 +265,26 @@ impl Relay {
                 .and_then(|l| l.rsplit(' ').next())
                 .and_then(|v| v.parse::<f64>().ok())
                 .unwrap_or(f64::NAN);
+            if pred(v) || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Relay {
+    /// The sum of a Prometheus metric over its label sets, polled until
+    /// `pred` holds (at most 5 s).
+    pub fn wait_metric_sum(&self, name: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = self.status_page("/metrics");
+            let v: f64 = text
+                .lines()
+                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
             if pred(v) || Instant::now() > deadline {
                 return v;
             }

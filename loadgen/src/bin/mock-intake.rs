@@ -41,12 +41,19 @@ struct Args {
     /// slow-read:<bytes/s, e.g. 64k> (read bodies slowly) |
     /// drop-record | duplicate-record | corrupt-record (these three prove
     /// `loadgen --verify` works) | reset-mid-request | blackhole (accept, never answer) |
-    /// tls-alert (a fatal handshake_failure alert).
+    /// tls-alert (a fatal handshake_failure alert) | HTTP/2 only:
+    /// goaway:<streams> (graceful GOAWAY after that many streams on a connection) |
+    /// goaway-abrupt:<streams> (immediate GOAWAY; later streams never processed) |
+    /// refuse-stream (REFUSED_STREAM for each connection's first stream) |
+    /// freeze (a connection goes silent after its first answer).
     #[arg(long, default_value = "none")]
     fault: Fault,
     /// Accept only ChaCha20-Poly1305 suites.
     #[arg(long)]
     chacha_only: bool,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS to announce (no limit by default).
+    #[arg(long)]
+    h2_max_streams: Option<u32>,
 }
 
 fn main() -> Result<()> {
@@ -73,6 +80,7 @@ fn main() -> Result<()> {
         key_pem,
         behavior: Behavior { status: args.status, latency: args.latency, fault: args.fault, ..Behavior::default() },
         cipher: if args.chacha_only { CipherMode::ChaChaOnly } else { CipherMode::Default },
+        h2_max_streams: args.h2_max_streams,
     };
     let mut mock =
         MockIntake::start(cfg).with_context(|| format!("cannot start the mock intake on {}", args.listen))?;

@@ -14,15 +14,55 @@ use super::request::HashSink;
 use super::{Fault, RequestRecord, Shared, DIGEST_PATH, MISSING_ANSWER_BYTES, RESET_PATH, STATS_PATH};
 use crate::hash::BodyHasher;
 
-/// Serves one HTTP/2 connection until the client closes it.
+/// Serves one HTTP/2 connection until the client closes it, with the
+/// connection-level faults ([`Fault::GoAway`], [`Fault::GoAwayAbrupt`],
+/// [`Fault::RefuseFirstStream`], [`Fault::Freeze`]) applied here.
 pub(super) async fn serve(tls: TlsStream<TcpStream>, shared: Arc<Shared>, sni: Option<String>, id: u64) {
-    let Ok(mut conn) = h2::server::handshake(tls).await else { return };
-    while let Some(accepted) = conn.accept().await {
-        let Ok((req, respond)) = accepted else { return };
+    let mut builder = h2::server::Builder::new();
+    if let Some(n) = shared.h2_max_streams {
+        builder.max_concurrent_streams(n);
+    }
+    let Ok(mut conn) = builder.handshake(tls).await else { return };
+    let mut streams = 0u32;
+    // Freeze: the first answer's handler says when it is sent.
+    let (answered_tx, mut answered) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut freezing = false;
+    loop {
+        let accepted = tokio::select! {
+            a = conn.accept() => a,
+            _ = answered.recv(), if freezing => None,
+        };
+        if freezing && accepted.is_none() {
+            // Flush the answer, then go silent.
+            let flush = std::future::poll_fn(|cx| conn.poll_closed(cx));
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), flush).await;
+            tokio::time::sleep(super::BLACKHOLE_HOLD).await;
+            return;
+        }
+        let Some(Ok((req, mut respond))) = accepted else { return };
+        let control = matches!(req.uri().path(), STATS_PATH | DIGEST_PATH | RESET_PATH);
+        let fault = if control { Fault::None } else { shared.behavior().fault };
+        if !control {
+            streams += 1;
+        }
+        match fault {
+            Fault::RefuseFirstStream if streams == 1 => {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                continue;
+            }
+            Fault::GoAway(n) if streams == n => conn.graceful_shutdown(),
+            Fault::GoAwayAbrupt(n) if streams == n => conn.abrupt_shutdown(h2::Reason::NO_ERROR),
+            _ => {}
+        }
+        let done = (fault == Fault::Freeze && streams == 1).then(|| answered_tx.clone());
+        freezing |= done.is_some();
         let shared = shared.clone();
         let sni = sni.clone();
         tokio::spawn(async move {
             let _ = stream(req, respond, &shared, sni, id).await;
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
         });
     }
 }

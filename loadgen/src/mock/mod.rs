@@ -106,6 +106,22 @@ pub enum Fault {
     /// (per connection), then answer normally: a slow intake, for
     /// backpressure tests.
     SlowRead(u64),
+    /// HTTP/2 only (HTTP/1.1 answers normally): after this many streams
+    /// on a connection, a graceful GOAWAY (RFC 9113 §6.8: first with the
+    /// highest stream id, then a PING, then the real last one); streams
+    /// under way are answered, new ones must go to another connection.
+    GoAway(u32),
+    /// HTTP/2 only: after this many streams on a connection, GOAWAY at once
+    /// with the last stream processed; streams the client sent after it are
+    /// never processed (and must be sent again elsewhere).
+    GoAwayAbrupt(u32),
+    /// HTTP/2 only: the first stream of each connection is refused
+    /// unprocessed with RST_STREAM REFUSED_STREAM (RFC 9113 §8.7).
+    RefuseFirstStream,
+    /// HTTP/2 only: after its first answer, a connection goes silent:
+    /// nothing read, nothing written (no PING answered) until
+    /// [`BLACKHOLE_HOLD`] passes.
+    Freeze,
 }
 
 /// How long a blackholed connection is held before the mock lets it go.
@@ -119,7 +135,8 @@ pub enum ParseFaultError {
     #[error(
         "unknown fault {0:?}; use none, reset, close-mid-answer, close-after-head, slow:<duration>, \
          slow-read:<bytes per second, e.g. 64k>, drop-record, duplicate-record, corrupt-record, \
-         reset-mid-request, blackhole or tls-alert"
+         reset-mid-request, blackhole, tls-alert, goaway:<streams>, goaway-abrupt:<streams>, \
+         refuse-stream or freeze"
     )]
     Unknown(String),
     #[error("bad duration in fault: {0}")]
@@ -143,6 +160,19 @@ impl FromStr for Fault {
             "blackhole" => Ok(Fault::Blackhole),
             "reset-mid-request" => Ok(Fault::ResetMidRequest),
             "tls-alert" => Ok(Fault::TlsAlert),
+            "refuse-stream" => Ok(Fault::RefuseFirstStream),
+            "freeze" => Ok(Fault::Freeze),
+            _ if s.starts_with("goaway:") || s.starts_with("goaway-abrupt:") => {
+                let (n, abrupt) = match s.strip_prefix("goaway-abrupt:") {
+                    Some(n) => (n, true),
+                    None => (&s["goaway:".len()..], false),
+                };
+                match n.parse::<u32>() {
+                    Ok(n) if n > 0 && abrupt => Ok(Fault::GoAwayAbrupt(n)),
+                    Ok(n) if n > 0 => Ok(Fault::GoAway(n)),
+                    _ => Err(ParseFaultError::Unknown(s.to_owned())),
+                }
+            }
             _ if s.starts_with("slow-read:") => {
                 let rate = &s["slow-read:".len()..];
                 let (digits, mult) = match rate.as_bytes().last() {
@@ -190,12 +220,22 @@ pub struct MockConfig {
     pub key_pem: String,
     pub behavior: Behavior,
     pub cipher: CipherMode,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (the h2 crate's default, no
+    /// limit, when `None`).
+    pub h2_max_streams: Option<u32>,
 }
 
 impl MockConfig {
     /// Default behavior and ciphers.
     pub fn new(listen: SocketAddr, cert_chain_pem: String, key_pem: String) -> Self {
-        MockConfig { listen, cert_chain_pem, key_pem, behavior: Behavior::default(), cipher: CipherMode::Default }
+        MockConfig {
+            listen,
+            cert_chain_pem,
+            key_pem,
+            behavior: Behavior::default(),
+            cipher: CipherMode::Default,
+            h2_max_streams: None,
+        }
     }
 }
 
@@ -317,6 +357,7 @@ struct Shared {
     connections: AtomicU64,
     handshakes: AtomicU64,
     handshake_failures: AtomicU64,
+    h2_max_streams: Option<u32>,
 }
 
 impl Shared {
@@ -393,7 +434,11 @@ impl MockIntake {
             bind(cfg.listen)?
         };
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared { behavior: RwLock::new(cfg.behavior), ..Shared::default() });
+        let shared = Arc::new(Shared {
+            behavior: RwLock::new(cfg.behavior),
+            h2_max_streams: cfg.h2_max_streams,
+            ..Shared::default()
+        });
         let (stop_tx, stop_rx) = oneshot::channel();
         let acceptor = TlsAcceptor::from(Arc::new(tls));
         let task_shared = Arc::clone(&shared);
@@ -632,6 +677,10 @@ async fn serve_one(conn: &mut Conn, shared: &Shared, sni: &Option<String>, conne
         | Fault::Blackhole
         | Fault::TlsAlert
         | Fault::SlowRead(_)
+        | Fault::GoAway(_)
+        | Fault::GoAwayAbrupt(_)
+        | Fault::RefuseFirstStream
+        | Fault::Freeze
         | Fault::ResetMidRequest => {}
         Fault::SlowAnswer(delay) => tokio::time::sleep(delay).await,
         Fault::ResetAfterRequest => {
@@ -719,5 +768,11 @@ mod tests {
         assert_eq!("corrupt-record".parse(), Ok(Fault::CorruptRecord));
         assert!("slow:2".parse::<Fault>().is_err());
         assert!("explode".parse::<Fault>().is_err());
+        assert_eq!("goaway:3".parse(), Ok(Fault::GoAway(3)));
+        assert_eq!("goaway-abrupt:10".parse(), Ok(Fault::GoAwayAbrupt(10)));
+        assert!("goaway:0".parse::<Fault>().is_err());
+        assert!("goaway-abrupt:x".parse::<Fault>().is_err());
+        assert_eq!("refuse-stream".parse(), Ok(Fault::RefuseFirstStream));
+        assert_eq!("freeze".parse(), Ok(Fault::Freeze));
     }
 }
