@@ -94,13 +94,24 @@ fn main() {
         println!("# baseline: {}", b.display());
     }
     println!("# proxy on CPU {proxy_cpu:?}, loadgen + mock intake on CPU {load_cpu:?}; {secs}s runs after {warmup}s warm-up, {reps} reps interleaved, medians; CPU µs/req as total (user+sys)");
+    println!("# conns: fipsrelay's intake connections at the end of the window; fr/w, req/w: over HTTP/2, frames and requests (streams) per TLS write");
     let mock = start_mock(&bins, dir.path(), load_cpu);
     let mut json_rows = Vec::new();
     let mut idle: Vec<u64> = vec![0; contenders.len()];
     let header = |extra: &str| {
         println!(
-            "{:<34} {:>10} {:>18} {:>9} {:>9} {:>10} {:>9} {:>14}",
-            "workload / proxy", "req/s", "CPU µs/req", "p50 µs", "p99 µs", extra, "RSS MiB", "syscalls/req"
+            "{:<34} {:>10} {:>18} {:>9} {:>9} {:>10} {:>9} {:>14} {:>6} {:>5} {:>5}",
+            "workload / proxy",
+            "req/s",
+            "CPU µs/req",
+            "p50 µs",
+            "p99 µs",
+            extra,
+            "RSS MiB",
+            "syscalls/req",
+            "conns",
+            "fr/w",
+            "req/w"
         )
     };
     println!();

@@ -69,25 +69,32 @@ impl Future for Sleep {
 /// Runs `fut` for at most `d`. A plain future, not an `async fn`: an
 /// `async fn` would hold `fut` twice (its argument and the future it
 /// awaits), and every connection's task is as large as its largest state.
+///
+/// The clock is read and the timer made only when `fut` is first pending:
+/// most writes and many waits finish at their first poll, and then cost
+/// neither a clock read nor a timer. The limit counts from that first poll.
 pub fn timeout<F: Future>(d: Duration, fut: F) -> Timeout<F> {
-    Timeout { fut, sleep: sleep(d) }
+    Timeout { fut, limit: d, sleep: None }
 }
 
 pub struct Timeout<F> {
     fut: F,
-    sleep: Sleep,
+    limit: Duration,
+    sleep: Option<Sleep>,
 }
 
 impl<F: Future> Future for Timeout<F> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: a structural projection; neither field is ever moved out.
+        // SAFETY: a structural projection; neither field is ever moved out
+        // (`sleep` is written once, while it is `None`, before it is pinned).
         let this = unsafe { self.get_unchecked_mut() };
         if let Poll::Ready(out) = unsafe { Pin::new_unchecked(&mut this.fut) }.poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        match unsafe { Pin::new_unchecked(&mut this.sleep) }.poll(cx) {
+        let sleep = this.sleep.get_or_insert_with(|| sleep(this.limit));
+        match unsafe { Pin::new_unchecked(sleep) }.poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
             Poll::Pending => Poll::Pending,
         }

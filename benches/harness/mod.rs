@@ -338,6 +338,59 @@ pub struct Sample {
     pub p99_us: f64,
     pub p99_9_us: f64,
     pub rss_kib: u64,
+    /// fipsrelay over HTTP/2: frames and requests (streams) per TLS write
+    /// over the window; NaN otherwise.
+    pub frames_per_write: f64,
+    pub requests_per_write: f64,
+    /// fipsrelay: intake connections open at the end of the window (HTTP/2
+    /// connections and HTTP/1.1 sessions); NaN for other proxies.
+    pub upstream_conns: f64,
+}
+
+/// fipsrelay's upstream counters, from its status port's `/metrics`: HTTP/2
+/// writes, frames and streams, and the intake connections open now.
+#[derive(Clone, Copy, Default)]
+struct Upstream {
+    writes: f64,
+    frames: f64,
+    streams: f64,
+    conns: f64,
+}
+
+fn upstream_counters(target: &Target) -> Option<Upstream> {
+    use std::io::{Read, Write};
+    if target.kind != "fipsrelay" {
+        return None;
+    }
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", target.metrics_port - 1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    Some(Upstream {
+        writes: sum("fipsrelay_upstream_h2_writes_total"),
+        frames: sum("fipsrelay_upstream_h2_frames_written_total"),
+        streams: sum("fipsrelay_upstream_h2_streams_total"),
+        conns: sum("fipsrelay_upstream_h2_connections") + sum("fipsrelay_upstream_sessions_open"),
+    })
+}
+
+/// Frames per write, requests per write, connections at the end.
+fn per_write(before: Option<Upstream>, after: Option<Upstream>) -> (f64, f64, f64) {
+    match (before, after) {
+        (Some(b), Some(a)) if a.writes > b.writes => {
+            let w = a.writes - b.writes;
+            ((a.frames - b.frames) / w, (a.streams - b.streams) / w, a.conns)
+        }
+        (_, Some(a)) => (f64::NAN, f64::NAN, a.conns),
+        _ => (f64::NAN, f64::NAN, f64::NAN),
+    }
 }
 
 /// Runs loadgen against `target` and measures the target's CPU over the run.
@@ -369,9 +422,11 @@ pub fn run_load(
     std::thread::sleep(Duration::from_secs(warmup));
     let counter = SyscallCounter::start(target.proc.pid(), dir);
     let cpu0 = cpu_split_us(target.proc.pid());
+    let up0 = upstream_counters(target);
     let status = child.wait().unwrap();
     let cpu1 = cpu_split_us(target.proc.pid());
     let (syscalls, ring_ops) = counter.stop();
+    let (frames_per_write, requests_per_write, upstream_conns) = per_write(up0, upstream_counters(target));
     assert!(status.success() || json.exists(), "loadgen failed: {status}");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let requests = report["requests"].as_u64().unwrap_or(0).max(1);
@@ -389,6 +444,9 @@ pub fn run_load(
         p99_us: lat["p99"].as_f64().unwrap_or(0.0),
         p99_9_us: lat["p99_9"].as_f64().unwrap_or(0.0),
         rss_kib: rss_kib(target.proc.pid()),
+        frames_per_write,
+        requests_per_write,
+        upstream_conns,
     }
 }
 
@@ -411,14 +469,26 @@ impl Sample {
             } else {
                 format!("{:.1}", self.syscalls_per_req)
             }
-        )
+        ) + &self.upstream_columns()
+    }
+
+    /// Intake connections, and over HTTP/2 frames and requests per TLS write.
+    fn upstream_columns(&self) -> String {
+        let mut s = String::new();
+        if !self.upstream_conns.is_nan() {
+            s.push_str(&format!(" {:>6.0}", self.upstream_conns));
+        }
+        if !self.frames_per_write.is_nan() {
+            s.push_str(&format!(" {:>5.2} {:>5.2}", self.frames_per_write, self.requests_per_write));
+        }
+        s
     }
 }
 
 /// Median of each field over samples.
 pub fn median(samples: &[Sample]) -> Sample {
     fn med(mut v: Vec<f64>) -> f64 {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v.sort_by(|a, b| a.total_cmp(b));
         if v.is_empty() {
             0.0
         } else {
@@ -438,6 +508,9 @@ pub fn median(samples: &[Sample]) -> Sample {
         p99_us: med(samples.iter().map(|s| s.p99_us).collect()),
         p99_9_us: med(samples.iter().map(|s| s.p99_9_us).collect()),
         rss_kib: med(samples.iter().map(|s| s.rss_kib as f64).collect()) as u64,
+        frames_per_write: med(samples.iter().map(|s| s.frames_per_write).collect()),
+        requests_per_write: med(samples.iter().map(|s| s.requests_per_write).collect()),
+        upstream_conns: med(samples.iter().map(|s| s.upstream_conns).collect()),
     }
 }
 
@@ -547,9 +620,11 @@ pub fn run_wrk(
     let _ = wrk(1).stdout(Stdio::null()).status();
     let counter = SyscallCounter::start(target.proc.pid(), dir);
     let cpu0 = cpu_split_us(target.proc.pid());
+    let up0 = upstream_counters(target);
     let out = wrk(secs).output().expect("wrk not installed: apt-get install wrk");
     let cpu1 = cpu_split_us(target.proc.pid());
     let (syscalls, ring_ops) = counter.stop();
+    let (frames_per_write, requests_per_write, upstream_conns) = per_write(up0, upstream_counters(target));
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |prefix: &str| -> Option<String> {
         text.lines().map(str::trim).find(|l| l.starts_with(prefix)).map(|l| l[prefix.len()..].trim().to_string())
@@ -587,5 +662,8 @@ pub fn run_wrk(
         p99_us: field("99%").map(|v| dur_us(&v)).unwrap_or(0.0),
         p99_9_us: 0.0,
         rss_kib: rss_kib(target.proc.pid()),
+        frames_per_write,
+        requests_per_write,
+        upstream_conns,
     }
 }

@@ -46,41 +46,79 @@ pub fn encode_request(
     scratch: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<(), HeaderError> {
-    let mut headers = [httparse::EMPTY_HEADER; crate::http1::MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(rendered) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(HeaderError::Request("incomplete or invalid")),
+    // The head is this relay's own rendering (one space after the colon, no
+    // CR or LF in a value, all checked by `parse_request`): split, not parsed.
+    let mut lines = Lines(rendered);
+    let bad = HeaderError::Request("incomplete or invalid");
+    let request_line = lines.next().ok_or(HeaderError::Request("incomplete or invalid"))?;
+    let (method, rest) = split_at_byte(request_line, b' ').ok_or(HeaderError::Request("no method"))?;
+    let space = rest.iter().rposition(|&b| b == b' ').ok_or(HeaderError::Request("no target"))?;
+    let path = &rest[..space];
+    let fields = lines.clone();
+    let mut authority = None;
+    let mut ended = false;
+    for line in lines.by_ref() {
+        if line.is_empty() {
+            ended = true;
+            break;
+        }
+        let (name, value) = field(line).ok_or(HeaderError::Request("incomplete or invalid"))?;
+        if authority.is_none() && name.eq_ignore_ascii_case(b"host") {
+            authority = Some(value);
+        }
     }
-    let method = req.method.ok_or(HeaderError::Request("no method"))?;
-    let path = req.path.ok_or(HeaderError::Request("no target"))?;
-    let authority = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("host"))
-        .map(|h| h.value)
-        .ok_or(HeaderError::Request("no Host"))?;
-    let pseudo = [
-        (&b":method"[..], method.as_bytes()),
-        (b":scheme", b"https"),
-        (b":authority", authority),
-        (b":path", path.as_bytes()),
-    ];
+    if !ended {
+        return Err(bad);
+    }
+    let authority = authority.ok_or(HeaderError::Request("no Host"))?;
+    let pseudo = [(&b":method"[..], method), (b":scheme", b"https"), (b":authority", authority), (b":path", path)];
     encoder.encode(pseudo, out);
     // Each name lowercased in `scratch` (reused: no allocation per request).
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
+    for line in fields {
+        let Some((name, value)) = field(line) else { break };
         if CONNECTION_SPECIFIC.iter().any(|c| name.eq_ignore_ascii_case(c)) {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"te") && !h.value.eq_ignore_ascii_case(b"trailers") {
+        if name.eq_ignore_ascii_case(b"te") && !value.eq_ignore_ascii_case(b"trailers") {
             continue;
         }
         scratch.clear();
         scratch.extend(name.iter().map(u8::to_ascii_lowercase));
-        encoder.encode([(&scratch[..], h.value)], out);
+        encoder.encode([(&scratch[..], value)], out);
     }
     Ok(())
+}
+
+/// The CRLF-ended lines of a rendered head.
+#[derive(Clone)]
+struct Lines<'a>(&'a [u8]);
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let k = self.0.iter().position(|&b| b == b'\r')?;
+        if self.0.get(k + 1) != Some(&b'\n') {
+            return None;
+        }
+        let line = &self.0[..k];
+        self.0 = &self.0[k + 2..];
+        Some(line)
+    }
+}
+
+/// `Name: value` as rendered; `None` for the empty line or a malformed one.
+fn field(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (name, value) = split_at_byte(line, b':')?;
+    if name.is_empty() {
+        return None;
+    }
+    Some((name, value.strip_prefix(b" ").unwrap_or(value)))
+}
+
+fn split_at_byte(s: &[u8], b: u8) -> Option<(&[u8], &[u8])> {
+    let k = s.iter().position(|&c| c == b)?;
+    Some((&s[..k], &s[k + 1..]))
 }
 
 /// Decodes the intake's answer header block and writes it as an HTTP/1.1
@@ -152,9 +190,16 @@ pub fn decode_answer(
         return Err(e);
     }
     let status = status.ok_or(HeaderError::Malformed("no :status"))?;
-    // HTTP/2 has no reason phrase: the standard one for the Agent's hop.
-    let line = format!("HTTP/1.1 {status} {}\r\n", crate::http1::reason(status));
-    out.splice(0..0, line.bytes());
+    // HTTP/2 has no reason phrase: the standard one for the Agent's hop
+    // (put together on the stack: no allocation per answer).
+    let mut line = [0u8; 64];
+    let n = {
+        use std::io::Write;
+        let mut w = &mut line[..];
+        let _ = write!(w, "HTTP/1.1 {status} {}\r\n", crate::http1::reason(status));
+        64 - w.len()
+    };
+    out.splice(0..0, line[..n].iter().copied());
     if !(100..200).contains(&status) && !has_length {
         if end_stream {
             out.extend_from_slice(b"content-length: 0\r\n");
@@ -234,6 +279,29 @@ mod tests {
         encode_request(b"GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n", &mut enc, &mut Vec::new(), &mut block)
             .unwrap();
         assert!(decode_all(&block).contains(&("te".into(), "trailers".into())));
+    }
+
+    #[test]
+    fn a_head_that_is_not_a_whole_rendering_is_refused() {
+        let mut enc = crate::h2::hpack::Encoder::new();
+        for (head, why) in [
+            (&b"GET / HTTP/1.1\r\nHost: h\r\n"[..], "incomplete or invalid"),
+            (b"GET / HTTP/1.1\r\nHost h\r\n\r\n", "incomplete or invalid"),
+            (b"GET / HTTP/1.1\r\nX: 1\r\n\r\n", "no Host"),
+            (b"GET\r\nHost: h\r\n\r\n", "no method"),
+            (b"", "incomplete or invalid"),
+        ] {
+            let e = encode_request(head, &mut enc, &mut Vec::new(), &mut Vec::new()).unwrap_err();
+            assert_eq!(e, HeaderError::Request(why), "{:?}", String::from_utf8_lossy(head));
+        }
+        // A value keeps its bytes (inner spaces, a colon) as rendered.
+        let mut block = Vec::new();
+        encode_request(b"GET /a?b HTTP/1.1\r\nHost: h\r\nX-Y: a: b  c\r\n\r\n", &mut enc, &mut Vec::new(), &mut block)
+            .unwrap();
+        let mut d = loona_hpack::Decoder::new();
+        let f = d.decode(&block).unwrap();
+        assert_eq!(f[3], (b":path".to_vec(), b"/a?b".to_vec()));
+        assert_eq!(f[4], (b"x-y".to_vec(), b"a: b  c".to_vec()));
     }
 
     #[test]

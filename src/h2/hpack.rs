@@ -3,7 +3,9 @@
 //! Written here because the decoder of the crate tried first (loona-hpack
 //! 0.4) builds a hash map of the whole Huffman code for every Huffman
 //! string it decodes: 82 % of the relay's CPU behind an nginx intake. This
-//! one decodes Huffman with the canonical code's per-length ranges and
+//! one decodes Huffman through a 64-bit bit buffer, one or two codes a
+//! look-up in a table built at compile time (the canonical code's
+//! per-length ranges for the rare codes longer than 11 bits), and
 //! allocates nothing per header block in steady state (scratch buffers are
 //! reused; the dynamic table allocates only for the fields it stores).
 //!
@@ -11,7 +13,8 @@
 //!   without indexing and never indexed, dynamic table size updates), the
 //!   dynamic table with eviction (§4), Huffman (§5.2, Appendix B), bounds on
 //!   integers, strings and the table size this side announced.
-//! - [`Encoder`]: static-table matches by full field or by name, a dynamic
+//! - [`Encoder`]: static-table matches by full field or by name (found by a
+//!   hash of the name without collisions in that table), a dynamic
 //!   table for fields that repeat, never-indexed literals for credentials
 //!   (§7.1.3: `dd-api-key`, `authorization`, `cookie`), literals without
 //!   indexing for values that change per request (`content-length`). No
@@ -130,19 +133,90 @@ pub enum HpackError {
     LateSizeUpdate,
 }
 
-/// The canonical Huffman code as per-length ranges, for decoding.
+/// Bits of input that the Huffman decoding table is indexed by. Every code
+/// this long or shorter (all letters and digits, and all punctuation but
+/// `#$<>@[\]^{}~` and the backquote) decodes with one look-up, two codes
+/// at a time where both fit. The table takes 8 KiB.
+const FAST_BITS: u32 = 11;
+
+/// The canonical Huffman code, for decoding 32-bit windows of input.
 struct Canonical {
     /// Symbols in order of (length, symbol).
     symbols: [u16; 257],
     /// For each length: the first code of that length, and where its
-    /// symbols start in `symbols`, and how many there are.
+    /// symbols start in `symbols`.
     first_code: [u32; 31],
     first_index: [u16; 31],
-    count: [u16; 31],
+    /// For each length L: where the codes of L bits or fewer end, as
+    /// windows (`code << (32 - L)`). Canonical codes grow with their
+    /// length, so a window below `window_end[L]` starts with a code of at
+    /// most L bits; the last, after EOS, is 2^32.
+    window_end: [u64; 31],
+    /// The codes that start each window, by its first `FAST_BITS` bits.
+    fast: [Fast; 1 << FAST_BITS],
+}
+
+/// The one or two codes that start a window, both within `FAST_BITS`:
+/// `first | second << 8 | first's length << 16 | both lengths << 21`
+/// (both lengths are the first's alone where no second code fits). 0
+/// where the first code is longer.
+#[derive(Clone, Copy)]
+struct Fast(u32);
+
+impl Fast {
+    const LONG: Fast = Fast(0);
+
+    const fn new(first: (u32, u32), second: Option<(u32, u32)>) -> Self {
+        let (sym, len) = first;
+        let (second, both_len) = match second {
+            Some((second, second_len)) => (second, len + second_len),
+            None => (0, len),
+        };
+        Fast(sym | second << 8 | len << 16 | both_len << 21)
+    }
+
+    fn is_long(self) -> bool {
+        self.0 == 0
+    }
+
+    fn symbols(self) -> [u8; 2] {
+        [self.0 as u8, (self.0 >> 8) as u8]
+    }
+
+    /// The first code's symbol and length.
+    fn first(self) -> (u16, u32) {
+        (u16::from(self.0 as u8), (self.0 >> 16) & 0x1f)
+    }
+
+    /// How many symbols (1 or 2) and how many bits of input.
+    fn both(self) -> (usize, u32) {
+        let both_len = self.0 >> 21;
+        (1 + usize::from(both_len != self.first().1), both_len)
+    }
+}
+
+/// The symbol and length of the code that starts `window`, if it has at
+/// most `max` bits.
+const fn short_code(c: &Canonical, window: u32, max: u32) -> Option<(u32, u32)> {
+    let mut len = 1;
+    while len <= max as usize {
+        if (window as u64) < c.window_end[len] {
+            let offset = (window >> (32 - len)) - c.first_code[len];
+            return Some((c.symbols[c.first_index[len] as usize + offset as usize] as u32, len as u32));
+        }
+        len += 1;
+    }
+    None
 }
 
 const fn canonical() -> Canonical {
-    let mut c = Canonical { symbols: [0; 257], first_code: [0; 31], first_index: [0; 31], count: [0; 31] };
+    let mut c = Canonical {
+        symbols: [0; 257],
+        first_code: [0; 31],
+        first_index: [0; 31],
+        window_end: [0; 31],
+        fast: [Fast::LONG; 1 << FAST_BITS],
+    };
     let mut n = 0;
     let mut len = 1;
     let mut code: u32 = 0;
@@ -154,46 +228,111 @@ const fn canonical() -> Canonical {
             if HUFFMAN_LENGTHS[sym] as usize == len {
                 c.symbols[n] = sym as u16;
                 n += 1;
-                c.count[len] += 1;
                 code += 1;
             }
             sym += 1;
         }
+        c.window_end[len] = (code as u64) << (32 - len);
         code <<= 1;
         len += 1;
+    }
+    assert!(c.window_end[30] == 1 << 32, "the Huffman code is complete");
+    let mut w = 0;
+    while w < c.fast.len() {
+        let window = (w as u32) << (32 - FAST_BITS);
+        if let Some(first) = short_code(&c, window, FAST_BITS) {
+            let second = short_code(&c, window << first.1, FAST_BITS - first.1);
+            c.fast[w] = Fast::new(first, second);
+        }
+        w += 1;
     }
     c
 }
 
 static CODE: Canonical = canonical();
 
-/// Appends the Huffman decoding of `input` to `out`.
-fn huffman_decode(input: &[u8], out: &mut Vec<u8>) -> Result<(), HpackError> {
-    let mut code: u32 = 0;
-    let mut len: usize = 0;
-    for &byte in input {
-        for bit in (0..8).rev() {
-            code = (code << 1) | ((byte >> bit) & 1) as u32;
+impl Canonical {
+    /// The symbol and length of the code that starts `window` (32 bits,
+    /// first bit highest), a code longer than `FAST_BITS`.
+    fn long_code(&self, window: u32) -> (u16, u32) {
+        let mut len = FAST_BITS as usize + 1;
+        // Ends at 30 at the latest: window_end[30] is above every window.
+        while u64::from(window) >= self.window_end[len] {
             len += 1;
-            if len > 30 {
-                return Err(HpackError::BadHuffman);
-            }
-            let offset = code.wrapping_sub(CODE.first_code[len]);
-            if code >= CODE.first_code[len] && offset < CODE.count[len] as u32 {
-                let sym = CODE.symbols[CODE.first_index[len] as usize + offset as usize];
-                if sym == 256 {
-                    return Err(HpackError::BadHuffman);
+        }
+        let offset = (window >> (32 - len)) - self.first_code[len];
+        (self.symbols[self.first_index[len] as usize + offset as usize], len as u32)
+    }
+}
+
+/// Appends the Huffman decoding of `input` to `out`.
+///
+/// # Invariants
+/// Refused, as §5.2 says: EOS inside the string, padding of 8 bits or
+/// more, padding that is not all ones. `out` holds garbage on error.
+fn huffman_decode(input: &[u8], out: &mut Vec<u8>) -> Result<(), HpackError> {
+    let start = out.len();
+    // At most a symbol per 5 bits (the shortest code), and a byte for a
+    // second symbol written and not counted.
+    out.resize(start + input.len() * 8 / 5 + 1, 0);
+    let buf = &mut out[start..];
+    let mut n = 0;
+    let mut rest = input;
+    // The bits not decoded yet, first one highest: `have` of them (at most
+    // 31 and a refill of 32), then zeros, or ones once the input is all
+    // read (the padding a window past the end needs).
+    let mut bits: u64 = 0;
+    let mut have: u32 = 0;
+    loop {
+        if have < 32 {
+            if let Some((chunk, tail)) = rest.split_first_chunk::<4>() {
+                bits |= u64::from(u32::from_be_bytes(*chunk)) << (32 - have);
+                have += 32;
+                rest = tail;
+            } else {
+                for &b in rest {
+                    bits |= u64::from(b) << (56 - have);
+                    have += 8;
                 }
-                out.push(sym as u8);
-                code = 0;
-                len = 0;
+                rest = &[];
+                if have == 0 {
+                    break;
+                }
+                bits |= u64::MAX >> have;
             }
         }
+        // The next 32 bits: a code has at most 30.
+        let window = (bits >> 32) as u32;
+        let fast = CODE.fast[(window >> (32 - FAST_BITS)) as usize];
+        let (count, len) = fast.both();
+        if !fast.is_long() && len <= have {
+            let [first, second] = fast.symbols();
+            buf[n] = first;
+            buf[n + 1] = second;
+            n += count;
+            bits <<= len;
+            have -= len;
+            continue;
+        }
+        // A long code, or the end of the input.
+        let (sym, len) = if fast.is_long() { CODE.long_code(window) } else { fast.first() };
+        if len > have {
+            // No whole code is left: the rest is padding, fewer than 8
+            // bits and all ones (the start of EOS).
+            if have < 8 && window == u32::MAX {
+                break;
+            }
+            return Err(HpackError::BadHuffman);
+        }
+        if sym == 256 {
+            return Err(HpackError::BadHuffman);
+        }
+        buf[n] = sym as u8;
+        n += 1;
+        bits <<= len;
+        have -= len;
     }
-    // Padding: fewer than 8 bits, all ones (the start of EOS).
-    if len >= 8 || code != (1 << len) - 1 {
-        return Err(HpackError::BadHuffman);
-    }
+    out.truncate(start + n);
     Ok(())
 }
 
@@ -377,6 +516,80 @@ fn string(buf: &[u8], at: &mut usize, out: &mut Vec<u8>) -> Result<(), HpackErro
     }
 }
 
+/// Where a field stands in the static table.
+#[derive(Debug, PartialEq, Eq)]
+enum StaticMatch {
+    /// The whole field is entry `i` (1-based, as HPACK counts).
+    Field(usize),
+    /// Its name is that of entry `i` (the first with it), not its value.
+    Name(usize),
+    None,
+}
+
+/// The slot of a non-empty field name in [`STATIC_NAMES`]: a hash without
+/// collisions among the 52 names of the static table (the table's build
+/// checks it).
+const fn name_slot(name: &[u8]) -> usize {
+    (name.len() + 10 * name[0] as usize + 4 * name[name.len() - 1] as usize) & 0xff
+}
+
+/// `a == b`, for a const fn.
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// For each [`name_slot`]: the static entries with that name, as the index
+/// of the first (1-based) and how many (entries with one name are
+/// adjacent); `(0, 0)` where no name has the slot.
+static STATIC_NAMES: [(u8, u8); 256] = static_names();
+
+const fn static_names() -> [(u8, u8); 256] {
+    let mut slots = [(0u8, 0u8); 256];
+    let mut k = 0;
+    while k < STATIC.len() {
+        let name = STATIC[k].0;
+        let slot = name_slot(name);
+        let (first, count) = slots[slot];
+        if count == 0 {
+            slots[slot] = (k as u8 + 1, 1);
+        } else {
+            assert!(same(STATIC[first as usize - 1].0, name), "two static names share a slot: change name_slot");
+            assert!(first as usize + count as usize == k + 1, "entries with one name are adjacent");
+            slots[slot].1 += 1;
+        }
+        k += 1;
+    }
+    slots
+}
+
+/// Finds `name` and `value` in the static table: what a scan of the table
+/// in order would find, with one hash, one comparison of names and one of
+/// values per entry with the name (7 at most, for `:status`).
+fn static_match(name: &[u8], value: &[u8]) -> StaticMatch {
+    if name.is_empty() {
+        return StaticMatch::None;
+    }
+    let (first, count) = STATIC_NAMES[name_slot(name)];
+    let first = first as usize;
+    if count == 0 || STATIC[first - 1].0 != name {
+        return StaticMatch::None;
+    }
+    match (first..first + count as usize).find(|&i| STATIC[i - 1].1 == value) {
+        Some(i) => StaticMatch::Field(i),
+        None => StaticMatch::Name(first),
+    }
+}
+
 /// Fields sent as never-indexed literals (§7.1.3): credentials.
 fn is_sensitive(name: &[u8]) -> bool {
     matches!(name, b"dd-api-key" | b"authorization" | b"proxy-authorization" | b"cookie" | b"set-cookie")
@@ -426,18 +639,14 @@ impl Encoder {
     }
 
     fn field(&mut self, name: &[u8], value: &[u8], out: &mut Vec<u8>) {
-        let mut name_index = 0;
-        for (k, &(n, v)) in STATIC.iter().enumerate() {
-            if n == name {
-                if v == value {
-                    write_integer(out, k + 1, 7, 0x80);
-                    return;
-                }
-                if name_index == 0 {
-                    name_index = k + 1;
-                }
+        let name_index = match static_match(name, value) {
+            StaticMatch::Field(i) => {
+                write_integer(out, i, 7, 0x80);
+                return;
             }
-        }
+            StaticMatch::Name(i) => i,
+            StaticMatch::None => 0,
+        };
         let sensitive = is_sensitive(name);
         if !sensitive {
             for (k, (n, v)) in self.table.fields.iter().enumerate() {
@@ -531,38 +740,121 @@ mod tests {
         }
     }
 
-    #[test]
-    fn huffman_decodes_every_symbol_as_another_implementation_does() {
-        // Every byte value, Huffman-coded by the canonical code, decodes back.
+    /// Each symbol's code and length, from the code lengths alone (codes in
+    /// order of (length, symbol), as Appendix B assigns them).
+    fn codes() -> &'static [(u32, u8); 257] {
+        static CODES: std::sync::OnceLock<[(u32, u8); 257]> = std::sync::OnceLock::new();
+        CODES.get_or_init(codes_from_lengths)
+    }
+
+    fn codes_from_lengths() -> [(u32, u8); 257] {
+        let mut order: Vec<usize> = (0..257).collect();
+        order.sort_by_key(|&sym| (HUFFMAN_LENGTHS[sym], sym));
         let mut codes = [(0u32, 0u8); 257];
         let mut code = 0u32;
         let mut prev = 0u8;
-        for (k, &sym) in CODE.symbols.iter().enumerate() {
-            let len = HUFFMAN_LENGTHS[sym as usize];
+        for (k, &sym) in order.iter().enumerate() {
+            let len = HUFFMAN_LENGTHS[sym];
             if k > 0 {
                 code = (code + 1) << (len - prev);
             }
             prev = len;
-            codes[sym as usize] = (code, len);
+            codes[sym] = (code, len);
         }
+        codes
+    }
+
+    /// The Huffman coding of `input`, padded with ones.
+    fn huffman_encode(input: &[u8]) -> Vec<u8> {
+        let codes = codes();
+        let mut out = Vec::new();
+        let mut bits: u64 = 0;
+        let mut have = 0;
+        for &b in input {
+            let (code, len) = codes[b as usize];
+            bits = (bits << len) | u64::from(code);
+            have += len;
+            while have >= 8 {
+                have -= 8;
+                out.push((bits >> have) as u8);
+            }
+        }
+        if have > 0 {
+            out.push((bits << (8 - have)) as u8 | 0xff >> have);
+        }
+        out
+    }
+
+    /// The decoder this file had before its table: a bit at a time, codes
+    /// looked up by (length, code). The reference the table must match.
+    fn huffman_decode_bitwise(input: &[u8]) -> Result<Vec<u8>, HpackError> {
+        type ByCode = std::collections::HashMap<(u8, u32), usize>;
+        static BY_CODE: std::sync::OnceLock<ByCode> = std::sync::OnceLock::new();
+        let by_code =
+            BY_CODE.get_or_init(|| codes().iter().enumerate().map(|(sym, &(c, len))| ((len, c), sym)).collect());
+        let mut out = Vec::new();
+        let mut code: u32 = 0;
+        let mut len: u8 = 0;
+        for &byte in input {
+            for bit in (0..8).rev() {
+                code = (code << 1) | u32::from((byte >> bit) & 1);
+                len += 1;
+                if len > 30 {
+                    return Err(HpackError::BadHuffman);
+                }
+                if let Some(&sym) = by_code.get(&(len, code)) {
+                    if sym == 256 {
+                        return Err(HpackError::BadHuffman);
+                    }
+                    out.push(sym as u8);
+                    code = 0;
+                    len = 0;
+                }
+            }
+        }
+        if len >= 8 || code != (1 << len) - 1 {
+            return Err(HpackError::BadHuffman);
+        }
+        Ok(out)
+    }
+
+    fn decode_huffman(input: &[u8]) -> Result<Vec<u8>, HpackError> {
+        let mut out = Vec::new();
+        huffman_decode(input, &mut out).map(|()| out)
+    }
+
+    /// xorshift64: random enough for test inputs, the same on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn huffman_decodes_every_symbol_as_another_implementation_does() {
+        let codes = codes();
         // Spot checks against RFC 7541 Appendix B.
         assert_eq!(codes[b'0' as usize], (0x0, 5));
         assert_eq!(codes[b'a' as usize], (0x3, 5));
         assert_eq!(codes[b' ' as usize], (0x14, 6));
+        assert_eq!(codes[b'!' as usize], (0x3f8, 10));
+        assert_eq!(codes[b'~' as usize], (0x1ffd, 13));
+        assert_eq!(codes[0], (0x1ff8, 13));
+        assert_eq!(codes[255], (0x3ffffee, 26));
         assert_eq!(codes[256], (0x3fffffff, 30));
+        // Every byte value, Huffman-coded by the canonical code, decodes back.
         let input: Vec<u8> = (0..=255u8).chain(b"www.example.com".iter().copied()).collect();
-        let mut bits: Vec<bool> = Vec::new();
-        for &b in &input {
-            let (c, l) = codes[b as usize];
-            bits.extend((0..l).rev().map(|i| (c >> i) & 1 == 1));
-        }
-        while !bits.len().is_multiple_of(8) {
-            bits.push(true);
-        }
-        let bytes: Vec<u8> = bits.chunks(8).map(|c| c.iter().fold(0u8, |a, &b| (a << 1) | b as u8)).collect();
-        let mut out = Vec::new();
-        huffman_decode(&bytes, &mut out).unwrap();
-        assert!(out == input);
+        let bytes = huffman_encode(&input);
+        assert!(decode_huffman(&bytes).unwrap() == input);
         // The same string as a literal field, through loona-hpack's decoder.
         let mut block = vec![0x00];
         block.push(1);
@@ -576,6 +868,175 @@ mod tests {
         // Bad padding (a zero bit) and a whole EOS are refused.
         assert_eq!(huffman_decode(&[0x00], &mut Vec::new()), Err(HpackError::BadHuffman));
         assert_eq!(huffman_decode(&[0xff, 0xff, 0xff, 0xff], &mut Vec::new()), Err(HpackError::BadHuffman));
+    }
+
+    #[test]
+    fn every_symbol_alone_decodes_back() {
+        for sym in 0..=255u8 {
+            let bytes = huffman_encode(&[sym]);
+            assert_eq!(decode_huffman(&bytes), Ok(vec![sym]), "symbol {sym}");
+            // After a prefix, so that the code starts at every bit offset.
+            for lead in 1..8 {
+                let mut input = vec![b'a'; lead];
+                input.push(sym);
+                input.push(b'0');
+                assert_eq!(decode_huffman(&huffman_encode(&input)), Ok(input), "symbol {sym} after {lead}");
+            }
+        }
+        assert_eq!(decode_huffman(&[]), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn random_strings_decode_back() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        // Any byte, and header-like text (where the short codes are).
+        let text = b"abcdefghijklmnopqrstuvwxyz0123456789-_./:;=, ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        for round in 0..4000 {
+            let len = rng.below(80);
+            let input: Vec<u8> = if round % 2 == 0 {
+                (0..len).map(|_| rng.next() as u8).collect()
+            } else {
+                (0..len).map(|_| text[rng.below(text.len())]).collect()
+            };
+            let bytes = huffman_encode(&input);
+            assert_eq!(decode_huffman(&bytes), Ok(input.clone()), "round {round}");
+            // Decoded into a buffer that already holds something: appended.
+            let mut out = b"kept".to_vec();
+            huffman_decode(&bytes, &mut out).unwrap();
+            assert!(out[..4] == *b"kept" && out[4..] == input[..], "round {round}");
+        }
+    }
+
+    #[test]
+    fn any_bytes_decode_as_the_bitwise_decoder_decodes_them() {
+        // Random bytes, bytes mostly of ones (to reach EOS and the long
+        // codes), and valid strings with a bit of the last byte flipped or
+        // a byte of ones after it: the same strings, and the same refusals,
+        // as a bit at a time.
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for round in 0..20_000 {
+            let len = rng.below(12);
+            let mut input: Vec<u8> = match round % 3 {
+                0 => (0..len).map(|_| rng.next() as u8).collect(),
+                1 => (0..len).map(|_| (rng.next() | rng.next() | rng.next()) as u8).collect(),
+                _ => huffman_encode(&(0..len).map(|_| rng.next() as u8).collect::<Vec<u8>>()),
+            };
+            if round % 3 == 2 && !input.is_empty() {
+                let last = input.len() - 1;
+                input[last] ^= 1 << rng.below(8);
+                if rng.below(2) == 0 {
+                    input.push(0xff);
+                }
+            }
+            assert_eq!(decode_huffman(&input), huffman_decode_bitwise(&input), "{input:02x?}");
+        }
+    }
+
+    #[test]
+    fn huffman_padding_and_eos_are_checked() {
+        // 'a' is 00011: three bits of padding, all ones, is the only end.
+        assert_eq!(decode_huffman(&[0b0001_1111]), Ok(b"a".to_vec()));
+        assert_eq!(decode_huffman(&[0b0001_1110]), Err(HpackError::BadHuffman));
+        assert_eq!(decode_huffman(&[0b0001_1011]), Err(HpackError::BadHuffman));
+        // Seven bits of ones pass ('a' and two spaces: 17 bits); eight or
+        // more do not.
+        let seven = huffman_encode(b"a  ");
+        assert_eq!((seven.len(), seven[2]), (3, 0x7f));
+        assert_eq!(decode_huffman(&seven), Ok(b"a  ".to_vec()));
+        assert_eq!(decode_huffman(&[0xff]), Err(HpackError::BadHuffman));
+        assert_eq!(decode_huffman(&[0b0001_1111, 0xff]), Err(HpackError::BadHuffman));
+        let mut sixteen = huffman_encode(b"abc");
+        assert_eq!(sixteen.len(), 2);
+        sixteen.extend_from_slice(&[0xff, 0xff]);
+        assert_eq!(decode_huffman(&sixteen), Err(HpackError::BadHuffman));
+        // EOS (30 ones) inside the string ('a', EOS, '0': 40 bits), or the
+        // whole string.
+        let (a, _) = codes()[b'a' as usize];
+        let eos_inside = (u64::from(a) << 35 | 0x3fff_ffff << 5).to_be_bytes();
+        assert_eq!(decode_huffman(&eos_inside[3..]), Err(HpackError::BadHuffman));
+        assert_eq!(decode_huffman(&[0xff, 0xff, 0xff, 0xfc]), Err(HpackError::BadHuffman));
+        assert_eq!(decode_huffman(&[0xff; 5]), Err(HpackError::BadHuffman));
+        // 29 ones and a zero is a code of 30 bits (symbol 22), not EOS;
+        // padding of zeros after it is refused.
+        assert_eq!(decode_huffman(&[0xff, 0xff, 0xff, 0xfb]), Ok(vec![22]));
+        assert_eq!(decode_huffman(&[0xff, 0xff, 0xff, 0xf8]), Err(HpackError::BadHuffman));
+        // Whatever the bitwise decoder says of all of the above, so says this.
+        for input in [&[0b0001_1110][..], &[0xff], &sixteen, &eos_inside[3..], &[0xff; 5], &[0xff, 0xff, 0xff, 0xfb]] {
+            assert_eq!(decode_huffman(input), huffman_decode_bitwise(input));
+        }
+    }
+
+    /// The static table's scan before [`static_match`]: in order, the whole
+    /// field or else the first entry with the name.
+    fn static_match_by_scan(name: &[u8], value: &[u8]) -> StaticMatch {
+        let mut name_index = 0;
+        for (k, &(n, v)) in STATIC.iter().enumerate() {
+            if n == name {
+                if v == value {
+                    return StaticMatch::Field(k + 1);
+                }
+                if name_index == 0 {
+                    name_index = k + 1;
+                }
+            }
+        }
+        if name_index == 0 {
+            StaticMatch::None
+        } else {
+            StaticMatch::Name(name_index)
+        }
+    }
+
+    #[test]
+    fn the_static_table_is_found_as_a_scan_finds_it() {
+        for (k, &(name, value)) in STATIC.iter().enumerate() {
+            assert_eq!(static_match(name, value), StaticMatch::Field(k + 1), "{:?}", String::from_utf8_lossy(name));
+            for other in [&b"other"[..], b"", b"GET", b"200", b"gzip, deflate", b"/x"] {
+                assert_eq!(static_match(name, other), static_match_by_scan(name, other));
+            }
+            // The name changed at its ends, or one byte longer or shorter.
+            let mut changed = name.to_vec();
+            changed[0] ^= 0x20;
+            assert_eq!(static_match(&changed, value), StaticMatch::None);
+            let mut changed = name.to_vec();
+            *changed.last_mut().unwrap() ^= 0x20;
+            assert_eq!(static_match(&changed, value), StaticMatch::None);
+            let mut longer = name.to_vec();
+            longer.push(b's');
+            assert_eq!(static_match(&longer, value), static_match_by_scan(&longer, value));
+            assert_eq!(static_match(&name[1..], value), static_match_by_scan(&name[1..], value));
+        }
+        assert_eq!(static_match(b":status", b"404"), StaticMatch::Field(13));
+        assert_eq!(static_match(b":status", b"302"), StaticMatch::Name(8));
+        assert_eq!(static_match(b"accept-encoding", b"gzip, deflate"), StaticMatch::Field(16));
+        assert_eq!(static_match(b"accept-encoding", b"gzip"), StaticMatch::Name(16));
+        assert_eq!(static_match(b"www-authenticate", b""), StaticMatch::Field(61));
+        let others: [&[u8]; 12] = [
+            b"",
+            b"a",
+            b":",
+            b"dd-api-key",
+            b"content-lengtH",
+            b"Content-Length",
+            b"x-datadog-request-id",
+            b"dd-evp-origin",
+            b":protocol",
+            b"te",
+            b"accept-charsets",
+            b"\xff\x00",
+        ];
+        for name in others {
+            assert_eq!(static_match(name, b""), StaticMatch::None, "{:?}", String::from_utf8_lossy(name));
+            assert_eq!(static_match(name, b""), static_match_by_scan(name, b""));
+        }
+        // Random names of the static names' letters: many land in a slot
+        // of a static name and must still not match it.
+        let mut rng = Rng(7);
+        for _ in 0..20_000 {
+            let len = 1 + rng.below(28);
+            let name: Vec<u8> = (0..len).map(|_| b"-:acdeghilmnoprstuvwxy"[rng.below(22)]).collect();
+            assert_eq!(static_match(&name, b""), static_match_by_scan(&name, b""), "{name:?}");
+        }
     }
 
     #[test]

@@ -88,6 +88,41 @@ fn bump(c: &Cell<u64>, n: u64) {
     c.set(c.get() + n);
 }
 
+/// Wakes a connection's task: a flag and the task's waker, for one
+/// thread (`tokio::sync::Notify` takes a mutex on every notify and every
+/// wait, several times per request here).
+#[derive(Default)]
+struct Signal {
+    raised: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    /// Raises the flag and wakes the waiting task; raised twice before the
+    /// task looks, it wakes once.
+    fn notify_one(&self) {
+        if !self.raised.replace(true) {
+            if let Some(w) = self.waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Ready once the flag is raised (lowering it).
+    fn notified(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.raised.replace(false) {
+                return Poll::Ready(());
+            }
+            let mut w = self.waker.borrow_mut();
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
+}
+
 /// A worker's HTTP/2 connections, per intake host.
 pub struct H2Hosts {
     conns: Vec<Vec<Rc<H2Conn>>>,
@@ -125,7 +160,7 @@ impl H2Hosts {
 pub(crate) struct H2Conn {
     inner: RefCell<Inner>,
     /// Exchanges wake the connection's task (frames queued).
-    to_driver: Notify,
+    to_driver: Signal,
     addr: SocketAddr,
     counters: Rc<H2Counters>,
     /// Half of `upstream.idle_timeout`: a connection read nothing from for
@@ -550,7 +585,7 @@ async fn open_connection<B: Backend>(
             last_read: Instant::now(),
             ping_sent: None,
         }),
-        to_driver: Notify::new(),
+        to_driver: Signal::default(),
         addr: session.addr,
         counters: ctx.h2.borrow().counters[upstream].clone(),
         stale_after: ctx.config.upstream_idle_timeout / 2,
