@@ -19,8 +19,9 @@
 //! Run: `benches/compare.sh` (installs HAProxy, wrk and nginx-full when
 //! missing), or
 //! `cargo bench --bench compare -- [--quick] [--secs N] [--reps N] [--json FILE] [--no-external]
-//!  [--io auto|both] [--baseline PATH] [--only SUBSTRING]`; `--only` keeps
-//! the workloads whose name holds SUBSTRING (e.g. `"1 KiB closed"`).
+//!  [--io auto|both] [--baseline PATH] [--only SUBSTRING] [--protocol http1|h2]`;
+//! `--only` keeps the workloads whose name holds SUBSTRING (e.g. `"1 KiB
+//! closed"`), `--protocol` the fipsrelay rows of one upstream protocol.
 
 mod harness;
 
@@ -67,24 +68,35 @@ fn main() {
     if let Some(b) = &baseline {
         assert!(b.exists(), "--baseline {}: no such binary", b.display());
     }
+    // `--protocol http1|h2`: only the fipsrelay rows of that protocol.
+    let protocol = arg_value("--protocol");
+    let (http1, h2) = match protocol.as_deref() {
+        Some("http1") => (true, false),
+        Some("h2") => (false, true),
+        Some(other) => panic!("--protocol {other}: use http1 or h2"),
+        None => (true, true),
+    };
     let mut contenders: Vec<Contender> = Vec::new();
-    for &io in &backends {
-        contenders.push(Contender { label: format!("fipsrelay {io}"), kind: Kind::Relay(bins.relay.clone(), io) });
-    }
+    let mut relays: Vec<(String, PathBuf)> = vec![("fipsrelay".into(), bins.relay.clone())];
     if let Some(b) = &baseline {
+        relays.push(("baseline".into(), b.clone()));
+    }
+    for (name, bin) in relays.iter().filter(|_| http1) {
         for &io in &backends {
-            contenders.push(Contender { label: format!("baseline {io}"), kind: Kind::Relay(b.clone(), io) });
+            contenders.push(Contender { label: format!("{name} {io}"), kind: Kind::Relay(bin.clone(), io) });
         }
     }
     // HTTP/2 to the intake (the mock and nginx offer h2 by ALPN; HAProxy and
     // the HTTP/1.1 rows do not ask for it).
-    for &io in &backends {
-        let h2: &'static str = match io {
-            "uring" => "uring+h2",
-            "epoll" => "epoll+h2",
-            _ => "auto+h2",
-        };
-        contenders.push(Contender { label: format!("fipsrelay {io} h2"), kind: Kind::Relay(bins.relay.clone(), h2) });
+    for (name, bin) in relays.iter().filter(|_| h2) {
+        for &io in &backends {
+            let with_h2: &'static str = match io {
+                "uring" => "uring+h2",
+                "epoll" => "epoll+h2",
+                _ => "auto+h2",
+            };
+            contenders.push(Contender { label: format!("{name} {io} h2"), kind: Kind::Relay(bin.clone(), with_h2) });
+        }
     }
     contenders.push(Contender { label: "haproxy".into(), kind: Kind::Haproxy });
 

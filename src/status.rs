@@ -135,15 +135,16 @@ fn summary(info: &StatusInfo, hub: &StatsHub) -> String {
             host
         );
     }
-    let _ = writeln!(s, "\n{:<40} {:<6} addresses", "upstream", "up");
+    let _ = writeln!(s, "\n{:<40} {:<6} {:<18} addresses", "upstream", "up", "speaks");
     for id in 0..info.directory.len() {
         let r = info.directory.get(id);
         let addrs: Vec<String> =
             r.endpoints.iter().map(|e| format!("{} {}", e.addr, if e.is_up() { "UP" } else { "DOWN" })).collect();
         let mut line = format!(
-            "{:<40} {:<6} {}",
+            "{:<40} {:<6} {:<18} {}",
             info.directory.host(id),
             format!("{}/{}", r.up_count(), r.endpoints.len()),
+            m.upstreams.get(id).map(speaks).unwrap_or_default(),
             addrs.join(", ")
         );
         if info.directory.via_proxy(id) {
@@ -161,6 +162,17 @@ fn summary(info: &StatusInfo, hub: &StatsHub) -> String {
         let _ = writeln!(s, "{}", line.trim_end());
     }
     s
+}
+
+/// What the relay speaks to a host now: HTTP/2 connections, HTTP/1.1 (by
+/// ALPN's choice, or configured), or nothing open yet.
+fn speaks(u: &crate::metrics::UpstreamStats) -> String {
+    match (u.h2_connections, u.h2_http1_fallback, u.sessions_open) {
+        (n, _, _) if n > 0 => format!("h2 ({n} conn)"),
+        (_, f, _) if f > 0 => "http/1.1 (by ALPN)".into(),
+        (_, _, n) if n > 0 => "http/1.1".into(),
+        _ => "-".into(),
+    }
 }
 
 fn health(info: &StatusInfo, hub: &StatsHub) -> String {
@@ -311,6 +323,11 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
         (M_UPSTREAM_H2_CONNECTIONS, "Open HTTP/2 connections (TLS sessions) to the upstream host.", |u| {
             u.h2_connections
         }),
+        (
+            M_UPSTREAM_H2_FALLBACK,
+            "Workers that speak HTTP/1.1 to the upstream host because it picked HTTP/1.1 by ALPN (upstream.protocol = auto).",
+            |u| u.h2_http1_fallback,
+        ),
     ] {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge");
         for (i, u) in info.routes.upstreams.iter().enumerate() {

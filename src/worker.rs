@@ -48,6 +48,93 @@ pub enum Phase {
     },
 }
 
+/// The phase as this worker's thread last saw it, and the tasks waiting
+/// for the drain: a copy of the control thread's `watch` that connections
+/// read and wait on every request without a lock or an atomic.
+pub struct LocalPhase {
+    now: Cell<Phase>,
+    /// Wakers of the waiting tasks, by slot; freed slots are reused.
+    waiters: RefCell<Vec<Option<std::task::Waker>>>,
+    free: RefCell<Vec<usize>>,
+}
+
+impl LocalPhase {
+    fn new(p: Phase) -> Self {
+        LocalPhase { now: Cell::new(p), waiters: RefCell::new(Vec::new()), free: RefCell::new(Vec::new()) }
+    }
+
+    pub fn get(&self) -> Phase {
+        self.now.get()
+    }
+
+    /// The worker's mirror task saw the control thread change the phase.
+    fn set(&self, p: Phase) {
+        self.now.set(p);
+        for w in self.waiters.borrow_mut().iter_mut() {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Resolves once the phase is no longer `Running`.
+    pub fn draining(&self) -> DrainWait<'_> {
+        DrainWait { phase: self, slot: None }
+    }
+}
+
+/// [`LocalPhase::draining`]'s future; its slot is freed when it is dropped.
+pub struct DrainWait<'a> {
+    phase: &'a LocalPhase,
+    slot: Option<usize>,
+}
+
+impl std::future::Future for DrainWait<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.phase.get() != Phase::Running {
+            return std::task::Poll::Ready(());
+        }
+        let mut waiters = self.phase.waiters.borrow_mut();
+        let slot = match self.slot {
+            Some(k) => k,
+            None => match self.phase.free.borrow_mut().pop() {
+                Some(k) => k,
+                None => {
+                    waiters.push(None);
+                    waiters.len() - 1
+                }
+            },
+        };
+        waiters[slot] = Some(cx.waker().clone());
+        drop(waiters);
+        self.slot = Some(slot);
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for DrainWait<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.slot {
+            self.phase.waiters.borrow_mut()[k] = None;
+            self.phase.free.borrow_mut().push(k);
+        }
+    }
+}
+
+/// Keeps the worker's [`LocalPhase`] equal to the control thread's phase.
+async fn mirror_phase<B: Backend>(ctx: Rc<WorkerCtx<B>>) {
+    let mut rx = ctx.phase.clone();
+    loop {
+        let p = *rx.borrow_and_update();
+        ctx.local_phase.set(p);
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Everything a worker's connections share. Lives on one thread.
 pub struct WorkerCtx<B: Backend> {
     pub id: usize,
@@ -64,6 +151,8 @@ pub struct WorkerCtx<B: Backend> {
     pub hub: Arc<StatsHub>,
     pub info: Arc<StatusInfo>,
     pub phase: watch::Receiver<Phase>,
+    /// `phase` as this thread last saw it (what connections look at).
+    pub local_phase: LocalPhase,
     /// Requests between a complete head and a complete answer.
     pub in_flight: Cell<usize>,
     pub connections: Cell<usize>,
@@ -87,6 +176,7 @@ impl<B: Backend> WorkerCtx<B> {
         handed_over: Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>,
     ) -> Self {
         let n = routes.upstreams.len();
+        let current = *phase.borrow();
         WorkerCtx {
             id,
             pool: RefCell::new(Pool::new(n, config.max_idle_per_host, config.upstream_idle_timeout)),
@@ -99,6 +189,7 @@ impl<B: Backend> WorkerCtx<B> {
             tls,
             hub,
             info,
+            local_phase: LocalPhase::new(current),
             phase,
             in_flight: Cell::new(0),
             connections: Cell::new(0),
@@ -108,7 +199,7 @@ impl<B: Backend> WorkerCtx<B> {
     }
 
     pub fn draining(&self) -> Option<Instant> {
-        match *self.phase.borrow() {
+        match self.local_phase.get() {
             Phase::Running => None,
             Phase::Draining { deadline, .. } => Some(deadline),
         }
@@ -116,27 +207,20 @@ impl<B: Backend> WorkerCtx<B> {
 
     /// Resolves once the drain deadline has passed (never while running).
     pub(crate) async fn drain_deadline(&self) {
-        let mut rx = self.phase.clone();
-        loop {
-            if let Phase::Draining { deadline, .. } = *rx.borrow_and_update() {
-                crate::rt::sleep_until(deadline).await;
-                return;
-            }
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
+        self.local_phase.draining().await;
+        if let Phase::Draining { deadline, .. } = self.local_phase.get() {
+            crate::rt::sleep_until(deadline).await;
         }
     }
 
     /// Whether this drain is a restart in place (connections handed over).
     pub fn handing_over(&self) -> bool {
-        matches!(*self.phase.borrow(), Phase::Draining { handover: true, .. })
+        matches!(self.local_phase.get(), Phase::Draining { handover: true, .. })
     }
 
     /// Resolves once draining starts.
     pub(crate) async fn drain_started(&self) {
-        let mut rx = self.phase.clone();
-        let _ = rx.wait_for(|p| *p != Phase::Running).await;
+        self.local_phase.draining().await;
     }
 
     pub(crate) fn upstream_host(&self, id: UpstreamId) -> &str {
@@ -184,12 +268,12 @@ pub fn run<B: Backend>(
                 }
             }
         }
+        crate::rt::spawn(mirror_phase(ctx.clone()));
         crate::rt::spawn(housekeeping(ctx.clone()));
         let _ = ready.send(Ok(()));
         drop(ready);
 
-        let mut phase = ctx.phase.clone();
-        let _ = phase.wait_for(|p| *p != Phase::Running).await;
+        ctx.local_phase.draining().await;
         let deadline = ctx.draining().unwrap_or_else(Instant::now) + DRAIN_GRACE;
         while ctx.connections.get() > 0 && Instant::now() < deadline {
             crate::rt::sleep(Duration::from_millis(10)).await;
@@ -240,8 +324,7 @@ async fn accept_loop<B: Backend>(ctx: Rc<WorkerCtx<B>>, listener: B::Listener, o
 }
 
 async fn drain_started<B: Backend>(ctx: &WorkerCtx<B>) {
-    let mut rx = ctx.phase.clone();
-    let _ = rx.wait_for(|p| *p != Phase::Running).await;
+    ctx.local_phase.draining().await;
 }
 
 /// Publishes stats and sweeps idle sessions a few times a second.
@@ -272,7 +355,49 @@ fn publish<B: Backend>(ctx: &WorkerCtx<B>) {
             u.h2_streams = c.streams.get();
             u.h2_replays = c.replays.get();
             u.h2_pings = c.pings.get();
+            u.h2_http1_fallback = i64::from(h2.http1_fallback(i));
         }
     }
     ctx.hub.publish(ctx.id, &ctx.stats.borrow());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn the_local_phase_wakes_its_waiters_once_draining_and_reuses_slots() {
+        let phase = LocalPhase::new(Phase::Running);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut a = Box::pin(phase.draining());
+        let mut b = Box::pin(phase.draining());
+        assert_eq!(a.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(b.as_mut().poll(&mut cx), Poll::Pending);
+        // Polled again, a keeps its slot.
+        assert_eq!(a.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(phase.waiters.borrow().len(), 2);
+        drop(b);
+        let mut c = Box::pin(phase.draining());
+        assert_eq!(c.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(phase.waiters.borrow().len(), 2, "b's slot went to c");
+        phase.set(Phase::Draining { deadline: Instant::now(), handover: false });
+        assert_eq!(count.0.load(Ordering::Relaxed), 2, "a and c woken");
+        assert_eq!(a.as_mut().poll(&mut cx), Poll::Ready(()));
+        assert_eq!(c.as_mut().poll(&mut cx), Poll::Ready(()));
+        assert_eq!(Box::pin(phase.draining()).as_mut().poll(&mut cx), Poll::Ready(()));
+    }
 }

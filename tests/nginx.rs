@@ -208,6 +208,11 @@ fn h2_interop_with(io: &str, protocol: &str, keepalive: usize, sizes: &[usize], 
     let open =
         relay.wait_metric("fipsrelay_upstream_h2_connections{upstream=\"metrics.agent.ddog-gov.com\"}", |v| v >= 1.0);
     assert!(open <= 4.0, "{open} HTTP/2 connections");
+    let page = relay.status_page("/");
+    assert!(
+        page.lines().any(|l| l.starts_with("metrics.agent.ddog-gov.com") && l.contains(" h2 (")),
+        "the host speaks h2: {page}"
+    );
     if keepalive < expected {
         // nginx ended connections with GOAWAY: each request was still
         // processed exactly once (nginx logged `expected` lines, no more).
@@ -258,6 +263,15 @@ fn h2_fallback(io: &str) {
         let r = agent.request("POST", "/api/v2/series", &[], &payload(2000, i));
         assert_eq!(r.status, 202, "{}", auto.log());
     }
+    // What the host speaks, on the status page and in /metrics.
+    let fallback =
+        auto.wait_metric("fipsrelay_upstream_h2_http1_fallback{upstream=\"metrics.agent.ddog-gov.com\"}", |v| v == 1.0);
+    assert_eq!(fallback, 1.0);
+    let page = auto.status_page("/");
+    assert!(
+        page.lines().any(|l| l.starts_with("metrics.agent.ddog-gov.com") && l.contains("http/1.1 (by ALPN)")),
+        "{page}"
+    );
     drop(auto);
     let only = Relay::start(dir.path(), io, nginx.addr, &ca, "upstream.protocol = \"h2\"");
     let r = only.request(1, "POST", "/api/v2/series", &[], b"x");

@@ -150,6 +150,12 @@ impl H2Hosts {
         }
     }
 
+    /// Whether host `id` picked HTTP/1.1 by ALPN and its requests take that
+    /// path for now.
+    pub fn http1_fallback(&self, id: UpstreamId) -> bool {
+        self.http1_until[id].is_some_and(|t| Instant::now() < t)
+    }
+
     /// Open HTTP/2 connections to host `id`.
     pub fn open_count(&self, id: UpstreamId) -> usize {
         self.conns[id].iter().filter(|c| c.inner.borrow().dead.is_none()).count()
@@ -183,7 +189,9 @@ struct Inner {
     /// output written), woken together when any of that changes. An
     /// exchange waiting for its own stream's answer waits in its slot.
     waiters: Vec<Waker>,
-    /// When the intake last sent anything.
+    /// When the intake last sent anything while the connection was idle,
+    /// or when it last became idle (a connection in use shows it is alive
+    /// by its answers; its streams' timeouts cover it).
     last_read: Instant,
     /// A PING awaiting its ACK, since then.
     ping_sent: Option<Instant>,
@@ -232,11 +240,11 @@ struct Slot {
 }
 
 impl H2Conn {
-    /// Before the connection takes a stream: one the intake has been silent
-    /// on for half the idle timeout is asked for a PING first.
+    /// Before the connection takes a stream: an idle one the intake has
+    /// been silent on for half the idle timeout is asked for a PING first.
     fn probe_if_stale(&self) {
         let mut i = self.inner.borrow_mut();
-        if i.last_read.elapsed() >= self.stale_after && i.ping_sent.is_none() {
+        if i.slots.is_empty() && i.ping_sent.is_none() && i.last_read.elapsed() >= self.stale_after {
             i.ping(&self.counters);
             drop(i);
             self.to_driver.notify_one();
@@ -478,7 +486,8 @@ async fn connection<B: Backend>(
     offset: u16,
     upstream: UpstreamId,
 ) -> Result<Option<Rc<H2Conn>>, Failure> {
-    let deadline = Instant::now() + ctx.config.connect_timeout;
+    // Read the clock only if the exchange has to wait.
+    let mut deadline = None;
     let resolved = ctx.directory.get(upstream);
     loop {
         let opened = ctx.h2.borrow().opened.clone();
@@ -516,6 +525,7 @@ async fn connection<B: Backend>(
             }
         }
         // Another exchange is opening the connection this one will use.
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + ctx.config.connect_timeout);
         if crate::rt::timeout(deadline.saturating_duration_since(Instant::now()), wait).await.is_err() {
             return Err(Failure::Upstream {
                 cause: ErrorCause::ConnectTimeout,
@@ -630,6 +640,7 @@ async fn drive<S: Stream>(conn: Rc<H2Conn>, mut session: PooledSession<S>, limit
     let mut rbuf: Vec<u8> = Vec::with_capacity(4 * IO_BUF);
     let mut out: Vec<u8> = Vec::with_capacity(4 * IO_BUF);
     let mut idle_since = Instant::now();
+    let mut was_busy = false;
     let counters = conn.counters.clone();
     let why = loop {
         std::mem::swap(conn.inner.borrow_mut().conn.output(), &mut out);
@@ -664,8 +675,13 @@ async fn drive<S: Stream>(conn: Rc<H2Conn>, mut session: PooledSession<S>, limit
             i.dead = Some("its address is no longer the host's".into());
             continue;
         }
+        // The clock is read when the connection becomes idle, not every turn.
         if busy {
+            was_busy = true;
+        } else if was_busy {
+            was_busy = false;
             idle_since = Instant::now();
+            conn.inner.borrow_mut().last_read = idle_since;
         }
         if rbuf.len() == rbuf.capacity() {
             rbuf.reserve(IO_BUF);
@@ -707,7 +723,9 @@ async fn drive<S: Stream>(conn: Rc<H2Conn>, mut session: PooledSession<S>, limit
             }
         }
         let mut i = conn.inner.borrow_mut();
-        i.last_read = Instant::now();
+        if !busy {
+            i.last_read = Instant::now();
+        }
         let Inner { conn: c, slots, waiters, ping_sent, .. } = &mut *i;
         let res = c.receive(&rbuf, |c, ev| file(slots, waiters, ping_sent, c, &rbuf, ev));
         match res {
