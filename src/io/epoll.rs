@@ -52,13 +52,11 @@ impl Stream for EpollStream {
 
     async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
         debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
-        loop {
-            self.0.readable().await?;
-            match self.0.try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return other,
-            }
-        }
+        // Through tokio's poll_read, which clears the socket's readiness
+        // after a short read: the next wait goes to epoll instead of a recv
+        // that would only say EAGAIN (`readable` + `try_read_buf` kept the
+        // readiness, and cost that recv once per request). Cancel safe.
+        self.0.read_buf(buf).await
     }
 
     /// Through tokio's readiness: a socket the reactor knows is drained (a

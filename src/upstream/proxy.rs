@@ -584,10 +584,13 @@ mod tests {
         let p = write(dir.path(), "relay:pa55\n", 0o644);
         let e = load_credentials(&p).unwrap_err().to_string();
         assert!(e.contains("0644") && e.contains("chmod 600") && !e.contains("pa55"), "{e}");
-        for (text, why) in [("nocolon\n", "no ':'"), (":pw\n", "user is empty"), ("a:b\nc:d\n", "more than one line")] {
+        // Secrets unlike anything in a temporary path (".tmpwjoDiQ" holds "pw").
+        for (text, why) in
+            [("nocolon\n", "no ':'"), (":Zq9secret\n", "user is empty"), ("a:b\nc:Xy7d\n", "more than one line")]
+        {
             let p = write(dir.path(), text, 0o600);
             let e = load_credentials(&p).unwrap_err().to_string();
-            assert!(e.contains(why) && !e.contains("pw") && !e.contains("c:d"), "{text:?}: {e}");
+            assert!(e.contains(why) && !e.contains("Zq9secret") && !e.contains("Xy7d"), "{text:?}: {e}");
         }
         let e = load_credentials(&dir.path().join("missing")).unwrap_err().to_string();
         assert!(e.contains("upstream.proxy.credentials_file") && e.contains("missing"), "{e}");
