@@ -98,7 +98,10 @@ pub struct Mock {
 
 pub fn start_mock(bins: &Bins, dir: &Path, cpu: Option<usize>) -> Mock {
     let tls = dir.join("tls");
+    // HTTP/2 windows as nginx announces them (the h2 crate's 64 KiB
+    // connection window would let one 64 KiB body through per round trip).
     let mut child = pinned(&bins.mock, cpu)
+        .args(["--h2-stream-window", "65536", "--h2-connection-window", "2147483647"])
         .args(["--listen", "127.0.0.1:0", "--tls-dir"])
         .arg(&tls)
         .stdout(Stdio::piped())

@@ -241,6 +241,16 @@ impl Conn {
         s.send_window.min(self.conn_send).clamp(0, self.peer_max_frame as i64) as usize
     }
 
+    /// DATA bytes the connection's window has room for, over all streams.
+    pub fn conn_send_room(&self) -> usize {
+        self.conn_send.max(0) as usize
+    }
+
+    /// Whether `stream` is open (not ended both ways, reset or cancelled).
+    pub fn is_open(&self, stream: u32) -> bool {
+        self.streams.iter().any(|s| s.id == stream)
+    }
+
     /// Queues one DATA frame (at most [`Conn::send_room`] bytes).
     pub fn data(&mut self, stream: u32, payload: &[u8], end_stream: bool) -> Result<(), ConnError> {
         if payload.len() > self.send_room(stream) && !payload.is_empty() {

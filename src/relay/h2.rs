@@ -189,6 +189,12 @@ struct Inner {
     /// output written), woken together when any of that changes. An
     /// exchange waiting for its own stream's answer waits in its slot.
     waiters: Vec<Waker>,
+    /// Exchanges waiting for flow-control room to send their body, in the
+    /// order they started waiting. A window update wakes only as many of
+    /// them as the connection's window has room for (the others would wake
+    /// only to wait again: 64 uploads on one connection, each woken on every
+    /// WINDOW_UPDATE, cost 80 µs of user time a request).
+    senders: Vec<(u32, Waker)>,
     /// When the intake last sent anything while the connection was idle,
     /// or when it last became idle (a connection in use shows it is alive
     /// by its answers; its streams' timeouts cover it).
@@ -213,9 +219,35 @@ impl Inner {
         }
     }
 
+    /// Wakes the senders the connection's window has room for, first come
+    /// first; a sender whose stream is gone wakes to see why.
+    fn wake_senders(&mut self) {
+        if self.senders.is_empty() {
+            return;
+        }
+        let mut budget = self.conn.conn_send_room();
+        let conn = &self.conn;
+        self.senders.retain(|(id, w)| {
+            if !conn.is_open(*id) {
+                w.wake_by_ref();
+                return false;
+            }
+            let room = if budget == 0 { 0 } else { conn.send_room(*id) };
+            if room == 0 {
+                return true;
+            }
+            budget = budget.saturating_sub(room);
+            w.wake_by_ref();
+            false
+        });
+    }
+
     /// The connection ended: every exchange on it looks again.
     fn wake_all(&mut self) {
         self.wake_waiters();
+        for (_, w) in self.senders.drain(..) {
+            w.wake();
+        }
         for s in &mut self.slots {
             if let Some(w) = s.waker.take() {
                 w.wake();
@@ -266,6 +298,30 @@ impl H2Conn {
         .await
     }
 
+    /// Waits until the connection's output has room and `f` gives a value
+    /// (`None`: no flow-control room): a sender queues in `senders` for the
+    /// window, in `waiters` for the output.
+    async fn wait_send<T>(&self, id: u32, mut f: impl FnMut(&mut Inner) -> Option<T>) -> T {
+        std::future::poll_fn(|cx| {
+            let mut i = self.inner.borrow_mut();
+            if i.conn.output_len() >= MAX_PENDING_OUTPUT && i.dead.is_none() {
+                if !i.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    i.waiters.push(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            if let Some(v) = f(&mut i) {
+                return Poll::Ready(v);
+            }
+            match i.senders.iter_mut().find(|(s, _)| *s == id) {
+                Some(e) => e.1 = cx.waker().clone(),
+                None => i.senders.push((id, cx.waker().clone())),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Waits until `f` gives a value, woken by what arrives for stream `id`.
     async fn wait_stream<T>(&self, id: u32, mut f: impl FnMut(&mut Inner) -> Option<T>) -> T {
         std::future::poll_fn(|cx| {
@@ -293,6 +349,7 @@ impl H2Conn {
                 i.spare.push(slot);
             }
         }
+        i.senders.retain(|(s, _)| *s != id);
         if i.dead.is_none() {
             i.conn.cancel(id);
         }
@@ -592,6 +649,7 @@ async fn open_connection<B: Backend>(
             retired: false,
             spare: Vec::new(),
             waiters: Vec::new(),
+            senders: Vec::new(),
             last_read: Instant::now(),
             ping_sent: None,
         }),
@@ -655,7 +713,10 @@ async fn drive<S: Stream>(conn: Rc<H2Conn>, mut session: PooledSession<S>, limit
             bump(&counters.frames, frames);
             let write = crate::rt::timeout(limits.write, session.session.write_plain(&out)).await;
             out.clear();
-            conn.inner.borrow_mut().wake_waiters();
+            let mut i = conn.inner.borrow_mut();
+            i.wake_waiters();
+            i.wake_senders();
+            drop(i);
             match write {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => break format!("writing to the intake failed: {e}"),
@@ -726,11 +787,12 @@ async fn drive<S: Stream>(conn: Rc<H2Conn>, mut session: PooledSession<S>, limit
         if !busy {
             i.last_read = Instant::now();
         }
-        let Inner { conn: c, slots, waiters, ping_sent, .. } = &mut *i;
-        let res = c.receive(&rbuf, |c, ev| file(slots, waiters, ping_sent, c, &rbuf, ev));
+        let Inner { conn: c, slots, waiters, senders, ping_sent, .. } = &mut *i;
+        let res = c.receive(&rbuf, |c, ev| file(slots, waiters, senders, ping_sent, c, &rbuf, ev));
         match res {
             Ok(used) => {
                 rbuf.drain(..used);
+                i.wake_senders();
             }
             Err(e) => {
                 tracing::warn!(addr = %conn.addr, error = %e, "HTTP/2 connection to the intake cut");
@@ -752,6 +814,7 @@ async fn drive<S: Stream>(conn: Rc<H2Conn>, mut session: PooledSession<S>, limit
 fn file(
     slots: &mut [Slot],
     waiters: &mut Vec<Waker>,
+    senders: &mut Vec<(u32, Waker)>,
     ping_sent: &mut Option<Instant>,
     c: &Conn,
     input: &[u8],
@@ -790,6 +853,9 @@ fn file(
             for w in waiters.drain(..) {
                 w.wake();
             }
+            for (_, w) in senders.drain(..) {
+                w.wake();
+            }
         }
         Event::GoAway { last_stream, .. } => {
             for s in slots.iter_mut().filter(|s| s.id > last_stream && !s.ended) {
@@ -797,6 +863,9 @@ fn file(
                 wake(s);
             }
             for w in waiters.drain(..) {
+                w.wake();
+            }
+            for (_, w) in senders.drain(..) {
                 w.wake();
             }
         }
@@ -888,7 +957,7 @@ async fn exchange<B: Backend>(
                 let last = at == payload && body.done();
                 // Room in the stream's window and the connection's output.
                 let room = conn
-                    .wait_conn(|i| {
+                    .wait_send(id, |i| {
                         if let Some(why) = &i.dead {
                             return Some(Err(why.clone()));
                         }
@@ -900,8 +969,7 @@ async fn exchange<B: Backend>(
                             }
                         }
                         let room = i.conn.send_room(id);
-                        let out = i.conn.output_len();
-                        ((room > 0 || (last && at == payload)) && out < MAX_PENDING_OUTPUT).then_some(Ok(room))
+                        (room > 0 || (last && at == payload)).then_some(Ok(room))
                     })
                     .await
                     .map_err(lost)?;
@@ -1080,8 +1148,16 @@ mod tests {
         let conn = Conn::new(LocalSettings::default());
         let mut s = slots(&[1, 3, 5, 7]);
         s[3].ended = true;
-        let (mut waiters, mut ping) = (Vec::new(), None);
-        file(&mut s, &mut waiters, &mut ping, &conn, &[], Event::GoAway { last_stream: 3, code: ErrorCode::NoError });
+        let (mut waiters, mut senders, mut ping) = (Vec::new(), Vec::new(), None);
+        file(
+            &mut s,
+            &mut waiters,
+            &mut senders,
+            &mut ping,
+            &conn,
+            &[],
+            Event::GoAway { last_stream: 3, code: ErrorCode::NoError },
+        );
         let reset: Vec<_> = s.iter().map(|s| (s.id, s.reset)).collect();
         // 5 was never processed: refused (sent again); 7 had its whole
         // answer already; 1 and 3 go on.
@@ -1092,8 +1168,8 @@ mod tests {
     fn a_ping_ack_ends_the_wait_for_it() {
         let conn = Conn::new(LocalSettings::default());
         let mut s = slots(&[1]);
-        let (mut waiters, mut ping) = (Vec::new(), Some(Instant::now()));
-        file(&mut s, &mut waiters, &mut ping, &conn, &[], Event::PingAck(*b"fipsrly!"));
+        let (mut waiters, mut senders, mut ping) = (Vec::new(), Vec::new(), Some(Instant::now()));
+        file(&mut s, &mut waiters, &mut senders, &mut ping, &conn, &[], Event::PingAck(*b"fipsrly!"));
         assert_eq!(ping, None);
     }
 

@@ -54,6 +54,14 @@ struct Args {
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS to announce (no limit by default).
     #[arg(long)]
     h2_max_streams: Option<u32>,
+    /// HTTP/2 receive window per stream, bytes (65535 by default; nginx
+    /// announces 65536).
+    #[arg(long)]
+    h2_stream_window: Option<u32>,
+    /// HTTP/2 receive window per connection, bytes (65535 by default;
+    /// nginx announces 2147483647).
+    #[arg(long)]
+    h2_connection_window: Option<u32>,
 }
 
 fn main() -> Result<()> {
@@ -81,6 +89,8 @@ fn main() -> Result<()> {
         behavior: Behavior { status: args.status, latency: args.latency, fault: args.fault, ..Behavior::default() },
         cipher: if args.chacha_only { CipherMode::ChaChaOnly } else { CipherMode::Default },
         h2_max_streams: args.h2_max_streams,
+        h2_stream_window: args.h2_stream_window,
+        h2_connection_window: args.h2_connection_window,
     };
     let mut mock =
         MockIntake::start(cfg).with_context(|| format!("cannot start the mock intake on {}", args.listen))?;

@@ -22,6 +22,12 @@ pub(super) async fn serve(tls: TlsStream<TcpStream>, shared: Arc<Shared>, sni: O
     if let Some(n) = shared.h2_max_streams {
         builder.max_concurrent_streams(n);
     }
+    if let Some(w) = shared.h2_windows.0 {
+        builder.initial_window_size(w);
+    }
+    if let Some(w) = shared.h2_windows.1 {
+        builder.initial_connection_window_size(w);
+    }
     let Ok(mut conn) = builder.handshake(tls).await else { return };
     let mut streams = 0u32;
     // Freeze: the first answer's handler says when it is sent.

@@ -223,6 +223,10 @@ pub struct MockConfig {
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (the h2 crate's default, no
     /// limit, when `None`).
     pub h2_max_streams: Option<u32>,
+    /// HTTP/2 receive windows announced, per stream and per connection
+    /// (the h2 crate's 65,535 bytes each when `None`).
+    pub h2_stream_window: Option<u32>,
+    pub h2_connection_window: Option<u32>,
 }
 
 impl MockConfig {
@@ -235,6 +239,8 @@ impl MockConfig {
             behavior: Behavior::default(),
             cipher: CipherMode::Default,
             h2_max_streams: None,
+            h2_stream_window: None,
+            h2_connection_window: None,
         }
     }
 }
@@ -358,6 +364,7 @@ struct Shared {
     handshakes: AtomicU64,
     handshake_failures: AtomicU64,
     h2_max_streams: Option<u32>,
+    h2_windows: (Option<u32>, Option<u32>),
 }
 
 impl Shared {
@@ -437,6 +444,7 @@ impl MockIntake {
         let shared = Arc::new(Shared {
             behavior: RwLock::new(cfg.behavior),
             h2_max_streams: cfg.h2_max_streams,
+            h2_windows: (cfg.h2_stream_window, cfg.h2_connection_window),
             ..Shared::default()
         });
         let (stop_tx, stop_rx) = oneshot::channel();
