@@ -527,7 +527,7 @@ both_backends!(h2_goaway_graceful_is_unseen_abrupt_is_replayed_or_502, |io: &str
     for (name, fault) in [("graceful GOAWAY", Fault::GoAway(5)), ("abrupt GOAWAY", Fault::GoAwayAbrupt(10))] {
         let graceful = matches!(fault, Fault::GoAway(_));
         let dir = TestDir::new();
-        let intake = Intake::start_with(dir.path(), Behavior { fault, ..Behavior::default() }, CipherMode::Default);
+        let intake = Intake::with_fault(dir.path(), fault);
         let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, H2);
         let report = verified_load(dir.path(), &intake, relay.port(1), "800ms", 4);
         assert_verified(&report, name);
@@ -554,11 +554,7 @@ both_backends!(h2_goaway_graceful_is_unseen_abrupt_is_replayed_or_502, |io: &str
 
 both_backends!(h2_refused_streams_are_sent_again_within_upstream_retries, |io: &str| {
     let dir = TestDir::new();
-    let intake = Intake::start_with(
-        dir.path(),
-        Behavior { fault: Fault::RefuseFirstStream, ..Behavior::default() },
-        CipherMode::Default,
-    );
+    let intake = Intake::with_fault(dir.path(), Fault::RefuseFirstStream);
     // Each intake connection refuses its first stream: the request goes
     // again (on the same connection), and the Agent sees a plain 202.
     let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, H2);
@@ -576,11 +572,7 @@ both_backends!(h2_refused_streams_are_sent_again_within_upstream_retries, |io: &
     // upstream.retries = 0: the refused stream is the Agent's to retry (502),
     // and the connection carries the next request.
     let dir = TestDir::new();
-    let intake = Intake::start_with(
-        dir.path(),
-        Behavior { fault: Fault::RefuseFirstStream, ..Behavior::default() },
-        CipherMode::Default,
-    );
+    let intake = Intake::with_fault(dir.path(), Fault::RefuseFirstStream);
     let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, &format!("{H2}upstream.retries = 0"));
     let mut c = relay.connect(1);
     let r = c.request("POST", "/api/v2/series", &[], &payload(100, 1));
@@ -593,8 +585,7 @@ both_backends!(h2_refused_streams_are_sent_again_within_upstream_retries, |io: &
 
 both_backends!(h2_a_silent_connection_is_found_by_its_ping, |io: &str| {
     let dir = TestDir::new();
-    let intake =
-        Intake::start_with(dir.path(), Behavior { fault: Fault::Freeze, ..Behavior::default() }, CipherMode::Default);
+    let intake = Intake::with_fault(dir.path(), Fault::Freeze);
     // Nothing read for idle_timeout / 2 = 1 s: PING; no ACK within
     // connect_timeout: the connection ends, before its idle timeout would
     // (and before a request could stall on it).

@@ -81,6 +81,11 @@ impl Intake {
         })
     }
 
+    /// A mock intake answering with `fault`, otherwise as by default.
+    pub fn with_fault(dir: &Path, fault: Fault) -> Intake {
+        Self::start_with(dir, Behavior { fault, ..Behavior::default() }, CipherMode::Default)
+    }
+
     /// A mock intake whose config `set` changes.
     pub fn start_config(dir: &Path, set: impl FnOnce(&mut MockConfig)) -> Intake {
         let pki = TestPki::generate(&[]);

@@ -134,14 +134,7 @@ async fn stream(
         connection_id: id,
         http2: true,
     };
-    match behavior.fault {
-        Fault::DropRecord => {}
-        Fault::DuplicateRecord => {
-            shared.record(record.clone());
-            shared.record(record);
-        }
-        _ => shared.record(record),
-    }
+    shared.record_with(behavior.fault, record);
     if !behavior.latency.is_zero() {
         tokio::time::sleep(behavior.latency).await;
     }

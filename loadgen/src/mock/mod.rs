@@ -382,6 +382,19 @@ impl Shared {
         stats
     }
 
+    /// Records a request as `fault` says: normally, not at all
+    /// ([`Fault::DropRecord`]) or twice ([`Fault::DuplicateRecord`]).
+    fn record_with(&self, fault: Fault, record: RequestRecord) {
+        match fault {
+            Fault::DropRecord => {}
+            Fault::DuplicateRecord => {
+                self.record(record.clone());
+                self.record(record);
+            }
+            _ => self.record(record),
+        }
+    }
+
     fn record(&self, record: RequestRecord) {
         let mut guard = self.recorded();
         let recorded = &mut *guard;
@@ -662,15 +675,7 @@ async fn serve_one(conn: &mut Conn, shared: &Shared, sni: &Option<String>, conne
     }
 
     let behavior = shared.behavior();
-    let record = record(head, sni, body_len, hasher.finish(), connection_id);
-    match behavior.fault {
-        Fault::DropRecord => {}
-        Fault::DuplicateRecord => {
-            shared.record(record.clone());
-            shared.record(record);
-        }
-        _ => shared.record(record),
-    }
+    shared.record_with(behavior.fault, record(head, sni, body_len, hasher.finish(), connection_id));
 
     if !behavior.latency.is_zero() {
         tokio::time::sleep(behavior.latency).await;
