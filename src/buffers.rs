@@ -6,6 +6,9 @@
 //! pool (one that grew for an oversized head is freed), and at most
 //! `max_free` wait there, so the pool's memory is bounded.
 
+/// Pooled buffers kept per worker between requests.
+pub const MAX_FREE_BUFFERS: usize = 256;
+
 pub struct BufferPool {
     free: Vec<Vec<u8>>,
     max_free: usize,

@@ -143,7 +143,11 @@ pub enum Method {
 /// Hop-by-hop fields never forwarded either way (RFC 9110 §7.6.1), plus
 /// `Expect`, which the relay answers itself.
 fn is_hop_by_hop(name: &str) -> bool {
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]
+    is_hop_by_hop_bytes(name.as_bytes())
+}
+
+fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
+    [&b"connection"[..], b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"]
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h))
 }
@@ -203,6 +207,39 @@ pub fn parse_request(
 ) -> Result<Option<RequestHead>, RequestError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
+    let Some(head_len) = parse_request_line(&mut req, buf, max_head)? else { return Ok(None) };
+    let method_str = req.method.unwrap_or("");
+    let target = req.path.unwrap_or("").as_bytes();
+    if !target.starts_with(b"/") {
+        return Err(RequestError::TargetForm);
+    }
+    let http10 = req.version == Some(0);
+    let fields = RequestFields::read(req.headers, http10)?;
+    let framing = fields.framing(max_body)?;
+    let target_range = render_upstream_head(out, method_str, target, upstream_host, req.headers, &fields, framing);
+    Ok(Some(RequestHead {
+        head_len,
+        method: match method_str {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            _ => Method::Other,
+        },
+        target_range,
+        framing,
+        expect_continue: fields.expect_continue && !http10,
+        close: fields.close_token || (http10 && !fields.keep_alive_token),
+        http10,
+    }))
+}
+
+/// Runs httparse over `buf` within `max_head`: the head's length once it
+/// is complete, `None` while it is not (a bare CR or LF is refused early
+/// rather than waiting for a head that never ends).
+fn parse_request_line<'h, 'b>(
+    req: &mut httparse::Request<'h, 'b>,
+    buf: &'b [u8],
+    max_head: usize,
+) -> Result<Option<usize>, RequestError> {
     let status = match req.parse(buf) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooManyHeaders),
@@ -218,7 +255,6 @@ pub fn parse_request(
             if buf.len() >= max_head {
                 return Err(RequestError::HeadTooLarge { limit: max_head });
             }
-            // Catch a bare CR/LF early rather than waiting for a head that never ends.
             if let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') {
                 check_line_endings(&buf[..=last_nl])?;
             }
@@ -230,77 +266,105 @@ pub fn parse_request(
         return Err(RequestError::HeadTooLarge { limit: max_head });
     }
     check_line_endings(&buf[..head_len])?;
-    let method_str = req.method.unwrap_or("");
-    let target = req.path.unwrap_or("").as_bytes();
-    if !target.starts_with(b"/") {
-        return Err(RequestError::TargetForm);
-    }
-    let http10 = req.version == Some(0);
+    Ok(Some(head_len))
+}
 
-    let mut content_length: Option<u64> = None;
-    let mut chunked = false;
-    let mut saw_te = false;
-    let mut expect_continue = false;
+/// What a request's fields say about its framing and its connection.
+struct RequestFields<'b> {
+    content_length: Option<u64>,
+    chunked: bool,
+    expect_continue: bool,
     // `close` wins over `keep-alive`, whatever their order.
-    let (mut close_token, mut keep_alive_token) = (false, false);
-    let mut host_seen = false;
-    let mut connection_tokens: Vec<&[u8]> = Vec::new();
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let v = parse_content_length(h.value)?;
-            if content_length.is_some_and(|c| c != v) {
-                return Err(RequestError::BadContentLength);
+    close_token: bool,
+    keep_alive_token: bool,
+    /// The options `Connection` names (their fields are not forwarded).
+    connection_tokens: Vec<&'b [u8]>,
+}
+
+impl<'b> RequestFields<'b> {
+    /// Reads the fields that matter, refusing the shapes that could be
+    /// read two ways (smuggling) or that the relay cannot honour.
+    fn read(headers: &[httparse::Header<'b>], http10: bool) -> Result<Self, RequestError> {
+        let mut f = RequestFields {
+            content_length: None,
+            chunked: false,
+            expect_continue: false,
+            close_token: false,
+            keep_alive_token: false,
+            connection_tokens: Vec::new(),
+        };
+        let mut host_seen = false;
+        for h in headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                let v = parse_content_length(h.value)?;
+                if f.content_length.is_some_and(|c| c != v) {
+                    return Err(RequestError::BadContentLength);
+                }
+                f.content_length = Some(v);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                if f.chunked || !trim(h.value).eq_ignore_ascii_case(b"chunked") {
+                    return Err(RequestError::BadTransferEncoding);
+                }
+                f.chunked = true;
+            } else if name.eq_ignore_ascii_case("host") {
+                if host_seen {
+                    return Err(RequestError::DuplicateHost);
+                }
+                host_seen = true;
+            } else if name.eq_ignore_ascii_case("expect") {
+                if !trim(h.value).eq_ignore_ascii_case(b"100-continue") {
+                    return Err(RequestError::BadExpect);
+                }
+                f.expect_continue = true;
+            } else if name.eq_ignore_ascii_case("connection") {
+                f.close_token |= has_token(h.value, "close");
+                f.keep_alive_token |= has_token(h.value, "keep-alive");
+                f.connection_tokens.extend(h.value.split(|&b| b == b',').map(trim));
             }
-            content_length = Some(v);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if saw_te || !trim(h.value).eq_ignore_ascii_case(b"chunked") {
-                return Err(RequestError::BadTransferEncoding);
-            }
-            saw_te = true;
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("host") {
-            if host_seen {
-                return Err(RequestError::DuplicateHost);
-            }
-            host_seen = true;
-        } else if name.eq_ignore_ascii_case("expect") {
-            if !trim(h.value).eq_ignore_ascii_case(b"100-continue") {
-                return Err(RequestError::BadExpect);
-            }
-            expect_continue = true;
-        } else if name.eq_ignore_ascii_case("connection") {
-            close_token |= has_token(h.value, "close");
-            keep_alive_token |= has_token(h.value, "keep-alive");
-            connection_tokens.extend(h.value.split(|&b| b == b',').map(trim));
         }
-    }
-    let conn_close = close_token || (http10 && !keep_alive_token);
-    if chunked && content_length.is_some() {
-        return Err(RequestError::LengthAndChunked);
-    }
-    // `Connection: content-length` would strip the framing field from the
-    // upstream head while the body is still forwarded: a smuggling shape.
-    if connection_tokens.iter().any(|t| is_framing_field(t)) {
-        return Err(RequestError::Malformed("Connection header names a framing field"));
-    }
-    if chunked && http10 {
-        return Err(RequestError::BadTransferEncoding);
-    }
-    let framing = match (chunked, content_length) {
-        (true, _) => BodyFraming::Chunked,
-        (false, Some(0)) | (false, None) => BodyFraming::None,
-        (false, Some(n)) => BodyFraming::Length(n),
-    };
-    if let BodyFraming::Length(n) = framing {
-        if n > max_body {
-            return Err(RequestError::BodyTooLarge { len: n, limit: max_body });
+        if f.chunked && f.content_length.is_some() {
+            return Err(RequestError::LengthAndChunked);
         }
+        // `Connection: content-length` would strip the framing field from the
+        // upstream head while the body is still forwarded: a smuggling shape.
+        if f.connection_tokens.iter().any(|t| is_framing_field(t)) {
+            return Err(RequestError::Malformed("Connection header names a framing field"));
+        }
+        if f.chunked && http10 {
+            return Err(RequestError::BadTransferEncoding);
+        }
+        Ok(f)
     }
 
-    // Upstream head: request line, Host, then every end-to-end field as received.
+    fn framing(&self, max_body: u64) -> Result<BodyFraming, RequestError> {
+        let framing = match (self.chunked, self.content_length) {
+            (true, _) => BodyFraming::Chunked,
+            (false, Some(0)) | (false, None) => BodyFraming::None,
+            (false, Some(n)) => BodyFraming::Length(n),
+        };
+        if let BodyFraming::Length(n) = framing {
+            if n > max_body {
+                return Err(RequestError::BodyTooLarge { len: n, limit: max_body });
+            }
+        }
+        Ok(framing)
+    }
+}
+
+/// Renders the upstream head into `out`: request line, Host, then every
+/// end-to-end field as received. Returns where the target lies in `out`.
+fn render_upstream_head(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &[u8],
+    upstream_host: Option<&str>,
+    headers: &[httparse::Header],
+    fields: &RequestFields,
+    framing: BodyFraming,
+) -> std::ops::Range<usize> {
     out.clear();
-    out.extend_from_slice(method_str.as_bytes());
+    out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     let target_range = out.len()..out.len() + target.len();
     out.extend_from_slice(target);
@@ -311,12 +375,12 @@ pub fn parse_request(
         out.extend_from_slice(b"\r\n");
     }
     let mut wrote_length = false;
-    for h in req.headers.iter() {
+    for h in headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("host")
             || name.eq_ignore_ascii_case("expect")
             || is_hop_by_hop(name)
-            || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+            || fields.connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
         {
             continue;
         }
@@ -331,25 +395,12 @@ pub fn parse_request(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    if framing == BodyFraming::None && method_str != "GET" && method_str != "HEAD" && !wrote_length {
+    if framing == BodyFraming::None && method != "GET" && method != "HEAD" && !wrote_length {
         // A POST without a body still needs an explicit length upstream.
         out.extend_from_slice(b"Content-Length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
-
-    Ok(Some(RequestHead {
-        head_len,
-        method: match method_str {
-            "GET" => Method::Get,
-            "HEAD" => Method::Head,
-            _ => Method::Other,
-        },
-        target_range,
-        framing,
-        expect_continue: expect_continue && !http10,
-        close: conn_close,
-        http10,
-    }))
+    target_range
 }
 
 /// A parsed answer head from the upstream.
@@ -416,44 +467,86 @@ pub fn parse_response(
         return Err(ResponseError::Malformed(format!("status code {status:03} out of range")));
     }
     let http10 = resp.version == Some(0);
-    let mut content_length: Option<u64> = None;
-    let mut chunked = false;
-    // `close` wins over `keep-alive`, whatever their order.
-    let (mut close_token, mut keep_alive_token) = (false, false);
-    let mut connection_tokens: Vec<&[u8]> = Vec::new();
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let v = parse_content_length(h.value).map_err(|_| ResponseError::Framing)?;
-            if content_length.is_some_and(|c| c != v) {
-                return Err(ResponseError::Framing);
+    let reason = resp.reason.unwrap_or("").as_bytes();
+    let fields = resp.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+    render_answer(status, reason, http10, head_len, fields, request_method, client, out).map(Some)
+}
+
+/// What an answer's fields say about its framing and its connection.
+struct AnswerFraming<'f> {
+    content_length: Option<u64>,
+    chunked: bool,
+    close_token: bool,
+    keep_alive_token: bool,
+    /// The options `Connection` names (their fields are not passed on).
+    connection_tokens: Vec<&'f [u8]>,
+}
+
+impl<'f> AnswerFraming<'f> {
+    fn read(fields: impl Iterator<Item = (&'f [u8], &'f [u8])>) -> Result<Self, ResponseError> {
+        let mut f = AnswerFraming {
+            content_length: None,
+            chunked: false,
+            close_token: false,
+            keep_alive_token: false,
+            connection_tokens: Vec::new(),
+        };
+        for (name, value) in fields {
+            if name.eq_ignore_ascii_case(b"content-length") {
+                let v = parse_content_length(value).map_err(|_| ResponseError::Framing)?;
+                if f.content_length.is_some_and(|c| c != v) {
+                    return Err(ResponseError::Framing);
+                }
+                f.content_length = Some(v);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                if !has_token(value, "chunked") {
+                    return Err(ResponseError::Framing);
+                }
+                f.chunked = true;
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                // `close` wins over `keep-alive`, whatever their order.
+                f.close_token |= has_token(value, "close");
+                f.keep_alive_token |= has_token(value, "keep-alive");
+                // The framing fields are kept whatever Connection says: the Agent must
+                // frame the body exactly as the relay does.
+                f.connection_tokens.extend(value.split(|&b| b == b',').map(trim).filter(|t| !is_framing_field(t)));
             }
-            content_length = Some(v);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if !has_token(h.value, "chunked") {
-                return Err(ResponseError::Framing);
-            }
-            chunked = true;
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            close_token |= has_token(h.value, "close");
-            keep_alive_token |= has_token(h.value, "keep-alive");
-            // The framing fields are kept whatever Connection says: the Agent must
-            // frame the body exactly as the relay does.
-            connection_tokens.extend(h.value.split(|&b| b == b',').map(trim).filter(|t| !is_framing_field(t)));
         }
+        Ok(f)
     }
-    let mut upstream_close = close_token || (http10 && !keep_alive_token);
+}
+
+/// Reads an intake answer's head (from either protocol: its status, the
+/// reason phrase HTTP/1.1 gave, its fields in order) and renders the head
+/// for the Agent into `out`. 1xx answers are returned as read with
+/// `BodyFraming::None` and nothing rendered; the caller skips them.
+/// `client` is the Agent connection as the request asked for it; the
+/// returned head says what the rendered one announces.
+#[allow(clippy::too_many_arguments)]
+pub fn render_answer<'f>(
+    status: u16,
+    reason: &[u8],
+    http10: bool,
+    head_len: usize,
+    fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
+    request_method: Method,
+    client: ClientConn,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHead, ResponseError> {
+    let f = AnswerFraming::read(fields.clone())?;
+    let mut upstream_close = f.close_token || (http10 && !f.keep_alive_token);
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 || request_method == Method::Head {
         BodyFraming::None
-    } else if chunked {
+    } else if f.chunked {
         BodyFraming::Chunked
-    } else if let Some(n) = content_length {
+    } else if let Some(n) = f.content_length {
         BodyFraming::Length(n)
     } else {
         upstream_close = true;
         BodyFraming::UntilClose
     };
     if (100..200).contains(&status) {
-        return Ok(Some(ResponseHead { head_len, status, framing, upstream_close, client, dechunk: false }));
+        return Ok(ResponseHead { head_len, status, framing, upstream_close, client, dechunk: false });
     }
     let dechunk = client.http10 && framing == BodyFraming::Chunked;
     let client =
@@ -461,31 +554,33 @@ pub fn parse_response(
 
     out.clear();
     // Status line as received, but always HTTP/1.1 towards the Agent.
-    let _ = write!(Vec8(out), "HTTP/1.1 {} {}\r\n", status, resp.reason.unwrap_or(""));
-    for h in resp.headers.iter() {
-        if is_hop_by_hop(h.name) || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(h.name.as_bytes())) {
+    let _ = write!(Vec8(out), "HTTP/1.1 {} ", status);
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in fields {
+        if is_hop_by_hop_bytes(name) || f.connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(name)) {
             continue;
         }
         // A field named like the relay's own Connection option ("close";
         // "keep-alive" is hop-by-hop already) would become connection-specific
         // on the Agent's hop (RFC 9110 §7.6.1): dropped. Found by fuzzing.
-        if h.name.eq_ignore_ascii_case("close") {
+        if name.eq_ignore_ascii_case(b"close") {
             continue;
         }
         // HTTP/1.0 has no transfer codings; a decoded body has no length either.
-        if (client.http10 && h.name.eq_ignore_ascii_case("transfer-encoding"))
-            || (dechunk && h.name.eq_ignore_ascii_case("content-length"))
+        if (client.http10 && name.eq_ignore_ascii_case(b"transfer-encoding"))
+            || (dechunk && name.eq_ignore_ascii_case(b"content-length"))
         {
             continue;
         }
-        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(client.connection_field().as_bytes());
     out.extend_from_slice(b"\r\n");
-    Ok(Some(ResponseHead { head_len, status, framing, upstream_close, client, dechunk }))
+    Ok(ResponseHead { head_len, status, framing, upstream_close, client, dechunk })
 }
 
 /// `fmt::Write` over a byte vector, for status lines.
@@ -614,53 +709,8 @@ impl ChunkedScanner {
     ) -> Result<(usize, Option<std::ops::Range<usize>>), &'static str> {
         let mut i = 0;
         while i < input.len() {
-            let b = input[i];
-            self.state = match self.state {
+            match self.state {
                 ChunkState::Done => return Ok((i, None)),
-                ChunkState::SizeStart => match hex(b) {
-                    Some(v) => ChunkState::Size { value: v, digits: 1 },
-                    None => return Err("chunk size is not hexadecimal"),
-                },
-                ChunkState::Size { value, digits } => match (hex(b), b) {
-                    (Some(v), _) => {
-                        if digits >= 15 {
-                            return Err("chunk size too large");
-                        }
-                        ChunkState::Size { value: value << 4 | v, digits: digits + 1 }
-                    }
-                    (None, b';') => {
-                        self.line_len = 0;
-                        self.pending = value;
-                        ChunkState::Ext
-                    }
-                    (None, b'\r') => {
-                        self.pending = value;
-                        ChunkState::SizeLf { last: value == 0 }
-                    }
-                    _ => return Err("invalid character after chunk size"),
-                },
-                ChunkState::Ext => {
-                    self.line_len += 1;
-                    if self.line_len > MAX_CHUNK_LINE {
-                        return Err("chunk extension too long");
-                    }
-                    match b {
-                        b'\r' => ChunkState::SizeLf { last: self.pending == 0 },
-                        b'\n' | 0 => return Err("invalid byte in chunk extension"),
-                        _ => ChunkState::Ext,
-                    }
-                }
-                ChunkState::SizeLf { last } => {
-                    if b != b'\n' {
-                        return Err("chunk size line not ended by CRLF");
-                    }
-                    if last {
-                        self.line_len = 0;
-                        ChunkState::TrailerStart
-                    } else {
-                        ChunkState::Data(self.pending)
-                    }
-                }
                 ChunkState::Data(left) => {
                     let take = (left as usize).min(input.len() - i);
                     self.payload += take as u64;
@@ -672,53 +722,110 @@ impl ChunkedScanner {
                     }
                     continue;
                 }
-                ChunkState::DataCr => {
-                    if b != b'\r' {
-                        return Err("chunk data not followed by CRLF");
-                    }
-                    ChunkState::DataLf
-                }
-                ChunkState::DataLf => {
-                    if b != b'\n' {
-                        return Err("chunk data not followed by CRLF");
-                    }
-                    ChunkState::SizeStart
-                }
-                ChunkState::TrailerStart => match b {
-                    b'\r' => ChunkState::TrailerLf { empty: true },
-                    _ => {
-                        self.line_len = 1;
-                        ChunkState::Trailer
-                    }
-                },
-                ChunkState::Trailer => {
-                    self.line_len += 1;
-                    if self.line_len > MAX_CHUNK_LINE {
-                        return Err("trailer line too long");
-                    }
-                    match b {
-                        b'\r' => ChunkState::TrailerLf { empty: false },
-                        b'\n' | 0 => return Err("invalid byte in trailer"),
-                        _ => ChunkState::Trailer,
-                    }
-                }
-                ChunkState::TrailerLf { empty } => {
-                    if b != b'\n' {
-                        return Err("trailer line not ended by CRLF");
-                    }
-                    if empty {
-                        ChunkState::Done
-                    } else {
-                        ChunkState::TrailerStart
-                    }
-                }
-            };
+                _ => self.state = self.step(input[i])?,
+            }
             i += 1;
             if self.state == ChunkState::Done {
                 return Ok((i, None));
             }
         }
         Ok((i, None))
+    }
+
+    /// The state after byte `b` of the framing (sizes, extensions, CRLFs,
+    /// trailers); chunk data is taken in runs by the caller.
+    fn step(&mut self, b: u8) -> Result<ChunkState, &'static str> {
+        Ok(match self.state {
+            ChunkState::SizeStart => match hex(b) {
+                Some(v) => ChunkState::Size { value: v, digits: 1 },
+                None => return Err("chunk size is not hexadecimal"),
+            },
+            ChunkState::Size { value, digits } => self.size_step(value, digits, b)?,
+            ChunkState::Ext => {
+                self.line_len += 1;
+                if self.line_len > MAX_CHUNK_LINE {
+                    return Err("chunk extension too long");
+                }
+                match b {
+                    b'\r' => ChunkState::SizeLf { last: self.pending == 0 },
+                    b'\n' | 0 => return Err("invalid byte in chunk extension"),
+                    _ => ChunkState::Ext,
+                }
+            }
+            ChunkState::SizeLf { last } => {
+                if b != b'\n' {
+                    return Err("chunk size line not ended by CRLF");
+                }
+                if last {
+                    self.line_len = 0;
+                    ChunkState::TrailerStart
+                } else {
+                    ChunkState::Data(self.pending)
+                }
+            }
+            ChunkState::DataCr if b == b'\r' => ChunkState::DataLf,
+            ChunkState::DataLf if b == b'\n' => ChunkState::SizeStart,
+            ChunkState::DataCr | ChunkState::DataLf => return Err("chunk data not followed by CRLF"),
+            ChunkState::TrailerStart | ChunkState::Trailer | ChunkState::TrailerLf { .. } => self.trailer_step(b)?,
+            ChunkState::Data(_) | ChunkState::Done => self.state,
+        })
+    }
+
+    /// A byte after the first digit of a chunk size.
+    fn size_step(&mut self, value: u64, digits: u8, b: u8) -> Result<ChunkState, &'static str> {
+        Ok(match (hex(b), b) {
+            (Some(v), _) => {
+                if digits >= 15 {
+                    return Err("chunk size too large");
+                }
+                ChunkState::Size { value: value << 4 | v, digits: digits + 1 }
+            }
+            (None, b';') => {
+                self.line_len = 0;
+                self.pending = value;
+                ChunkState::Ext
+            }
+            (None, b'\r') => {
+                self.pending = value;
+                ChunkState::SizeLf { last: value == 0 }
+            }
+            _ => return Err("invalid character after chunk size"),
+        })
+    }
+
+    /// A byte of the trailer section (after the last chunk).
+    fn trailer_step(&mut self, b: u8) -> Result<ChunkState, &'static str> {
+        Ok(match self.state {
+            ChunkState::TrailerStart => match b {
+                b'\r' => ChunkState::TrailerLf { empty: true },
+                _ => {
+                    self.line_len = 1;
+                    ChunkState::Trailer
+                }
+            },
+            ChunkState::Trailer => {
+                self.line_len += 1;
+                if self.line_len > MAX_CHUNK_LINE {
+                    return Err("trailer line too long");
+                }
+                match b {
+                    b'\r' => ChunkState::TrailerLf { empty: false },
+                    b'\n' | 0 => return Err("invalid byte in trailer"),
+                    _ => ChunkState::Trailer,
+                }
+            }
+            ChunkState::TrailerLf { empty } => {
+                if b != b'\n' {
+                    return Err("trailer line not ended by CRLF");
+                }
+                if empty {
+                    ChunkState::Done
+                } else {
+                    ChunkState::TrailerStart
+                }
+            }
+            other => other,
+        })
     }
 }
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod diagnose;
+pub mod fault;
 pub mod h2;
 pub mod handover;
 pub mod http1;

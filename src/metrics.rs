@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::fault::Cause;
 use crate::route::PRODUCTS;
 
 pub const M_REQUESTS: &str = "fipsrelay_requests_total";
@@ -46,74 +47,6 @@ pub const M_PROXY_FAILURES: &str = "fipsrelay_proxy_connect_failures_total";
 
 /// How often a worker publishes its stats.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(200);
-
-/// Why the relay answered 502/503/504 (or closed) instead of the intake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCause {
-    /// The host has no address (not resolved yet, or DNS failed).
-    Unresolved,
-    Connect,
-    ConnectTimeout,
-    Tls,
-    /// The intake closed or reset before its answer was complete.
-    Closed,
-    /// No answer head within `upstream.response_timeout`.
-    Timeout,
-    /// The answer could not be parsed or framed.
-    BadAnswer,
-    /// Writing the request to the intake failed.
-    Write,
-    /// No upstream configured for the port (appsec).
-    Unconfigured,
-    /// Shutdown's drain timeout struck first.
-    Draining,
-    /// More Agent connections than `limits.max_connections` on a worker.
-    Overloaded,
-    /// Every address of the host is marked down by the health checks.
-    Down,
-    /// The egress proxy failed or refused the CONNECT tunnel.
-    Proxy,
-}
-
-impl ErrorCause {
-    pub const ALL: [ErrorCause; 13] = [
-        ErrorCause::Unresolved,
-        ErrorCause::Connect,
-        ErrorCause::ConnectTimeout,
-        ErrorCause::Tls,
-        ErrorCause::Closed,
-        ErrorCause::Timeout,
-        ErrorCause::BadAnswer,
-        ErrorCause::Write,
-        ErrorCause::Unconfigured,
-        ErrorCause::Draining,
-        ErrorCause::Overloaded,
-        ErrorCause::Down,
-        ErrorCause::Proxy,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            ErrorCause::Unresolved => "unresolved",
-            ErrorCause::Connect => "connect",
-            ErrorCause::ConnectTimeout => "connect_timeout",
-            ErrorCause::Tls => "tls",
-            ErrorCause::Closed => "closed",
-            ErrorCause::Timeout => "timeout",
-            ErrorCause::BadAnswer => "bad_answer",
-            ErrorCause::Write => "write",
-            ErrorCause::Unconfigured => "unconfigured",
-            ErrorCause::Draining => "draining",
-            ErrorCause::Overloaded => "overloaded",
-            ErrorCause::Down => "upstream_down",
-            ErrorCause::Proxy => "proxy",
-        }
-    }
-
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|c| *c == self).unwrap()
-    }
-}
 
 fn new_histogram() -> Histogram<u64> {
     // Microseconds, 1 µs to 1 hour, 2 significant digits (about 26 KiB of counts).
@@ -174,7 +107,7 @@ pub struct ProductStats {
     /// what is not read straight into a record buffer, or written to the
     /// Agent from the buffer it was opened in.
     pub bytes_copied: u64,
-    pub errors: [u64; ErrorCause::ALL.len()],
+    pub errors: [u64; Cause::ALL.len()],
     pub refused: u64,
     pub pool_hits: u64,
     pub pool_misses: u64,
@@ -201,7 +134,7 @@ impl ProductStats {
         self.requests.iter().sum()
     }
 
-    pub fn error(&self, cause: ErrorCause) -> u64 {
+    pub fn error(&self, cause: Cause) -> u64 {
         self.errors[cause.index()]
     }
 
@@ -278,7 +211,7 @@ impl WorkerStats {
         p.latency.record((latency.as_micros() as u64).max(1));
     }
 
-    pub fn record_error(&mut self, offset: u16, cause: ErrorCause) {
+    pub fn record_error(&mut self, offset: u16, cause: Cause) {
         self.product(offset).errors[cause.index()] += 1;
     }
 
@@ -344,7 +277,7 @@ mod tests {
         let hub = StatsHub::new(2, 3);
         let mut a = WorkerStats::new(3);
         a.record_answer(1, 202, Duration::from_millis(2));
-        a.record_error(1, ErrorCause::Timeout);
+        a.record_error(1, Cause::Timeout);
         let mut b = WorkerStats::new(3);
         b.record_answer(1, 502, Duration::from_millis(4));
         b.upstreams[0].sessions_open = 2;
@@ -354,7 +287,7 @@ mod tests {
         assert_eq!(m.products[1].total_requests(), 2);
         assert_eq!(m.products[1].requests[1], 1);
         assert_eq!(m.products[1].requests[4], 1);
-        assert_eq!(m.products[1].error(ErrorCause::Timeout), 1);
+        assert_eq!(m.products[1].error(Cause::Timeout), 1);
         assert_eq!(m.products[1].latency.len(), 2);
         assert_eq!(m.upstreams[0].sessions_open, 2);
     }

@@ -5,10 +5,12 @@
 //!
 //! Code that runs on a worker calls these instead of `tokio::time` and
 //! `tokio::task`, which need tokio's driver and would panic on a ring.
+//! [`Signal`] is the one way tasks of a thread wake each other.
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::io::ring;
@@ -101,6 +103,136 @@ impl<F: Future> Future for Timeout<F> {
     }
 }
 
+/// A wake-up between the tasks of one thread: a task waits for the next
+/// [`Signal::notify`] or for a condition to hold, and `notify` wakes every
+/// task waiting. No lock and no atomic (`tokio::sync::Notify` takes a
+/// mutex on every notify and every wait); a waiting task holds one slot,
+/// reused once its wait ends, so steady state allocates nothing.
+#[derive(Default)]
+pub struct Signal {
+    /// Notifications so far: a [`Notified`] is ready once this moved past
+    /// the count it was made at.
+    count: Cell<u64>,
+    /// Wakers of the waiting tasks, by slot.
+    waiters: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
+}
+
+impl Signal {
+    /// Wakes every task waiting on this signal.
+    pub fn notify(&self) {
+        self.count.set(self.count.get() + 1);
+        // Taken out first: a woken waker may run code that waits again.
+        let mut woken = Vec::new();
+        for w in self.waiters.borrow_mut().iter_mut() {
+            if let Some(w) = w.take() {
+                woken.push(w);
+            }
+        }
+        for w in woken {
+            w.wake();
+        }
+    }
+
+    /// Ready at the first [`Signal::notify`] after this call (a notify
+    /// between this call and the first poll counts).
+    pub fn notified(&self) -> Notified<'_> {
+        Notified { signal: self, seen: self.count.get(), slot: None }
+    }
+
+    /// Ready once `ready` gives a value; it is asked again at every notify.
+    pub async fn wait_for<T>(&self, mut ready: impl FnMut() -> Option<T>) -> T {
+        let mut slot = self.waiter();
+        std::future::poll_fn(|cx| match ready() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                slot.register(cx.waker());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// A place among the waiters, for a future that polls by hand (one that
+    /// waits on this signal or on something else, whichever applies).
+    pub fn waiter(&self) -> Waiter<'_> {
+        Waiter { signal: self, at: None }
+    }
+
+    fn register(&self, slot: &mut Option<usize>, waker: &Waker) {
+        let mut waiters = self.waiters.borrow_mut();
+        let k = *slot.get_or_insert_with(|| match self.free.borrow_mut().pop() {
+            Some(k) => k,
+            None => {
+                waiters.push(None);
+                waiters.len() - 1
+            }
+        });
+        match &mut waiters[k] {
+            Some(w) if w.will_wake(waker) => {}
+            w => *w = Some(waker.clone()),
+        }
+    }
+
+    fn release(&self, slot: Option<usize>) {
+        if let Some(k) = slot {
+            self.waiters.borrow_mut()[k] = None;
+            self.free.borrow_mut().push(k);
+        }
+    }
+
+    /// Slots in use or free (for tests).
+    #[cfg(test)]
+    fn slots(&self) -> usize {
+        self.waiters.borrow().len()
+    }
+}
+
+/// A task's place among a [`Signal`]'s waiters; freed when dropped.
+pub struct Waiter<'a> {
+    signal: &'a Signal,
+    at: Option<usize>,
+}
+
+impl Waiter<'_> {
+    /// The next notify wakes `waker` (once).
+    pub fn register(&mut self, waker: &Waker) {
+        self.signal.register(&mut self.at, waker);
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.signal.release(self.at.take());
+    }
+}
+
+/// [`Signal::notified`]'s future.
+pub struct Notified<'a> {
+    signal: &'a Signal,
+    seen: u64,
+    slot: Option<usize>,
+}
+
+impl Future for Notified<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signal.count.get() != self.seen {
+            return Poll::Ready(());
+        }
+        let this = &mut *self;
+        this.signal.register(&mut this.slot, cx.waker());
+        Poll::Pending
+    }
+}
+
+impl Drop for Notified<'_> {
+    fn drop(&mut self) {
+        self.signal.release(self.slot.take());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +249,50 @@ mod tests {
         });
         rx.await.unwrap();
         (quick, slow)
+    }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_signal_wakes_its_waiters_once_and_reuses_their_slots() {
+        let signal = Signal::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let open = Cell::new(false);
+        let mut a = Box::pin(signal.wait_for(|| open.get().then_some(7)));
+        let mut b = Box::pin(signal.notified());
+        assert_eq!(a.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(b.as_mut().poll(&mut cx), Poll::Pending);
+        // Polled again, a keeps its slot.
+        assert_eq!(a.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(signal.slots(), 2);
+        drop(b);
+        let mut c = Box::pin(signal.notified());
+        assert_eq!(c.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(signal.slots(), 2, "b's slot went to c");
+        // A notify before the first poll counts.
+        let mut d = Box::pin(signal.notified());
+        signal.notify();
+        assert_eq!(count.0.load(Ordering::Relaxed), 2, "a and c woken");
+        assert_eq!(a.as_mut().poll(&mut cx), Poll::Pending, "its condition does not hold yet");
+        assert_eq!(c.as_mut().poll(&mut cx), Poll::Ready(()));
+        assert_eq!(d.as_mut().poll(&mut cx), Poll::Ready(()));
+        open.set(true);
+        signal.notify();
+        assert_eq!(a.as_mut().poll(&mut cx), Poll::Ready(7));
+        drop((a, c, d));
+        assert_eq!(signal.free.borrow().len(), signal.slots(), "every slot free again");
     }
 
     #[test]

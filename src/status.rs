@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 
+use crate::fault::Cause;
 use crate::metrics::*;
 use crate::route::{ProductRoute, RouteTable, PRODUCTS};
 
@@ -299,7 +300,7 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
     let _ = writeln!(s, "# HELP {M_UPSTREAM_ERRORS} Upstream faults answered 502/503/504, by cause.\n# TYPE {M_UPSTREAM_ERRORS} counter");
     for p in forwarded() {
         let st = &m.products[p.offset as usize];
-        for c in ErrorCause::ALL {
+        for c in Cause::ALL {
             let _ =
                 writeln!(s, "{M_UPSTREAM_ERRORS}{{product=\"{}\",cause=\"{}\"}} {}", p.name, c.label(), st.error(c));
         }

@@ -73,7 +73,7 @@ impl ConnError {
 /// What the peer's frames meant for the streams.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
-    /// An answer head, rendered as HTTP/1.1 in [`Conn::answer_head`].
+    /// An answer head, in [`Conn::answer_head`].
     /// `end_stream`: no body follows.
     Head { stream: u32, status: u16, end_stream: bool },
     /// Answer body bytes at `range` of the input given to [`Conn::receive`].
@@ -121,7 +121,10 @@ pub struct Conn {
     encoder: super::hpack::Encoder,
     decoder: super::hpack::Decoder,
     out: Vec<u8>,
+    /// Scratch for a request's header block.
     head: Vec<u8>,
+    /// The last answer head (valid until the next `receive`).
+    answer: headers::AnswerHead,
     /// Scratch for lowercased field names while a request is encoded.
     names: Vec<u8>,
     partial: Option<PartialBlock>,
@@ -162,6 +165,7 @@ impl Conn {
             decoder: super::hpack::Decoder::new(),
             out,
             head: Vec::new(),
+            answer: headers::AnswerHead::default(),
             names: Vec::new(),
             partial: None,
             goaway: None,
@@ -180,9 +184,9 @@ impl Conn {
         self.out.len()
     }
 
-    /// The last answer head, as HTTP/1.1 (valid until the next `receive`).
-    pub fn answer_head(&self) -> &[u8] {
-        &self.head
+    /// The last answer head (valid until the next `receive`).
+    pub fn answer_head(&self) -> &headers::AnswerHead {
+        &self.answer
     }
 
     /// Whether the intake acknowledged this side's SETTINGS.
@@ -339,6 +343,8 @@ impl Conn {
         e
     }
 
+    /// Handles one frame: what is the connection's here, the rest handed
+    /// to `on`.
     fn frame(
         &mut self,
         f: &Frame,
@@ -352,33 +358,7 @@ impl Conn {
             }
         }
         match f.kind {
-            Kind::Settings => {
-                self.spend_control()?;
-                if f.has(frame::FLAG_ACK) {
-                    self.settings_acked = true;
-                    return Ok(());
-                }
-                for s in frame::settings(payload) {
-                    match s? {
-                        Setting::MaxConcurrentStreams(n) => self.peer_max_streams = n,
-                        Setting::InitialWindowSize(w) => {
-                            let delta = w as i64 - self.peer_stream_window as i64;
-                            self.peer_stream_window = w;
-                            for s in &mut self.streams {
-                                s.send_window += delta;
-                                if s.send_window > frame::MAX_WINDOW as i64 {
-                                    return Err(ConnError::FlowControl);
-                                }
-                            }
-                        }
-                        Setting::MaxFrameSize(n) => self.peer_max_frame = n,
-                        Setting::HeaderTableSize(n) => self.encoder.set_max_table_size(n as usize),
-                        Setting::EnablePush(_) | Setting::MaxHeaderListSize(_) | Setting::Unknown(..) => {}
-                    }
-                }
-                frame::write_settings_ack(&mut self.out);
-                on(self, Event::WindowOpen);
-            }
+            Kind::Settings => self.on_settings(f, payload, on)?,
             Kind::Ping => {
                 self.spend_control()?;
                 let mut data = [0u8; 8];
@@ -389,27 +369,7 @@ impl Conn {
                     frame::write_ping(&mut self.out, true, data);
                 }
             }
-            Kind::WindowUpdate => {
-                // While this side uploads, the intake answers with little
-                // but WINDOW_UPDATEs: those that open a window in use are
-                // not a flood; updates for streams already gone count.
-                if f.stream != 0 && !self.streams.iter().any(|s| s.id == f.stream) {
-                    self.spend_control()?;
-                }
-                let inc = frame::window_update(payload) as i64;
-                if f.stream == 0 {
-                    self.conn_send += inc;
-                    if self.conn_send > frame::MAX_WINDOW as i64 {
-                        return Err(ConnError::FlowControl);
-                    }
-                } else if let Some(s) = self.stream(f.stream) {
-                    s.send_window += inc;
-                    if s.send_window > frame::MAX_WINDOW as i64 {
-                        return Err(ConnError::FlowControl);
-                    }
-                }
-                on(self, Event::WindowOpen);
-            }
+            Kind::WindowUpdate => self.on_window_update(f, payload, on)?,
             Kind::GoAway => {
                 let (last, code, _debug) = frame::goaway(payload);
                 self.goaway = Some(last);
@@ -425,66 +385,143 @@ impl Conn {
                 }
             }
             Kind::PushPromise => return Err(ConnError::Protocol("PUSH_PROMISE although push is disabled")),
-            Kind::Headers => {
-                if f.stream.is_multiple_of(2) || f.stream >= self.next_stream {
-                    return Err(ConnError::Protocol("HEADERS on a stream this relay did not open"));
-                }
-                self.control = 0;
-                let end_stream = f.has(frame::FLAG_END_STREAM);
-                if f.has(frame::FLAG_END_HEADERS) {
-                    self.answer(f.stream, payload, end_stream, on)?;
-                } else {
-                    self.partial = Some(PartialBlock { stream: f.stream, end_stream, block: payload.to_vec() });
-                }
-            }
-            Kind::Continuation => {
-                let Some(mut p) = self.partial.take() else {
-                    return Err(ConnError::Protocol("CONTINUATION without a header block"));
-                };
-                p.block.extend_from_slice(payload);
-                if p.block.len() > self.local.max_header_list as usize {
-                    return Err(ConnError::Protocol("a header block larger than SETTINGS_MAX_HEADER_LIST_SIZE"));
-                }
-                if f.has(frame::FLAG_END_HEADERS) {
-                    self.answer(p.stream, &p.block, p.end_stream, on)?;
-                } else {
-                    self.partial = Some(p);
-                }
-            }
-            Kind::Data => {
-                let flow = (f.len - frame::HEAD_LEN) as i64;
-                self.conn_recv -= flow;
-                if self.conn_recv < 0 {
-                    return Err(ConnError::FlowControl);
-                }
-                if payload.is_empty() && !f.has(frame::FLAG_END_STREAM) {
-                    self.spend_control()?;
-                } else {
-                    self.control = 0;
-                }
-                let end_stream = f.has(frame::FLAG_END_STREAM);
-                let Some(s) = self.stream(f.stream) else {
-                    // A stream this side reset: the bytes still count for
-                    // the connection, and come back at once.
-                    self.conn_unannounced += flow as u32;
-                    return Ok(());
-                };
-                s.recv_window -= flow;
-                if s.recv_window < 0 {
-                    return Err(ConnError::FlowControl);
-                }
-                s.remote_done |= end_stream;
-                // Padding is never handed on: released here.
-                let padding = flow as usize - payload.len();
-                on(self, Event::Data { stream: f.stream, range: offset..offset + payload.len(), end_stream });
-                if padding > 0 {
-                    self.release(f.stream, padding);
-                }
-                if end_stream {
-                    self.reap(f.stream);
-                }
-            }
+            Kind::Headers => self.on_headers(f, payload, on)?,
+            Kind::Continuation => self.on_continuation(f, payload, on)?,
+            Kind::Data => self.on_data(f, payload, offset, on)?,
             Kind::Priority | Kind::Unknown(_) => self.spend_control()?,
+        }
+        Ok(())
+    }
+
+    fn on_settings(&mut self, f: &Frame, payload: &[u8], on: &mut impl FnMut(&Conn, Event)) -> Result<(), ConnError> {
+        self.spend_control()?;
+        if f.has(frame::FLAG_ACK) {
+            self.settings_acked = true;
+            return Ok(());
+        }
+        for s in frame::settings(payload) {
+            match s? {
+                Setting::MaxConcurrentStreams(n) => self.peer_max_streams = n,
+                Setting::InitialWindowSize(w) => {
+                    let delta = w as i64 - self.peer_stream_window as i64;
+                    self.peer_stream_window = w;
+                    for s in &mut self.streams {
+                        s.send_window += delta;
+                        if s.send_window > frame::MAX_WINDOW as i64 {
+                            return Err(ConnError::FlowControl);
+                        }
+                    }
+                }
+                Setting::MaxFrameSize(n) => self.peer_max_frame = n,
+                Setting::HeaderTableSize(n) => self.encoder.set_max_table_size(n as usize),
+                Setting::EnablePush(_) | Setting::MaxHeaderListSize(_) | Setting::Unknown(..) => {}
+            }
+        }
+        frame::write_settings_ack(&mut self.out);
+        on(self, Event::WindowOpen);
+        Ok(())
+    }
+
+    fn on_window_update(
+        &mut self,
+        f: &Frame,
+        payload: &[u8],
+        on: &mut impl FnMut(&Conn, Event),
+    ) -> Result<(), ConnError> {
+        // While this side uploads, the intake answers with little but
+        // WINDOW_UPDATEs: those that open a window in use are not a flood;
+        // updates for streams already gone count.
+        if f.stream != 0 && !self.streams.iter().any(|s| s.id == f.stream) {
+            self.spend_control()?;
+        }
+        let inc = frame::window_update(payload) as i64;
+        if f.stream == 0 {
+            self.conn_send += inc;
+            if self.conn_send > frame::MAX_WINDOW as i64 {
+                return Err(ConnError::FlowControl);
+            }
+        } else if let Some(s) = self.stream(f.stream) {
+            s.send_window += inc;
+            if s.send_window > frame::MAX_WINDOW as i64 {
+                return Err(ConnError::FlowControl);
+            }
+        }
+        on(self, Event::WindowOpen);
+        Ok(())
+    }
+
+    fn on_headers(&mut self, f: &Frame, payload: &[u8], on: &mut impl FnMut(&Conn, Event)) -> Result<(), ConnError> {
+        if f.stream.is_multiple_of(2) || f.stream >= self.next_stream {
+            return Err(ConnError::Protocol("HEADERS on a stream this relay did not open"));
+        }
+        self.control = 0;
+        let end_stream = f.has(frame::FLAG_END_STREAM);
+        if f.has(frame::FLAG_END_HEADERS) {
+            self.answer(f.stream, payload, end_stream, on)?;
+        } else {
+            self.partial = Some(PartialBlock { stream: f.stream, end_stream, block: payload.to_vec() });
+        }
+        Ok(())
+    }
+
+    fn on_continuation(
+        &mut self,
+        f: &Frame,
+        payload: &[u8],
+        on: &mut impl FnMut(&Conn, Event),
+    ) -> Result<(), ConnError> {
+        let Some(mut p) = self.partial.take() else {
+            return Err(ConnError::Protocol("CONTINUATION without a header block"));
+        };
+        p.block.extend_from_slice(payload);
+        if p.block.len() > self.local.max_header_list as usize {
+            return Err(ConnError::Protocol("a header block larger than SETTINGS_MAX_HEADER_LIST_SIZE"));
+        }
+        if f.has(frame::FLAG_END_HEADERS) {
+            self.answer(p.stream, &p.block, p.end_stream, on)?;
+        } else {
+            self.partial = Some(p);
+        }
+        Ok(())
+    }
+
+    fn on_data(
+        &mut self,
+        f: &Frame,
+        payload: &[u8],
+        offset: usize,
+        on: &mut impl FnMut(&Conn, Event),
+    ) -> Result<(), ConnError> {
+        let flow = (f.len - frame::HEAD_LEN) as i64;
+        self.conn_recv -= flow;
+        if self.conn_recv < 0 {
+            return Err(ConnError::FlowControl);
+        }
+        if payload.is_empty() && !f.has(frame::FLAG_END_STREAM) {
+            self.spend_control()?;
+        } else {
+            self.control = 0;
+        }
+        let end_stream = f.has(frame::FLAG_END_STREAM);
+        let Some(s) = self.stream(f.stream) else {
+            // A stream this side reset: the bytes still count for the
+            // connection, and come back at once.
+            self.conn_unannounced += flow as u32;
+            return Ok(());
+        };
+        s.recv_window -= flow;
+        if s.recv_window < 0 {
+            return Err(ConnError::FlowControl);
+        }
+        s.remote_done |= end_stream;
+        // Padding is never handed on: released here.
+        let padding = flow as usize - payload.len();
+        on(self, Event::Data { stream: f.stream, range: offset..offset + payload.len(), end_stream });
+        if padding > 0 {
+            self.release(f.stream, padding);
+        }
+        if end_stream {
+            self.reap(f.stream);
         }
         Ok(())
     }
@@ -497,15 +534,13 @@ impl Conn {
         on: &mut impl FnMut(&Conn, Event),
     ) -> Result<(), ConnError> {
         // Decoded whatever the stream's state: the HPACK context must follow.
-        let mut head = std::mem::take(&mut self.head);
         let res = headers::decode_answer(
             block,
             &mut self.decoder,
             end_stream,
             self.local.max_header_list as usize,
-            &mut head,
+            &mut self.answer,
         );
-        self.head = head;
         let status = match res {
             Ok(s) => s,
             Err(HeaderError::Hpack(e)) => return Err(ConnError::Compression(e)),
@@ -591,7 +626,24 @@ mod tests {
             let used = conn
                 .receive(inbuf, |c, e| {
                     let extra = match &e {
-                        Event::Head { .. } => c.answer_head().to_vec(),
+                        Event::Head { .. } => {
+                            let h = c.answer_head();
+                            let mut out = Vec::new();
+                            let reason = crate::http1::reason(h.status).as_bytes();
+                            let client = crate::http1::ClientConn::default();
+                            crate::http1::render_answer(
+                                h.status,
+                                reason,
+                                false,
+                                0,
+                                h.fields(),
+                                crate::http1::Method::Other,
+                                client,
+                                &mut out,
+                            )
+                            .unwrap();
+                            out
+                        }
                         Event::Data { range, .. } => inbuf[range.clone()].to_vec(),
                         _ => Vec::new(),
                     };

@@ -8,9 +8,10 @@
 //! with its name lowercased, except `Transfer-Encoding`, whose framing DATA
 //! frames replace (§8.2.2). `Content-Encoding` is never touched.
 //!
-//! Answers go the other way: the intake's field list becomes an HTTP/1.1
-//! head that [`crate::http1::parse_response`] then reads like any answer
-//! from an HTTP/1.1 intake, so the rules for what the Agent is told (framing,
+//! Answers go the other way: the intake's field list is checked and kept as
+//! an [`AnswerHead`] (status and fields), which the relay hands to
+//! [`crate::http1::render_answer`] like the fields of an answer from an
+//! HTTP/1.1 intake, so the rules for what the Agent is told (framing,
 //! `Connection`, HTTP/1.0 clients) live in one place. An answer without
 //! `content-length` whose body follows is announced chunked; the exchange
 //! then writes its DATA in chunks.
@@ -25,6 +26,45 @@ use thiserror::Error;
 /// HTTP/2 (RFC 9113 §8.2.2). `te` is allowed with the value `trailers` only.
 const CONNECTION_SPECIFIC: [&[u8]; 6] =
     [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"];
+
+/// An answer head as HTTP/2 gave it: the status and the regular fields, in
+/// order, in one buffer (reused: no allocation per answer once grown).
+#[derive(Debug, Default)]
+pub struct AnswerHead {
+    pub status: u16,
+    bytes: Vec<u8>,
+    fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+impl AnswerHead {
+    /// The fields, `(name, value)`, in the order the intake sent them.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone + '_ {
+        self.fields.iter().map(|(n, v)| (&self.bytes[n.clone()], &self.bytes[v.clone()]))
+    }
+
+    pub fn clear(&mut self) {
+        self.status = 0;
+        self.bytes.clear();
+        self.fields.clear();
+    }
+
+    /// Becomes a copy of `other`, in the buffers it already has.
+    pub fn copy_from(&mut self, other: &AnswerHead) {
+        self.status = other.status;
+        self.bytes.clear();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.fields.clear();
+        self.fields.extend_from_slice(&other.fields);
+    }
+
+    fn push(&mut self, name: &[u8], value: &[u8]) {
+        let n = self.bytes.len()..self.bytes.len() + name.len();
+        self.bytes.extend_from_slice(name);
+        let v = self.bytes.len()..self.bytes.len() + value.len();
+        self.bytes.extend_from_slice(value);
+        self.fields.push((n, v));
+    }
+}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HeaderError {
@@ -121,18 +161,17 @@ fn split_at_byte(s: &[u8], b: u8) -> Option<(&[u8], &[u8])> {
     Some((&s[..k], &s[k + 1..]))
 }
 
-/// Decodes the intake's answer header block and writes it as an HTTP/1.1
-/// head into `out` (cleared first), for `parse_response`. `end_stream`: the
-/// HEADERS frame ended the stream (no body follows). Returns the status.
-/// Informational (1xx) heads are rendered too; the caller skips them as it
-/// does for HTTP/1.1. `max_list` bounds the decoded list (names + values +
+/// Decodes the intake's answer header block into `out` (cleared first),
+/// for [`crate::http1::render_answer`]. `end_stream`: the HEADERS frame
+/// ended the stream (no body follows). Returns the status. Informational
+/// (1xx) heads are kept too; the caller skips them as it does for HTTP/1.1. `max_list` bounds the decoded list (names + values +
 /// 32 bytes a field, as SETTINGS_MAX_HEADER_LIST_SIZE counts).
 pub fn decode_answer(
     block: &[u8],
     decoder: &mut super::hpack::Decoder,
     end_stream: bool,
     max_list: usize,
-    out: &mut Vec<u8>,
+    out: &mut AnswerHead,
 ) -> Result<u16, HeaderError> {
     out.clear();
     let mut status: Option<u16> = None;
@@ -178,10 +217,7 @@ pub fn decode_answer(
             return;
         }
         has_length |= name == b"content-length";
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        out.push(name, value);
     });
     if let Err(e) = res {
         return Err(HeaderError::Hpack(e.to_string()));
@@ -190,24 +226,16 @@ pub fn decode_answer(
         return Err(e);
     }
     let status = status.ok_or(HeaderError::Malformed("no :status"))?;
-    // HTTP/2 has no reason phrase: the standard one for the Agent's hop
-    // (put together on the stack: no allocation per answer).
-    let mut line = [0u8; 64];
-    let n = {
-        use std::io::Write;
-        let mut w = &mut line[..];
-        let _ = write!(w, "HTTP/1.1 {status} {}\r\n", crate::http1::reason(status));
-        64 - w.len()
-    };
-    out.splice(0..0, line[..n].iter().copied());
+    out.status = status;
+    // The framing HTTP/1.1 needs where HTTP/2 has none: no body, or the
+    // DATA frames, sent on as chunks.
     if !(100..200).contains(&status) && !has_length {
         if end_stream {
-            out.extend_from_slice(b"content-length: 0\r\n");
+            out.push(b"content-length", b"0");
         } else {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            out.push(b"transfer-encoding", b"chunked");
         }
     }
-    out.extend_from_slice(b"\r\n");
     Ok(status)
 }
 
@@ -222,7 +250,7 @@ fn parse_status(v: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http1::{parse_request, parse_response, BodyFraming, ClientConn, Method};
+    use crate::http1::{parse_request, BodyFraming, ClientConn, Method};
 
     fn decode_all(block: &[u8]) -> Vec<(String, String)> {
         let mut d = loona_hpack::Decoder::new();
@@ -323,32 +351,50 @@ mod tests {
         enc.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
     }
 
-    fn answer(fields: &[(&str, &str)], end_stream: bool) -> Result<(u16, Vec<u8>), HeaderError> {
+    fn answer(fields: &[(&str, &str)], end_stream: bool) -> Result<(u16, AnswerHead), HeaderError> {
         let mut d = crate::h2::hpack::Decoder::new();
-        let mut out = Vec::new();
+        let mut out = AnswerHead::default();
         decode_answer(&answer_block(fields), &mut d, end_stream, 16 * 1024, &mut out).map(|s| (s, out))
     }
 
+    fn render(h: &AnswerHead, out: &mut Vec<u8>) -> crate::http1::ResponseHead {
+        crate::http1::render_answer(
+            h.status,
+            crate::http1::reason(h.status).as_bytes(),
+            false,
+            0,
+            h.fields(),
+            Method::Other,
+            ClientConn::default(),
+            out,
+        )
+        .unwrap()
+    }
+
     #[test]
-    fn an_answer_becomes_an_http1_head_the_relay_already_reads() {
-        let (status, h1) =
+    fn an_answer_becomes_the_head_an_http1_answer_would_give() {
+        let (status, h) =
             answer(&[(":status", "202"), ("content-type", "application/json"), ("content-length", "2")], false)
                 .unwrap();
         assert_eq!(status, 202);
         let mut out = Vec::new();
-        let head = parse_response(&h1, 16 * 1024, Method::Other, ClientConn::default(), &mut out).unwrap().unwrap();
+        let head = render(&h, &mut out);
         assert_eq!((head.status, head.framing), (202, BodyFraming::Length(2)));
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             "HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
         );
         // No length: chunked if a body follows, empty if HEADERS ended the stream.
-        let (_, h1) = answer(&[(":status", "200")], false).unwrap();
-        let head = parse_response(&h1, 16 * 1024, Method::Other, ClientConn::default(), &mut out).unwrap().unwrap();
-        assert_eq!(head.framing, BodyFraming::Chunked);
-        let (_, h1) = answer(&[(":status", "503")], true).unwrap();
-        let head = parse_response(&h1, 16 * 1024, Method::Other, ClientConn::default(), &mut out).unwrap().unwrap();
-        assert_eq!(head.framing, BodyFraming::Length(0));
+        let (_, h) = answer(&[(":status", "200")], false).unwrap();
+        assert_eq!(render(&h, &mut out).framing, BodyFraming::Chunked);
+        let (_, h) = answer(&[(":status", "503")], true).unwrap();
+        assert_eq!(render(&h, &mut out).framing, BodyFraming::Length(0));
+        // A reused head holds only the last answer.
+        let mut again = AnswerHead::default();
+        again.copy_from(&h);
+        assert_eq!(again.fields().count(), 1);
+        again.copy_from(&answer(&[(":status", "204")], true).unwrap().1);
+        assert_eq!((again.status, again.fields().count()), (204, 1));
         // An interim answer stays interim.
         let (status, _) = answer(&[(":status", "100")], false).unwrap();
         assert_eq!(status, 100);
@@ -372,7 +418,7 @@ mod tests {
         // Bytes that are not HPACK.
         let mut d = crate::h2::hpack::Decoder::new();
         assert!(matches!(
-            decode_answer(&[0xff, 0xff, 0xff], &mut d, true, 1024, &mut Vec::new()),
+            decode_answer(&[0xff, 0xff, 0xff], &mut d, true, 1024, &mut AnswerHead::default()),
             Err(HeaderError::Hpack(_))
         ));
     }

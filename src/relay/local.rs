@@ -11,7 +11,7 @@ use super::{drain_body, Outcome, IO_BUF};
 use crate::admin::{self, AdminCommand, AdminReply, Route};
 use crate::http1::{self, BodyFraming, ClientConn, Method, RequestHead};
 use crate::io::{Backend, Stream};
-use crate::worker::WorkerCtx;
+use crate::worker::ctx::WorkerCtx;
 
 pub(super) async fn answer_status<B: Backend>(
     ctx: &WorkerCtx<B>,

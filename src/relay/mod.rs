@@ -1,14 +1,14 @@
-//! One Agent connection, request after request: read a head, route it, take
-//! a pooled TLS session (or open one), stream the request out, stream the
-//! intake's answer back, give the session back.
+//! One Agent connection, request after request: read a head, route it
+//! once, answer it locally or relay it to the intake, and answer every
+//! failure as the Agent needs (DESIGN §1).
 //!
-//! Laid out by side: this file holds the Agent connection's loop (read a
-//! head, route, refuse, drain, hand over), on the worker's state
-//! ([`crate::worker::WorkerCtx`]);
-//! [`downstream`] the Agent socket and its buffers; [`local`] the answers
-//! the relay gives itself (status pages, admin API); [`exchange`] one
-//! exchange on an intake session (acquire, stream the request, stream the
-//! answer). HTTP/2 to the intake (#12) is meant to be another `exchange`.
+//! The request path reads top to bottom: this file holds the Agent
+//! connection's loop (read a head, route, refuse, drain, hand over) on the
+//! worker's state ([`WorkerCtx`]); [`downstream`] the Agent socket and its
+//! buffers; [`local`] the answers the relay gives itself (status pages,
+//! admin API); [`exchange`] one exchange with the intake, over HTTP/1.1
+//! ([`exchange::h1`]) or HTTP/2 ([`exchange::h2`]); [`error`] the one
+//! relay error that decides the status, the metric and the log fields.
 //!
 //! Every fault ends as one of three outcomes: a 4xx for a request that really
 //! is malformed (nothing forwarded), a 502/503/504 the Agent retries when the
@@ -26,21 +26,20 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::fault::Cause;
 use crate::http1::{self, ClientConn, RequestError, RequestHead};
 use crate::io::{Backend, Stream};
-use crate::metrics::ErrorCause;
 use crate::route::{ProductRoute, UpstreamId, PRODUCTS};
-use crate::worker::WorkerCtx;
+use crate::worker::ctx::WorkerCtx;
 
 mod downstream;
+pub mod error;
 mod exchange;
-mod failure;
-pub mod h2;
 mod local;
 
 use downstream::Downstream;
-use exchange::{forward, read_body, BodyProgress};
-use failure::{answer_status_for, side_of, Failure};
+use error::{RelayError, UpstreamFault};
+use exchange::{forward, read_body, BodyProgress, Exchange};
 use local::answer_status;
 
 /// Read buffer per direction: one TLS record's worth of plaintext.
@@ -48,8 +47,6 @@ pub const IO_BUF: usize = 16 * 1024;
 /// Read buffer of a connection waiting for its next request: Agent requests
 /// up to this size still arrive in one read; larger ones borrow a pooled one.
 pub const IDLE_BUF: usize = 4 * 1024;
-/// Pooled buffers kept per worker between requests.
-pub const MAX_FREE_BUFFERS: usize = 256;
 
 /// Counts a connection as open for its product while alive.
 struct ConnGuard<'a, B: Backend> {
@@ -72,6 +69,16 @@ enum Outcome {
     Close,
     /// Draining started while the connection waited for its next request.
     Idle,
+}
+
+impl Outcome {
+    fn keep_if(keep: bool) -> Outcome {
+        if keep {
+            Outcome::KeepAlive
+        } else {
+            Outcome::Close
+        }
+    }
 }
 
 /// Serves one accepted connection on port `offset` until it closes.
@@ -158,7 +165,7 @@ async fn over_limit<B: Backend>(ctx: &WorkerCtx<B>, io: B::Stream, offset: u16, 
             break;
         }
     }
-    ctx.stats.borrow_mut().record_error(offset, ErrorCause::Overloaded);
+    ctx.stats.borrow_mut().record_error(offset, Cause::Overloaded);
     tracing::warn!(product, %peer, limit = ctx.config.max_connections, "too many Agent connections on this worker; answered 503");
     let mut out = Vec::new();
     let body = format!(
@@ -179,148 +186,201 @@ async fn serve_one<B: Backend>(
     scratch: &mut Vec<u8>,
     answer_buf: &mut Vec<u8>,
 ) -> Outcome {
+    let (head, routed) = match read_head(ctx, down, offset, peer, scratch).await {
+        Ok(got) => got,
+        Err(outcome) => return outcome,
+    };
+    down.consume(head.head_len);
+    ctx.in_flight.set(ctx.in_flight.get() + 1);
+    let req = Request { ctx, offset, peer, head: &head };
+    let outcome = match &ctx.routes.routes[offset as usize] {
+        ProductRoute::Status => answer_status(ctx, down, &head, scratch, peer).await,
+        ProductRoute::Unconfigured { reason } => {
+            // The body is read and dropped (bounded) so the connection can stay.
+            let mut body = BodyProgress::new(head.framing);
+            req.answer_failure(down, &mut body, "(none)", UpstreamFault::Unconfigured(reason).into(), scratch).await
+        }
+        ProductRoute::Forward { .. } => {
+            let upstream = routed.expect("forward route has an upstream");
+            *answer_buf = ctx.buffers.borrow_mut().take();
+            let outcome = req.forward(down, upstream, scratch, answer_buf).await;
+            ctx.buffers.borrow_mut().give_back(std::mem::take(answer_buf));
+            outcome
+        }
+    };
+    ctx.in_flight.set(ctx.in_flight.get() - 1);
+    outcome
+}
+
+/// Waits for a complete request head, routed once, from its target, before
+/// it is parsed: the parse rewrites `Host` to that upstream host, and the
+/// request goes to that same host. `Err`: how the connection goes on
+/// without a request (closed, refused, idle at a drain).
+async fn read_head<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    offset: u16,
+    peer: SocketAddr,
+    scratch: &mut Vec<u8>,
+) -> Result<(RequestHead, Option<UpstreamId>), Outcome> {
     let cfg = &ctx.config;
-    let product = PRODUCTS[offset as usize].name;
-    let route = &ctx.routes.routes[offset as usize];
-    // Wait for a complete head. Idle waits end on the idle timeout or at drain.
     let mut head_started: Option<Instant> = (!down.filled().is_empty()).then(Instant::now);
     // Bytes of a partial head already seen to hold no line end: a head is
     // parsed again only when a line was completed (or it grew past the
     // limit), so a client trickling bytes costs a scan of its new bytes,
     // not a parse of the whole head per byte.
     let mut scanned = 0;
-    // The request is routed once, from its target, before the head is
-    // parsed: the parse rewrites `Host` to that upstream host, and the
-    // request goes to that same host.
-    let mut routed: Option<UpstreamId>;
-    let head = loop {
+    loop {
         let filled = down.filled();
         let line_done = filled.get(scanned..).is_some_and(|new| new.contains(&b'\n'));
         scanned = filled.len();
         if line_done || filled.len() > cfg.max_header_bytes {
-            routed = ctx.routes.upstream_for(offset, head_target(filled));
+            let routed = ctx.routes.upstream_for(offset, head_target(filled));
             let upstream_host = routed.map(|id| ctx.upstream_host(id));
             match http1::parse_request(filled, cfg.max_header_bytes, cfg.max_body_bytes, upstream_host, scratch) {
-                Ok(Some(head)) => break head,
+                Ok(Some(head)) => return Ok((head, routed)),
                 Ok(None) => {}
                 Err(e) => {
                     refuse(ctx, down, offset, peer, &e, scratch).await;
-                    return Outcome::Close;
+                    return Err(Outcome::Close);
                 }
             }
         }
         if down.eof {
             if !down.filled().is_empty() {
-                tracing::debug!(product, %peer, "client closed mid-head");
+                tracing::debug!(product = PRODUCTS[offset as usize].name, %peer, "client closed mid-head");
             }
-            return Outcome::Close;
+            return Err(Outcome::Close);
         }
-        let idle = down.filled().is_empty();
-        // Waiting for a new request: the idle timeout. Inside a head: what is
-        // left of the header timeout, counted from its first byte (slowloris).
-        let wait = match head_started {
-            None => cfg.client_idle_timeout,
-            Some(t) => cfg.header_timeout.saturating_sub(t.elapsed()),
-        };
-        let res = if idle {
-            tokio::select! {
-                r = crate::rt::timeout(wait, down.fill_ready()) => r,
-                _ = ctx.drain_started() => return Outcome::Idle,
-            }
-        } else {
-            crate::rt::timeout(wait, down.fill(cfg.max_header_bytes + 1, &ctx.buffers)).await
-        };
-        match res {
-            Err(_) if idle => return Outcome::Close,
-            Err(_) => {
-                tracing::info!(product, %peer, timeout = ?cfg.header_timeout, "request head not complete within limits.header_timeout; answering 408");
-                ctx.stats.borrow_mut().product(offset).refused += 1;
-                let body = "request head not received in time (limits.header_timeout)";
-                http1::local_response(408, body, ClientConn::CLOSE, scratch);
-                let _ = down.write(scratch).await;
-                return Outcome::Close;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(product, %peer, error = %e, "client read failed");
-                return Outcome::Close;
-            }
-            Ok(Ok(_)) => {
-                if head_started.is_none() {
-                    head_started = Some(Instant::now());
-                }
-            }
-        }
+        wait_for_head_bytes(ctx, down, offset, peer, head_started, scratch).await?;
+        head_started.get_or_insert_with(Instant::now);
+    }
+}
+
+/// Reads more of a head. Waiting for a new request: up to the idle timeout,
+/// or until the drain starts. Inside a head: what is left of the header
+/// timeout, counted from its first byte (slowloris), then 408.
+async fn wait_for_head_bytes<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    down: &mut Downstream<B::Stream>,
+    offset: u16,
+    peer: SocketAddr,
+    head_started: Option<Instant>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), Outcome> {
+    let cfg = &ctx.config;
+    let idle = down.filled().is_empty();
+    let wait = match head_started {
+        None => cfg.client_idle_timeout,
+        Some(t) => cfg.header_timeout.saturating_sub(t.elapsed()),
     };
-    down.consume(head.head_len);
-    let started = Instant::now();
-    ctx.in_flight.set(ctx.in_flight.get() + 1);
-    let outcome = match route {
-        ProductRoute::Status => answer_status(ctx, down, &head, scratch, peer).await,
-        ProductRoute::Unconfigured { reason } => {
-            // The body is read and dropped (bounded) so the connection can stay.
-            let keep = drain_body(ctx, down, &head, &mut BodyProgress::new(head.framing)).await;
-            let client = ClientConn { close: !keep, ..head.client() };
-            fail_upstream(ctx, down, offset, peer, "(none)", ErrorCause::Unconfigured, reason, None, scratch, client)
-                .await;
-            if keep {
-                Outcome::KeepAlive
-            } else {
+    let res = if idle {
+        tokio::select! {
+            r = crate::rt::timeout(wait, down.fill_ready()) => r,
+            _ = ctx.drain_started() => return Err(Outcome::Idle),
+        }
+    } else {
+        crate::rt::timeout(wait, down.fill(cfg.max_header_bytes + 1, &ctx.buffers)).await
+    };
+    let product = PRODUCTS[offset as usize].name;
+    match res {
+        Ok(Ok(_)) => Ok(()),
+        Err(_) if idle => Err(Outcome::Close),
+        Err(_) => {
+            tracing::info!(product, %peer, timeout = ?cfg.header_timeout, "request head not complete within limits.header_timeout; answering 408");
+            ctx.stats.borrow_mut().product(offset).refused += 1;
+            let body = "request head not received in time (limits.header_timeout)";
+            http1::local_response(408, body, ClientConn::CLOSE, scratch);
+            let _ = down.write(scratch).await;
+            Err(Outcome::Close)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(product, %peer, error = %e, "client read failed");
+            Err(Outcome::Close)
+        }
+    }
+}
+
+/// A request whose head was read, on its way to an answer.
+struct Request<'a, B: Backend> {
+    ctx: &'a WorkerCtx<B>,
+    offset: u16,
+    peer: SocketAddr,
+    head: &'a RequestHead,
+}
+
+impl<B: Backend> Request<'_, B> {
+    fn product(&self) -> &'static str {
+        PRODUCTS[self.offset as usize].name
+    }
+
+    /// Relays the request to `upstream` and answers how it went.
+    async fn forward(
+        &self,
+        down: &mut Downstream<B::Stream>,
+        upstream: UpstreamId,
+        scratch: &mut Vec<u8>,
+        answer_buf: &mut Vec<u8>,
+    ) -> Outcome {
+        let (ctx, offset) = (self.ctx, self.offset);
+        let started = Instant::now();
+        let mut body = BodyProgress::new(self.head.framing);
+        let mut x = Exchange { ctx, down, offset, upstream, head: self.head, scratch, answer_buf, body: &mut body };
+        let res = forward(&mut x).await;
+        let host = ctx.upstream_host(upstream);
+        match res {
+            Ok(done) => {
+                ctx.stats.borrow_mut().record_answer(offset, done.status, started.elapsed());
+                Outcome::keep_if(done.keep_alive)
+            }
+            Err(e @ RelayError::Agent(_)) => {
+                tracing::info!(product = self.product(), peer = %self.peer, cause = %e, "client connection failed mid-request; upstream exchange abandoned");
                 Outcome::Close
             }
-        }
-        ProductRoute::Forward { .. } => {
-            let upstream = routed.expect("forward route has an upstream");
-            *answer_buf = ctx.buffers.borrow_mut().take();
-            let mut body = BodyProgress::new(head.framing);
-            let res = forward(ctx, down, offset, upstream, &head, scratch, answer_buf, &mut body).await;
-            ctx.buffers.borrow_mut().give_back(std::mem::take(answer_buf));
-            match res {
-                Ok((status, keep)) => {
-                    ctx.stats.borrow_mut().record_answer(offset, status, started.elapsed());
-                    if keep {
-                        Outcome::KeepAlive
-                    } else {
-                        Outcome::Close
-                    }
-                }
-                Err(Failure::Downstream(why)) => {
-                    tracing::info!(product, %peer, cause = %why, "client connection failed mid-request; upstream exchange abandoned");
-                    Outcome::Close
-                }
-                Err(Failure::Refused(e)) => {
-                    refuse(ctx, down, offset, peer, &e, scratch).await;
-                    Outcome::Close
-                }
-                Err(Failure::Upstream { cause, detail, addr }) => {
-                    let host = ctx.upstream_host(upstream);
-                    // What is left of the body is read and dropped (bounded),
-                    // so the connection can carry the Agent's retry.
-                    let keep = drain_body(ctx, down, &head, &mut body).await;
-                    let client = ClientConn { close: !keep, ..head.client() };
-                    fail_upstream(ctx, down, offset, peer, host, cause, &detail, addr, scratch, client).await;
-                    ctx.stats.borrow_mut().record_answer(offset, answer_status_for(cause), started.elapsed());
-                    if keep {
-                        Outcome::KeepAlive
-                    } else {
-                        Outcome::Close
-                    }
-                }
-                Err(Failure::AnswerCut { cause, detail }) => {
-                    ctx.stats.borrow_mut().record_error(offset, cause);
-                    tracing::warn!(
-                        product,
-                        upstream = ctx.upstream_host(upstream),
-                        cause = cause.label(),
-                        error = %detail,
-                        "answer cut short by the intake; closing the client connection so the Agent retries"
-                    );
-                    Outcome::Close
-                }
+            Err(RelayError::Refused(e)) => {
+                refuse(ctx, down, offset, self.peer, &e, scratch).await;
+                Outcome::Close
+            }
+            Err(e @ RelayError::AnswerCut { .. }) => {
+                let cause = e.cause().unwrap_or(Cause::Closed);
+                ctx.stats.borrow_mut().record_error(offset, cause);
+                tracing::warn!(product = self.product(), upstream = host, cause = cause.label(), error = %e, "answer cut short by the intake; closing the client connection so the Agent retries");
+                Outcome::Close
+            }
+            Err(e @ RelayError::Upstream { .. }) => {
+                let status = e.status().unwrap_or(502);
+                let outcome = self.answer_failure(down, &mut body, host, e, scratch).await;
+                ctx.stats.borrow_mut().record_answer(offset, status, started.elapsed());
+                outcome
             }
         }
-    };
-    ctx.in_flight.set(ctx.in_flight.get() - 1);
-    outcome
+    }
+
+    /// Answers an upstream or relay fault with the status the Agent
+    /// retries. What is left of the body is read and dropped first
+    /// (bounded), so the connection can carry the Agent's retry.
+    async fn answer_failure(
+        &self,
+        down: &mut Downstream<B::Stream>,
+        body: &mut BodyProgress,
+        host: &str,
+        e: RelayError,
+        scratch: &mut Vec<u8>,
+    ) -> Outcome {
+        let keep = drain_body(self.ctx, down, self.head, body).await;
+        let client = ClientConn { close: !keep, ..self.head.client() };
+        let (status, cause) = (e.status().unwrap_or(502), e.cause().unwrap_or(Cause::Closed));
+        self.ctx.stats.borrow_mut().record_error(self.offset, cause);
+        let addr = match &e {
+            RelayError::Upstream { addr: Some(a), .. } => a.to_string(),
+            _ => "-".into(),
+        };
+        tracing::warn!(product = self.product(), upstream = host, addr = %addr, side = e.side().name(), cause = cause.label(), status, peer = %self.peer, error = %e, "upstream failure answered for retry");
+        let text = format!("fipsrelay: {} ({}) for {}: {}", http1::reason(status), cause.label(), host, e);
+        http1::local_response(status, &text, client, scratch);
+        let _ = down.write(scratch).await;
+        Outcome::keep_if(keep)
+    }
 }
 
 /// The request target of a (possibly partial) head, for routing before parse.
@@ -332,6 +392,7 @@ fn head_target(buf: &[u8]) -> &[u8] {
     parts.next().unwrap_or(b"/")
 }
 
+/// Refuses a malformed request with its 4xx and a log line saying why.
 async fn refuse<B: Backend>(
     ctx: &WorkerCtx<B>,
     down: &mut Downstream<B::Stream>,
@@ -401,30 +462,6 @@ async fn drain_body<B: Backend>(
             return false;
         }
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn fail_upstream<B: Backend>(
-    ctx: &WorkerCtx<B>,
-    down: &mut Downstream<B::Stream>,
-    offset: u16,
-    peer: SocketAddr,
-    host: &str,
-    cause: ErrorCause,
-    detail: &str,
-    addr: Option<SocketAddr>,
-    scratch: &mut Vec<u8>,
-    client: ClientConn,
-) {
-    let status = answer_status_for(cause);
-    let product = PRODUCTS[offset as usize].name;
-    ctx.stats.borrow_mut().record_error(offset, cause);
-    let addr_text = addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
-    let side = side_of(cause).name();
-    tracing::warn!(product, upstream = host, addr = %addr_text, side, cause = cause.label(), status, %peer, error = %detail, "upstream failure answered for retry");
-    let body = format!("fipsrelay: {} ({}) for {}: {}", http1::reason(status), cause.label(), host, detail);
-    http1::local_response(status, &body, client, scratch);
-    let _ = down.write(scratch).await;
 }
 
 #[cfg(test)]
@@ -516,7 +553,7 @@ mod tests {
             // Two sessions: the first carried two requests; the intake's
             // close was seen before the third, which went on a new one.
             assert_eq!(accepted.get(), 2);
-            assert_eq!(ctx.pool.borrow().open_count(0), 1);
+            assert_eq!(ctx.upstream.pool.borrow().open_count(0), 1);
             // A malformed head: 400 from the relay, nothing forwarded.
             agent.write_all(b"POST /api/v2/series HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec()).await.0.unwrap();
             let a = answer(&mut agent).await;

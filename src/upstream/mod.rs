@@ -5,7 +5,9 @@
 //! Errors record which step failed, because the step decides the status the
 //! Agent gets (DESIGN §1): no address → 503, connect or TLS → 502.
 
+pub mod connect;
 pub mod dns;
+pub mod h2pool;
 pub mod health;
 pub mod pool;
 pub mod proxy;

@@ -787,6 +787,14 @@ fn append_with(
     }
 }
 
+/// A TLS failure as an I/O error that keeps its rustls cause (see
+/// [`is_tls_error`]).
 fn tls_io(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Whether an I/O error of a session is a TLS failure (a rustls error, or
+/// a record that does not open), not the connection closing or failing.
+pub fn is_tls_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>() || inner.is::<super::records::RecordError>())
 }
