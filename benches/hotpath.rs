@@ -268,7 +268,7 @@ fn bench_allocs(requests: u64) {
         );
         let raw = fipsrelay::config::parse_str(&toml).unwrap();
         let config = raw.validate().unwrap();
-        let relay = std::thread::spawn(move || fipsrelay::server::run(config, fipsrelay::config::Source::Defaults));
+        let relay = std::thread::spawn(move || fipsrelay::control::run(config, fipsrelay::config::Source::Defaults));
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], base + 1));
         let status = std::net::SocketAddr::from(([127, 0, 0, 1], base));
         let deadline = Instant::now() + Duration::from_secs(10);

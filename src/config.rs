@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::logging::LogFormat;
+
 /// Where `run` and `check-config` look when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fipsrelay/fipsrelay.toml";
 pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1";
@@ -415,12 +417,6 @@ pub struct HealthConfig {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Whether the proxy is reached over plain TCP or TLS.

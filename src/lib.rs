@@ -8,27 +8,23 @@
 
 pub mod admin;
 pub mod buffers;
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod crypto;
-pub mod demo;
-pub mod diagnose;
 pub mod fault;
 pub mod h2;
-pub mod handover;
 pub mod http1;
 pub mod io;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
-pub mod privileges;
 pub mod procstat;
 pub mod relay;
 pub mod route;
 pub mod rt;
-pub mod server;
 pub mod status;
 #[cfg(test)]
 mod testing;
-pub mod tuning;
 pub mod upstream;
 pub mod worker;

@@ -21,7 +21,13 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use crate::config::LogFormat;
+/// How log lines are written (`log.format`): text for a terminal or the
+/// journal, JSON for a log pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Why a new log filter was not applied.
 #[derive(Debug, thiserror::Error)]

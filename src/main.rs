@@ -1,13 +1,15 @@
-//! The `fipsrelay` command: `run` (default), `check-config`, `version`.
+//! The `fipsrelay` command: argument parsing and dispatch. `run` (the
+//! default) is the long-running relay in `fipsrelay::control`; every other
+//! subcommand is a one-shot command in `fipsrelay::cli`. This file only
+//! turns arguments into a call and its result into an exit status; it holds
+//! no logic of its own, and it is the one place `anyhow` is used.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fipsrelay::config::{self, Config, Source, UpstreamProtocol, ENV_OVERRIDES, PORT_COUNT};
-use fipsrelay::route::{ProductRoute, RouteTable, PRODUCTS};
-use fipsrelay::{crypto, logging, server, tuning};
+use fipsrelay::config::{self, Config, Source};
+use fipsrelay::{cli, control, logging};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -110,14 +112,9 @@ fn main() -> ExitCode {
         Command::CheckConfig => check_config(cli.config),
         Command::Version => version(),
         Command::Demo { seconds, connections, mock_intake, loadgen, keep } => {
-            let opts = fipsrelay::demo::DemoOptions {
-                seconds: seconds.clamp(1, 3600),
-                connections,
-                mock_intake,
-                loadgen,
-                keep,
-            };
-            fipsrelay::demo::run(&opts).map_err(anyhow::Error::from)
+            let opts =
+                cli::demo::DemoOptions { seconds: seconds.clamp(1, 3600), connections, mock_intake, loadgen, keep };
+            cli::demo::run(&opts).map_err(anyhow::Error::from)
         }
         Command::Diagnose { api_key } => {
             return match diagnose(cli.config, api_key) {
@@ -180,134 +177,35 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let (config, source) = load(path.as_deref())?;
     logging::init(&config.log_level, config.log_format);
-    server::run(config, source)?;
+    control::run(config, source)?;
     Ok(())
 }
 
 fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     let (config, source) = load(path.as_deref())?;
-    println!("# config: OK ({source})");
-    for (var, key) in ENV_OVERRIDES {
-        if let Ok(v) = std::env::var(var) {
-            let generic = matches!(*var, "HTTPS_PROXY" | "NO_PROXY");
-            if generic && !config.raw.upstream.proxy.use_env {
-                println!("# {var} is set and ignored: upstream.proxy.use_env = false");
-            } else {
-                println!("# {key} overridden by {var}={v}");
-            }
-        }
-    }
-    println!("{}", toml::to_string(&config.raw).context("rendering the config")?);
-    let routes = RouteTable::new(&config);
-    println!("# port   product                      upstream host");
-    for p in PRODUCTS.iter().take(PORT_COUNT as usize) {
-        let port = config.port(p.offset);
-        let host = match &routes.routes[p.offset as usize] {
-            ProductRoute::Status => "(status page, served locally)".to_string(),
-            ProductRoute::Unconfigured { reason } => format!("(503: {reason})"),
-            ProductRoute::Forward { default, validate, flare } => {
-                let mut h = routes.upstreams[*default].host.clone();
-                if let Some(v) = validate {
-                    h.push_str(&format!("; /api/v1/validate -> {}", routes.upstreams[*v].host));
-                }
-                if let Some(f) = flare {
-                    h.push_str(&format!("; /support/flare -> {}", routes.upstreams[*f].host));
-                }
-                h
-            }
-        };
-        println!("# {port:<6} {:<28} {host}", p.name);
-    }
-    let protocol = match config.protocol {
-        UpstreamProtocol::Http1 => "HTTP/1.1 (upstream.protocol = \"http1\"; no ALPN offered)".to_string(),
-        UpstreamProtocol::H2 => format!(
-            "HTTP/2 only (ALPN h2; an intake without it is refused), up to {} connections per worker and host",
-            config.h2_max_connections
-        ),
-        UpstreamProtocol::Auto => format!(
-            "ALPN h2, http/1.1: what each intake host picks; up to {} HTTP/2 connections per worker and host",
-            config.h2_max_connections
-        ),
-    };
-    println!("# upstream protocol: {protocol}");
-    if !config.override_addrs.is_empty() {
-        let list: Vec<String> = config.override_addrs.iter().map(|a| a.to_string()).collect();
-        println!("# every upstream connection goes to {} (upstream.override_addr)", list.join(", "));
-    }
-    if let Some(p) = &config.proxy {
-        let resolve = if p.resolve_locally { "resolved here, CONNECT to the address" } else { "resolved by the proxy" };
-        println!("# egress: through proxy {} (from {}); intake names {resolve}", p.display(), p.source);
-        match &p.credentials_file {
-            Some(f) => println!("# proxy credentials: {} (Proxy-Authorization: Basic)", f.display()),
-            None => println!("# proxy credentials: none"),
-        }
-        for u in &routes.upstreams {
-            let how = if p.applies_to(&u.host) {
-                format!("CONNECT {}:{}", u.host, config.upstream_port)
-            } else {
-                "direct (upstream.proxy.no_proxy)".to_string()
-            };
-            println!("#   {:<40} {how}", u.host);
-        }
-    }
+    cli::check_config::print(&config, &source, &|k| std::env::var(k).ok())?;
+    Ok(())
+}
+
+fn version() -> anyhow::Result<()> {
+    cli::version::print();
     Ok(())
 }
 
 fn tuning_check(path: Option<PathBuf>, profile: Option<String>, verbose: bool) -> anyhow::Result<u8> {
     // The worker count comes from the config when one is readable; 0 = one per CPU.
     let workers = load(path.as_deref()).map(|(c, _)| c.threads).unwrap_or(0);
-    let name = profile.as_deref().unwrap_or(tuning::DEFAULT_PROFILE);
-    let report = tuning::check(name, &tuning::Host::current(), workers)?;
-    let text = if verbose { format!("{report:#}") } else { format!("{report}") };
-    println!("{}", text.trim_end());
-    Ok(report.exit_code())
+    Ok(cli::tuning::print_check(profile.as_deref(), workers, verbose)?)
 }
 
 fn diagnose(path: Option<PathBuf>, api_key: Option<String>) -> anyhow::Result<bool> {
     let (config, source) = load(path.as_deref())?;
-    println!("# diagnose: site {} ({source}), FIPS module {}", config.site, crypto::module_description());
-    let checks = fipsrelay::diagnose::run(&config, api_key.as_deref())?;
-    print!("{}", logging::scrub(&fipsrelay::diagnose::render(&checks)));
-    Ok(checks.iter().all(|c| c.ok))
+    Ok(cli::diagnose::report(&config, &source, api_key.as_deref())?)
 }
 
 /// `probe`: one GET on the status port, bounded by `timeout` as a whole.
 fn probe(path: Option<PathBuf>, check: &str, timeout: std::time::Duration) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
     let (config, _) = load(path.as_deref())?;
-    let addr = std::net::SocketAddr::new(config.listen_address, config.port(0));
-    let target = if check == "live" { "/health/live" } else { "/health" };
-    let deadline = std::time::Instant::now() + timeout;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect to {addr}"))?;
-    s.set_read_timeout(Some(
-        deadline.saturating_duration_since(std::time::Instant::now()).max(std::time::Duration::from_millis(1)),
-    ))?;
-    write!(s, "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut answer = Vec::with_capacity(4096);
-    s.take(64 * 1024).read_to_end(&mut answer).with_context(|| format!("reading the answer from {addr}"))?;
-    let text = String::from_utf8_lossy(&answer);
-    let status = text.lines().next().unwrap_or("").trim().to_string();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.trim()).unwrap_or("");
-    if status.split_whitespace().nth(1) == Some("200") {
-        Ok(format!("{addr}{target}: {status}"))
-    } else {
-        anyhow::bail!("{addr}{target}: {} {body}", if status.is_empty() { "no answer" } else { status.as_str() })
-    }
-}
-
-fn version() -> anyhow::Result<()> {
-    println!("fipsrelay {}", server::VERSION);
-    match crypto::assert_fips_module() {
-        Ok(()) => println!("fips: enabled ({})", crypto::module_description()),
-        Err(e) => println!("fips: NOT enabled ({e})"),
-    }
-    for line in crypto::offer_description() {
-        println!("{line}");
-    }
-    match fipsrelay::io::probe_uring() {
-        Ok(()) => println!("io_uring: usable"),
-        Err(e) => println!("io_uring: unavailable ({e}); the relay will use epoll"),
-    }
-    println!("cpus allowed: {}", server::allowed_cpus().len());
-    Ok(())
+    let check = if check == "live" { cli::probe::Check::Live } else { cli::probe::Check::Ready };
+    Ok(cli::probe::run(&config, check, timeout)?)
 }

@@ -141,50 +141,12 @@ fn run_in(
 ) -> Result<(), DemoError> {
     // 1. The mock intake, with a fresh CA and a leaf for *.ddog-gov.com.
     let tls = dir.join("tls");
-    let mut mock = Command::new(mock_bin)
-        .args(["--listen", "127.0.0.1:0", "--tls-dir"])
-        .arg(&tls)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|source| DemoError::Spawn { name: "mock-intake", source })?;
-    let mut line = String::new();
-    let _ = BufReader::new(mock.stdout.take().expect("piped stdout")).read_line(&mut line);
-    let mock = Proc(mock);
-    let mock_addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .ok_or_else(|| DemoError::Start { name: "mock-intake", detail: format!("unexpected output {line:?}") })?
-        .to_string();
+    let (mock, mock_addr) = start_mock(mock_bin, &tls)?;
     println!("mock intake: https://{mock_addr} (TLS; CA {})", tls.join("ca.pem").display());
-
     // 2. The relay, pointed at the mock, verifying it like the real intake.
-    let base = free_port_base()?;
-    let config = dir.join("fipsrelay.toml");
-    let toml = format!(
-        "[listen]\nport_range_start = {base}\n[upstream]\noverride_addr = \"{mock_addr}\"\nca_file = \"{}\"\n[log]\nlevel = \"warn\"\n[admin]\nenabled = false\n",
-        tls.join("ca.pem").display()
-    );
-    std::fs::write(&config, toml).map_err(|source| DemoError::Dir { path: config.clone(), source })?;
-    let log_path = dir.join("relay.log");
-    let log = std::fs::File::create(&log_path).map_err(|source| DemoError::Dir { path: log_path.clone(), source })?;
-    let relay = Command::new(relay_bin)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|source| DemoError::Spawn { name: "fipsrelay", source })?;
-    let mut relay = Proc(relay);
-    wait_for(&log_path, "fipsrelay ready", Duration::from_secs(20), &mut relay.0, "fipsrelay")?;
+    let (relay, base) = start_relay(dir, relay_bin, &mock_addr, &tls)?;
     let pid = relay.0.id() as i32;
-    let started = std::fs::read_to_string(&log_path).unwrap_or_default();
-    if let Some(l) = started.lines().find(|l| l.contains("fipsrelay starting")) {
-        println!("relay: {}", l.split_once("fipsrelay starting").map(|(_, r)| r.trim()).unwrap_or(l));
-    }
     let idle_rss = procstat::rss_kib(pid);
-
     // 3. Load over several product ports, every 2xx body verified at the mock.
     let ports = [1u16, 2, 5].map(|o| (base + o).to_string()).join(",");
     println!(
@@ -222,6 +184,60 @@ fn run_in(
     );
     drop(relay); // SIGTERM: drain and exit
     drop(mock);
+    verdict(&report, requests, &out.status)
+}
+
+/// Starts the mock intake with a fresh PKI in `tls`; its address.
+fn start_mock(mock_bin: &Path, tls: &Path) -> Result<(Proc, String), DemoError> {
+    let mut mock = Command::new(mock_bin)
+        .args(["--listen", "127.0.0.1:0", "--tls-dir"])
+        .arg(tls)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| DemoError::Spawn { name: "mock-intake", source })?;
+    let mut line = String::new();
+    let _ = BufReader::new(mock.stdout.take().expect("piped stdout")).read_line(&mut line);
+    let mock = Proc(mock);
+    let mock_addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| DemoError::Start { name: "mock-intake", detail: format!("unexpected output {line:?}") })?
+        .to_string();
+    Ok((mock, mock_addr))
+}
+
+/// Starts this relay on a free port range, sending everything to the mock
+/// and trusting its CA, and waits until it is ready; its port range start.
+fn start_relay(dir: &Path, relay_bin: &Path, mock_addr: &str, tls: &Path) -> Result<(Proc, u16), DemoError> {
+    let base = free_port_base()?;
+    let config = dir.join("fipsrelay.toml");
+    let toml = format!(
+        "[listen]\nport_range_start = {base}\n[upstream]\noverride_addr = \"{mock_addr}\"\nca_file = \"{}\"\n[log]\nlevel = \"warn\"\n[admin]\nenabled = false\n",
+        tls.join("ca.pem").display()
+    );
+    std::fs::write(&config, toml).map_err(|source| DemoError::Dir { path: config.clone(), source })?;
+    let log_path = dir.join("relay.log");
+    let log = std::fs::File::create(&log_path).map_err(|source| DemoError::Dir { path: log_path.clone(), source })?;
+    let relay = Command::new(relay_bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|source| DemoError::Spawn { name: "fipsrelay", source })?;
+    let mut relay = Proc(relay);
+    wait_for(&log_path, "fipsrelay ready", Duration::from_secs(20), &mut relay.0, "fipsrelay")?;
+    let started = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if let Some(l) = started.lines().find(|l| l.contains("fipsrelay starting")) {
+        println!("relay: {}", l.split_once("fipsrelay starting").map(|(_, r)| r.trim()).unwrap_or(l));
+    }
+    Ok((relay, base))
+}
+
+/// Whether loadgen verified every 2xx body at the intake.
+fn verdict(report: &serde_json::Value, requests: u64, status: &std::process::ExitStatus) -> Result<(), DemoError> {
     let v = &report["verify"];
     if v["matched"].as_bool() == Some(true) && requests > 0 {
         println!(
@@ -230,7 +246,7 @@ fn run_in(
         );
         Ok(())
     } else if v.is_null() {
-        Err(DemoError::Load { status: out.status.to_string(), detail: "loadgen did not verify".into() })
+        Err(DemoError::Load { status: status.to_string(), detail: "loadgen did not verify".into() })
     } else {
         Err(DemoError::Mismatch(format!(
             "lost={} duplicated={} corrupted={} complete={}",

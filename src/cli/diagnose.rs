@@ -15,13 +15,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, Source};
 use crate::crypto::{self, CryptoError, TrustSource};
 use crate::http1::{self, Method};
 use crate::io::{epoll::Epoll, Backend};
 use crate::route::RouteTable;
 use crate::upstream::proxy::{Hop, Proxy};
 use crate::upstream::tls::TlsSession;
+
+/// The connection to an intake: direct, or through the proxy's tunnel.
+type Stream = <Epoll as Backend>::Stream;
+/// The TLS session with an intake.
+type Session = TlsSession<Hop<Stream>>;
 
 /// One upstream host's result.
 #[derive(Debug, Clone)]
@@ -103,8 +108,46 @@ async fn check_host(
         ok: false,
         reason: String::new(),
     };
-    // 1. Resolve (or the override addresses); the proxy's name when the
-    // proxy resolves the intake's.
+    if let Err(reason) = check_steps(&mut c, config, tls, proxy, api_key).await {
+        c.reason = reason;
+    }
+    c
+}
+
+/// The steps of one host's check, in order; the first that fails ends it
+/// with its reason.
+async fn check_steps(
+    c: &mut Check,
+    config: &Config,
+    tls: Arc<rustls::ClientConfig>,
+    proxy: Option<&Proxy>,
+    api_key: Option<&str>,
+) -> Result<(), String> {
+    let host = c.host.clone();
+    // 1. Resolve (or the override addresses).
+    let addr = resolve(config, proxy, &host).await?;
+    c.addr = Some(addr);
+    // 2. The proxy hop, as its own step.
+    let stream = open_hop(c, config, proxy, &host, addr).await?;
+    // 3. The FIPS TLS handshake with the intake (inside the tunnel).
+    let server_name = config.server_name_for(&host);
+    let started = Instant::now();
+    let session = match tokio::time::timeout(config.connect_timeout, TlsSession::connect(stream, tls, server_name))
+        .await
+    {
+        Err(_) => return Err(format!("TLS handshake with {server_name} timed out after {:?}", config.connect_timeout)),
+        Ok(Err(e)) => return Err(format!("TLS with {server_name} failed: {e}")),
+        Ok(Ok(s)) => s,
+    };
+    c.tls = format!("{} in {} ms", session.describe(), started.elapsed().as_millis());
+    c.certificate = session.peer_certificate().map(describe_certificate).unwrap_or_else(|| "none".into());
+    // 4. One request.
+    request(c, config, session, &host, api_key).await
+}
+
+/// The first address to connect to: the override addresses, the intake's,
+/// or the proxy's when the proxy resolves the intake's name.
+async fn resolve(config: &Config, proxy: Option<&Proxy>, host: &str) -> Result<SocketAddr, String> {
     let proxy_resolves = proxy.is_some_and(|p| !p.config.resolve_locally);
     let addrs: Vec<SocketAddr> = if !config.override_addrs.is_empty() {
         config.override_addrs.clone()
@@ -113,84 +156,62 @@ async fn check_host(
             Some(p) if proxy_resolves => lookup(config, &p.config.host, p.config.port).await,
             _ => lookup(config, host, config.upstream_port).await,
         };
-        match found {
-            Ok(a) => a,
-            Err(e) => {
-                c.reason = if proxy_resolves { format!("proxy {e}") } else { e };
-                return c;
-            }
-        }
+        found.map_err(|e| if proxy_resolves { format!("proxy {e}") } else { e })?
     };
-    let Some(&addr) = addrs.first() else {
-        c.reason = "DNS: no address".into();
-        return c;
-    };
-    c.addr = Some(addr);
-    let server_name = config.server_name_for(host);
+    addrs.first().copied().ok_or_else(|| "DNS: no address".into())
+}
+
+/// The TCP connection to the intake, or the tunnel through the proxy
+/// (recorded in `c.proxy`).
+async fn open_hop(
+    c: &mut Check,
+    config: &Config,
+    proxy: Option<&Proxy>,
+    host: &str,
+    addr: SocketAddr,
+) -> Result<Hop<Stream>, String> {
     let started = Instant::now();
-    // 2. The proxy hop, as its own step.
-    let stream = match proxy {
-        None => match tokio::time::timeout(config.connect_timeout, Epoll::connect(addr)).await {
-            Err(_) => {
-                c.reason = format!("connect to {addr} timed out after {:?}", config.connect_timeout);
-                return c;
-            }
-            Ok(Err(e)) => {
-                c.reason = format!("connect to {addr} failed: {e}");
-                return c;
-            }
-            Ok(Ok(s)) => Hop::Tcp(s),
-        },
-        Some(p) => {
-            let (connect_to, target) = if p.config.resolve_locally {
-                match lookup(config, &p.config.host, p.config.port).await.map(|a| a.first().copied()) {
-                    Ok(Some(pa)) => (pa, addr.to_string()),
-                    Ok(None) => {
-                        c.reason = format!("proxy {}: no address", p.display);
-                        return c;
-                    }
-                    Err(e) => {
-                        c.reason = format!("proxy {e}");
-                        return c;
-                    }
-                }
-            } else {
-                (addr, format!("{host}:{}", config.upstream_port))
-            };
-            match p.open_tunnel::<Epoll>(connect_to, &target, config.connect_timeout).await {
-                Ok(hop) => {
-                    c.proxy = Some(format!(
-                        "{} ({connect_to}): CONNECT {target} answered 2xx in {} ms",
-                        p.display,
-                        started.elapsed().as_millis()
-                    ));
-                    hop
-                }
-                Err(e) => {
-                    c.proxy = Some(format!("{} ({connect_to}): FAILED", p.display));
-                    c.reason = e.to_string();
-                    return c;
-                }
-            }
-        }
-    };
-    // 3. The FIPS TLS handshake with the intake (inside the tunnel).
-    let started = Instant::now();
-    let mut session =
-        match tokio::time::timeout(config.connect_timeout, TlsSession::connect(stream, tls, server_name)).await {
-            Err(_) => {
-                c.reason = format!("TLS handshake with {server_name} timed out after {:?}", config.connect_timeout);
-                return c;
-            }
-            Ok(Err(e)) => {
-                c.reason = format!("TLS with {server_name} failed: {e}");
-                return c;
-            }
-            Ok(Ok(s)) => s,
+    let Some(p) = proxy else {
+        return match tokio::time::timeout(config.connect_timeout, Epoll::connect(addr)).await {
+            Err(_) => Err(format!("connect to {addr} timed out after {:?}", config.connect_timeout)),
+            Ok(Err(e)) => Err(format!("connect to {addr} failed: {e}")),
+            Ok(Ok(s)) => Ok(Hop::Tcp(s)),
         };
-    c.tls = format!("{} in {} ms", session.describe(), started.elapsed().as_millis());
-    c.certificate = session.peer_certificate().map(describe_certificate).unwrap_or_else(|| "none".into());
-    // 4. One request.
+    };
+    let (connect_to, target) = if p.config.resolve_locally {
+        match lookup(config, &p.config.host, p.config.port).await.map(|a| a.first().copied()) {
+            Ok(Some(pa)) => (pa, addr.to_string()),
+            Ok(None) => return Err(format!("proxy {}: no address", p.display)),
+            Err(e) => return Err(format!("proxy {e}")),
+        }
+    } else {
+        (addr, format!("{host}:{}", config.upstream_port))
+    };
+    match p.open_tunnel::<Epoll>(connect_to, &target, config.connect_timeout).await {
+        Ok(hop) => {
+            c.proxy = Some(format!(
+                "{} ({connect_to}): CONNECT {target} answered 2xx in {} ms",
+                p.display,
+                started.elapsed().as_millis()
+            ));
+            Ok(hop)
+        }
+        Err(e) => {
+            c.proxy = Some(format!("{} ({connect_to}): FAILED", p.display));
+            Err(e.to_string())
+        }
+    }
+}
+
+/// One request over the session (`HEAD /`, or the API key's validation on
+/// the API host) and its answer's status; closes the session.
+async fn request(
+    c: &mut Check,
+    config: &Config,
+    mut session: Session,
+    host: &str,
+    api_key: Option<&str>,
+) -> Result<(), String> {
     let validate = api_key.is_some() && host.starts_with("api.");
     let mut request = String::new();
     if let (true, Some(key)) = (validate, api_key) {
@@ -200,49 +221,49 @@ async fn check_host(
     }
     request.push_str("User-Agent: fipsrelay-diagnose\r\nConnection: close\r\n\r\n");
     if let Err(e) = session.write_plain(request.as_bytes()).await {
-        c.reason = format!("sending the request: {e}");
-        return c;
+        return Err(format!("sending the request: {e}"));
     }
     let method = if validate { Method::Get } else { Method::Head };
-    let mut buf = Vec::with_capacity(16 * 1024);
-    let mut head_out = Vec::new();
     let deadline = config.response_timeout;
-    let answer = tokio::time::timeout(deadline, async {
-        loop {
-            match http1::parse_response(&buf, 64 * 1024, method, http1::ClientConn::CLOSE, &mut head_out) {
-                Ok(Some(h)) if h.status >= 200 => return Ok(h.status),
-                Ok(Some(h)) => {
-                    buf.drain(..h.head_len);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-            if buf.len() == buf.capacity() {
-                return Err("answer head too large".to_string());
-            }
-            match session.read_plain(&mut buf).await {
-                Ok(0) => return Err("the intake closed the connection before answering".into()),
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    })
-    .await;
+    let answer = tokio::time::timeout(deadline, read_status(&mut session, method)).await;
+    session.close().await;
     match answer {
-        Err(_) => c.reason = format!("no answer within upstream.response_timeout ({deadline:?})"),
-        Ok(Err(e)) => c.reason = e,
+        Err(_) => Err(format!("no answer within upstream.response_timeout ({deadline:?})")),
+        Ok(Err(e)) => Err(e),
         Ok(Ok(status)) => {
             c.http = format!("{} {}", if validate { "GET /api/v1/validate" } else { "HEAD /" }, status);
             if validate && !(200..300).contains(&status) {
-                c.reason = format!("the API key was not accepted ({status})");
-            } else {
-                c.ok = true;
-                c.reason = "reachable over FIPS TLS".into();
+                return Err(format!("the API key was not accepted ({status})"));
             }
+            c.ok = true;
+            c.reason = "reachable over FIPS TLS".into();
+            Ok(())
         }
     }
-    session.close().await;
-    c
+}
+
+/// Reads the answer's head (past 1xx answers) and returns its status.
+async fn read_status(session: &mut Session, method: Method) -> Result<u16, String> {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut head_out = Vec::new();
+    loop {
+        match http1::parse_response(&buf, 64 * 1024, method, http1::ClientConn::CLOSE, &mut head_out) {
+            Ok(Some(h)) if h.status >= 200 => return Ok(h.status),
+            Ok(Some(h)) => {
+                buf.drain(..h.head_len);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if buf.len() == buf.capacity() {
+            return Err("answer head too large".to_string());
+        }
+        match session.read_plain(&mut buf).await {
+            Ok(0) => return Err("the intake closed the connection before answering".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 fn describe_certificate(der: &[u8]) -> String {
@@ -276,4 +297,13 @@ pub fn render(checks: &[Check]) -> String {
     let passed = checks.iter().filter(|c| c.ok).count();
     let _ = writeln!(s, "{passed} of {} upstream hosts passed", checks.len());
     s
+}
+
+/// `fipsrelay diagnose`: prints a header, runs every check and prints the
+/// table (scrubbed); whether every host passed.
+pub fn report(config: &Config, source: &Source, api_key: Option<&str>) -> Result<bool, DiagnoseError> {
+    println!("# diagnose: site {} ({source}), FIPS module {}", config.site, crypto::module_description());
+    let checks = run(config, api_key)?;
+    print!("{}", crate::logging::scrub(&render(&checks)));
+    Ok(checks.iter().all(|c| c.ok))
 }

@@ -31,9 +31,9 @@ pub const RECOMMENDED_NOFILE: u64 = 1_048_576;
 pub const SYSCTL_D_FILE: &str = "/etc/sysctl.d/90-fipsrelay.conf";
 
 const PROFILE_TEXTS: &[(&str, &str)] = &[
-    ("throughput", include_str!("../tuning/throughput.conf")),
-    ("latency", include_str!("../tuning/latency.conf")),
-    ("many-connections", include_str!("../tuning/many-connections.conf")),
+    ("throughput", include_str!("../../tuning/throughput.conf")),
+    ("latency", include_str!("../../tuning/latency.conf")),
+    ("many-connections", include_str!("../../tuning/many-connections.conf")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,7 @@ pub enum TuningError {
         "tuning profile {profile}, line {line}: {problem}; write `key = value`, or start the line with # for a comment"
     )]
     ProfileSyntax { profile: String, line: usize, problem: String },
-    #[error("tuning profile {profile} sets {key}, which the checker has no comparison rule for; add it to the rule table in src/tuning.rs")]
+    #[error("tuning profile {profile} sets {key}, which the checker has no comparison rule for; add it to the rule table in src/cli/tuning.rs")]
     NoRule { profile: String, key: String },
 }
 
@@ -384,6 +384,17 @@ pub fn check(profile: &str, host: &Host, workers: usize) -> Result<Report, Tunin
     report.push(check_workers(host.cpus_allowed, workers));
     report.push(check_seccomp(&host.proc_self_status));
     Ok(report)
+}
+
+/// `fipsrelay tuning check`: checks this host against `profile` (the
+/// default one when `None`), prints the report (every setting when
+/// `verbose`, else only what differs) and returns the exit status.
+pub fn print_check(profile: Option<&str>, workers: usize, verbose: bool) -> Result<u8, TuningError> {
+    let name = profile.unwrap_or(DEFAULT_PROFILE);
+    let report = check(name, &Host::current(), workers)?;
+    let text = if verbose { format!("{report:#}") } else { format!("{report}") };
+    println!("{}", text.trim_end());
+    Ok(report.exit_code())
 }
 
 fn check_sysctl(profile: &str, host: &Host, setting: &Setting, rule: &Rule) -> Finding {
