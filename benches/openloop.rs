@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use harness::{arg_value, bins, has_flag, machine, Proc};
 
-/// (req/s in all, connections): the rows of the README's fixed-rate table
+/// (req/s in all, connections): the rows of the fixed-rate table in
+/// docs/performance-history.md
 /// and the examples.
 const RUNS: [(u64, u64); 4] = [(200, 4), (1000, 16), (5000, 16), (20000, 64)];
 

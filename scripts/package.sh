@@ -67,6 +67,9 @@ stage() {
   install -m 0644 tuning/*.conf tuning/README.md "$root/usr/share/fipsrelay/tuning/"
   install -m 0755 packaging/create-admin-token "$root/usr/share/fipsrelay/create-admin-token"
   install -D -m 0644 README.md "$root/usr/share/doc/fipsrelay/README.md"
+  # The README and the example config point into docs/: shipped beside it.
+  install -d "$root/usr/share/doc/fipsrelay/docs"
+  install -m 0644 docs/*.md "$root/usr/share/doc/fipsrelay/docs/"
 }
 
 # --- deb ---

@@ -37,7 +37,7 @@ pub enum CryptoError {
     #[error(
         "the linked FIPS module is {module}, which is not a CMVP-validated module; build fipsrelay as shipped \
          (Cargo.lock pins {PINNED_CRATE} = AWS-LC FIPS {PINNED_MODULE_VERSION}, certificate #{PINNED_CERTIFICATE}; \
-         see README \"Security\"), or set crypto.allow_unvalidated_module = true to run it anyway"
+         see docs/security.md#why-these-versions-are-pinned), or set crypto.allow_unvalidated_module = true to run it anyway"
     )]
     UnvalidatedModule { module: String },
 }
@@ -154,7 +154,7 @@ pub struct ModuleEntry {
 /// carry fixes but are not named by the policies, so they are unknown here,
 /// as are 3.0.x, 2.x, 5.x and non-FIPS builds. When the CMVP names another
 /// module version, add its row here with the certificate number, and change
-/// the pins (README "Security").
+/// the pins (docs/security.md#building-on-another-module).
 pub const MODULE_TABLE: &[ModuleEntry] = &[
     ModuleEntry {
         line: 3,

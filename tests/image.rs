@@ -204,12 +204,12 @@ fn the_image_runs_read_only_as_non_root_on_epoll_and_relays() {
     assert_eq!(code, "0", "{}", logs());
 }
 
-/// The deployment snippets in packaging/deploy, as the README shows them.
+/// The deployment snippets in packaging/deploy, as docs/install.md shows them.
 fn snippet(name: &str) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
     let text = std::fs::read_to_string(format!("{root}/packaging/deploy/{name}")).unwrap();
-    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    assert!(readme.contains(text.trim_end()), "README.md does not show packaging/deploy/{name} as it is");
+    let doc = std::fs::read_to_string(format!("{root}/docs/install.md")).unwrap();
+    assert!(doc.contains(text.trim_end()), "docs/install.md does not show packaging/deploy/{name} as it is");
     text
 }
 

@@ -111,8 +111,8 @@ fn deb_and_rpm_hold_the_files_metadata_and_scripts() {
     );
     assert!(scripts.contains("create-admin-token") && scripts.contains("systemd-sysusers"), "{scripts}");
     let requires = ok(Command::new("rpm").args(["-qp", "--requires"]).arg(&rpm));
-    assert!(requires.contains("libc.so.6(GLIBC_2.34)(64bit)"), "the glibc the README states:\n{requires}");
-    assert!(!requires.contains("GLIBC_2.35"), "a newer glibc than the README states:\n{requires}");
+    assert!(requires.contains("libc.so.6(GLIBC_2.34)(64bit)"), "the glibc docs/install.md states:\n{requires}");
+    assert!(!requires.contains("GLIBC_2.35"), "a newer glibc than docs/install.md states:\n{requires}");
 }
 
 /// Purges the package when the test ends, however it ends.

@@ -27,7 +27,7 @@ fn upstream_hosts() -> Vec<String> {
 }
 
 /// Squid with credentials, allowing CONNECT to the US1-FED intake domain
-/// only (the README's allow-list).
+/// only (the allow-list in docs/configuration.md).
 fn squid_config(intake: &Intake, tls: Option<(String, String)>) -> SquidConfig {
     SquidConfig {
         user: Some((USER.into(), PASSWORD.into())),

@@ -125,7 +125,8 @@ pub(super) fn trust_of(config: &Config) -> TrustSource {
 ///
 /// `auto` is the backend measured cheaper for Agent traffic: epoll today.
 /// The hand-driven ring costs 0.88–0.95× epoll's CPU per request for 1 KiB
-/// bodies but 1.09–1.12× for 64 KiB ones (README, Performance), and a busy
+/// bodies but 1.09–1.12× for 64 KiB ones
+/// (docs/performance-history.md#the-io_uring-loop-rebuilt-issue-11), and a busy
 /// host's payloads are large; CPU per byte decides.
 pub fn choose_backend(choice: IoChoice) -> Result<&'static str, StartError> {
     match choice {
