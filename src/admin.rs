@@ -6,7 +6,7 @@
 //! `/admin/*` requests, the commands workers send to the control loop, and
 //! the config reload plan (apply `log.level`, refuse anything that needs a
 //! restart). Workers only parse, authenticate and forward a command; the
-//! control loop in `server` applies it. Nothing here runs on the data path,
+//! control loop (`control::signals`) applies it. Nothing here runs on the data path,
 //! and neither the token nor an `Authorization` value is ever logged.
 
 use std::io::{self, Read as _, Write as _};

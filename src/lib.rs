@@ -2,9 +2,13 @@
 //! plaintext HTTP/1.1 to the intake over TLS from a FIPS 140-validated
 //! module (aws-lc through aws-lc-rs and rustls).
 //!
-//! The data path reads top to bottom: `listener` → `worker` → `http1` →
-//! `relay` → `upstream::{pool, tls}`, with `io` as the seam under all of it
-//! and `crypto` the only place a TLS config is built.
+//! The data path reads top to bottom: `listener` → `worker` → `relay`
+//! (with `http1` for heads) → `relay::exchange::{h1, h2}` →
+//! `upstream::{connect, pool, h2pool, tls}`, with `io` as the seam under
+//! all of it, `rt` for timers and wake-ups, `fault` for what a failure
+//! means to the Agent, and `crypto` the only place a TLS config is built.
+//! `control` runs the process (start-up, workers, signals, reload, restart
+//! in place); `cli` holds the one-shot commands.
 
 pub mod admin;
 pub mod buffers;
