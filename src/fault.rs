@@ -3,7 +3,7 @@
 //! status the Agent gets (DESIGN §1: a fault of the intake's side or the
 //! relay's is answered 502, 503 or 504, which the Agent retries, never a
 //! 4xx that would make it drop the payload), the metric label
-//! (`fipsrelay_errors_total{cause}`) and the log's `side` field. It names
+//! (`fipsrelay_upstream_errors_total{product,cause}`) and the log's `side` field. It names
 //! no I/O and no error text: the errors that carry a source (the relay's
 //! `relay::error::RelayError`, the upstream's `ConnectError`) classify
 //! themselves with it.

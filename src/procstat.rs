@@ -1,5 +1,5 @@
 //! Reading a process's CPU time and resident memory from /proc, for the
-//! demo and the benches. Linux only; returns 0 when a value can't be read.
+//! demo, the benches and the idle test. Linux only; returns 0 when a value can't be read.
 
 /// User + system CPU time of process `pid`, in microseconds.
 pub fn cpu_us(pid: i32) -> u64 {

@@ -5,7 +5,8 @@
 //! drop), `tasks` (the control thread's runtime: DNS, health checks),
 //! `workers` (the worker threads), `signals` (the signal and admin loop,
 //! the drain), `reload` and `restart` (restart in place, over the
-//! descriptor hand-over in [`handover`]).
+//! descriptor hand-over in [`handover`]), and [`privileges`] (dropping
+//! root to `run.user`).
 //!
 //! This module owns the order of the steps and the start error. It must
 //! never print (the one-shot commands are in `cli`), never touch a

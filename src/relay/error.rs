@@ -3,7 +3,8 @@
 //! decides what the Agent gets (DESIGN §1), through [`crate::fault::Cause`]:
 //! - a fault of the intake's side or the relay's before any answer byte
 //!   went out: 502, 503 or 504, which the Agent retries;
-//! - a request that really is malformed: its 4xx, nothing forwarded;
+//! - a request that really is malformed: its 4xx, nothing forwarded (a
+//!   chunked body found bad on the way: its session is never used again);
 //! - a fault of the Agent's side, or of the intake's after the answer
 //!   started: the connection is closed (the Agent sees a network error and
 //!   retries).

@@ -11,7 +11,8 @@
 //! relay error that decides the status, the metric and the log fields.
 //!
 //! Every fault ends as one of three outcomes: a 4xx for a request that really
-//! is malformed (nothing forwarded), a 502/503/504 the Agent retries when the
+//! is malformed (nothing forwarded, or, for a chunked body found bad on the
+//! way, a session that is never used again), a 502/503/504 the Agent retries when the
 //! upstream side failed before any answer byte was sent, or a closed
 //! connection when the answer was already under way (the Agent sees a network
 //! error and retries). A session that carried a broken exchange is never

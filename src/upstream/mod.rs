@@ -1,6 +1,8 @@
 //! Upstream side: where each intake host lives (the [`Directory`], published
 //! by the control thread, read by workers without locks), how a new session
-//! is opened ([`open_session`]), and the per-worker pool.
+//! is opened ([`open_session`]); a worker's way to a session for an exchange
+//! ([`connect`], with its pool of idle HTTP/1.1 sessions, [`pool`]) and its
+//! HTTP/2 connections ([`h2pool`]).
 //!
 //! Errors record which step failed, because the step decides the status the
 //! Agent gets (DESIGN §1): no address → 503, connect or TLS → 502.

@@ -3,7 +3,7 @@
 //! Owned by one worker (inside a `RefCell`), never shared between threads.
 //! `take` hands out the most recently used session that is still fresh and
 //! passes the liveness check; `give_back` keeps at most `max_idle` per host.
-//! The pool never opens sessions itself: the relay does, on a miss, and
+//! The pool never opens sessions itself: `upstream::connect` does, on a miss, and
 //! hands each session it uses to a [`Lease`].
 //!
 //! The pool also owns the accounting: how many sessions per host are open

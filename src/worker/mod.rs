@@ -1,4 +1,4 @@
-//! A worker: one thread, pinned to one CPU, running its own event loop
+//! A worker: one thread (pinned to one CPU with `workers.pin`, the default), running its own event loop
 //! (io_uring or epoll) with its own listeners, pool, buffers and stats.
 //! Its state ([`WorkerCtx`], in `ctx`) is what the connections it serves
 //! ([`crate::relay`]) borrow; `phase` is the drain it waits for.

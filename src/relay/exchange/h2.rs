@@ -4,9 +4,11 @@
 //! allow, and relays the answer its connection's task filed.
 //!
 //! # Backpressure
-//! A stream's answer bytes wait in its slot until the Agent has taken them;
-//! only then are they released to the intake's flow control, so an Agent
-//! that reads slowly stalls its own stream and no other. A request body is
+//! A stream's answer bytes wait in its slot until the exchange takes them
+//! to write to the Agent; only then are they released to the intake's flow
+//! control, and the next piece is taken only once that write is done, so an
+//! Agent that reads slowly stalls its own stream (one window and one piece
+//! in flight at most) and no other. A request body is
 //! read from the Agent only while the stream's send window has room and
 //! the connection's output is below its bound.
 //!
@@ -247,7 +249,8 @@ async fn await_head<B: Backend>(
 }
 
 /// Relays the answer body as it comes; each piece is released to flow
-/// control once written to the Agent.
+/// control as it is taken to be written to the Agent (the next piece waits
+/// for that write).
 async fn relay_answer<B: Backend>(
     x: &mut Exchange<'_, B>,
     conn: &H2Conn,
