@@ -114,6 +114,8 @@ pub enum UpstreamFault {
     NoStream(usize),
     #[error("the relay is shutting down and its drain timeout passed")]
     Draining,
+    #[error("the intake picked h2 and then http/1.1 by ALPN on every new session")]
+    AlpnFlapping,
     /// The port has no upstream (appsec by default); the route says why.
     #[error("{0}")]
     Unconfigured(&'static str),
@@ -133,7 +135,9 @@ impl UpstreamFault {
             }
             F::Stream { fault, .. } => fault.cause(),
             F::NoAnswer(_) | F::AnswerStalled => Cause::Timeout,
-            F::SwitchedProtocols | F::BadHead(_) | F::BadChunk(_) | F::LengthMismatch { .. } => Cause::BadAnswer,
+            F::SwitchedProtocols | F::AlpnFlapping | F::BadHead(_) | F::BadChunk(_) | F::LengthMismatch { .. } => {
+                Cause::BadAnswer
+            }
             F::QueueFull { .. } | F::NoStream(_) => Cause::Overloaded,
             F::Draining => Cause::Draining,
             F::Unconfigured(_) => Cause::Unconfigured,

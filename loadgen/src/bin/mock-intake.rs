@@ -62,6 +62,9 @@ struct Args {
     /// nginx announces 2147483647).
     #[arg(long)]
     h2_connection_window: Option<u32>,
+    /// Offer only http/1.1 by ALPN (an intake without HTTP/2).
+    #[arg(long)]
+    http1_only: bool,
 }
 
 fn main() -> Result<()> {
@@ -91,6 +94,7 @@ fn main() -> Result<()> {
         h2_max_streams: args.h2_max_streams,
         h2_stream_window: args.h2_stream_window,
         h2_connection_window: args.h2_connection_window,
+        http1_only: args.http1_only,
     };
     let mut mock =
         MockIntake::start(cfg).with_context(|| format!("cannot start the mock intake on {}", args.listen))?;

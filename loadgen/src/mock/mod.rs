@@ -227,6 +227,8 @@ pub struct MockConfig {
     /// (the h2 crate's 65,535 bytes each when `None`).
     pub h2_stream_window: Option<u32>,
     pub h2_connection_window: Option<u32>,
+    /// Offer only `http/1.1` by ALPN (an intake without HTTP/2).
+    pub http1_only: bool,
 }
 
 impl MockConfig {
@@ -241,6 +243,7 @@ impl MockConfig {
             h2_max_streams: None,
             h2_stream_window: None,
             h2_connection_window: None,
+            http1_only: false,
         }
     }
 }
@@ -343,7 +346,8 @@ pub fn server_config(cfg: &MockConfig) -> Result<rustls::ServerConfig, MockConfi
         .with_single_cert(certs, key)?;
     // h2 for clients that offer it (the relay's upstream.protocol h2 or
     // auto); a client that offers no ALPN speaks HTTP/1.1.
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols =
+        if cfg.http1_only { vec![b"http/1.1".to_vec()] } else { vec![b"h2".to_vec(), b"http/1.1".to_vec()] };
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(config)
 }

@@ -15,23 +15,34 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::{AnswerOut, Answered, Exchange};
+use crate::config::UpstreamProtocol;
 use crate::fault::Cause;
 use crate::http1::{self, BodyFraming, ChunkedScanner, ResponseHead};
 use crate::io::{Backend, Stream};
 use crate::relay::downstream::Downstream;
 use crate::relay::error::{AgentFault, RelayError, UpstreamFault, When};
 use crate::relay::IO_BUF;
+use crate::upstream::h2pool::H2Hosts;
 use crate::upstream::pool::{Lease, PooledSession};
 use crate::upstream::proxy::Hop;
 
 type Session<'a, B> = Lease<'a, Hop<<B as Backend>::Stream>>;
 
-/// Relays one request and its answer over HTTP/1.1.
-pub(super) async fn forward<B: Backend>(x: &mut Exchange<'_, B>) -> Result<Answered, RelayError> {
+/// Relays one request and its answer over HTTP/1.1. `Ok(None)`: the
+/// intake picked h2 by ALPN on the new session this request was to take
+/// (`auto`, a host served over HTTP/1.1 until then); that session is now
+/// the host's HTTP/2 connection, and the request, untouched, goes there.
+pub(super) async fn forward<B: Backend>(x: &mut Exchange<'_, B>) -> Result<Option<Answered>, RelayError> {
+    let head_len = x.scratch.len();
     // Body bytes copied in user space on the way (the hotpath bench and
     // `/metrics` report them per forwarded byte).
-    let mut copied = fold_first_bytes(x)?;
-    let mut session = send_head(x).await?;
+    let folded = fold_first_bytes(x)?;
+    let Some(mut session) = send_head(x, folded).await? else {
+        x.scratch.truncate(head_len);
+        *x.body = super::BodyProgress::new(x.head.framing);
+        return Ok(None);
+    };
+    let mut copied = folded as u64;
     if x.head.expect_continue && !x.body.done() {
         x.send_continue().await?;
     }
@@ -44,37 +55,56 @@ pub(super) async fn forward<B: Backend>(x: &mut Exchange<'_, B>) -> Result<Answe
     if complete && !answer.upstream_close {
         session.give_back(Instant::now());
     }
-    Ok(Answered { status: answer.status, keep_alive: !answer.client.close })
+    Ok(Some(Answered { status: answer.status, keep_alive: !answer.client.close }))
 }
 
 /// The body bytes that came with the head ride in the same TLS record and
-/// write as the head (one upstream write for a typical Agent request).
-fn fold_first_bytes<B: Backend>(x: &mut Exchange<'_, B>) -> Result<u64, RelayError> {
+/// write as the head (one upstream write for a typical Agent request):
+/// copied after it into `scratch`, and left in the Agent buffer until
+/// [`send_head`] consumes them.
+fn fold_first_bytes<B: Backend>(x: &mut Exchange<'_, B>) -> Result<usize, RelayError> {
     if x.head.expect_continue {
         return Ok(0);
     }
     let n = x.body.take(x.down.filled(), IO_BUF, x.ctx.config.max_body_bytes)?;
     x.scratch.extend_from_slice(&x.down.filled()[..n]);
-    x.down.consume(n);
-    Ok(n as u64)
+    Ok(n)
 }
 
-/// Sends the head on a pooled session first; if that one turns out dead
-/// before any byte was written, once more on a fresh session.
-async fn send_head<'a, B: Backend>(x: &mut Exchange<'a, B>) -> Result<Session<'a, B>, RelayError> {
+/// Sends the head (with the `folded` body bytes) on a pooled session
+/// first; if that one turns out dead before any byte was written, once
+/// more on a fresh session. `None`: a fresh session picked h2 by ALPN and
+/// went to the host's HTTP/2 connections; nothing was sent or consumed.
+async fn send_head<'a, B: Backend>(
+    x: &mut Exchange<'a, B>,
+    folded: usize,
+) -> Result<Option<Session<'a, B>>, RelayError> {
     let ctx = x.ctx;
     let mut allow_pooled = true;
     loop {
         let (mut s, reused) = ctx.upstream.acquire(&ctx.stats, x.offset, x.upstream, allow_pooled).await?;
-        match write_upstream(&mut s, x.scratch, ctx.config.response_timeout).await {
-            Ok(()) => return Ok(s),
+        if !reused && s.session.is_h2() && ctx.config.protocol != UpstreamProtocol::Http1 {
+            H2Hosts::adopt(&ctx.h2, &ctx.upstream, x.upstream, s.detach());
+            return Ok(None);
+        }
+        let written = write_upstream(&mut s, x.scratch, ctx.config.response_timeout).await;
+        match written {
             Err(e) if reused && allow_pooled => {
                 tracing::debug!(upstream = ctx.upstream_host(x.upstream), error = %e, "pooled session dead on first write; retrying on a new one");
                 // Dropped: closed and counted closed.
                 drop(s);
                 allow_pooled = false;
             }
-            Err(fault) => return Err(fault.at(s.addr)),
+            // Consumed whether or not the write worked: `body` counted them,
+            // and a drain after a failure must not read them again.
+            Err(fault) => {
+                x.down.consume(folded);
+                return Err(fault.at(s.addr));
+            }
+            Ok(()) => {
+                x.down.consume(folded);
+                return Ok(Some(s));
+            }
         }
     }
 }

@@ -77,15 +77,25 @@ impl<B: Backend> Exchange<'_, B> {
     }
 }
 
-/// Relays one request and its answer over the protocol the intake speaks.
+/// Relays one request and its answer over the protocol the intake speaks:
+/// the one ALPN chose on the session that carries it.
 pub(super) async fn forward<B: Backend>(x: &mut Exchange<'_, B>) -> Result<Answered, RelayError> {
-    if x.ctx.config.protocol != UpstreamProtocol::Http1 {
+    let h2_allowed = x.ctx.config.protocol != UpstreamProtocol::Http1;
+    // An `auto` host whose intake changes its mind (h2 on, then off) takes
+    // a round or two; a third would be an intake that flips on every session.
+    for _ in 0..3 {
         // HTTP/2 to the intake, unless it picked HTTP/1.1 by ALPN (auto).
-        if let Some(done) = h2::forward(x).await? {
+        if h2_allowed {
+            if let Some(done) = h2::forward(x).await? {
+                return Ok(done);
+            }
+        }
+        // HTTP/1.1, unless a new session picked h2 (then HTTP/2 again).
+        if let Some(done) = h1::forward(x).await? {
             return Ok(done);
         }
     }
-    h1::forward(x).await
+    Err(UpstreamFault::AlpnFlapping.into())
 }
 
 /// Where a request body stands: how much is left, or the chunked scanner.

@@ -25,6 +25,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::connect::{ConnectError, Connector};
+use super::pool::PooledSession;
+use super::proxy::Hop;
 use crate::config::UpstreamProtocol;
 use crate::fault::Cause;
 use crate::h2::conn::{Conn, LocalSettings};
@@ -236,7 +238,30 @@ impl H2Hosts {
             lease.give_back(Instant::now());
             return Ok(Pick::Http1);
         }
-        let session = lease.detach();
+        Ok(Pick::H2(Self::start(hosts, up, upstream, lease.detach())))
+    }
+
+    /// A new session on which the intake picked h2 by ALPN while the host
+    /// was served over HTTP/1.1 (`auto`): the host speaks HTTP/2 again, and
+    /// the session becomes one of its connections.
+    pub fn adopt<B: Backend>(
+        hosts: &RefCell<H2Hosts>,
+        up: &Connector<B>,
+        upstream: UpstreamId,
+        session: PooledSession<Hop<B::Stream>>,
+    ) {
+        hosts.borrow_mut().http1_until[upstream] = None;
+        tracing::info!(upstream = up.host(upstream), "the intake picked h2 by ALPN again; its requests go over HTTP/2");
+        Self::start(hosts, up, upstream, session);
+    }
+
+    /// Makes `session` a connection of host `upstream` and starts its task.
+    fn start<B: Backend>(
+        hosts: &RefCell<H2Hosts>,
+        up: &Connector<B>,
+        upstream: UpstreamId,
+        session: PooledSession<Hop<B::Stream>>,
+    ) -> Rc<H2Conn> {
         let cfg = &up.config;
         let local = LocalSettings {
             stream_window: cfg.h2_stream_window,
@@ -250,7 +275,7 @@ impl H2Hosts {
         let timeouts =
             Timeouts { write: cfg.response_timeout, idle: cfg.upstream_idle_timeout, ping: cfg.connect_timeout };
         crate::rt::spawn(drive(conn.clone(), session, timeouts));
-        Ok(Pick::H2(conn))
+        conn
     }
 }
 
