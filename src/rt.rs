@@ -122,15 +122,19 @@ impl Signal {
     /// Wakes every task waiting on this signal.
     pub fn notify(&self) {
         self.count.set(self.count.get() + 1);
-        // Taken out first: a woken waker may run code that waits again.
-        let mut woken = Vec::new();
-        for w in self.waiters.borrow_mut().iter_mut() {
-            if let Some(w) = w.take() {
-                woken.push(w);
+        // One at a time, out of the borrow: a woken waker may run code that
+        // waits again (no allocation either way).
+        let mut k = 0;
+        loop {
+            let next = {
+                let mut waiters = self.waiters.borrow_mut();
+                let Some(slot) = waiters.get_mut(k) else { break };
+                slot.take()
+            };
+            if let Some(w) = next {
+                w.wake();
             }
-        }
-        for w in woken {
-            w.wake();
+            k += 1;
         }
     }
 

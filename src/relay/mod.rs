@@ -58,6 +58,7 @@ struct ConnGuard<'a, B: Backend> {
 impl<B: Backend> Drop for ConnGuard<'_, B> {
     fn drop(&mut self) {
         self.ctx.connections.set(self.ctx.connections.get() - 1);
+        self.ctx.touch();
         self.ctx.stats.borrow_mut().product(self.offset).open_connections -= 1;
     }
 }
@@ -86,6 +87,7 @@ impl Outcome {
 pub async fn serve<B: Backend>(ctx: Rc<WorkerCtx<B>>, io: B::Stream, offset: u16, peer: SocketAddr) {
     let _ = io.set_nodelay();
     ctx.connections.set(ctx.connections.get() + 1);
+    ctx.touch();
     ctx.stats.borrow_mut().product(offset).open_connections += 1;
     let _guard = ConnGuard { ctx: &ctx, offset };
     if ctx.connections.get() > ctx.config.max_connections {
@@ -193,6 +195,7 @@ async fn serve_one<B: Backend>(
     };
     down.consume(head.head_len);
     ctx.in_flight.set(ctx.in_flight.get() + 1);
+    ctx.touch();
     let req = Request { ctx, offset, peer, head: &head };
     let outcome = match &ctx.routes.routes[offset as usize] {
         ProductRoute::Status => answer_status(ctx, down, &head, scratch, peer).await,
@@ -210,6 +213,7 @@ async fn serve_one<B: Backend>(
         }
     };
     ctx.in_flight.set(ctx.in_flight.get() - 1);
+    ctx.touch();
     outcome
 }
 

@@ -199,8 +199,10 @@ pub fn log_transition(directory: &Directory, id: usize, addr: SocketAddr, t: Tra
     }
 }
 
-/// How often the checker looks for addresses whose check is due.
-pub const CHECK_TICK: Duration = Duration::from_millis(100);
+/// An up address whose check is due this soon is checked with those due
+/// now: the addresses' checks fall together, so that the checker wakes
+/// about once per `health.interval`, not once per address.
+const BATCH_SLACK_MS: u64 = 1000;
 
 /// The active checker's clock: ms since it started.
 pub struct Checker {
@@ -218,16 +220,38 @@ impl Checker {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// Runs forever: every [`CHECK_TICK`], checks the addresses that are due
-    /// (all at once), so an up address is checked every `health.interval`
-    /// and a down one from `health.down_interval` on, doubling.
+    /// Runs forever: checks the addresses that are due (all at once), so an
+    /// up address is checked every `health.interval` and a down one from
+    /// `health.down_interval` on, doubling; in between it sleeps until the
+    /// next check is due, or until [`Directory::health_wake`] says one came
+    /// sooner.
     pub async fn run(self, directory: Arc<Directory>, tls: Arc<ClientConfig>, server_names: Vec<String>) {
-        let mut tick = tokio::time::interval(CHECK_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let woken = directory.health_wake.notified();
+            tokio::pin!(woken);
+            // Armed before the check: a reschedule during it is not missed.
+            woken.as_mut().enable();
             self.check_due(&directory, &tls, &server_names).await;
+            match self.next_due(&directory, server_names.len()) {
+                Some(at) => {
+                    let wait = Duration::from_millis(at.saturating_sub(self.now_ms()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = woken => {}
+                    }
+                }
+                None => woken.await,
+            }
         }
+    }
+
+    /// When the next check is due (checker clock), if any address has one.
+    fn next_due(&self, directory: &Directory, hosts: usize) -> Option<u64> {
+        (0..hosts.min(directory.len()))
+            .flat_map(|id| {
+                directory.get(id).endpoints.iter().map(|e| e.next_check_ms.load(Ordering::Relaxed)).collect::<Vec<_>>()
+            })
+            .min()
     }
 
     /// Starts a check of every address whose check is due, each as its own
@@ -239,7 +263,8 @@ impl Checker {
         let policy = directory.health;
         let now = self.now_ms();
         for (id, server_name) in server_names.iter().enumerate().take(directory.len()) {
-            for endpoint in directory.get(id).endpoints.iter().filter(|e| e.check_due(now)).cloned() {
+            let due = |e: &&Arc<Endpoint>| e.check_due(now) || (e.is_up() && e.check_due(now + BATCH_SLACK_MS));
+            for endpoint in directory.get(id).endpoints.iter().filter(due).cloned() {
                 // Not due again before this check reschedules it, or, failing
                 // that, one interval from now.
                 endpoint.next_check_ms.store(now + policy.interval.as_millis() as u64, Ordering::Relaxed);
@@ -262,6 +287,7 @@ impl Checker {
                         }
                     }
                     endpoint.schedule_next(start.elapsed().as_millis() as u64, &policy);
+                    directory.health_wake.notify_one();
                 });
             }
         }

@@ -59,6 +59,10 @@ pub struct Directory {
     /// The egress proxy, if any, and which hosts go through it (`no_proxy`).
     proxy: Option<Arc<Proxy>>,
     via_proxy: Vec<bool>,
+    /// Wakes the health checker when a check became due sooner than it
+    /// planned (an address went down on the data path, new addresses, a
+    /// check rescheduled): it sleeps until the next check otherwise.
+    pub health_wake: tokio::sync::Notify,
     /// The intake's TLS port (the CONNECT target's port).
     port: u16,
 }
@@ -137,6 +141,7 @@ impl Directory {
             proxy: None,
             via_proxy: routes.upstreams.iter().map(|_| false).collect(),
             port: crate::config::DEFAULT_UPSTREAM_PORT,
+            health_wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -331,6 +336,8 @@ impl Directory {
             }
         };
         self.entries[id].store(Arc::new(next));
+        // New addresses are due for a check now.
+        self.health_wake.notify_one();
     }
 
     /// A connect or handshake to `endpoint` failed on the data path: it
@@ -338,6 +345,8 @@ impl Directory {
     pub fn connect_failed(&self, id: UpstreamId, endpoint: &Endpoint, error: &OpenError) {
         if let Some(t) = endpoint.failed(&self.health) {
             health::log_transition(self, id, endpoint.addr, t, &health::reason(error));
+            // Down: checked again from health.down_interval on.
+            self.health_wake.notify_one();
         }
     }
 }

@@ -108,6 +108,13 @@ impl<S: Stream> Pool<S> {
         n
     }
 
+    /// When the oldest idle session passes the idle timeout (the next
+    /// [`Pool::sweep`] with something to do), if any session is idle.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        // Each stack is ordered by `since`: its first is its oldest.
+        self.idle.iter().filter_map(|s| s.first()).map(|i| i.since + self.idle_timeout).min()
+    }
+
     pub fn idle_count(&self, id: UpstreamId) -> usize {
         self.idle[id].len()
     }

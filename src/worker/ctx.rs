@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::io::Backend;
 use crate::metrics::{StatsHub, WorkerStats};
 use crate::route::{RouteTable, UpstreamId};
+use crate::rt::Signal;
 use crate::status::StatusInfo;
 use crate::upstream::connect::Connector;
 use crate::upstream::h2pool::H2Hosts;
@@ -40,6 +41,10 @@ pub struct WorkerCtx<B: Backend> {
     /// Requests between a complete head and a complete answer.
     pub in_flight: Cell<usize>,
     pub connections: Cell<usize>,
+    /// Something the stats show changed since the last publish (a
+    /// connection, a request); the housekeeping task sleeps until it does.
+    touched: Cell<bool>,
+    activity: Signal,
     /// Idle Agent connections for the next process (restart in place only).
     pub handed_over: Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>,
 }
@@ -73,6 +78,8 @@ impl<B: Backend> WorkerCtx<B> {
             phase,
             in_flight: Cell::new(0),
             connections: Cell::new(0),
+            touched: Cell::new(false),
+            activity: Signal::default(),
             handed_over,
         }
     }
@@ -100,6 +107,26 @@ impl<B: Backend> WorkerCtx<B> {
     /// Resolves once draining starts.
     pub(crate) async fn drain_started(&self) {
         self.local_phase.draining().await;
+    }
+
+    /// Marks the worker's stats changed (a connection opened or closed, a
+    /// request came): the next publish is due. Only the first mark after a
+    /// publish wakes the housekeeping task.
+    pub fn touch(&self) {
+        if !self.touched.replace(true) {
+            self.activity.notify();
+        }
+    }
+
+    /// Resolves once [`WorkerCtx::touch`] was called since the last
+    /// [`WorkerCtx::untouch`].
+    pub async fn touched(&self) {
+        self.activity.wait_for(|| self.touched.get().then_some(())).await
+    }
+
+    /// The stats are about to be published: the next change marks again.
+    pub fn untouch(&self) {
+        self.touched.set(false);
     }
 
     pub(crate) fn upstream_host(&self, id: UpstreamId) -> &str {

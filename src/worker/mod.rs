@@ -135,12 +135,25 @@ async fn drain_started<B: Backend>(ctx: &WorkerCtx<B>) {
     ctx.local_phase.draining().await;
 }
 
-/// Publishes stats and sweeps idle sessions a few times a second.
+/// Publishes stats and sweeps idle sessions: at most every
+/// [`PUBLISH_INTERVAL`] while the worker is busy, and not at all while
+/// nothing happens (the thread sleeps), but for an idle pooled session's
+/// expiry.
 async fn housekeeping<B: Backend>(ctx: Rc<WorkerCtx<B>>) {
-    let mut next = Instant::now();
     loop {
-        crate::rt::sleep_until(next).await;
-        next = (next + PUBLISH_INTERVAL).max(Instant::now());
+        let expiry = ctx.upstream.pool.borrow().next_expiry();
+        match expiry {
+            Some(at) => {
+                tokio::select! {
+                    _ = ctx.touched() => {}
+                    _ = crate::rt::sleep_until(at) => {}
+                }
+            }
+            None => ctx.touched().await,
+        }
+        // What else happens in the next interval goes in the same publish.
+        crate::rt::sleep(PUBLISH_INTERVAL).await;
+        ctx.untouch();
         ctx.upstream.pool.borrow_mut().sweep(Instant::now());
         publish(&ctx);
     }

@@ -82,7 +82,16 @@ async fn send_head<'a, B: Backend>(
     let ctx = x.ctx;
     let mut allow_pooled = true;
     loop {
-        let (mut s, reused) = ctx.upstream.acquire(&ctx.stats, x.offset, x.upstream, allow_pooled).await?;
+        let acquired = ctx.upstream.acquire(&ctx.stats, x.offset, x.upstream, allow_pooled).await;
+        let (mut s, reused) = match acquired {
+            Ok(got) => got,
+            Err(e) => {
+                // `body` counted the folded bytes: off the Agent buffer, so a
+                // drain after the failure does not read them again.
+                x.down.consume(folded);
+                return Err(e.into());
+            }
+        };
         if !reused && s.session.is_h2() && ctx.config.protocol != UpstreamProtocol::Http1 {
             H2Hosts::adopt(&ctx.h2, &ctx.upstream, x.upstream, s.detach());
             return Ok(None);
