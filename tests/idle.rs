@@ -40,7 +40,7 @@ both_backends!(ten_thousand_idle_connections_are_cheap_and_served, |io: &str| {
     );
     // Warm up the upstream pool, then take the baseline.
     assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"warm").status, 202);
-    std::thread::sleep(Duration::from_millis(300));
+    relay.wait_idle("metrics");
     let base = fipsrelay::procstat::rss_kib(relay.pid());
 
     let mut clients: Vec<Client> = (0..n).map(|_| relay.connect(1)).collect();
@@ -65,7 +65,9 @@ both_backends!(ten_thousand_idle_connections_are_cheap_and_served, |io: &str| {
         let r = c.read_response(false).unwrap_or_else(|e| panic!("connection {i}: {e}"));
         assert_eq!(r.status, 202, "connection {i}: {}", String::from_utf8_lossy(&r.body));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Every answer is out; the relay's work on them is done once it has
+    // counted each request.
+    relay.wait_metric("fipsrelay_requests_total{product=\"metrics\",class=\"2xx\"}", |v| v >= (n + 1) as f64);
     let idle_after = fipsrelay::procstat::rss_kib(relay.pid());
     let per_conn = |kib: u64| (kib.saturating_sub(base) as f64 * 1024.0 / n as f64) as u64;
     eprintln!(
