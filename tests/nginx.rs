@@ -94,7 +94,14 @@ fn start_nginx_with(dir: &Path, pki: &TestPki, protocol: &str, http2: bool, keep
             .spawn()
             .expect("spawn nginx");
         let mut nginx = Nginx { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), access_log };
-        if eventually(Duration::from_secs(5), || std::net::TcpStream::connect(nginx.addr).is_ok()) {
+        // Ready: nginx's own process listens on both ports (nginx cannot bind
+        // :0, so they were free a moment ago and may have been taken since:
+        // then it exits, and the next attempt takes other ones).
+        let pid = nginx.child.id() as i32;
+        if eventually(Duration::from_secs(5), || {
+            (listens_on(pid, port) && listens_on(pid, sink)) || nginx.child.try_wait().unwrap().is_some()
+        }) && nginx.child.try_wait().unwrap().is_none()
+        {
             return nginx;
         }
         let _ = nginx.child.kill();

@@ -122,15 +122,14 @@ both_protocols!(sigterm_during_a_restart_in_place_stops_instead, |protocol: Prot
     assert_eq!(log.matches("fipsrelay starting").count(), 1, "nothing was exec'd: {log}");
 });
 
-#[test]
-fn restart_in_place_can_switch_the_io_backend_and_keep_idle_connections() {
+both_protocols!(restart_in_place_can_switch_the_io_backend_and_keep_idle_connections, |protocol: Protocol| {
     if skip_uring() || fipsrelay::io::probe_uring().is_err() {
         eprintln!("io_uring unavailable: skipping");
         return;
     }
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
-    let relay = Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, "");
+    let relay = Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, &protocol.with(""));
     let config = relay.log_path.with_extension("toml");
     let mut idle = relay.connect(1);
     assert_eq!(idle.request("POST", "/api/v2/series", &[], b"0").status, 202);
@@ -150,7 +149,7 @@ fn restart_in_place_can_switch_the_io_backend_and_keep_idle_connections() {
         assert_eq!(idle.request("POST", "/api/v2/series", &[], b"1").status, 202, "{}", relay.log());
     }
     assert_eq!(intake.mock.stats().requests, 3);
-}
+});
 
 both_backends_both_protocols!(root_drops_to_run_user_and_keeps_serving, |io: &str, protocol: Protocol| {
     if unsafe { libc::geteuid() } != 0 {
@@ -188,8 +187,7 @@ fn unknown_run_user_fails_the_start() {
     }
 }
 
-#[test]
-fn restart_in_place_after_dropping_root_keeps_the_admin_token() {
+both_protocols!(restart_in_place_after_dropping_root_keeps_the_admin_token, |protocol: Protocol| {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("not root: privilege drop not testable here");
         return;
@@ -197,7 +195,8 @@ fn restart_in_place_after_dropping_root_keeps_the_admin_token() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
-    let relay = Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, "run.user = \"nobody\"");
+    let relay =
+        Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, &protocol.with("run.user = \"nobody\""));
     // The packaged layout: config and CA readable by run.user, the token root's alone.
     let config = relay.log_path.with_extension("toml");
     for (p, mode) in [(dir.path(), 0o755), (config.as_path(), 0o644), (intake.ca_file.as_path(), 0o644)] {
@@ -225,4 +224,4 @@ fn restart_in_place_after_dropping_root_keeps_the_admin_token() {
     let r = relay.request(0, "PUT", "/admin/log-level", &[("Authorization", &bearer)], b"info");
     assert_eq!(r.status, 200, "{}\n{}", String::from_utf8_lossy(&r.body), relay.log());
     assert!(!relay.log().contains(&token), "the token reached the log");
-}
+});
