@@ -29,10 +29,11 @@ fn text(r: &Response) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
-both_backends!(admin_api_end_to_end, |io: &str| {
+both_backends_both_protocols!(admin_api_end_to_end, |io: &str, protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
-    let mut relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "shutdown.drain_timeout = \"2s\"");
+    let mut relay =
+        Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, &protocol.with("shutdown.drain_timeout = \"2s\""));
 
     // The token file was created, 0600, with a 32-byte hex token.
     let mode = std::fs::metadata(dir.path().join("admin.token")).unwrap().permissions().mode();
@@ -174,13 +175,13 @@ fn a_loose_token_file_stops_the_start() {
     assert!(log.contains("admin.token_file") && log.contains("cannot be created"), "{log}");
 }
 
-#[test]
-fn admin_disabled_answers_404_and_touches_no_token_file() {
+both_protocols!(admin_disabled_answers_404_and_touches_no_token_file, |protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
-    let relay = Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, "admin.enabled = false");
+    let relay =
+        Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, &protocol.with("admin.enabled = false"));
     assert!(!dir.path().join("admin.token").exists());
     let r = relay.request(0, "POST", "/admin/drain", &[("Authorization", "Bearer whatever-token-0123")], b"");
     assert_eq!(r.status, 404, "{}", text(&r));
     assert_eq!(relay.request(0, "GET", "/health", &[], b"").status, 200);
-}
+});

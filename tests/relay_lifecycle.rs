@@ -83,13 +83,12 @@ both_backends_both_protocols!(drain_timeout_answers_503, |io: &str, protocol: Pr
     assert!(status.success(), "exit status {status}");
 });
 
-#[test]
-fn drain_closes_the_listeners_at_once() {
+both_protocols!(drain_closes_the_listeners_at_once, |protocol: Protocol| {
     // A request in flight keeps the drain going; meanwhile new connects are
     // refused instead of queueing where nobody will accept them.
     let dir = TestDir::new();
     let InFlight { intake: _intake, mut relay, answer: in_flight } =
-        request_in_flight(dir.path(), "epoll", Duration::from_millis(1500), "");
+        request_in_flight(dir.path(), "epoll", Duration::from_millis(1500), &protocol.with(""));
     let addr = relay.addr(1);
     unsafe { libc::kill(relay.pid(), libc::SIGTERM) };
     assert!(eventually(Duration::from_secs(5), || relay.log().contains("stopping: no new connections")));
@@ -102,7 +101,7 @@ fn drain_closes_the_listeners_at_once() {
     assert!(!in_flight.is_finished(), "the drain ended before the listeners closed");
     assert_eq!(in_flight.join().unwrap().status, 202);
     assert!(relay.wait_exit(Duration::from_secs(10)).success());
-}
+});
 
 both_protocols!(sigterm_during_a_restart_in_place_stops_instead, |protocol: Protocol| {
     let dir = TestDir::new();

@@ -1,8 +1,7 @@
 //! Bounds toward the Agent: connections beyond `limits.max_connections` get
 //! 503 at once, a slow head gets 408, an Agent that stops reading is dropped
-//! after the idle timeout, and running out of descriptors backs off. Each
-//! runs on both I/O backends; the stalled answer, which crosses the
-//! upstream's flow control, on both upstream protocols too.
+//! after the idle timeout, and running out of descriptors backs off.
+//! Every scenario runs on both I/O backends and both upstream protocols.
 
 mod common;
 
@@ -10,11 +9,16 @@ use std::time::Duration;
 
 use common::*;
 
-both_backends!(connections_beyond_the_limit_get_503_not_a_queue, |io: &str| {
+both_backends_both_protocols!(connections_beyond_the_limit_get_503_not_a_queue, |io: &str, protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
-    let relay =
-        Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "workers.threads = 1\nlimits.max_connections = 2");
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        &protocol.with("workers.threads = 1\nlimits.max_connections = 2"),
+    );
     let mut a = relay.connect(1);
     let mut b = relay.connect(1);
     assert_eq!(a.request("POST", "/api/v2/series", &[], b"a").status, 202);
@@ -32,10 +36,16 @@ both_backends!(connections_beyond_the_limit_get_503_not_a_queue, |io: &str| {
     assert_eq!(b.request("POST", "/api/v2/series", &[], b"e").status, 202);
 });
 
-both_backends!(slowloris_head_gets_408_within_header_timeout, |io: &str| {
+both_backends_both_protocols!(slowloris_head_gets_408_within_header_timeout, |io: &str, protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
-    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "limits.header_timeout = \"700ms\"");
+    let relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        &protocol.with("limits.header_timeout = \"700ms\""),
+    );
     let mut c = relay.connect(1);
     c.write_raw(b"POST /api/v2/series HTTP/1.1\r\n");
     let started = std::time::Instant::now();
@@ -96,10 +106,10 @@ fn cpu_seconds(pid: i32) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-both_backends!(emfile_on_accept_backs_off_with_one_line_and_recovers, |io: &str| {
+both_backends_both_protocols!(emfile_on_accept_backs_off_with_one_line_and_recovers, |io: &str, protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
-    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "workers.threads = 1");
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, &protocol.with("workers.threads = 1"));
     let pid = relay.pid();
     // No descriptor left for the relay: the soft limit below what it holds
     // now (at exactly that, one that frees up now and then lets an accept

@@ -177,8 +177,7 @@ both_backends_both_protocols!(all_addresses_down_answers_503_at_once, |io: &str,
     );
 });
 
-#[test]
-fn health_checks_disabled_never_mark_down() {
+both_protocols!(health_checks_disabled_never_mark_down, |protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
     let dead = refused_addr();
@@ -187,7 +186,7 @@ fn health_checks_disabled_never_mark_down() {
         "epoll",
         dead,
         &intake.ca_file,
-        "health.enabled = false\nhealth.interval = \"100ms\"\nhealth.fall = 1",
+        &protocol.with("health.enabled = false\nhealth.interval = \"100ms\"\nhealth.fall = 1"),
     );
     // The stimulus: four check intervals in which no check may run.
     std::thread::sleep(Duration::from_millis(400));
@@ -195,7 +194,7 @@ fn health_checks_disabled_never_mark_down() {
         assert_eq!(post_series(&relay), 502);
     }
     assert!(!relay.log().contains("is DOWN"), "{}", relay.log());
-}
+});
 
 /// Every upstream host the default config uses.
 fn upstream_hosts() -> Vec<String> {
