@@ -190,10 +190,21 @@ impl Intake {
         self.mock.addr()
     }
 
-    /// Another mock intake at `listen`, serving the same certificate.
+    /// Another mock intake at `listen`, serving the same certificate. A
+    /// port that was free or just given up may be held for a moment by a
+    /// connection that took it as its ephemeral port: the bind is tried
+    /// again for up to 5 s.
     pub fn sibling(&self, listen: SocketAddr) -> MockIntake {
         let cfg = MockConfig::new(listen, self.pki.leaf_cert_pem.clone(), self.pki.leaf_key_pem.clone());
-        MockIntake::start(cfg).unwrap_or_else(|e| panic!("mock intake on {listen}: {e}"))
+        let mut started = MockIntake::start(cfg.clone());
+        eventually(Duration::from_secs(5), || match &started {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                started = MockIntake::start(cfg.clone());
+                started.is_ok()
+            }
+            _ => true,
+        });
+        started.unwrap_or_else(|e| panic!("mock intake on {listen}: {e}"))
     }
 }
 
