@@ -6,7 +6,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -30,10 +29,11 @@ fn text(r: &Response) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
-both_backends!(admin_api_end_to_end, |io: &str| {
+both_backends_both_protocols!(admin_api_end_to_end, |io: &str, protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
-    let mut relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "shutdown.drain_timeout = \"2s\"");
+    let mut relay =
+        Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, &protocol.with("shutdown.drain_timeout = \"2s\""));
 
     // The token file was created, 0600, with a 32-byte hex token.
     let mode = std::fs::metadata(dir.path().join("admin.token")).unwrap().permissions().mode();
@@ -131,41 +131,25 @@ both_backends!(admin_api_end_to_end, |io: &str| {
     assert!(!log.contains(&token) && !log.contains(wrong), "a token reached the log: {log}");
 });
 
-/// A free-looking 16-port base away from the harness's range.
-fn base_for(attempt: u32) -> u16 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    45000 + ((nanos / 1000 + std::process::id() * 31 + attempt * 977) % 1200) as u16 * 16
-}
-
 /// Runs `fipsrelay run` with the harness config plus `extra`; returns its
-/// exit status and stderr once it exits, or None when it started (then killed).
+/// exit status and stderr once it exits, or None when it started (then
+/// killed). A start that fails because another process took one of its
+/// ports is tried again on another range.
 fn start_once(dir: &Path, intake: &Intake, extra: &str) -> (Option<std::process::ExitStatus>, String) {
-    for attempt in 0..20 {
-        let config = dir.join("once.toml");
-        std::fs::write(&config, render_config(base_for(attempt), "epoll", intake.addr(), &intake.ca_file, extra))
-            .unwrap();
-        let mut child = Command::new(relay_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("once.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut exit = None;
-        let started = eventually(Duration::from_secs(20), || {
-            exit = child.try_wait().unwrap();
-            exit.is_some() || std::fs::read_to_string(dir.join("once.log")).unwrap().contains("fipsrelay ready")
-        });
-        assert!(started, "neither started nor failed");
-        let log = std::fs::read_to_string(dir.join("once.log")).unwrap();
-        if exit.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-            return (None, log);
-        }
-        if !log.contains("Address already in use") {
-            return (exit, log);
+    let (config, log) = (dir.join("once.toml"), dir.join("once.log"));
+    for _ in 0..20 {
+        let base = free_range();
+        std::fs::write(&config, render_config(base, "epoll", intake.addr(), &intake.ca_file, extra)).unwrap();
+        let started = spawn_relay(&config, &log, base, &[], Duration::from_secs(20));
+        let text = std::fs::read_to_string(&log).unwrap();
+        match started {
+            Started::Ready(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (None, text);
+            }
+            Started::Exited(_) if !range_is_free(base) => continue,
+            Started::Exited(status) => return (Some(status), text),
         }
     }
     panic!("no free port range found");
@@ -191,13 +175,13 @@ fn a_loose_token_file_stops_the_start() {
     assert!(log.contains("admin.token_file") && log.contains("cannot be created"), "{log}");
 }
 
-#[test]
-fn admin_disabled_answers_404_and_touches_no_token_file() {
+both_protocols!(admin_disabled_answers_404_and_touches_no_token_file, |protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
-    let relay = Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, "admin.enabled = false");
+    let relay =
+        Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, &protocol.with("admin.enabled = false"));
     assert!(!dir.path().join("admin.token").exists());
     let r = relay.request(0, "POST", "/admin/drain", &[("Authorization", "Bearer whatever-token-0123")], b"");
     assert_eq!(r.status, 404, "{}", text(&r));
     assert_eq!(relay.request(0, "GET", "/health", &[], b"").status, 200);
-}
+});

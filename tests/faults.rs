@@ -3,7 +3,11 @@
 //! saw matches exactly one byte-identical body at the intake; every failure
 //! the relay itself produced is 502, 503 or 504 (statuses the Agent
 //! retries); the intake's own 4xx/5xx pass through unchanged; and the relay
-//! keeps serving afterwards with its memory back near its baseline.
+//! keeps serving afterwards with its memory back near its baseline. The
+//! exact status for each fault, one request at a time, is the table in
+//! tests/agent_contract.rs (DESIGN §1); here the same faults run under load.
+//! Every scenario runs on both I/O backends and both upstream protocols,
+//! except the HTTP/2 faults at the end, which pin `h2`.
 //!
 //! Needs the workspace's `loadgen` binary beside `fipsrelay`
 //! (`cargo build --workspace`; scripts/test.sh does it).
@@ -83,131 +87,142 @@ fn rss_kib(pid: i32) -> u64 {
     fipsrelay::procstat::rss_kib(pid)
 }
 
-both_backends!(fault_matrix_loses_nothing_and_answers_retryable_statuses, |io: &str| {
-    let dir = TestDir::new();
-    let mut intake = Intake::start(dir.path());
-    let relay = Relay::start(
-        dir.path(),
-        io,
-        intake.addr(),
-        &intake.ca_file,
-        "upstream.response_timeout = \"400ms\"\nupstream.connect_timeout = \"300ms\"\nworkers.threads = 1\n\
+both_backends_both_protocols!(
+    fault_matrix_loses_nothing_and_answers_retryable_statuses,
+    |io: &str, protocol: Protocol| {
+        let dir = TestDir::new();
+        let mut intake = Intake::start(dir.path());
+        let relay = Relay::start(
+            dir.path(),
+            io,
+            intake.addr(),
+            &intake.ca_file,
+            &protocol.with(
+                "upstream.response_timeout = \"400ms\"\nupstream.connect_timeout = \"300ms\"\nworkers.threads = 1\n\
          health.enabled = true\nhealth.interval = \"200ms\"\nhealth.timeout = \"300ms\"",
-    );
-    let port = relay.port(1);
-    // Baseline: clean run, then the memory reference.
-    let clean = verified_load(dir.path(), &intake, port, "700ms", 8);
-    assert_verified(&clean, "no fault");
-    assert_eq!(statuses(&clean), vec![202], "{}", clean["status"]);
-    assert!(clean["ok"].as_u64().unwrap() > 50, "{}", clean["ok"]);
-    let baseline = rss_kib(relay.pid());
+            ),
+        );
+        let port = relay.port(1);
+        // Baseline: clean run, then the memory reference.
+        let clean = verified_load(dir.path(), &intake, port, "700ms", 8);
+        assert_verified(&clean, "no fault");
+        assert_eq!(statuses(&clean), vec![202], "{}", clean["status"]);
+        assert!(clean["ok"].as_u64().unwrap() > 50, "{}", clean["ok"]);
+        let baseline = rss_kib(relay.pid());
 
-    let relay_made = [502u16, 503, 504];
-    for (name, behavior) in [
-        ("reset after request", Behavior { fault: Fault::ResetAfterRequest, ..Behavior::default() }),
-        ("reset mid-request", Behavior { fault: Fault::ResetMidRequest, ..Behavior::default() }),
-        ("close mid-answer", Behavior { fault: Fault::CloseMidAnswer, ..Behavior::default() }),
-        ("close after head", Behavior { fault: Fault::CloseAfterHead, ..Behavior::default() }),
-        (
-            "answer slower than response_timeout",
-            Behavior { fault: Fault::SlowAnswer(Duration::from_millis(900)), ..Behavior::default() },
-        ),
-    ] {
-        intake.mock.set_behavior(behavior);
-        let report = verified_load(dir.path(), &intake, port, "700ms", 8);
-        assert_verified(&report, name);
-        for s in statuses(&report) {
-            assert!(
-                relay_made.contains(&s),
-                "{name}: the relay answered {s}; faults must become 502/503/504: {}",
+        let relay_made = [502u16, 503, 504];
+        for (name, behavior) in [
+            ("reset after request", Behavior { fault: Fault::ResetAfterRequest, ..Behavior::default() }),
+            ("reset mid-request", Behavior { fault: Fault::ResetMidRequest, ..Behavior::default() }),
+            ("close mid-answer", Behavior { fault: Fault::CloseMidAnswer, ..Behavior::default() }),
+            ("close after head", Behavior { fault: Fault::CloseAfterHead, ..Behavior::default() }),
+            (
+                "answer slower than response_timeout",
+                Behavior { fault: Fault::SlowAnswer(Duration::from_millis(900)), ..Behavior::default() },
+            ),
+        ] {
+            intake.mock.set_behavior(behavior);
+            let report = verified_load(dir.path(), &intake, port, "700ms", 8);
+            assert_verified(&report, name);
+            for s in statuses(&report) {
+                assert!(
+                    relay_made.contains(&s),
+                    "{name}: the relay answered {s}; faults must become 502/503/504: {}",
+                    report["status"]
+                );
+            }
+            assert_eq!(report["ok"], 0, "{name}: no 2xx can come out of this fault");
+            assert!(report["requests"].as_u64().unwrap() > 0, "{name}: no load ran");
+            eprintln!(
+                "{io} {name}: status {} errors {} verify {}",
+                report["status"], report["errors"], report["verify"]
+            );
+            if matches!(name, "close after head" | "reset after request" | "reset mid-request") {
+                // Nothing of the answer reached the client yet: a clean retryable status, not a cut.
+                assert_eq!(report["errors"]["total"], 0, "{name}: {}", report["errors"]);
+            }
+        }
+        // Faults that stop every TLS handshake: nothing reaches the intake, every
+        // answer is the relay's retryable status, no client error. The first
+        // failed handshakes get 502; they take the only address down (passive
+        // marking, health.fall = 3), and from then on the answer is 503 at once.
+        // When the fault ends, the active checks bring the address back.
+        if protocol.is_h2() {
+            // An HTTP/2 connection opened before is still up and would carry
+            // every request past these accept-time faults: the intake restarts
+            // (same address), so the relay must open new ones.
+            let addr = intake.addr();
+            intake.mock.shutdown();
+            intake.mock = intake.sibling(addr);
+        }
+        for (name, fault, why) in [
+            ("TLS alert during the handshake", Fault::TlsAlert, "is DOWN: TLS handshake failed"),
+            ("accept, then never answer", Fault::Blackhole, "is DOWN: TLS handshake timeout after 300ms"),
+        ] {
+            intake.mock.set_behavior(Behavior { fault, ..Behavior::default() });
+            let before = intake.mock.stats().requests;
+            let report = load(dir.path(), &intake, port, "700ms", 4, false);
+            eprintln!("{io} {name}: status {} errors {}", report["status"], report["errors"]);
+            assert!(report["requests"].as_u64().unwrap() > 0, "{name}: no load ran");
+            assert_eq!(
+                report["status"]["503"],
+                report["requests"].as_u64().unwrap() - report["status"]["502"].as_u64().unwrap_or(0),
+                "{name}: {}",
                 report["status"]
             );
-        }
-        assert_eq!(report["ok"], 0, "{name}: no 2xx can come out of this fault");
-        assert!(report["requests"].as_u64().unwrap() > 0, "{name}: no load ran");
-        eprintln!("{io} {name}: status {} errors {} verify {}", report["status"], report["errors"], report["verify"]);
-        if matches!(name, "close after head" | "reset after request" | "reset mid-request") {
-            // Nothing of the answer reached the client yet: a clean retryable status, not a cut.
+            assert!(statuses(&report).contains(&503), "{name}: the address never went down: {}", report["status"]);
             assert_eq!(report["errors"]["total"], 0, "{name}: {}", report["errors"]);
+            assert_eq!(intake.mock.stats().requests, before, "{name}: nothing may reach the intake");
+            assert!(relay.log().contains(why), "{name}: no transition line with {why:?}:\n{}", relay.log());
+            intake.mock.set_behavior(Behavior::default());
+            let up = relay
+                .wait_metric("fipsrelay_upstream_address_up{upstream=\"metrics.agent.ddog-gov.com\"", |v| v == 1.0);
+            assert_eq!(up, 1.0, "{name}: the address did not come back up:\n{}", relay.log());
+            assert!(relay.log().contains("is UP: 2 consecutive checks passed"), "{}", relay.log());
         }
-    }
-    // Faults that stop every TLS handshake: nothing reaches the intake, every
-    // answer is the relay's retryable status, no client error. The first
-    // failed handshakes get 502; they take the only address down (passive
-    // marking, health.fall = 3), and from then on the answer is 503 at once.
-    // When the fault ends, the active checks bring the address back.
-    if test_protocol() != "http1" {
-        // An HTTP/2 connection opened before is still up and would carry
-        // every request past these accept-time faults: the intake restarts
-        // (same address), so the relay must open new ones.
-        let addr = intake.addr();
-        intake.mock.shutdown();
-        intake.mock = intake.sibling(addr);
-    }
-    for (name, fault, why) in [
-        ("TLS alert during the handshake", Fault::TlsAlert, "is DOWN: TLS handshake failed"),
-        ("accept, then never answer", Fault::Blackhole, "is DOWN: TLS handshake timeout after 300ms"),
-    ] {
-        intake.mock.set_behavior(Behavior { fault, ..Behavior::default() });
-        let before = intake.mock.stats().requests;
-        let report = load(dir.path(), &intake, port, "700ms", 4, false);
-        eprintln!("{io} {name}: status {} errors {}", report["status"], report["errors"]);
-        assert!(report["requests"].as_u64().unwrap() > 0, "{name}: no load ran");
-        assert_eq!(
-            report["status"]["503"],
-            report["requests"].as_u64().unwrap() - report["status"]["502"].as_u64().unwrap_or(0),
-            "{name}: {}",
-            report["status"]
-        );
-        assert!(statuses(&report).contains(&503), "{name}: the address never went down: {}", report["status"]);
-        assert_eq!(report["errors"]["total"], 0, "{name}: {}", report["errors"]);
-        assert_eq!(intake.mock.stats().requests, before, "{name}: nothing may reach the intake");
-        assert!(relay.log().contains(why), "{name}: no transition line with {why:?}:\n{}", relay.log());
+        for status in [500u16, 503, 429, 413, 403, 400] {
+            intake.mock.set_behavior(Behavior { status, ..Behavior::default() });
+            let report = verified_load(dir.path(), &intake, port, "400ms", 4);
+            assert_verified(&report, &format!("intake {status}"));
+            assert_eq!(
+                statuses(&report),
+                vec![status],
+                "intake {status} must pass through unchanged: {}",
+                report["status"]
+            );
+            assert_eq!(report["errors"]["total"], 0, "intake {status}: {}", report["errors"]);
+        }
+        // Still serving, and memory back near where it was.
         intake.mock.set_behavior(Behavior::default());
-        let up =
-            relay.wait_metric("fipsrelay_upstream_address_up{upstream=\"metrics.agent.ddog-gov.com\"", |v| v == 1.0);
-        assert_eq!(up, 1.0, "{name}: the address did not come back up:\n{}", relay.log());
-        assert!(relay.log().contains("is UP: 2 consecutive checks passed"), "{}", relay.log());
+        let after = verified_load(dir.path(), &intake, port, "700ms", 8);
+        assert_verified(&after, "after the faults");
+        assert_eq!(statuses(&after), vec![202]);
+        relay.wait_idle("metrics");
+        let rss = rss_kib(relay.pid());
+        assert!(rss < baseline + 16 * 1024, "RSS grew from {baseline} KiB to {rss} KiB over the fault matrix");
+        eprintln!("{io}: RSS {baseline} KiB before the faults, {rss} KiB after");
     }
-    for status in [500u16, 503, 429, 413, 403, 400] {
-        intake.mock.set_behavior(Behavior { status, ..Behavior::default() });
-        let report = verified_load(dir.path(), &intake, port, "400ms", 4);
-        assert_verified(&report, &format!("intake {status}"));
-        assert_eq!(
-            statuses(&report),
-            vec![status],
-            "intake {status} must pass through unchanged: {}",
-            report["status"]
-        );
-        assert_eq!(report["errors"]["total"], 0, "intake {status}: {}", report["errors"]);
-    }
-    // Still serving, and memory back near where it was.
-    intake.mock.set_behavior(Behavior::default());
-    let after = verified_load(dir.path(), &intake, port, "700ms", 8);
-    assert_verified(&after, "after the faults");
-    assert_eq!(statuses(&after), vec![202]);
-    std::thread::sleep(Duration::from_millis(300));
-    let rss = rss_kib(relay.pid());
-    assert!(rss < baseline + 16 * 1024, "RSS grew from {baseline} KiB to {rss} KiB over the fault matrix");
-    eprintln!("{io}: RSS {baseline} KiB before the faults, {rss} KiB after");
-});
+);
 
-both_backends!(sigterm_under_load_leaves_nothing_unanswered, |io: &str| {
+both_backends_both_protocols!(sigterm_under_load_leaves_nothing_unanswered, |io: &str, protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start_with(
         dir.path(),
         Behavior { latency: Duration::from_millis(30), ..Behavior::default() },
         CipherMode::Default,
     );
-    let mut relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    let mut relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, &protocol.with(""));
     let port = relay.port(1);
     let pid = relay.pid();
-    let stopper = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(800));
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+    let report = std::thread::scope(|s| {
+        s.spawn(|| {
+            // The stop lands mid-load: once the intake has answered some of it.
+            let under_way = eventually(Duration::from_secs(10), || intake.mock.stats().requests >= 20);
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            assert!(under_way, "the load did not start");
+        });
+        verified_load(dir.path(), &intake, port, "2s", 16)
     });
-    let report = verified_load(dir.path(), &intake, port, "2s", 16);
-    stopper.join().unwrap();
     let status = relay.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "exit status {status}");
     // Every request the relay read was answered: 2xx bodies all at the intake,
@@ -230,10 +245,10 @@ both_backends!(sigterm_under_load_leaves_nothing_unanswered, |io: &str| {
     );
 });
 
-both_backends!(sighup_restart_in_place_under_load_loses_nothing, |io: &str| {
+both_backends_both_protocols!(sighup_restart_in_place_under_load_loses_nothing, |io: &str, protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
-    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, &protocol.with(""));
     let pid = relay.pid();
     let config = relay.log_path.with_extension("toml");
     // An Agent connection that is idle while the restart happens.
@@ -244,13 +259,16 @@ both_backends!(sighup_restart_in_place_under_load_loses_nothing, |io: &str| {
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("threads = 2"), "{text}");
     let changed = text.replace("threads = 2", "threads = 1");
-    let restarter = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(700));
-        std::fs::write(&config, changed).unwrap();
-        unsafe { libc::kill(pid, libc::SIGHUP) };
+    let report = std::thread::scope(|s| {
+        s.spawn(|| {
+            // The restart lands mid-load: once the intake has answered some of it.
+            let under_way = eventually(Duration::from_secs(10), || intake.mock.stats().requests >= 20);
+            std::fs::write(&config, changed).unwrap();
+            unsafe { libc::kill(pid, libc::SIGHUP) };
+            assert!(under_way, "the load did not start");
+        });
+        verified_load(dir.path(), &intake, relay.port(1), "2500ms", 8)
     });
-    let report = verified_load(dir.path(), &intake, relay.port(1), "2500ms", 8);
-    restarter.join().unwrap();
     assert!(
         eventually(Duration::from_secs(10), || relay.log().matches("fipsrelay ready").count() == 2),
         "{}",
@@ -280,8 +298,9 @@ both_backends!(sighup_restart_in_place_under_load_loses_nothing, |io: &str| {
     assert!(intake.mock.records().iter().any(|r| r.body_len == 5));
 });
 
-/// A real mock-intake process serving `pki`'s leaf on 127.0.0.1:`port`.
-fn spawn_intake_process(dir: &std::path::Path, port: u16) -> (std::process::Child, Instant) {
+/// A real mock-intake process serving `pki`'s leaf on 127.0.0.1:`port`
+/// (0: a port the kernel picks); its address, and when it listened.
+fn spawn_intake_process(dir: &std::path::Path, port: u16) -> (std::process::Child, SocketAddr, Instant) {
     let mock = std::path::Path::new(relay_bin()).parent().unwrap().join("mock-intake");
     assert!(mock.is_file(), "mock-intake missing beside fipsrelay: run `cargo build --workspace`");
     let mut child = Command::new(mock)
@@ -296,8 +315,9 @@ fn spawn_intake_process(dir: &std::path::Path, port: u16) -> (std::process::Chil
     // It prints "listening on ..." once its socket accepts.
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    assert!(line.starts_with("listening on"), "mock-intake: {line:?}");
-    (child, Instant::now())
+    let addr = line.strip_prefix("listening on ").and_then(|a| a.trim().parse().ok());
+    let addr = addr.unwrap_or_else(|| panic!("mock-intake: {line:?}"));
+    (child, addr, Instant::now())
 }
 
 fn kill9(child: &mut std::process::Child) {
@@ -315,7 +335,7 @@ fn timed_post(relay: &Relay, n: u64) -> (u16, Duration) {
     (status, started.elapsed())
 }
 
-both_backends!(intake_blip_recovers_within_a_second, |io: &str| {
+both_backends_both_protocols!(intake_blip_recovers_within_a_second, |io: &str, protocol: Protocol| {
     // A real intake process, killed with SIGKILL and restarted on the same
     // port about 1 s later, twice; a client retrying like the Agent's
     // forwarder (backoff 50 ms doubling to 1 s). Default health settings
@@ -324,14 +344,14 @@ both_backends!(intake_blip_recovers_within_a_second, |io: &str| {
     let dir = TestDir::new();
     let pki = TestPki::generate(&[]);
     pki.write_to(dir.path()).unwrap();
-    let port = refused_addr().port();
-    let (mut intake, _) = spawn_intake_process(dir.path(), port);
+    let (mut intake, addr, _) = spawn_intake_process(dir.path(), 0);
+    let port = addr.port();
     let relay = Relay::start(
         dir.path(),
         io,
-        SocketAddr::from(([127, 0, 0, 1], port)),
+        addr,
         &dir.path().join("ca.pem"),
-        "health.enabled = true\nupstream.connect_timeout = \"2s\"",
+        &protocol.with("health.enabled = true\nupstream.connect_timeout = \"2s\""),
     );
     assert_eq!(timed_post(&relay, 0).0, 202);
     let mut n = 1u64;
@@ -345,10 +365,11 @@ both_backends!(intake_blip_recovers_within_a_second, |io: &str| {
             n += 1;
             assert!(matches!(status, 502..=504), "blip {blip}: {status} while the intake is down");
             assert!(took < Duration::from_millis(2500), "blip {blip}: {status} took {took:?}");
+            // The stimulus: the Agent's backoff between retries.
             std::thread::sleep(backoff.min(outage_end.saturating_duration_since(Instant::now())));
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
-        let (child, listening) = spawn_intake_process(dir.path(), port);
+        let (child, _, listening) = spawn_intake_process(dir.path(), port);
         intake = child;
         // The Agent's retry loop: backoff from 50 ms, until a 2xx.
         let mut backoff = Duration::from_millis(50);
@@ -364,7 +385,7 @@ both_backends!(intake_blip_recovers_within_a_second, |io: &str| {
                 "blip {blip}: no 2xx 15 s after the intake came back\n{}",
                 relay.log()
             );
-            std::thread::sleep(backoff);
+            std::thread::sleep(backoff); // the stimulus: the Agent's backoff
             backoff = (backoff * 2).min(Duration::from_secs(1));
         };
         eprintln!("{io}: blip {blip}: first 2xx {recovered:?} after the intake listened again");
@@ -383,22 +404,23 @@ both_backends!(intake_blip_recovers_within_a_second, |io: &str| {
     );
 });
 
-both_backends!(one_of_two_addresses_down_fails_no_request, |io: &str| {
+both_backends_both_protocols!(one_of_two_addresses_down_fails_no_request, |io: &str, protocol: Protocol| {
     // Two intake addresses; one is killed (a real process) and stays down.
     // Every request still gets 202: a refused connect moves on to the live
     // address before anything of the request is written.
     let dir = TestDir::new();
     let pki = TestPki::generate(&[]);
     pki.write_to(dir.path()).unwrap();
-    let (a, b) = (refused_addr().port(), refused_addr().port());
-    let (mut first, _) = spawn_intake_process(dir.path(), a);
-    let (mut second, _) = spawn_intake_process(dir.path(), b);
+    let (mut first, a, _) = spawn_intake_process(dir.path(), 0);
+    let (mut second, b, _) = spawn_intake_process(dir.path(), 0);
     let relay = Relay::start(
         dir.path(),
         io,
-        SocketAddr::from(([127, 0, 0, 1], a)),
+        a,
         &dir.path().join("ca.pem"),
-        &format!("upstream.override_addr = \"127.0.0.1:{a}, 127.0.0.1:{b}\"\nhealth.enabled = true\nupstream.max_idle_per_host = 0"),
+        &protocol.with(&format!(
+            "upstream.override_addr = \"{a}, {b}\"\nhealth.enabled = true\nupstream.max_idle_per_host = 0"
+        )),
     );
     for i in 0..10 {
         assert_eq!(timed_post(&relay, i).0, 202);
@@ -411,36 +433,39 @@ both_backends!(one_of_two_addresses_down_fails_no_request, |io: &str| {
     kill9(&mut second);
 });
 
-both_backends!(slow_intake_backpressure_bounds_memory_and_blocks_senders, |io: &str| {
-    // An intake that reads each body at 2 MiB/s while 16 Agents upload
-    // 16 MiB each to one worker: the relay must not buffer (its RSS stays
-    // near its baseline), the Agents' writes must block (their last byte
-    // leaves seconds after the first, not at once), nothing may be
-    // corrupted, and another product on the same worker keeps answering.
-    const AGENTS: usize = 16;
-    const BODY: usize = 16 * 1024 * 1024;
-    const RATE: u64 = 2 * 1024 * 1024;
-    let dir = TestDir::new();
-    let intake = Intake::start_with(
-        dir.path(),
-        Behavior { fault: Fault::SlowRead(RATE), ..Behavior::default() },
-        CipherMode::Default,
-    );
-    let relay = Relay::start(
-        dir.path(),
-        io,
-        intake.addr(),
-        &intake.ca_file,
-        "workers.threads = 1\nupstream.response_timeout = \"60s\"\nlimits.client_idle_timeout = \"60s\"",
-    );
-    assert_eq!(relay.request(2, "POST", "/api/v0.2/traces", &[], b"{}").status, 202);
-    std::thread::sleep(Duration::from_millis(300));
-    let base = rss_kib(relay.pid());
-    let body: Vec<u8> = (0..BODY).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[2]).collect();
-    let want = body_hash(&body);
-    let body = std::sync::Arc::new(body);
-    let started = Instant::now();
-    let uploads: Vec<_> = (0..AGENTS)
+both_backends_both_protocols!(
+    slow_intake_backpressure_bounds_memory_and_blocks_senders,
+    |io: &str, protocol: Protocol| {
+        // An intake that reads each body at 2 MiB/s while 16 Agents upload
+        // 16 MiB each to one worker: the relay must not buffer (its RSS stays
+        // near its baseline), the Agents' writes must block (their last byte
+        // leaves seconds after the first, not at once), nothing may be
+        // corrupted, and another product on the same worker keeps answering.
+        const AGENTS: usize = 16;
+        const BODY: usize = 16 * 1024 * 1024;
+        const RATE: u64 = 2 * 1024 * 1024;
+        let dir = TestDir::new();
+        let intake = Intake::start_with(
+            dir.path(),
+            Behavior { fault: Fault::SlowRead(RATE), ..Behavior::default() },
+            CipherMode::Default,
+        );
+        let relay = Relay::start(
+            dir.path(),
+            io,
+            intake.addr(),
+            &intake.ca_file,
+            &protocol
+                .with("workers.threads = 1\nupstream.response_timeout = \"60s\"\nlimits.client_idle_timeout = \"60s\""),
+        );
+        assert_eq!(relay.request(2, "POST", "/api/v0.2/traces", &[], b"{}").status, 202);
+        relay.wait_idle("traces");
+        let base = rss_kib(relay.pid());
+        let body: Vec<u8> = (0..BODY).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[2]).collect();
+        let want = body_hash(&body);
+        let body = std::sync::Arc::new(body);
+        let started = Instant::now();
+        let uploads: Vec<_> = (0..AGENTS)
         .map(|_| {
             let (addr, body) = (relay.addr(1), body.clone());
             std::thread::spawn(move || {
@@ -474,22 +499,23 @@ both_backends!(slow_intake_backpressure_bounds_memory_and_blocks_senders, |io: &
             })
         })
         .collect();
-    // While the uploads crawl: the relay's memory, and small requests on
-    // another product of the same worker.
-    let (mut peak, mut small_worst) = (base, Duration::ZERO);
-    while !uploads.iter().all(|u| u.is_finished()) {
-        assert!(started.elapsed() < Duration::from_secs(120), "uploads did not finish");
-        peak = peak.max(rss_kib(relay.pid()));
-        let t = Instant::now();
-        assert_eq!(relay.request(2, "POST", "/api/v0.2/traces", &[], b"{\"small\":1}").status, 202);
-        small_worst = small_worst.max(t.elapsed());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let results: Vec<(u16, Duration, Duration)> = uploads.into_iter().map(|u| u.join().unwrap()).collect();
-    let mut written: Vec<Duration> = results.iter().map(|r| r.1).collect();
-    written.sort();
-    let done = results.iter().map(|r| r.2).max().unwrap();
-    eprintln!(
+        // While the uploads crawl: the relay's memory, and small requests on
+        // another product of the same worker.
+        let (mut peak, mut small_worst) = (base, Duration::ZERO);
+        while !uploads.iter().all(|u| u.is_finished()) {
+            assert!(started.elapsed() < Duration::from_secs(120), "uploads did not finish");
+            peak = peak.max(rss_kib(relay.pid()));
+            let t = Instant::now();
+            assert_eq!(relay.request(2, "POST", "/api/v0.2/traces", &[], b"{\"small\":1}").status, 202);
+            small_worst = small_worst.max(t.elapsed());
+            // Sampling period of the watch above (it ends when the uploads do).
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let results: Vec<(u16, Duration, Duration)> = uploads.into_iter().map(|u| u.join().unwrap()).collect();
+        let mut written: Vec<Duration> = results.iter().map(|r| r.1).collect();
+        written.sort();
+        let done = results.iter().map(|r| r.2).max().unwrap();
+        eprintln!(
         "{io}: {AGENTS} x {} MiB at {} MiB/s each: all answered after {done:?}; Agents' last byte written after {:?} (first) .. {:?} (last); relay RSS {base} KiB -> peak {peak} KiB (+{} KiB); slowest small request on another product {small_worst:?}",
         BODY >> 20,
         RATE >> 20,
@@ -497,23 +523,24 @@ both_backends!(slow_intake_backpressure_bounds_memory_and_blocks_senders, |io: &
         written[AGENTS - 1],
         peak - base
     );
-    assert!(results.iter().all(|r| r.0 == 202), "{results:?}");
-    // Nothing corrupted: the intake has 16 bodies, each byte-identical.
-    let records = intake.mock.records();
-    let uploaded: Vec<_> = records.iter().filter(|r| r.path == "/api/v2/series").collect();
-    assert_eq!(uploaded.len(), AGENTS);
-    assert!(uploaded.iter().all(|r| r.body_len == BODY as u64 && r.body_hash == want), "a body changed on the way");
-    // Bounded: 256 MiB went through; the relay held at most a few MiB.
-    assert!(peak - base < 24 * 1024, "relay RSS grew by {} KiB: it buffered", peak - base);
-    // Blocked: at 2 MiB/s a 16 MiB body takes 8 s to be read; a relay that
-    // buffered would take the whole body at once. Kernel socket buffers
-    // (a few MiB each way) absorb part of it, never most of it.
-    assert!(written[0] > Duration::from_secs(2), "an Agent finished writing after {:?}: not held back", written[0]);
-    // Another product on the same worker is not held behind the uploads.
-    assert!(small_worst < Duration::from_secs(1), "a small request took {small_worst:?}");
-});
+        assert!(results.iter().all(|r| r.0 == 202), "{results:?}");
+        // Nothing corrupted: the intake has 16 bodies, each byte-identical.
+        let records = intake.mock.records();
+        let uploaded: Vec<_> = records.iter().filter(|r| r.path == "/api/v2/series").collect();
+        assert_eq!(uploaded.len(), AGENTS);
+        assert!(uploaded.iter().all(|r| r.body_len == BODY as u64 && r.body_hash == want), "a body changed on the way");
+        // Bounded: 256 MiB went through; the relay held at most a few MiB.
+        assert!(peak - base < 24 * 1024, "relay RSS grew by {} KiB: it buffered", peak - base);
+        // Blocked: at 2 MiB/s a 16 MiB body takes 8 s to be read; a relay that
+        // buffered would take the whole body at once. Kernel socket buffers
+        // (a few MiB each way) absorb part of it, never most of it.
+        assert!(written[0] > Duration::from_secs(2), "an Agent finished writing after {:?}: not held back", written[0]);
+        // Another product on the same worker is not held behind the uploads.
+        assert!(small_worst < Duration::from_secs(1), "a small request took {small_worst:?}");
+    }
+);
 
-/// HTTP/2 faults, whatever FIPSRELAY_TEST_PROTOCOL says.
+/// HTTP/2 faults: HTTP/2 pinned (`h2`, not `auto`), one worker.
 const H2: &str = "upstream.protocol = \"h2\"\nworkers.threads = 1\n";
 
 both_backends!(h2_goaway_graceful_is_unseen_abrupt_is_replayed_or_502, |io: &str| {
@@ -623,7 +650,7 @@ both_backends!(h2_a_silent_connection_is_found_by_its_ping, |io: &str| {
         &format!("{H2}upstream.idle_timeout = \"1s\"\nupstream.connect_timeout = \"300ms\""),
     );
     assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], &payload(100, 1)).status, 202);
-    std::thread::sleep(Duration::from_millis(700));
+    // Idle for idle_timeout / 2: the PING goes out, and is answered.
     assert!(relay.wait_metric_sum("fipsrelay_upstream_h2_pings_total", |v| v >= 1.0) >= 1.0);
     assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], &payload(100, 2)).status, 202);
     assert_eq!(intake.mock.connections_accepted(), 1, "the PINGed connection was reused");
@@ -651,6 +678,7 @@ both_backends!(h2_a_full_stream_queue_answers_503_at_once, |io: &str| {
         let threads: Vec<_> = (0..6)
             .map(|i| {
                 s.spawn(move || {
+                    // The stimulus: requests arrive one after another, in order.
                     std::thread::sleep(Duration::from_millis(20 * i));
                     let t = Instant::now();
                     let r = relay.request(1, "POST", "/api/v2/series", &[], &payload(100, i));

@@ -21,10 +21,10 @@ fn raise_nofile() -> u64 {
     lim.rlim_cur
 }
 
-/// The two backend variants each hold 10,000 sockets in this process: one at a time.
+/// The variants each hold 10,000 sockets in this process: one at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-both_backends!(ten_thousand_idle_connections_are_cheap_and_served, |io: &str| {
+both_backends_both_protocols!(ten_thousand_idle_connections_are_cheap_and_served, |io: &str, protocol: Protocol| {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let limit = raise_nofile();
     let n: usize = 10_000.min(limit.saturating_sub(1_000) as usize);
@@ -36,11 +36,11 @@ both_backends!(ten_thousand_idle_connections_are_cheap_and_served, |io: &str| {
         io,
         intake.addr(),
         &intake.ca_file,
-        "workers.threads = 2\nlimits.max_connections = 20000",
+        &protocol.with("workers.threads = 2\nlimits.max_connections = 20000"),
     );
     // Warm up the upstream pool, then take the baseline.
     assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"warm").status, 202);
-    std::thread::sleep(Duration::from_millis(300));
+    relay.wait_idle("metrics");
     let base = fipsrelay::procstat::rss_kib(relay.pid());
 
     let mut clients: Vec<Client> = (0..n).map(|_| relay.connect(1)).collect();
@@ -65,11 +65,13 @@ both_backends!(ten_thousand_idle_connections_are_cheap_and_served, |io: &str| {
         let r = c.read_response(false).unwrap_or_else(|e| panic!("connection {i}: {e}"));
         assert_eq!(r.status, 202, "connection {i}: {}", String::from_utf8_lossy(&r.body));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Every answer is out; the relay's work on them is done once it has
+    // counted each request.
+    relay.wait_metric("fipsrelay_requests_total{product=\"metrics\",class=\"2xx\"}", |v| v >= (n + 1) as f64);
     let idle_after = fipsrelay::procstat::rss_kib(relay.pid());
     let per_conn = |kib: u64| (kib.saturating_sub(base) as f64 * 1024.0 / n as f64) as u64;
     eprintln!(
-        "{io}: {n} idle connections: relay RSS {base} KiB before, {connected} KiB connected ({} B/conn), {idle_after} KiB after one request each ({} B/conn)",
+        "{io} {protocol:?}: {n} idle connections: relay RSS {base} KiB before, {connected} KiB connected ({} B/conn), {idle_after} KiB after one request each ({} B/conn)",
         per_conn(connected),
         per_conn(idle_after)
     );

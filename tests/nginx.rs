@@ -94,7 +94,14 @@ fn start_nginx_with(dir: &Path, pki: &TestPki, protocol: &str, http2: bool, keep
             .spawn()
             .expect("spawn nginx");
         let mut nginx = Nginx { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), access_log };
-        if eventually(Duration::from_secs(5), || std::net::TcpStream::connect(nginx.addr).is_ok()) {
+        // Ready: nginx's own process listens on both ports (nginx cannot bind
+        // :0, so they were free a moment ago and may have been taken since:
+        // then it exits, and the next attempt takes other ones).
+        let pid = nginx.child.id() as i32;
+        if eventually(Duration::from_secs(5), || {
+            (listens_on(pid, port) && listens_on(pid, sink)) || nginx.child.try_wait().unwrap().is_some()
+        }) && nginx.child.try_wait().unwrap().is_none()
+        {
             return nginx;
         }
         let _ = nginx.child.kill();
@@ -103,14 +110,17 @@ fn start_nginx_with(dir: &Path, pki: &TestPki, protocol: &str, http2: bool, keep
     panic!("nginx did not start: {}", std::fs::read_to_string(root.join("error.log")).unwrap_or_default());
 }
 
-fn interop(io: &str, protocol: &str) {
+/// `upstream` is the relay's upstream protocol: http1, or the default
+/// (auto), which offers h2 by ALPN and falls back to HTTP/1.1 here.
+fn interop(io: &str, upstream: Protocol, protocol: &str) {
     if skip() {
         return;
     }
     let dir = TestDir::new();
     let pki = TestPki::generate(&[]);
     let nginx = start_nginx(dir.path(), &pki, protocol);
-    let relay = Relay::start(dir.path(), io, nginx.addr, &dir.path().join(format!("nginx-{protocol}/ca.pem")), "");
+    let ca = dir.path().join(format!("nginx-{protocol}/ca.pem"));
+    let relay = Relay::start(dir.path(), io, nginx.addr, &ca, &upstream.with(""));
     let sizes = [0usize, 1024, 65_536, 1 << 20, 700, 3 * 16_384 + 1, 5, 200_000, 1];
     let mut agent = relay.connect(1);
     for (i, &len) in sizes.iter().enumerate() {
@@ -136,8 +146,8 @@ fn interop(io: &str, protocol: &str) {
     assert!(lines.iter().any(|l| l.split(' ').nth(1) == Some("r")), "a resumed session: {lines:?}");
 }
 
-both_backends!(nginx_tls12_intake, |io: &str| interop(io, "TLSv1.2"));
-both_backends!(nginx_tls13_intake, |io: &str| interop(io, "TLSv1.3"));
+both_backends_both_protocols!(nginx_tls12_intake, |io: &str, upstream: Protocol| interop(io, upstream, "TLSv1.2"));
+both_backends_both_protocols!(nginx_tls13_intake, |io: &str, upstream: Protocol| interop(io, upstream, "TLSv1.3"));
 
 /// HTTP/2 to an nginx that speaks it: four Agent connections at once, each
 /// sending bodies from 0 B to 1 MiB (Content-Length and chunked) and a GET;
@@ -306,9 +316,10 @@ fn h2_slow_reader(io: &str) {
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut slow = Client { reader: std::io::BufReader::new(stream) };
     slow.write_raw(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
-    // Time for nginx to send what the stream's window allows and for the
-    // relay's write to this Agent to get stuck.
-    std::thread::sleep(Duration::from_millis(500));
+    // nginx sends what the stream's window allows and the relay's write to
+    // this Agent gets stuck: the answer's bytes fill the Agent's receive
+    // buffer and stop coming.
+    assert!(receive_queue_stalls(slow.stream()), "the large answer never reached the slow Agent");
     // Meanwhile, another Agent's requests go through: were they held behind
     // the stalled stream, each would end in upstream.response_timeout (504).
     let mut fast = relay.connect(1);
@@ -323,3 +334,20 @@ fn h2_slow_reader(io: &str) {
 }
 
 both_backends!(nginx_h2_slow_reader_stalls_only_itself, h2_slow_reader);
+
+/// Waits (at most 10 s) until bytes wait unread on `s` and their count
+/// holds still from one poll to the next (20 ms): the sender has stopped,
+/// a window or this receive buffer full. False if nothing ever arrived.
+fn receive_queue_stalls(s: &std::net::TcpStream) -> bool {
+    let queued = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD on a valid socket writes one c_int.
+        unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(s), libc::FIONREAD, &mut n) };
+        n
+    };
+    let mut last = 0;
+    eventually(Duration::from_secs(10), || {
+        let was = std::mem::replace(&mut last, queued());
+        last > 0 && last == was
+    })
+}

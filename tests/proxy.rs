@@ -78,8 +78,8 @@ impl Rig {
     }
 
     /// A relay through Squid's http_port, plus `extra` lines.
-    fn relay(&self, io: &str, extra: &str) -> Relay {
-        let lines = proxy_lines(&self.squid.url(), &self.intake, Some(&self.creds), extra);
+    fn relay(&self, io: &str, protocol: Protocol, extra: &str) -> Relay {
+        let lines = proxy_lines(&self.squid.url(), &self.intake, Some(&self.creds), &protocol.with(extra));
         Relay::start(self.dir.path(), io, self.intake.addr(), &self.intake.ca_file, &lines)
     }
 }
@@ -102,180 +102,202 @@ fn connect_targets(squid: &Squid) -> Vec<String> {
         .collect()
 }
 
-both_backends!(requests_through_squid_arrive_byte_for_byte_with_the_intake_sni, |io: &str| {
-    if skip_squid() {
-        return;
-    }
-    let rig = Rig::new(PASSWORD);
-    let relay = rig.relay(io, "");
-    let Rig { dir: _dir, intake, mut squid, .. } = rig;
-    assert!(relay.log().contains("egress through an HTTP CONNECT proxy"), "{}", relay.log());
+both_backends_both_protocols!(
+    requests_through_squid_arrive_byte_for_byte_with_the_intake_sni,
+    |io: &str, protocol: Protocol| {
+        if skip_squid() {
+            return;
+        }
+        let rig = Rig::new(PASSWORD);
+        let relay = rig.relay(io, protocol, "");
+        let Rig { dir: _dir, intake, mut squid, .. } = rig;
+        assert!(relay.log().contains("egress through an HTTP CONNECT proxy"), "{}", relay.log());
 
-    let mut sent = Vec::new();
-    for (i, len) in [0usize, 700, 64 * 1024, 1024 * 1024].into_iter().enumerate() {
-        let body = payload(len, i as u64);
-        assert_eq!(post(&relay, 1, SERIES, &body).status, 202, "{}", relay.log());
-        sent.push(body_hash(&body));
-    }
-    let trace_body = payload(3000, 99);
-    assert_eq!(post(&relay, 2, "/api/v0.2/traces", &trace_body).status, 202);
+        let mut sent = Vec::new();
+        for (i, len) in [0usize, 700, 64 * 1024, 1024 * 1024].into_iter().enumerate() {
+            let body = payload(len, i as u64);
+            assert_eq!(post(&relay, 1, SERIES, &body).status, 202, "{}", relay.log());
+            sent.push(body_hash(&body));
+        }
+        let trace_body = payload(3000, 99);
+        assert_eq!(post(&relay, 2, "/api/v0.2/traces", &trace_body).status, 202);
 
-    let records = intake.mock.records();
-    assert_eq!(records.len(), 5, "{records:?}");
-    for (r, hash) in records.iter().take(4).zip(&sent) {
-        assert_eq!(r.sni.as_deref(), Some(METRICS_HOST), "SNI is the intake's name, never the proxy's");
-        assert_eq!(r.host.as_deref(), Some(METRICS_HOST));
-        assert_eq!(r.path, SERIES);
-        assert_eq!(r.body_hash, *hash);
-        assert_eq!(r.header("dd-api-key"), Some(FAKE_KEY));
-    }
-    assert_eq!(records[4].sni.as_deref(), Some(TRACE_HOST));
-    assert_eq!(records[4].body_hash, body_hash(&trace_body));
-    // Pooled sessions run through the tunnel: fewer TLS sessions than requests.
-    assert!(intake.mock.stats().connections <= 3, "{:?}", intake.mock.stats());
+        let records = intake.mock.records();
+        assert_eq!(records.len(), 5, "{records:?}");
+        for (r, hash) in records.iter().take(4).zip(&sent) {
+            assert_eq!(r.sni.as_deref(), Some(METRICS_HOST), "SNI is the intake's name, never the proxy's");
+            assert_eq!(r.host.as_deref(), Some(METRICS_HOST));
+            assert_eq!(r.path, SERIES);
+            assert_eq!(r.body_hash, *hash);
+            assert_eq!(r.header("dd-api-key"), Some(FAKE_KEY));
+        }
+        assert_eq!(records[4].sni.as_deref(), Some(TRACE_HOST));
+        assert_eq!(records[4].body_hash, body_hash(&trace_body));
+        // Pooled sessions run through the tunnel: fewer TLS sessions than requests.
+        assert!(intake.mock.stats().connections <= 3, "{:?}", intake.mock.stats());
 
-    let metrics = relay.status_page("/metrics");
-    assert!(
-        metrics.contains(&format!("fipsrelay_proxy_info{{proxy=\"{}\",resolve=\"proxy\"}} 1", squid.url())),
-        "{metrics}"
-    );
-    assert!(metrics.contains(&format!("fipsrelay_upstream_via_proxy{{upstream=\"{METRICS_HOST}\"}} 1")), "{metrics}");
-    let tunnels = relay.wait_metric("fipsrelay_proxy_tunnels_total", |v| v >= 2.0);
-    assert!((2.0..=3.0).contains(&tunnels), "{metrics}");
-    assert!(metrics.contains("fipsrelay_proxy_connect_seconds_count"), "{metrics}");
-    let status = relay.status_page("/");
-    assert!(
-        status.contains(&format!("egress: through proxy {}", squid.url())) && status.contains("user fipsrelay"),
-        "{status}"
-    );
-    assert!(!status.contains(PASSWORD) && !metrics.contains(PASSWORD));
+        let metrics = relay.status_page("/metrics");
+        assert!(
+            metrics.contains(&format!("fipsrelay_proxy_info{{proxy=\"{}\",resolve=\"proxy\"}} 1", squid.url())),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!("fipsrelay_upstream_via_proxy{{upstream=\"{METRICS_HOST}\"}} 1")),
+            "{metrics}"
+        );
+        let tunnels = relay.wait_metric("fipsrelay_proxy_tunnels_total", |v| v >= 2.0);
+        assert!((2.0..=3.0).contains(&tunnels), "{metrics}");
+        assert!(metrics.contains("fipsrelay_proxy_connect_seconds_count"), "{metrics}");
+        let status = relay.status_page("/");
+        assert!(
+            status.contains(&format!("egress: through proxy {}", squid.url())) && status.contains("user fipsrelay"),
+            "{status}"
+        );
+        assert!(!status.contains(PASSWORD) && !metrics.contains(PASSWORD));
 
-    // Squid saw CONNECT to the intake names, authenticated, and nothing else.
-    drop(relay);
-    squid.stop();
-    let port = intake.addr().port();
-    let targets = connect_targets(&squid);
-    assert!(!targets.is_empty(), "{:?}", squid.access_log());
-    for t in &targets {
-        let ok = [METRICS_HOST, TRACE_HOST].iter().any(|h| *t == format!("CONNECT {h}:{port} {USER}"));
-        assert!(ok, "unexpected access log entry {t:?}: {:?}", squid.access_log());
+        // Squid saw CONNECT to the intake names, authenticated, and nothing else.
+        drop(relay);
+        squid.stop();
+        let port = intake.addr().port();
+        let targets = connect_targets(&squid);
+        assert!(!targets.is_empty(), "{:?}", squid.access_log());
+        for t in &targets {
+            let ok = [METRICS_HOST, TRACE_HOST].iter().any(|h| *t == format!("CONNECT {h}:{port} {USER}"));
+            assert!(ok, "unexpected access log entry {t:?}: {:?}", squid.access_log());
+        }
+        assert!(targets.iter().any(|t| t.contains(TRACE_HOST)));
     }
-    assert!(targets.iter().any(|t| t.contains(TRACE_HOST)));
-});
+);
 
-both_backends!(wrong_credentials_get_502_and_a_log_line_without_the_password, |io: &str| {
-    if skip_squid() {
-        return;
-    }
-    let wrong = "not-the-Passw0rd-4411";
-    let rig = Rig::new(wrong);
-    let mut relay = rig.relay(io, "upstream.appsec_host = \"appsec.example.com\"");
-    let Rig { dir, intake, squid, .. } = rig;
-    for _ in 0..2 {
-        assert_eq!(post(&relay, 1, SERIES, b"{}").status, 502, "never a 4xx to the Agent");
-    }
-    let want = format!(
+both_backends_both_protocols!(
+    wrong_credentials_get_502_and_a_log_line_without_the_password,
+    |io: &str, protocol: Protocol| {
+        if skip_squid() {
+            return;
+        }
+        let wrong = "not-the-Passw0rd-4411";
+        let rig = Rig::new(wrong);
+        let mut relay = rig.relay(io, protocol, "upstream.appsec_host = \"appsec.example.com\"");
+        let Rig { dir, intake, squid, .. } = rig;
+        for _ in 0..2 {
+            assert_eq!(post(&relay, 1, SERIES, b"{}").status, 502, "never a 4xx to the Agent");
+        }
+        let want = format!(
         "proxy 127.0.0.1:{} answered 407 Proxy Authentication Required: the proxy rejected the credentials: check upstream.proxy.credentials_file",
         squid.port
     );
-    assert!(eventually(Duration::from_secs(3), || relay.log().contains(&want)), "{}", relay.log());
-    assert!(!relay.log().contains(wrong) && !relay.log().contains(PASSWORD), "{}", relay.log());
-    assert_eq!(relay.wait_metric("fipsrelay_proxy_connect_failures_total{reason=\"407\"}", |v| v >= 2.0), 2.0);
-    assert!(
-        relay.wait_metric("fipsrelay_upstream_errors_total{product=\"metrics\",cause=\"proxy\"}", |v| v >= 2.0) >= 2.0
-    );
-    assert_eq!(intake.mock.stats().requests, 0);
+        assert!(eventually(Duration::from_secs(3), || relay.log().contains(&want)), "{}", relay.log());
+        assert!(!relay.log().contains(wrong) && !relay.log().contains(PASSWORD), "{}", relay.log());
+        assert_eq!(relay.wait_metric("fipsrelay_proxy_connect_failures_total{reason=\"407\"}", |v| v >= 2.0), 2.0);
+        assert!(
+            relay.wait_metric("fipsrelay_upstream_errors_total{product=\"metrics\",cause=\"proxy\"}", |v| v >= 2.0)
+                >= 2.0
+        );
+        assert_eq!(intake.mock.stats().requests, 0);
 
-    // The credentials are fixed and the relay reloaded (SIGHUP): the next
-    // request goes through without a restart.
-    credentials(dir.path(), PASSWORD);
-    unsafe { libc::kill(relay.pid(), libc::SIGHUP) };
-    assert!(
-        eventually(Duration::from_secs(5), || relay.log().contains("proxy credentials re-read (user fipsrelay)")),
-        "{}",
-        relay.log()
-    );
-    assert_eq!(post(&relay, 1, SERIES, b"{}").status, 202, "{}", relay.log());
+        // The credentials are fixed and the relay reloaded (SIGHUP): the next
+        // request goes through without a restart.
+        credentials(dir.path(), PASSWORD);
+        unsafe { libc::kill(relay.pid(), libc::SIGHUP) };
+        assert!(
+            eventually(Duration::from_secs(5), || relay.log().contains("proxy credentials re-read (user fipsrelay)")),
+            "{}",
+            relay.log()
+        );
+        assert_eq!(post(&relay, 1, SERIES, b"{}").status, 202, "{}", relay.log());
 
-    // The proxy's policy refuses a host outside the allow-list: 502 again,
-    // with the fix.
-    assert_eq!(post(&relay, 11, "/api/v2/appsecevts", b"{}").status, 502);
-    assert!(
-        eventually(Duration::from_secs(3), || relay
-            .log()
-            .contains("answered 403 Forbidden: the proxy's policy refuses CONNECT appsec.example.com")),
-        "{}",
-        relay.log()
-    );
-    assert!(!relay.log().contains(PASSWORD));
-    relay.terminate(Duration::from_secs(10));
-});
-
-both_backends!(squid_stopped_gives_502_or_503_and_traffic_recovers_when_it_is_back, |io: &str| {
-    if skip_squid() {
-        return;
+        // The proxy's policy refuses a host outside the allow-list: 502 again,
+        // with the fix.
+        assert_eq!(post(&relay, 11, "/api/v2/appsecevts", b"{}").status, 502);
+        assert!(
+            eventually(Duration::from_secs(3), || relay
+                .log()
+                .contains("answered 403 Forbidden: the proxy's policy refuses CONNECT appsec.example.com")),
+            "{}",
+            relay.log()
+        );
+        assert!(!relay.log().contains(PASSWORD));
+        relay.terminate(Duration::from_secs(10));
     }
-    let rig = Rig::new(PASSWORD);
-    let relay = rig.relay(io, "health.enabled = true\nhealth.interval = \"300ms\"\nhealth.fall = 1\nhealth.rise = 1");
-    let Rig { dir: _dir, mut squid, .. } = rig;
-    assert_eq!(post(&relay, 1, SERIES, b"{}").status, 202, "{}", relay.log());
-    squid.stop();
-    for _ in 0..4 {
-        let status = post(&relay, 1, SERIES, b"{}").status;
-        assert!(status == 502 || status == 503, "got {status}: {}", relay.log());
+);
+
+both_backends_both_protocols!(
+    squid_stopped_gives_502_or_503_and_traffic_recovers_when_it_is_back,
+    |io: &str, protocol: Protocol| {
+        if skip_squid() {
+            return;
+        }
+        let rig = Rig::new(PASSWORD);
+        let relay = rig.relay(
+            io,
+            protocol,
+            "health.enabled = true\nhealth.interval = \"300ms\"\nhealth.fall = 1\nhealth.rise = 1",
+        );
+        let Rig { dir: _dir, mut squid, .. } = rig;
+        assert_eq!(post(&relay, 1, SERIES, b"{}").status, 202, "{}", relay.log());
+        squid.stop();
+        for _ in 0..4 {
+            let status = post(&relay, 1, SERIES, b"{}").status;
+            assert!(status == 502 || status == 503, "got {status}: {}", relay.log());
+        }
+        assert!(relay.log().contains(&format!("cannot connect to proxy 127.0.0.1:{}", squid.port)), "{}", relay.log());
+        squid.restart();
+        assert!(
+            eventually(Duration::from_secs(5), || post(&relay, 1, SERIES, b"{}").status == 202),
+            "traffic did not come back through the proxy: {}",
+            relay.log()
+        );
     }
-    assert!(relay.log().contains(&format!("cannot connect to proxy 127.0.0.1:{}", squid.port)), "{}", relay.log());
-    squid.restart();
-    assert!(
-        eventually(Duration::from_secs(5), || post(&relay, 1, SERIES, b"{}").status == 202),
-        "traffic did not come back through the proxy: {}",
-        relay.log()
-    );
-});
+);
 
-both_backends!(no_proxy_hosts_go_direct_and_resolve_locally_connects_to_addresses, |io: &str| {
-    if skip_squid() {
-        return;
+both_backends_both_protocols!(
+    no_proxy_hosts_go_direct_and_resolve_locally_connects_to_addresses,
+    |io: &str, protocol: Protocol| {
+        if skip_squid() {
+            return;
+        }
+        let mut rig = Rig::new(PASSWORD);
+        let port = rig.intake.addr().port();
+        let zone = rig.dir.path().join("zone.txt");
+        let text: String = upstream_hosts().iter().map(|h| format!("{h} A 127.0.0.1 60\n")).collect();
+        std::fs::write(&zone, text).unwrap();
+        let dns = MockDns::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
+        let dns_lines = format!("dns.nameservers = [\"{}\"]\ndns.timeout = \"1s\"\n", dns.local_addr());
+
+        // Metrics bypasses the proxy (resolved here, straight to the intake);
+        // traces go through it by name.
+        let relay = rig.relay(io, protocol, &format!("upstream.proxy.no_proxy = [\"{METRICS_HOST}\"]\n{dns_lines}"));
+        assert_eq!(post(&relay, 1, SERIES, b"{}").status, 202, "{}", relay.log());
+        assert_eq!(post(&relay, 2, "/api/v0.2/traces", b"{}").status, 202, "{}", relay.log());
+        let status = relay.status_page("/");
+        assert!(status.contains(&format!("direct (no_proxy): {METRICS_HOST}")), "{status}");
+        let metrics = relay.status_page("/metrics");
+        assert!(
+            metrics.contains(&format!("fipsrelay_upstream_via_proxy{{upstream=\"{METRICS_HOST}\"}} 0")),
+            "{metrics}"
+        );
+        drop(relay);
+
+        // resolve_locally: the relay resolves the name and CONNECTs to the address.
+        let relay = rig.relay(io, protocol, &format!("upstream.proxy.resolve_locally = true\n{dns_lines}"));
+        assert_eq!(post(&relay, 1, SERIES, b"{}").status, 202, "{}", relay.log());
+        let records = rig.intake.mock.records();
+        assert_eq!(records.len(), 3);
+        assert!(records.iter().all(|r| r.sni.is_some() && r.sni == r.host), "{records:?}");
+        drop(relay);
+
+        rig.squid.stop();
+        let targets = connect_targets(&rig.squid);
+        assert!(targets.iter().all(|t| !t.contains(METRICS_HOST)), "metrics went through the proxy: {targets:?}");
+        assert!(targets.contains(&format!("CONNECT {TRACE_HOST}:{port} {USER}")), "{targets:?}");
+        // With resolve_locally the proxy sees the address, not the name. Squid's
+        // dstdomain ACL matches an IP's reverse name: ".ddog-gov.com" refuses it
+        // unless the hosts file names it, which it does here.
+        assert!(targets.contains(&format!("CONNECT 127.0.0.1:{port} {USER}")), "{targets:?}");
     }
-    let mut rig = Rig::new(PASSWORD);
-    let port = rig.intake.addr().port();
-    let zone = rig.dir.path().join("zone.txt");
-    let text: String = upstream_hosts().iter().map(|h| format!("{h} A 127.0.0.1 60\n")).collect();
-    std::fs::write(&zone, text).unwrap();
-    let dns = MockDns::start("127.0.0.1:0".parse().unwrap(), zone).unwrap();
-    let dns_lines = format!("dns.nameservers = [\"{}\"]\ndns.timeout = \"1s\"\n", dns.local_addr());
+);
 
-    // Metrics bypasses the proxy (resolved here, straight to the intake);
-    // traces go through it by name.
-    let relay = rig.relay(io, &format!("upstream.proxy.no_proxy = [\"{METRICS_HOST}\"]\n{dns_lines}"));
-    assert_eq!(post(&relay, 1, SERIES, b"{}").status, 202, "{}", relay.log());
-    assert_eq!(post(&relay, 2, "/api/v0.2/traces", b"{}").status, 202, "{}", relay.log());
-    let status = relay.status_page("/");
-    assert!(status.contains(&format!("direct (no_proxy): {METRICS_HOST}")), "{status}");
-    let metrics = relay.status_page("/metrics");
-    assert!(metrics.contains(&format!("fipsrelay_upstream_via_proxy{{upstream=\"{METRICS_HOST}\"}} 0")), "{metrics}");
-    drop(relay);
-
-    // resolve_locally: the relay resolves the name and CONNECTs to the address.
-    let relay = rig.relay(io, &format!("upstream.proxy.resolve_locally = true\n{dns_lines}"));
-    assert_eq!(post(&relay, 1, SERIES, b"{}").status, 202, "{}", relay.log());
-    let records = rig.intake.mock.records();
-    assert_eq!(records.len(), 3);
-    assert!(records.iter().all(|r| r.sni.is_some() && r.sni == r.host), "{records:?}");
-    drop(relay);
-
-    rig.squid.stop();
-    let targets = connect_targets(&rig.squid);
-    assert!(targets.iter().all(|t| !t.contains(METRICS_HOST)), "metrics went through the proxy: {targets:?}");
-    assert!(targets.contains(&format!("CONNECT {TRACE_HOST}:{port} {USER}")), "{targets:?}");
-    // With resolve_locally the proxy sees the address, not the name. Squid's
-    // dstdomain ACL matches an IP's reverse name: ".ddog-gov.com" refuses it
-    // unless the hosts file names it, which it does here.
-    assert!(targets.contains(&format!("CONNECT 127.0.0.1:{port} {USER}")), "{targets:?}");
-});
-
-#[test]
-fn https_proxy_gets_its_own_fips_tls_checked_against_its_ca() {
+both_protocols!(https_proxy_gets_its_own_fips_tls_checked_against_its_ca, |protocol: Protocol| {
     if skip_squid() {
         return;
     }
@@ -291,7 +313,7 @@ fn https_proxy_gets_its_own_fips_tls_checked_against_its_ca() {
     // A relay through Squid's https_port, trusting `proxy_ca` for the proxy.
     let relay_trusting = |proxy_ca: &Path| {
         let extra = format!("upstream.proxy.ca_file = \"{}\"", proxy_ca.display());
-        let lines = proxy_lines(&squid.tls_url(), &intake, Some(&creds), &extra);
+        let lines = proxy_lines(&squid.tls_url(), &intake, Some(&creds), &protocol.with(&extra));
         Relay::start(dir.path(), "epoll", intake.addr(), &intake.ca_file, &lines)
     };
     let relay = relay_trusting(&proxy_ca);
@@ -311,7 +333,7 @@ fn https_proxy_gets_its_own_fips_tls_checked_against_its_ca() {
         "{}",
         relay.log()
     );
-}
+});
 
 #[test]
 fn diagnose_prints_the_proxy_hop_as_its_own_step() {
@@ -359,7 +381,7 @@ fn diagnose_prints_the_proxy_hop_as_its_own_step() {
 
 // A proxy that accepts and never answers CONNECT: the request gets 502
 // within `upstream.connect_timeout`, and the log names the step.
-both_backends!(a_proxy_that_never_answers_connect_times_out_into_502, |io: &str| {
+both_backends_both_protocols!(a_proxy_that_never_answers_connect_times_out_into_502, |io: &str, protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -381,7 +403,7 @@ both_backends!(a_proxy_that_never_answers_connect_times_out_into_502, |io: &str|
         io,
         intake.addr(),
         &intake.ca_file,
-        &proxy_lines(&url, &intake, None, "upstream.connect_timeout = \"500ms\""),
+        &protocol.with(&proxy_lines(&url, &intake, None, "upstream.connect_timeout = \"500ms\"")),
     );
     let started = std::time::Instant::now();
     assert_eq!(post(&relay, 1, SERIES, b"{}").status, 502);

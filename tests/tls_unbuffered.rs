@@ -341,14 +341,23 @@ fn steady_state_allocates_nothing_per_exchange() {
 fn pending_tickets_are_not_death_but_fin_is() {
     let pki = pki();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (flushed_tx, flushed) = std::sync::mpsc::channel();
     let (addr, server) = spawn_server(&pki, &rustls::version::TLS13, move |l, cfg| {
         let s = Server::accept(&l, &cfg);
+        // Handshake done, tickets written: the client's address.
+        flushed_tx.send(s.sock.peer_addr().unwrap()).unwrap();
         let _ = rx.recv(); // hold the connection open until told
         drop(s);
     });
     Epoll::block_on(async move {
         let mut s = connect(addr, pki.client.clone()).await;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await; // tickets arrive
+        // The tickets arrive: bytes wait unread on the client's socket.
+        let client = flushed.recv().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while unread_bytes(client) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no session ticket reached the client");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert!(s.is_reusable_now(), "unread session tickets must not mark the session dead");
         assert!(s.is_reusable_now(), "and the check is repeatable");
         tx.send(()).unwrap();
@@ -360,6 +369,21 @@ fn pending_tickets_are_not_death_but_fin_is() {
     })
     .unwrap();
     server.join().unwrap();
+}
+
+/// Bytes received and not read yet on the TCP socket bound to `local`
+/// (the kernel's rx_queue in /proc/net/tcp), 0 if there is none.
+fn unread_bytes(local: std::net::SocketAddr) -> u64 {
+    let std::net::SocketAddr::V4(v4) = local else { panic!("an IPv4 address: {local}") };
+    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(1) == Some(&want.as_str()))
+        .and_then(|f| u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok())
+        .unwrap_or(0)
 }
 
 /// Interop with a TLS stack nobody here wrote: `openssl s_server` (OpenSSL,

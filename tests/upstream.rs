@@ -23,7 +23,7 @@ fn count(log: &str, needle: &str) -> usize {
     log.matches(needle).count()
 }
 
-both_backends!(dead_address_goes_down_and_comes_back_up, |io: &str| {
+both_backends_both_protocols!(dead_address_goes_down_and_comes_back_up, |io: &str, protocol: Protocol| {
     let dir = TestDir::new();
     let mut intake = Intake::start(dir.path());
     let dead = refused_addr();
@@ -32,11 +32,10 @@ both_backends!(dead_address_goes_down_and_comes_back_up, |io: &str| {
         io,
         intake.addr(),
         &intake.ca_file,
-        &format!(
+        &protocol.with(&format!(
             "upstream.override_addr = \"{}, {dead}\"\nhealth.enabled = true\nhealth.interval = \"200ms\"\nhealth.rise = 2\nhealth.fall = 2",
             intake.addr()
-        ),
-    );
+        )));
     // Active checks take it down: one transition line with the reason and the count.
     let down = format!("upstream {METRICS_HOST} {dead} is DOWN: connect failed");
     assert!(eventually(Duration::from_secs(5), || relay.log().contains(&down)), "{}", relay.log());
@@ -70,7 +69,7 @@ both_backends!(dead_address_goes_down_and_comes_back_up, |io: &str| {
     assert_eq!(second.stats().requests, 20, "the address back up carries the traffic");
 });
 
-both_backends!(connect_failures_mark_an_address_down_at_once, |io: &str| {
+both_backends_both_protocols!(connect_failures_mark_an_address_down_at_once, |io: &str, protocol: Protocol| {
     // Both addresses pass the first active check at start; the next one is
     // an hour away. Then one intake goes away: only the data path can take
     // its address down, and it does on the first failed connect (fall = 1).
@@ -83,12 +82,17 @@ both_backends!(connect_failures_mark_an_address_down_at_once, |io: &str| {
         io,
         intake.addr(),
         &intake.ca_file,
-        &format!(
+        &protocol.with(&format!(
             "upstream.override_addr = \"{gone}, {}\"\nhealth.enabled = true\nhealth.interval = \"1h\"\nhealth.fall = 1\nworkers.threads = 1",
             intake.addr()
-        ),
+        )));
+    // The first active checks, one TLS handshake with each intake, pass.
+    assert!(
+        eventually(Duration::from_secs(5), || intake.mock.handshakes_completed() >= 1
+            && second.handshakes_completed() >= 1),
+        "{}",
+        relay.log()
     );
-    std::thread::sleep(Duration::from_millis(300));
     assert!(!relay.log().contains("is DOWN"), "{}", relay.log());
     second.shutdown();
     for _ in 0..10 {
@@ -102,7 +106,7 @@ both_backends!(connect_failures_mark_an_address_down_at_once, |io: &str| {
     assert_eq!(intake.mock.stats().requests + second.stats().requests, 10);
 });
 
-both_backends!(all_addresses_down_answers_503_at_once, |io: &str| {
+both_backends_both_protocols!(all_addresses_down_answers_503_at_once, |io: &str, protocol: Protocol| {
     // The intake accepts and never answers: each handshake needs the whole
     // 2 s connect timeout to fail. Once the address is down, the relay must
     // not wait for that any more.
@@ -117,8 +121,7 @@ both_backends!(all_addresses_down_answers_503_at_once, |io: &str| {
         io,
         intake.addr(),
         &intake.ca_file,
-        "upstream.connect_timeout = \"2s\"\nhealth.enabled = true\nhealth.interval = \"200ms\"\nhealth.timeout = \"300ms\"\nhealth.fall = 1",
-    );
+        &protocol.with("upstream.connect_timeout = \"2s\"\nhealth.enabled = true\nhealth.interval = \"200ms\"\nhealth.timeout = \"300ms\"\nhealth.fall = 1"));
     let down = format!(
         "upstream {METRICS_HOST} {} is DOWN: TLS handshake timeout after 300ms (0 of 1 addresses up)",
         intake.addr()
@@ -174,8 +177,7 @@ both_backends!(all_addresses_down_answers_503_at_once, |io: &str| {
     );
 });
 
-#[test]
-fn health_checks_disabled_never_mark_down() {
+both_protocols!(health_checks_disabled_never_mark_down, |protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
     let dead = refused_addr();
@@ -184,14 +186,15 @@ fn health_checks_disabled_never_mark_down() {
         "epoll",
         dead,
         &intake.ca_file,
-        "health.enabled = false\nhealth.interval = \"100ms\"\nhealth.fall = 1",
+        &protocol.with("health.enabled = false\nhealth.interval = \"100ms\"\nhealth.fall = 1"),
     );
+    // The stimulus: four check intervals in which no check may run.
     std::thread::sleep(Duration::from_millis(400));
     for _ in 0..4 {
         assert_eq!(post_series(&relay), 502);
     }
     assert!(!relay.log().contains("is DOWN"), "{}", relay.log());
-}
+});
 
 /// Every upstream host the default config uses.
 fn upstream_hosts() -> Vec<String> {
@@ -212,8 +215,7 @@ fn dns_config(dns: SocketAddr, port: u16, extra: &str) -> String {
     format!("upstream.override_addr = -\nupstream.port = {port}\ndns.nameservers = [\"{dns}\"]\ndns.timeout = \"1s\"\n{extra}")
 }
 
-#[test]
-fn dns_answer_change_moves_traffic_and_a_failing_dns_keeps_the_last_answer() {
+both_protocols!(dns_answer_change_moves_traffic_and_a_failing_dns_keeps_the_last_answer, |protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
     let port = intake.addr().port();
@@ -227,7 +229,7 @@ fn dns_answer_change_moves_traffic_and_a_failing_dns_keeps_the_last_answer() {
         "epoll",
         intake.addr(),
         &intake.ca_file,
-        &dns_config(dns.local_addr(), port, "dns.refresh = \"30s\""),
+        &protocol.with(&dns_config(dns.local_addr(), port, "dns.refresh = \"30s\"")),
     );
     assert!(relay.log().contains("resolving upstream hosts"), "{}", relay.log());
     for _ in 0..3 {
@@ -267,10 +269,9 @@ fn dns_answer_change_moves_traffic_and_a_failing_dns_keeps_the_last_answer() {
     assert_eq!(second.stats().requests, 8);
     let status = relay.status_page("/");
     assert!(status.contains("(DNS: "), "the status page shows the DNS error: {status}");
-}
+});
 
-#[test]
-fn starts_without_dns_answers_503_then_serves_once_resolved() {
+both_protocols!(starts_without_dns_answers_503_then_serves_once_resolved, |protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
     // A UDP port with nobody on it yet: every lookup fails.
@@ -280,7 +281,7 @@ fn starts_without_dns_answers_503_then_serves_once_resolved() {
         "epoll",
         intake.addr(),
         &intake.ca_file,
-        &dns_config(dns_addr, intake.addr().port(), "dns.refresh = \"2s\""),
+        &protocol.with(&dns_config(dns_addr, intake.addr().port(), "dns.refresh = \"2s\"")),
     );
     assert!(relay.log().contains("not every upstream host resolved at start"), "{}", relay.log());
     assert_eq!(post_series(&relay), 503);
@@ -294,10 +295,9 @@ fn starts_without_dns_answers_503_then_serves_once_resolved() {
     let _dns = MockDns::start(dns_addr, zone).unwrap();
     assert!(eventually(Duration::from_secs(8), || post_series(&relay) == 202), "{}", relay.log());
     assert_eq!(intake.mock.stats().requests, 1);
-}
+});
 
-#[test]
-fn dns_prefer_picks_the_address_family() {
+both_protocols!(dns_prefer_picks_the_address_family, |protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
     let port = intake.addr().port();
@@ -317,7 +317,7 @@ fn dns_prefer_picks_the_address_family() {
             "epoll",
             intake.addr(),
             &intake.ca_file,
-            &dns_config(dns.local_addr(), port, &format!("dns.prefer = \"{prefer}\"")),
+            &protocol.with(&dns_config(dns.local_addr(), port, &format!("dns.prefer = \"{prefer}\""))),
         );
         let (v4_before, v6_before) = (intake.mock.stats().requests, v6.stats().requests);
         for _ in 0..3 {
@@ -330,4 +330,4 @@ fn dns_prefer_picks_the_address_family() {
         let line = status.lines().find(|l| l.starts_with(METRICS_HOST)).unwrap().to_string();
         assert!(line.contains("1/1"), "{line}");
     }
-}
+});

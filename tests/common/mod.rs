@@ -1,7 +1,12 @@
 //! End-to-end harness: a real `fipsrelay` process with a generated config and
 //! PKI, a real TLS mock intake (in-process, its own thread and runtime), and
-//! plain-TCP clients. Ports come from the kernel or are retried; every wait
-//! polls with a deadline.
+//! plain-TCP clients. The relay runs with the product's defaults, the
+//! upstream protocol included (`auto`: HTTP/2 to the mock intake, which
+//! offers h2 by ALPN), unless a test pins something. Mock intakes listen on
+//! `:0`; the relay's 16 consecutive ports are a range picked at random and
+//! picked again on a clash. The relay is ready when its status port answers
+//! `GET /health` with 200 from a socket the relay's own process listens on;
+//! every wait polls with a deadline.
 #![allow(dead_code, unused_imports)]
 
 pub mod squid;
@@ -20,7 +25,8 @@ pub use loadgen::pki::TestPki;
 /// A fake API key, in the shape of a real one, for the scrubbing checks.
 pub const FAKE_KEY: &str = "5f2c8a1e9b7d4c3a6e0f1b2d3c4a5e6f";
 
-/// Runs the test body once per I/O backend.
+/// Runs the test body once per I/O backend, with the upstream protocol the
+/// test's config gives (the product's default unless it pins one).
 #[macro_export]
 macro_rules! both_backends {
     ($name:ident, $body:expr) => {
@@ -40,6 +46,88 @@ macro_rules! both_backends {
             }
         }
     };
+}
+
+/// Runs the test body once per I/O backend and upstream protocol:
+/// `{epoll, uring} × {h1, h2}`, h2 being the product's default (`auto`).
+/// For the tests whose behaviour can differ by upstream protocol; the body
+/// takes `(io, protocol)` and starts its relay with `protocol.with(extra)`.
+#[macro_export]
+macro_rules! both_backends_both_protocols {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn uring_h1() {
+                if $crate::common::skip_uring() {
+                    return;
+                }
+                ($body)("uring", $crate::common::Protocol::Http1)
+            }
+            #[test]
+            fn uring_h2() {
+                if $crate::common::skip_uring() {
+                    return;
+                }
+                ($body)("uring", $crate::common::Protocol::H2)
+            }
+            #[test]
+            fn epoll_h1() {
+                ($body)("epoll", $crate::common::Protocol::Http1)
+            }
+            #[test]
+            fn epoll_h2() {
+                ($body)("epoll", $crate::common::Protocol::H2)
+            }
+        }
+    };
+}
+
+/// Runs the test body once per upstream protocol, on epoll only: for the
+/// tests that use one backend by design. The body takes the `Protocol`.
+#[macro_export]
+macro_rules! both_protocols {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn h1() {
+                ($body)($crate::common::Protocol::Http1)
+            }
+            #[test]
+            fn h2() {
+                ($body)($crate::common::Protocol::H2)
+            }
+        }
+    };
+}
+
+/// The upstream protocol a test's relay speaks to the intake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `upstream.protocol = "http1"`: the HTTP/1.1 session pool.
+    Http1,
+    /// The product's default (no `upstream.protocol` key: `auto`), which
+    /// speaks HTTP/2 to an intake offering h2 by ALPN, as the mock intake does.
+    H2,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Http1, Protocol::H2];
+
+    /// `extra` relay config lines, with this protocol pinned where it is not the default.
+    pub fn with(self, extra: &str) -> String {
+        match self {
+            Protocol::Http1 => format!("upstream.protocol = \"http1\"\n{extra}"),
+            Protocol::H2 => extra.to_string(),
+        }
+    }
+
+    pub fn is_h2(self) -> bool {
+        self == Protocol::H2
+    }
 }
 
 /// io_uring tests run unless FIPSRELAY_TEST_SKIP_URING=1 says the host blocks it.
@@ -102,10 +190,21 @@ impl Intake {
         self.mock.addr()
     }
 
-    /// Another mock intake at `listen`, serving the same certificate.
+    /// Another mock intake at `listen`, serving the same certificate. A
+    /// port that was free or just given up may be held for a moment by a
+    /// connection that took it as its ephemeral port: the bind is tried
+    /// again for up to 5 s.
     pub fn sibling(&self, listen: SocketAddr) -> MockIntake {
         let cfg = MockConfig::new(listen, self.pki.leaf_cert_pem.clone(), self.pki.leaf_key_pem.clone());
-        MockIntake::start(cfg).unwrap_or_else(|e| panic!("mock intake on {listen}: {e}"))
+        let mut started = MockIntake::start(cfg.clone());
+        eventually(Duration::from_secs(5), || match &started {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                started = MockIntake::start(cfg.clone());
+                started.is_ok()
+            }
+            _ => true,
+        });
+        started.unwrap_or_else(|e| panic!("mock intake on {listen}: {e}"))
     }
 }
 
@@ -129,6 +228,8 @@ pub fn relay_bin() -> &'static str {
 /// A candidate 16-port range on 127.0.0.1, below the kernel's ephemeral range
 /// (32768+) so that client ports in TIME-WAIT never collide with it. Best
 /// effort: the relay re-checks, and `Relay::start` tries another on a clash.
+/// (The relay cannot bind `:0` for its 16 consecutive ports, nor take
+/// listeners from the test, so this is the one port the harness picks.)
 pub fn candidate_base(attempt: u32) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -139,15 +240,115 @@ pub fn candidate_base(attempt: u32) -> u16 {
     20000 + (mix % 750) as u16 * 16
 }
 
+/// True if all 16 ports from `base` can be bound right now.
+pub fn range_is_free(base: u16) -> bool {
+    (0..16).all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok())
+}
+
 /// A range of 16 ports that can all be bound right now.
 pub fn free_range() -> u16 {
     for attempt in 0..200 {
         let base = candidate_base(attempt);
-        if (0..16).all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
+        if range_is_free(base) {
             return base;
         }
     }
     panic!("no free 16-port range below 32000");
+}
+
+/// How a `fipsrelay run` start ended.
+pub enum Started {
+    /// `GET /health` on its status port answered 200, from its own socket.
+    Ready(Child),
+    /// It exited before it was ready.
+    Exited(ExitStatus),
+}
+
+/// Spawns `fipsrelay run --config config` (stderr to `log_path`, RUST_LOG
+/// unset, plus `env`) and waits, at most `timeout`, until it is ready or
+/// has exited. Ready: the relay's process owns a listening socket on
+/// `base` (its status port, offset 0) and `GET /health` there answers 200,
+/// which the relay does once every listener is bound and every worker
+/// serves. Owning the socket rules out an answer from another process that
+/// holds the port (the relay then exits with "Address already in use").
+pub fn spawn_relay(config: &Path, log_path: &Path, base: u16, env: &[(&str, &str)], timeout: Duration) -> Started {
+    let log = std::fs::File::create(log_path).unwrap();
+    let mut cmd = Command::new(relay_bin());
+    cmd.arg("run").arg("--config").arg(config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    cmd.env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn fipsrelay");
+    let pid = child.id() as i32;
+    let status_port = SocketAddr::from(([127, 0, 0, 1], base));
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Started::Exited(status);
+        }
+        if listens_on(pid, base) && health_status(status_port) == Some(200) {
+            return Started::Ready(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "fipsrelay neither ready nor exited after {timeout:?}:\n{}",
+                std::fs::read_to_string(log_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The status of `GET /health` at `addr`, or None if nothing answers (yet).
+pub fn health_status(addr: SocketAddr) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    send(&mut s, "GET", "/health", &[], b"").ok()?;
+    read_response(&mut BufReader::new(s), false).ok().map(|r| r.status)
+}
+
+/// The TCP connections in the kernel's table (/proc/net/tcp{,6}) that are
+/// established to remote port `port`.
+pub fn established_to(port: u16) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let remote = f.get(2).and_then(|a| u16::from_str_radix(a.rsplit(':').next()?, 16).ok());
+                    // st 01: TCP_ESTABLISHED.
+                    remote == Some(port) && f.get(3) == Some(&"01")
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// True if process `pid` holds a TCP socket listening on `port` (any
+/// address): /proc/net/tcp{,6} give the listening sockets' inodes,
+/// /proc/`pid`/fd the process's.
+pub fn listens_on(pid: i32, port: u16) -> bool {
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            // st 0A: TCP_LISTEN.
+            let inode = f.get(9)?;
+            (local_port == port && *f.get(3)? == "0A").then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()).any(|t| inodes.iter().any(|i| t == Path::new(i)))
 }
 
 impl Relay {
@@ -165,42 +366,28 @@ impl Relay {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Relay {
-        for attempt in 0..20 {
+        let mut tried = 0;
+        for attempt in 0..200 {
             let base = candidate_base(attempt);
-            let config = dir.join(format!("relay-{attempt}.toml"));
-            let text = render_config(base, io, upstream, ca_file, extra);
-            std::fs::write(&config, text).unwrap();
-            let log_path = dir.join(format!("relay-{attempt}.log"));
-            let log = std::fs::File::create(&log_path).unwrap();
-            let mut cmd = Command::new(relay_bin());
-            cmd.arg("run").arg("--config").arg(&config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-            cmd.env_remove("RUST_LOG");
-            for (k, v) in env {
-                cmd.env(k, v);
+            if !range_is_free(base) {
+                continue;
             }
-            let child = cmd.spawn().expect("spawn fipsrelay");
-            let mut relay = Relay { child: Some(child), base, log_path, io: io.to_string() };
-            match relay.wait_ready(Duration::from_secs(20)) {
-                Ok(()) => return relay,
-                Err(log) if log.contains("Address already in use") => continue,
-                Err(log) => panic!("relay did not start ({io}):\n{log}"),
+            let config = dir.join(format!("relay-{tried}.toml"));
+            std::fs::write(&config, render_config(base, io, upstream, ca_file, extra)).unwrap();
+            let log_path = dir.join(format!("relay-{tried}.log"));
+            tried += 1;
+            match spawn_relay(&config, &log_path, base, env, Duration::from_secs(20)) {
+                Started::Ready(child) => return Relay { child: Some(child), base, log_path, io: io.to_string() },
+                // Another process took one of the ports between the check
+                // and the relay's bind: another range.
+                Started::Exited(_) if !range_is_free(base) && tried < 20 => continue,
+                Started::Exited(status) => panic!(
+                    "relay did not start ({io}): exited with {status}:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                ),
             }
         }
         panic!("no free port range found");
-    }
-
-    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                return Err(format!("exited with {status}: {}", self.log()));
-            }
-            if self.log().contains("fipsrelay ready") {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(format!("not ready after {timeout:?}: {}", self.log()))
     }
 
     pub fn port(&self, offset: u16) -> u16 {
@@ -279,6 +466,14 @@ impl Relay {
 }
 
 impl Relay {
+    /// Waits (at most 5 s) until the relay holds no Agent connection on
+    /// `product`'s port: the work a test's clients gave it is over, so a
+    /// memory reading that follows is not one taken mid-request.
+    pub fn wait_idle(&self, product: &str) {
+        let open = format!("fipsrelay_open_connections{{product=\"{product}\"}}");
+        assert_eq!(self.wait_metric(&open, |v| v == 0.0), 0.0, "{open}");
+    }
+
     /// The sum of a Prometheus metric over its label sets, polled until
     /// `pred` holds (at most 5 s).
     pub fn wait_metric_sum(&self, name: &str, pred: impl Fn(f64) -> bool) -> f64 {
@@ -309,12 +504,6 @@ impl Drop for Relay {
     }
 }
 
-/// `upstream.protocol` for the relays the tests start: `http1` unless
-/// FIPSRELAY_TEST_PROTOCOL says otherwise.
-pub fn test_protocol() -> String {
-    std::env::var("FIPSRELAY_TEST_PROTOCOL").unwrap_or_else(|_| "http1".into())
-}
-
 pub fn render_config(base: u16, io: &str, upstream: SocketAddr, ca_file: &Path, extra: &str) -> String {
     // `extra` holds "section.key = value" lines, placed into their sections.
     let mut sections: Vec<(String, Vec<String>)> = vec![
@@ -325,9 +514,8 @@ pub fn render_config(base: u16, io: &str, upstream: SocketAddr, ca_file: &Path, 
             vec![
                 format!("override_addr = \"{upstream}\""),
                 format!("ca_file = \"{}\"", ca_file.display()),
-                // http1 unless FIPSRELAY_TEST_PROTOCOL says otherwise:
-                // scripts/test.sh runs everything once more with "auto".
-                format!("protocol = \"{}\"", test_protocol()),
+                // No `protocol`: the product's default (auto). Tests pin
+                // http1 through `Protocol::with` or their own lines.
             ],
         ),
         ("log".into(), vec![]),

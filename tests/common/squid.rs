@@ -153,18 +153,20 @@ impl Squid {
             .spawn()
             .expect("spawn squid");
         self.child = Some(child);
+        // Ready: Squid's process listens on its port(s). Exited while
+        // another process holds one of them: a clash, other ports.
         let deadline = Instant::now() + Duration::from_secs(15);
-        let want = if self.tls_port.is_some() { 2 } else { 1 };
+        let ports: Vec<u16> = std::iter::once(self.port).chain(self.tls_port).collect();
         while Instant::now() < deadline {
-            let log = self.cache_log();
-            if log.matches("Accepting HTTP").count() + log.matches("Accepting HTTPS").count() >= want {
+            let pid = self.child.as_ref().unwrap().id() as i32;
+            if ports.iter().all(|&p| super::listens_on(pid, p)) {
                 return true;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                if log.contains("Address already in use") || log.contains("Cannot bind") {
+                if ports.iter().any(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_err()) {
                     return false;
                 }
-                panic!("squid exited with {status}:\n{log}");
+                panic!("squid exited with {status}:\n{}", self.cache_log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

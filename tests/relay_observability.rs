@@ -1,0 +1,85 @@
+//! What an operator reads: the status port's summary, metrics and health,
+//! and a log that never holds a credential, on every path that logs.
+//! Every scenario runs on both I/O backends and both upstream protocols.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+both_backends_both_protocols!(status_port_serves_summary_metrics_health, |io: &str, protocol: Protocol| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, &protocol.with(""));
+    for _ in 0..3 {
+        assert_eq!(relay.request(2, "POST", "/api/v0.2/traces", &[], b"{}").status, 202);
+    }
+    let v = relay.wait_metric("fipsrelay_requests_total{product=\"traces\",class=\"2xx\"}", |v| v == 3.0);
+    assert_eq!(v, 3.0);
+    let metrics = relay.status_page("/metrics");
+    assert!(metrics.contains("fipsrelay_request_duration_seconds_count{product=\"traces\"} 3"), "{metrics}");
+    assert!(metrics.contains("fipsrelay_request_body_bytes_total{product=\"traces\"} 6"));
+    assert!(metrics.contains("fipsrelay_upstream_sessions_open{upstream=\"trace.agent.ddog-gov.com\"}"));
+    let summary = relay.status_page("/");
+    let module = "AWS-LC FIPS 3.1.0 static, FIPS 140-3 certificate #5314, validated";
+    assert!(summary.contains(&format!("fips: enabled ({module})")), "{summary}");
+    assert!(metrics.contains(
+        "fipsrelay_fips_module_info{version=\"3.1.0\",certificate=\"5314\",status=\"validated\",linkage=\"static\"} 1"
+    ), "{metrics}");
+    assert!(relay.log().contains(&format!("fips={module}")), "{}", relay.log());
+    let backend = if io == "uring" { "io: io_uring" } else { "io: epoll" };
+    assert!(summary.contains(backend), "{summary}");
+    assert!(summary.lines().any(|l| l.starts_with("traces (2)") && l.contains(" 3 ")), "{summary}");
+    let health = relay.status_page("/health");
+    assert!(health.contains("\"status\":\"ok\"") && health.contains("\"fips\":true"), "{health}");
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    let m = &health["fips_module"];
+    assert_eq!(m["version"], "3.1.0", "{health}");
+    assert_eq!(m["certificate"], 5314, "{health}");
+    assert_eq!(m["status"], "validated", "{health}");
+    assert_eq!(m["linkage"], "static", "{health}");
+    assert_eq!(m["validated"], true, "{health}");
+    assert_eq!(relay.request(0, "POST", "/admin", &[], b"x").status, 405);
+    assert_eq!(relay.request(0, "GET", "/nope", &[], b"").status, 404);
+});
+
+both_backends_both_protocols!(credentials_never_reach_the_log, |io: &str, protocol: Protocol| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let mut relay = Relay::start(
+        dir.path(),
+        io,
+        intake.addr(),
+        &intake.ca_file,
+        &protocol.with("log.level = \"trace\"\nupstream.response_timeout = \"300ms\""),
+    );
+    let key_headers = [("DD-API-KEY", FAKE_KEY), ("Authorization", "Bearer 5f2c8a1e9b7d4c3a6e0f1b2d3c4a5e6f")];
+    let validate = format!("/api/v1/validate?api_key={FAKE_KEY}");
+    // Success, intake errors, timeouts, faults, malformed requests, appsec.
+    assert_eq!(relay.request(1, "GET", &validate, &key_headers, b"").status, 202);
+    intake.mock.set_behavior(Behavior { status: 403, ..Behavior::default() });
+    relay.request(1, "GET", &validate, &key_headers, b"");
+    intake.mock.set_behavior(Behavior { latency: Duration::from_secs(2), ..Behavior::default() });
+    assert_eq!(relay.request(1, "GET", &validate, &key_headers, b"").status, 504);
+    intake.mock.set_behavior(Behavior { fault: Fault::ResetAfterRequest, ..Behavior::default() });
+    relay.request(1, "POST", &validate, &key_headers, FAKE_KEY.as_bytes());
+    let mut c = relay.connect(1);
+    c.write_raw(
+        format!("GET {validate} HTTP/1.1\r\nDD-API-KEY: {FAKE_KEY}\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+            .as_bytes(),
+    );
+    let _ = c.read_response(false);
+    let mut c = relay.connect(1);
+    c.write_raw(format!("GET {validate} HTTP/1.1\nDD-API-KEY: {FAKE_KEY}\n\n").as_bytes());
+    let _ = c.read_response(false);
+    relay.request(11, "POST", &validate, &key_headers, b"x");
+    drop(intake);
+    relay.request(1, "POST", &validate, &key_headers, b"x");
+    // Stopped, the relay has logged all it ever will, the stop included.
+    relay.terminate(Duration::from_secs(10));
+    let log = relay.log();
+    assert!(log.lines().count() > 8, "the error paths must have logged:\n{log}");
+    assert!(!log.contains(FAKE_KEY), "API key leaked into the log:\n{log}");
+    assert!(!log.contains(&FAKE_KEY[..20]), "API key prefix leaked into the log:\n{log}");
+});
