@@ -2,7 +2,7 @@
 # Installs what the build needs on a fresh Debian 12 machine with rustup:
 # cmake and Go build the AWS-LC FIPS module (aws-lc-fips-sys), a C compiler
 # and clang's libraries for bindgen; ApacheBench (ab, apache2-utils) for the
-# HTTP/1.0 keep-alive test in tests/relay.rs and htpasswd; Squid, the real
+# HTTP/1.0 keep-alive test in tests/relay_http10.rs and htpasswd; Squid, the real
 # egress proxy of tests/proxy.rs; podman, buildah and runc for the container
 # image and its test (tests/image.rs); rpm (rpmbuild) and systemd-analyze for
 # the packages (tests/packages.rs). Idempotent; asks apt only when missing.
