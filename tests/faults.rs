@@ -695,3 +695,48 @@ both_backends!(h2_a_full_stream_queue_answers_503_at_once, |io: &str| {
     assert!(refused.iter().all(|(_, t)| *t < Duration::from_millis(1000)), "503 at once: {answers:?}");
     assert!(relay.log().contains("upstream.h2_max_queued = 2"), "{}", relay.log());
 });
+
+// A storm of SIGHUPs while a restart in place runs (`systemctl reload` twice
+// in a row, say) hits the old process's drain and the new image's start:
+// the new image starts with SIGHUP/SIGTERM/SIGINT blocked until its
+// handlers are in place, so none of them kills it. One relay stays, it
+// restarted once, and the load loses nothing.
+both_backends!(a_sighup_storm_during_a_restart_in_place_leaves_one_relay_and_loses_nothing, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let mut relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    let pid = relay.pid();
+    let config = relay.log_path.with_extension("toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("threads = 2"), "{text}");
+    let changed = text.replace("threads = 2", "threads = 1");
+    let port = relay.port(1);
+    let report = std::thread::scope(|s| {
+        s.spawn(|| {
+            let under_way = eventually(Duration::from_secs(10), || intake.mock.stats().requests >= 20);
+            std::fs::write(&config, changed).unwrap();
+            // A SIGHUP every 10 ms for 2 s: the old process's drain and the
+            // new image's start-up are both hit.
+            let storm = Instant::now();
+            while storm.elapsed() < Duration::from_secs(2) {
+                unsafe { libc::kill(pid, libc::SIGHUP) };
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(under_way, "the load did not start");
+        });
+        verified_load(dir.path(), &intake, port, "3500ms", 8)
+    });
+    let log = relay.log();
+    let exited = relay.child.as_mut().unwrap().try_wait().unwrap();
+    assert!(exited.is_none(), "the relay is gone ({exited:?}):\n{log}");
+    assert!(
+        eventually(Duration::from_secs(10), || relay.log().matches("fipsrelay ready").count() == 2),
+        "one restart in place:\n{}",
+        relay.log()
+    );
+    eprintln!("{io}: {} / errors {} / verify {}", report["status"], report["errors"], report["verify"]);
+    assert_verified(&report, "SIGHUP storm");
+    assert_eq!(statuses(&report), vec![202], "{}\n{log}", report["status"]);
+    assert_eq!(report["errors"]["total"], 0, "{}\n{log}", report["errors"]);
+    assert!(relay.status_page("/").contains("(1 workers)"), "{}", relay.status_page("/"));
+});

@@ -228,6 +228,20 @@ pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// Blocks (`SIG_BLOCK`) or unblocks (`SIG_UNBLOCK`) SIGHUP, SIGTERM and
+/// SIGINT for the calling thread. Async-signal-safe.
+pub fn stop_signals(how: libc::c_int) {
+    // SAFETY: a sigset on the stack, filled by sigemptyset/sigaddset.
+    unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(set.as_mut_ptr(), sig);
+        }
+        libc::pthread_sigmask(how, set.as_ptr(), std::ptr::null_mut());
+    }
+}
+
 /// Replaces this process with `binary` and the same arguments, keeping the
 /// outgoing descriptors open. Returns only if exec failed.
 pub fn exec(binary: &Path, out: Outgoing) -> std::io::Error {
@@ -250,7 +264,20 @@ pub fn exec(binary: &Path, out: Outgoing) -> std::io::Error {
     }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let env = format!("v1 m={}", list.as_raw_fd());
-    let err = std::process::Command::new(binary).args(args).env(ENV, env).exec();
+    let mut cmd = std::process::Command::new(binary);
+    cmd.args(args).env(ENV, env);
+    // The new image starts with SIGHUP, SIGTERM and SIGINT blocked (the mask
+    // survives execve; std clears it before the closures run): one that
+    // comes before its handlers are in place waits for them instead of
+    // killing it (`stop_signals(SIG_UNBLOCK)` in the control loop's start).
+    // SAFETY: only async-signal-safe calls between fork-less exec steps.
+    unsafe {
+        cmd.pre_exec(|| {
+            stop_signals(libc::SIG_BLOCK);
+            Ok(())
+        });
+    }
+    let err = cmd.exec();
     // Still here: the descriptors close with `out` and `list`.
     drop((out, list));
     err

@@ -46,11 +46,15 @@ impl Signals {
     pub fn install(control: &ControlThread) -> Result<Signals, StartError> {
         let _in_runtime = control.enter();
         use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
+        let signals = Signals {
             term: signal(SignalKind::terminate()).map_err(StartError::Runtime)?,
             int: signal(SignalKind::interrupt()).map_err(StartError::Runtime)?,
             hup: signal(SignalKind::hangup()).map_err(StartError::Runtime)?,
-        })
+        };
+        // After a restart in place these came blocked (see `handover::exec`):
+        // the handlers are in place now, so what waited is delivered to them.
+        super::handover::stop_signals(libc::SIG_UNBLOCK);
+        Ok(signals)
     }
 }
 
