@@ -192,6 +192,32 @@ impl Signal {
     }
 }
 
+/// "Something changed" between the tasks of one thread: the first
+/// [`Mark::set`] after a [`Mark::clear`] wakes the task waiting for it;
+/// further sets cost a flag test.
+#[derive(Default)]
+pub struct Mark {
+    set: Cell<bool>,
+    signal: Signal,
+}
+
+impl Mark {
+    pub fn set(&self) {
+        if !self.set.replace(true) {
+            self.signal.notify();
+        }
+    }
+
+    pub fn clear(&self) {
+        self.set.set(false);
+    }
+
+    /// Resolves once set (at once if it is).
+    pub async fn wait(&self) {
+        self.signal.wait_for(|| self.set.get().then_some(())).await
+    }
+}
+
 /// A task's place among a [`Signal`]'s waiters; freed when dropped.
 pub struct Waiter<'a> {
     signal: &'a Signal,

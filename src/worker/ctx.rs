@@ -3,6 +3,7 @@
 //! on one thread. This is the only thing the relay takes from the worker.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use crate::config::Config;
 use crate::io::Backend;
 use crate::metrics::{StatsHub, WorkerStats};
 use crate::route::{RouteTable, UpstreamId};
-use crate::rt::Signal;
+use crate::rt::Mark;
 use crate::status::StatusInfo;
 use crate::upstream::connect::Connector;
 use crate::upstream::h2pool::H2Hosts;
@@ -42,9 +43,9 @@ pub struct WorkerCtx<B: Backend> {
     pub in_flight: Cell<usize>,
     pub connections: Cell<usize>,
     /// Something the stats show changed since the last publish (a
-    /// connection, a request); the housekeeping task sleeps until it does.
-    touched: Cell<bool>,
-    activity: Signal,
+    /// connection, a request, an HTTP/2 connection's PING or end); the
+    /// housekeeping task sleeps until it does.
+    changed: Rc<Mark>,
     /// Idle Agent connections for the next process (restart in place only).
     pub handed_over: Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>,
 }
@@ -63,11 +64,12 @@ impl<B: Backend> WorkerCtx<B> {
         handed_over: Arc<std::sync::Mutex<Vec<std::os::fd::OwnedFd>>>,
     ) -> Self {
         let n = routes.upstreams.len();
+        let changed = Rc::new(Mark::default());
         let current = *phase.borrow();
         WorkerCtx {
             id,
             upstream: Connector::new(config.clone(), routes.clone(), directory, tls),
-            h2: RefCell::new(H2Hosts::new(n)),
+            h2: RefCell::new(H2Hosts::new(n, changed.clone())),
             buffers: RefCell::new(BufferPool::new(MAX_FREE_BUFFERS)),
             stats: RefCell::new(WorkerStats::new(n)),
             config,
@@ -78,8 +80,7 @@ impl<B: Backend> WorkerCtx<B> {
             phase,
             in_flight: Cell::new(0),
             connections: Cell::new(0),
-            touched: Cell::new(false),
-            activity: Signal::default(),
+            changed,
             handed_over,
         }
     }
@@ -113,20 +114,18 @@ impl<B: Backend> WorkerCtx<B> {
     /// request came): the next publish is due. Only the first mark after a
     /// publish wakes the housekeeping task.
     pub fn touch(&self) {
-        if !self.touched.replace(true) {
-            self.activity.notify();
-        }
+        self.changed.set();
     }
 
     /// Resolves once [`WorkerCtx::touch`] was called since the last
     /// [`WorkerCtx::untouch`].
     pub async fn touched(&self) {
-        self.activity.wait_for(|| self.touched.get().then_some(())).await
+        self.changed.wait().await
     }
 
     /// The stats are about to be published: the next change marks again.
     pub fn untouch(&self) {
-        self.touched.set(false);
+        self.changed.clear();
     }
 
     pub(crate) fn upstream_host(&self, id: UpstreamId) -> &str {

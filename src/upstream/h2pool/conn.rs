@@ -23,7 +23,7 @@ use crate::fault::Cause;
 use crate::h2::conn::{Conn, ConnError};
 use crate::h2::frame::ErrorCode;
 use crate::h2::headers::{AnswerHead, HeaderError};
-use crate::rt::Signal;
+use crate::rt::{Mark, Signal};
 
 /// Plaintext queued on a connection beyond which exchanges wait for the
 /// connection's task to write it before they queue more body.
@@ -99,6 +99,8 @@ pub struct H2Conn {
     pub(super) changed: Signal,
     pub addr: SocketAddr,
     pub counters: Rc<H2Counters>,
+    /// The worker's "stats changed" mark (see `H2Hosts`).
+    pub(super) stats: Rc<Mark>,
     /// Half of `upstream.idle_timeout`: a connection read nothing from for
     /// this long is PINGed before it takes a stream.
     pub(super) stale_after: Duration,
@@ -227,8 +229,15 @@ impl Inner {
 }
 
 impl H2Conn {
-    pub(super) fn new(conn: Conn, addr: SocketAddr, counters: Rc<H2Counters>, stale_after: Duration) -> H2Conn {
+    pub(super) fn new(
+        conn: Conn,
+        addr: SocketAddr,
+        counters: Rc<H2Counters>,
+        stats: Rc<Mark>,
+        stale_after: Duration,
+    ) -> H2Conn {
         H2Conn {
+            stats,
             inner: RefCell::new(Inner::new(conn)),
             to_driver: Signal::default(),
             changed: Signal::default(),
@@ -260,6 +269,7 @@ impl H2Conn {
         }
         drop(i);
         self.changed.notify();
+        self.stats.set();
     }
 
     /// Before the connection takes a stream: an idle one the intake has
@@ -269,6 +279,7 @@ impl H2Conn {
         if i.slots.is_empty() && i.ping_sent.is_none() && i.last_read.elapsed() >= self.stale_after {
             i.ping(&self.counters);
             drop(i);
+            self.stats.set();
             self.to_driver.notify();
         }
     }

@@ -199,6 +199,8 @@ fn tick(conn: &H2Conn, ping_out: bool, idle_until: Instant, ping_limit: Duration
         i.dead = Some(Rc::new(ConnEnd::Idle));
     } else {
         i.ping(&conn.counters);
+        drop(i);
+        conn.stats.set();
     }
     None
 }

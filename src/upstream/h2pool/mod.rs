@@ -33,7 +33,7 @@ use crate::h2::conn::{Conn, LocalSettings};
 use crate::io::Backend;
 use crate::metrics::WorkerStats;
 use crate::route::UpstreamId;
-use crate::rt::Signal;
+use crate::rt::{Mark, Signal};
 
 pub mod conn;
 mod drive;
@@ -114,10 +114,13 @@ pub struct H2Hosts {
     /// Exchanges waiting for a stream while every connection is at its limit.
     queued: Vec<usize>,
     pub counters: Vec<Rc<H2Counters>>,
+    /// Set when a connection changes what the worker's stats show while
+    /// no request runs (a PING sent, a connection ended).
+    stats_changed: Rc<Mark>,
 }
 
 impl H2Hosts {
-    pub fn new(upstreams: usize) -> Self {
+    pub fn new(upstreams: usize, stats_changed: Rc<Mark>) -> Self {
         H2Hosts {
             conns: vec![Vec::new(); upstreams],
             opening: vec![0; upstreams],
@@ -125,6 +128,7 @@ impl H2Hosts {
             http1_until: vec![None; upstreams],
             queued: vec![0; upstreams],
             counters: (0..upstreams).map(|_| Rc::default()).collect(),
+            stats_changed,
         }
     }
 
@@ -268,8 +272,11 @@ impl H2Hosts {
             conn_window: cfg.h2_connection_window,
             ..LocalSettings::default()
         };
-        let counters = hosts.borrow().counters[upstream].clone();
-        let conn = Rc::new(H2Conn::new(Conn::new(local), session.addr, counters, cfg.upstream_idle_timeout / 2));
+        let (counters, stats) = {
+            let h = hosts.borrow();
+            (h.counters[upstream].clone(), h.stats_changed.clone())
+        };
+        let conn = Rc::new(H2Conn::new(Conn::new(local), session.addr, counters, stats, cfg.upstream_idle_timeout / 2));
         tracing::debug!(upstream = up.host(upstream), addr = %session.addr, "HTTP/2 connection opened");
         hosts.borrow_mut().conns[upstream].push(conn.clone());
         let timeouts =
