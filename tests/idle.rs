@@ -86,3 +86,47 @@ both_backends_both_protocols!(ten_thousand_idle_connections_are_cheap_and_served
     drop(clients);
     let _ = std::io::stderr().flush();
 });
+
+/// Context switches (voluntary and not) of the relay's threads named
+/// `prefix*`, summed: each wake-up of a sleeping thread is one.
+fn switches(pid: i32, prefix: &str) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.trim().starts_with(prefix) {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+// Idle means asleep (DESIGN §2): with kept-alive Agent connections and
+// pooled intake sessions but no traffic, a worker thread is not woken at
+// all (it published its stats once after the last request, and sleeps
+// until the pooled sessions' idle timeout); before, each woke 5 times a
+// second to publish.
+both_backends_both_protocols!(idle_workers_sleep, |io: &str, protocol: Protocol| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, &protocol.with("workers.threads = 2"));
+    let mut agents: Vec<Client> = (0..8).map(|_| relay.connect(1)).collect();
+    for a in &mut agents {
+        assert_eq!(a.request("POST", "/api/v2/series", &[], b"{}").status, 202);
+    }
+    // The last publish after the requests (at most 200 ms later).
+    std::thread::sleep(Duration::from_millis(600));
+    let before = switches(relay.pid(), "fipsrelay-w");
+    // The window in which nothing may happen (a stimulus, not a wait).
+    std::thread::sleep(Duration::from_secs(2));
+    let woken = switches(relay.pid(), "fipsrelay-w") - before;
+    eprintln!("{io}: worker wake-ups in 2 s of idle: {woken}");
+    assert!(woken <= 2, "idle workers woke {woken} times in 2 s");
+    // Still serving.
+    assert_eq!(agents[0].request("POST", "/api/v2/series", &[], b"{}").status, 202);
+});
