@@ -506,10 +506,13 @@ pub async fn open_session<B: Backend>(
             } else {
                 addr
             };
-            proxy
-                .open_tunnel::<B>(connect_to, authority, timeout)
-                .await
-                .map_err(|source| OpenError::Proxy { addr, source })?
+            proxy.open_tunnel::<B>(connect_to, authority, timeout).await.map_err(|source| match source {
+                // No socket for the proxy either: the relay's side too.
+                ProxyError::Connect { source, .. } if is_out_of_descriptors(&source) => {
+                    OpenError::LocalResources { addr, source }
+                }
+                source => OpenError::Proxy { addr, source },
+            })?
         }
     };
     let session = match crate::rt::timeout(timeout, TlsSession::connect(stream, config, server_name)).await {
