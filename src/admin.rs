@@ -192,6 +192,23 @@ pub fn is_admin_target(target: &[u8]) -> bool {
     target.starts_with(PREFIX)
 }
 
+/// Whether `/admin/*` may answer `peer`: always from loopback (all of
+/// 127.0.0.0/8, `::1`, and their IPv4-mapped forms on a dual-stack
+/// listener); from anywhere else only with `admin.allow_non_local`.
+pub fn peer_allowed(peer: std::net::IpAddr, allow_non_local: bool) -> bool {
+    allow_non_local || peer.to_canonical().is_loopback()
+}
+
+/// The 403 a non-loopback peer gets while `admin.allow_non_local` is off.
+pub fn non_local_refused(peer: std::net::IpAddr) -> AdminReply {
+    AdminReply::new(
+        403,
+        format!(
+            "forbidden: the admin API answers only loopback peers, and {peer} is not one; call it on this host, or set admin.allow_non_local = true (the bearer token then crosses the network in cleartext)"
+        ),
+    )
+}
+
 /// The admin routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -457,6 +474,21 @@ mod tests {
         two.extend_from_slice(format!("Authorization: {ok}\r\n\r\n").as_bytes());
         assert!(!inspect(&two, &token).authorized, "two Authorization fields");
         assert!(is_admin_target(b"/admin/drain") && !is_admin_target(b"/admin") && !is_admin_target(b"/metrics"));
+    }
+
+    #[test]
+    fn only_loopback_peers_reach_the_admin_api_unless_allowed() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        for local in ["127.0.0.1", "127.45.6.7", "::1", "::ffff:127.0.0.1"] {
+            assert!(peer_allowed(ip(local), false), "{local}");
+        }
+        for remote in ["192.0.2.2", "10.0.0.1", "::ffff:192.0.2.2", "2001:db8::1", "0.0.0.0"] {
+            assert!(!peer_allowed(ip(remote), false), "{remote}");
+            assert!(peer_allowed(ip(remote), true), "{remote}");
+        }
+        let reply = non_local_refused(ip("192.0.2.2"));
+        assert_eq!(reply.status, 403);
+        assert!(reply.body.contains("192.0.2.2") && reply.body.contains("admin.allow_non_local"), "{}", reply.body);
     }
 
     #[test]

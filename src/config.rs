@@ -41,6 +41,11 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: &str = "120s";
 pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Status-port connections (offset 0: probes, scrapes, the admin API) one
+/// worker serves at once, counted apart from `limits.max_connections`: the
+/// relay answers `/health` and `/metrics` even when every Agent slot is
+/// taken. Beyond it, 503 at once.
+pub const STATUS_CONNECTIONS_PER_WORKER: usize = 16;
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
 pub const DEFAULT_DNS_REFRESH: &str = "30s";
 /// The intake's TLS port.
@@ -130,11 +135,14 @@ pub struct RawAdmin {
     pub enabled: bool,
     /// The bearer token; created (mode 0600) at start when missing.
     pub token_file: PathBuf,
+    /// Answer `/admin/*` to peers that are not on loopback (only possible
+    /// with `listen.allow_non_local`). Off: they get 403.
+    pub allow_non_local: bool,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self { enabled: true, token_file: PathBuf::from(DEFAULT_ADMIN_TOKEN_FILE) }
+        Self { enabled: true, token_file: PathBuf::from(DEFAULT_ADMIN_TOKEN_FILE), allow_non_local: false }
     }
 }
 
@@ -584,6 +592,8 @@ pub struct Config {
     pub admin_enabled: bool,
     /// Where the admin bearer token lives (read, or created, at start).
     pub admin_token_file: PathBuf,
+    /// `admin.allow_non_local`: `/admin/*` answered to non-loopback peers.
+    pub admin_allow_non_local: bool,
     /// `crypto.allow_unvalidated_module`: run on a module that is not validated.
     pub allow_unvalidated_module: bool,
     /// The raw form after environment overrides, for `check-config`.
@@ -921,6 +931,7 @@ impl RawConfig {
             },
             admin_enabled: self.admin.enabled,
             admin_token_file: self.admin.token_file.clone(),
+            admin_allow_non_local: self.admin.allow_non_local,
             allow_unvalidated_module: self.crypto.allow_unvalidated_module,
             raw: self.clone(),
         })

@@ -15,7 +15,8 @@ pub enum Side {
     Agent,
     /// The intake, the network to it, DNS, or the egress proxy.
     Intake,
-    /// The relay itself: draining, over its limits, or a port with no upstream.
+    /// The relay itself: draining, over its limits, out of descriptors, or
+    /// a port with no upstream.
     Relay,
 }
 
@@ -57,10 +58,14 @@ pub enum Cause {
     Down,
     /// The egress proxy failed or refused the CONNECT tunnel.
     Proxy,
+    /// The relay could not get a socket for the connect: its own
+    /// descriptors ran out (EMFILE, ENFILE). Never counted against the
+    /// intake's health.
+    LocalResources,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 13] = [
+    pub const ALL: [Cause; 14] = [
         Cause::Unresolved,
         Cause::Connect,
         Cause::ConnectTimeout,
@@ -74,6 +79,7 @@ impl Cause {
         Cause::Overloaded,
         Cause::Down,
         Cause::Proxy,
+        Cause::LocalResources,
     ];
 
     pub fn label(self) -> &'static str {
@@ -91,6 +97,7 @@ impl Cause {
             Cause::Overloaded => "overloaded",
             Cause::Down => "upstream_down",
             Cause::Proxy => "proxy",
+            Cause::LocalResources => "local_resources",
         }
     }
 
@@ -103,7 +110,12 @@ impl Cause {
     /// The status the Agent gets: always one it retries (DESIGN §1).
     pub fn status(self) -> u16 {
         match self {
-            Cause::Unresolved | Cause::Unconfigured | Cause::Draining | Cause::Overloaded | Cause::Down => 503,
+            Cause::Unresolved
+            | Cause::Unconfigured
+            | Cause::Draining
+            | Cause::Overloaded
+            | Cause::Down
+            | Cause::LocalResources => 503,
             Cause::Timeout => 504,
             Cause::Connect
             | Cause::ConnectTimeout
@@ -118,7 +130,7 @@ impl Cause {
     /// The side a cause belongs to.
     pub fn side(self) -> Side {
         match self {
-            Cause::Unconfigured | Cause::Draining | Cause::Overloaded => Side::Relay,
+            Cause::Unconfigured | Cause::Draining | Cause::Overloaded | Cause::LocalResources => Side::Relay,
             _ => Side::Intake,
         }
     }
@@ -143,5 +155,9 @@ mod tests {
         assert_eq!(Cause::Proxy.status(), 502);
         assert_eq!(Cause::Overloaded.side(), Side::Relay);
         assert_eq!(Cause::Tls.side(), Side::Intake);
+        assert_eq!(
+            (Cause::LocalResources.status(), Cause::LocalResources.side(), Cause::LocalResources.label()),
+            (503, Side::Relay, "local_resources")
+        );
     }
 }

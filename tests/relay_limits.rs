@@ -113,7 +113,8 @@ both_backends_both_protocols!(emfile_on_accept_backs_off_with_one_line_and_recov
     let pid = relay.pid();
     // No descriptor left for the relay: the soft limit below what it holds
     // now (at exactly that, one that frees up now and then lets an accept
-    // through, and that request gets 502 when its upstream connect fails).
+    // through, and that request gets 503 local_resources when its upstream
+    // connect finds no descriptor).
     let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
     let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) }, 0);

@@ -64,6 +64,7 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     let admitted = startup::admit(&config)?;
     let mut bound = startup::bind(&config, admitted.workers, listeners, connections)?;
     startup::announce(&config, &source, &admitted, bound.took_over);
+    startup::fit_descriptors(&config, admitted.workers);
     let admin_token = startup::admin_token(&config, token)?;
     let proxy = startup::proxy(&config)?;
     let (admin_tx, mut admin_rx) = mpsc::unbounded_channel();

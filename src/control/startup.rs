@@ -230,7 +230,13 @@ fn adopt_connections(config: &Config, conns: Vec<TcpStream>, workers: usize) -> 
 /// weaken it.
 pub(super) fn announce(config: &Config, source: &Source, admitted: &Admitted, took_over: (usize, usize)) {
     if !config.listen_address.is_loopback() {
-        tracing::warn!(address = %config.listen_address, "listening on a non-loopback address: Agent traffic to the relay is plaintext, so FIPS compliance is not retained off-host");
+        tracing::warn!(address = %config.listen_address, "listening on a non-loopback address: Agent traffic to the relay is plaintext, so FIPS compliance is not retained off-host; the status port's pages answer off-host too, the admin API does not (admin.allow_non_local = false)");
+    }
+    if config.admin_enabled && config.admin_allow_non_local {
+        tracing::warn!(
+            address = %config.listen_address,
+            "admin.allow_non_local = true: the admin API (/admin/drain, /admin/log-level, /admin/reload) answers peers that are not on loopback, and its bearer token crosses the network in cleartext"
+        );
     }
     tracing::info!(
         version = VERSION,
@@ -254,6 +260,75 @@ pub(super) fn announce(config: &Config, source: &Source, admitted: &Admitted, to
     }
     if !config.override_addrs.is_empty() {
         tracing::warn!(addrs = ?config.override_addrs, "upstream.override_addr is set: every product is sent there (test and demo setting)");
+    }
+}
+
+/// Descriptors the control thread and the process itself may hold beside
+/// the workers' (health checks, DNS, the log, rings, timers).
+const FIXED_DESCRIPTORS: u64 = 64;
+
+/// The descriptors the limits may need at once: per worker, its listeners,
+/// the status port's reserve, and two per Agent connection (the Agent's
+/// socket and an intake session); plus [`FIXED_DESCRIPTORS`].
+pub fn descriptors_needed(max_connections: usize, workers: usize) -> u64 {
+    let per_worker =
+        u64::from(config::PORT_COUNT) + config::STATUS_CONNECTIONS_PER_WORKER as u64 + 2 * max_connections as u64;
+    (workers as u64).saturating_mul(per_worker).saturating_add(FIXED_DESCRIPTORS)
+}
+
+/// The largest `limits.max_connections` that `nofile` descriptors hold.
+pub fn max_connections_within(nofile: u64, workers: usize) -> u64 {
+    let per_worker = nofile.saturating_sub(FIXED_DESCRIPTORS) / workers.max(1) as u64;
+    per_worker.saturating_sub(u64::from(config::PORT_COUNT) + config::STATUS_CONNECTIONS_PER_WORKER as u64) / 2
+}
+
+/// Makes room for the limits in `RLIMIT_NOFILE`: raises the soft limit
+/// toward the hard one as far as [`descriptors_needed`] asks, and warns,
+/// with the figures and the fix, when even the hard limit is too low (then
+/// connections beyond it fail with EMFILE: accepts back off, connects
+/// answer 503 `local_resources`).
+pub(super) fn fit_descriptors(config: &Config, workers: usize) {
+    let need = descriptors_needed(config.max_connections, workers);
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read RLIMIT_NOFILE; the descriptors the limits need are not checked");
+        return;
+    }
+    let (soft, hard): (u64, u64) = (lim.rlim_cur, lim.rlim_max);
+    if soft >= need {
+        return;
+    }
+    let mut now = soft;
+    let target = need.min(hard);
+    if target > soft {
+        let raised = libc::rlimit { rlim_cur: target as libc::rlim_t, rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads the struct it is given; only the soft limit changes.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(
+                from = soft,
+                to = target,
+                hard,
+                needed = need,
+                "raised the RLIMIT_NOFILE soft limit toward the hard one for limits.max_connections"
+            );
+            now = target;
+        } else {
+            tracing::warn!(soft, hard, error = %std::io::Error::last_os_error(), "cannot raise the RLIMIT_NOFILE soft limit");
+        }
+    }
+    if now < need {
+        tracing::warn!(
+            nofile = now,
+            hard,
+            needed = need,
+            workers,
+            max_connections = config.max_connections,
+            fits = max_connections_within(now, workers),
+            "RLIMIT_NOFILE is too low for the limits: {workers} workers × limits.max_connections = {} Agent connections (each with an intake session) need about {need} descriptors, and {now} are allowed; beyond, connections fail with EMFILE (Agent connections wait unaccepted, intake connects answer 503 local_resources). Raise LimitNOFILE (systemd) or ulimit -n to at least {need}, or lower limits.max_connections to {}",
+            config.max_connections,
+            max_connections_within(now, workers),
+        );
     }
 }
 
@@ -388,6 +463,17 @@ pub(super) fn drop_privileges(config: &Config) -> Result<(), privileges::Privile
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn descriptors_needed_counts_listeners_reserve_and_two_per_connection() {
+        use super::{descriptors_needed, max_connections_within};
+        // 2 × (16 listeners + 16 status + 2 × 50) + 64.
+        assert_eq!(descriptors_needed(50, 2), 328);
+        assert_eq!(descriptors_needed(4096, 1), 16 + 16 + 8192 + 64);
+        assert_eq!(max_connections_within(328, 2), 50);
+        assert!(descriptors_needed(max_connections_within(1024, 4) as usize, 4) <= 1024);
+        assert_eq!(max_connections_within(10, 2), 0);
+    }
+
     #[test]
     fn cgroup_cpu_quota_rounds_up_and_ignores_max() {
         let dir = tempfile::tempdir().unwrap();

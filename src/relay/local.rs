@@ -69,6 +69,14 @@ pub(super) async fn answer_admin<B: Backend>(
     let access = &ctx.info.admin;
     // Kept open once the body is read; closed when it cannot be.
     let keep = ClientConn { close: head.close || (ctx.draining().is_some() && !ctx.handing_over()), ..head.client() };
+    if !admin::peer_allowed(peer.ip(), ctx.config.admin_allow_non_local) {
+        let path = String::from_utf8_lossy(head.target(scratch)).split('?').next().unwrap_or_default().to_string();
+        tracing::warn!(%peer, route = %path, "admin request refused: not from loopback (admin.allow_non_local = false)");
+        let reply = admin::non_local_refused(peer.ip());
+        // Its body, if any, is not read: the connection closes.
+        let client = if head.framing == BodyFraming::None { keep } else { ClientConn { close: true, ..keep } };
+        return send_admin(down, &reply, &[], client, scratch).await;
+    }
     let Some(token) = &access.token else {
         let reply = AdminReply::new(
             404,

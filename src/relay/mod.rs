@@ -27,10 +27,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::config::STATUS_CONNECTIONS_PER_WORKER;
 use crate::fault::Cause;
 use crate::http1::{self, ClientConn, RequestError, RequestHead};
 use crate::io::{Backend, Stream};
-use crate::route::{ProductRoute, UpstreamId, PRODUCTS};
+use crate::route::{ProductRoute, UpstreamId, PRODUCTS, STATUS_OFFSET};
 use crate::worker::ctx::WorkerCtx;
 
 mod downstream;
@@ -43,21 +44,58 @@ use error::{RelayError, UpstreamFault};
 use exchange::{forward, read_body, BodyProgress, Exchange};
 use local::answer_status;
 
+/// How long a connection refused for being over its limit may hold its
+/// descriptor after the 503: to read what the client already sent.
+const OVER_LIMIT_LINGER: Duration = Duration::from_millis(100);
+
 /// Read buffer per direction: one TLS record's worth of plaintext.
 pub const IO_BUF: usize = 16 * 1024;
 /// Read buffer of a connection waiting for its next request: Agent requests
 /// up to this size still arrive in one read; larger ones borrow a pooled one.
 pub const IDLE_BUF: usize = 4 * 1024;
 
-/// Counts a connection as open for its product while alive.
+/// Counts a connection as open for its product while alive, in the
+/// worker's Agent count or, on the status port, in its own.
 struct ConnGuard<'a, B: Backend> {
     ctx: &'a WorkerCtx<B>,
     offset: u16,
 }
 
+impl<'a, B: Backend> ConnGuard<'a, B> {
+    fn open(ctx: &'a WorkerCtx<B>, offset: u16) -> Self {
+        let count = Self::count(ctx, offset);
+        count.set(count.get() + 1);
+        ctx.touch();
+        ctx.stats.borrow_mut().product(offset).open_connections += 1;
+        ConnGuard { ctx, offset }
+    }
+
+    fn count(ctx: &WorkerCtx<B>, offset: u16) -> &std::cell::Cell<usize> {
+        if offset == STATUS_OFFSET {
+            &ctx.status_connections
+        } else {
+            &ctx.connections
+        }
+    }
+
+    /// The limit this connection counts against, and the key that sets it.
+    fn limit(&self) -> (usize, &'static str) {
+        if self.offset == STATUS_OFFSET {
+            (STATUS_CONNECTIONS_PER_WORKER, "the status port's own reserve")
+        } else {
+            (self.ctx.config.max_connections, "limits.max_connections")
+        }
+    }
+
+    fn over_limit(&self) -> bool {
+        Self::count(self.ctx, self.offset).get() > self.limit().0
+    }
+}
+
 impl<B: Backend> Drop for ConnGuard<'_, B> {
     fn drop(&mut self) {
-        self.ctx.connections.set(self.ctx.connections.get() - 1);
+        let count = Self::count(self.ctx, self.offset);
+        count.set(count.get() - 1);
         self.ctx.touch();
         self.ctx.stats.borrow_mut().product(self.offset).open_connections -= 1;
     }
@@ -86,12 +124,9 @@ impl Outcome {
 /// Serves one accepted connection on port `offset` until it closes.
 pub async fn serve<B: Backend>(ctx: Rc<WorkerCtx<B>>, io: B::Stream, offset: u16, peer: SocketAddr) {
     let _ = io.set_nodelay();
-    ctx.connections.set(ctx.connections.get() + 1);
-    ctx.touch();
-    ctx.stats.borrow_mut().product(offset).open_connections += 1;
-    let _guard = ConnGuard { ctx: &ctx, offset };
-    if ctx.connections.get() > ctx.config.max_connections {
-        over_limit(&ctx, io, offset, peer).await;
+    let guard = ConnGuard::open(&ctx, offset);
+    if guard.over_limit() {
+        over_limit(&ctx, io, offset, peer, guard.limit()).await;
         return;
     }
     let mut down = Downstream {
@@ -148,10 +183,24 @@ fn hand_over<B: Backend>(ctx: &WorkerCtx<B>, mut down: Downstream<B::Stream>, pe
     tracing::trace!(%peer, "idle connection handed over");
 }
 
-/// A connection beyond `limits.max_connections`: read what the Agent sends
-/// (bounded by the header timeout and a small buffer), answer 503 so it
-/// retries later, close. Nothing is forwarded.
-async fn over_limit<B: Backend>(ctx: &WorkerCtx<B>, io: B::Stream, offset: u16, peer: SocketAddr) {
+/// A connection beyond its limit (`limits.max_connections` for the Agent's
+/// ports, [`STATUS_CONNECTIONS_PER_WORKER`] for the status port): 503 at
+/// once, without waiting for the request head, so the Agent retries later
+/// and the descriptor is given back within [`OVER_LIMIT_LINGER`], not
+/// `limits.header_timeout`. Nothing is forwarded.
+///
+/// # Invariants
+/// After the 503 and the FIN, the relay reads (and drops) what the client
+/// sent, at most [`OVER_LIMIT_LINGER`] and one small buffer, so that a
+/// request already on its way does not turn the close into a reset that
+/// could hide the 503 from the client.
+async fn over_limit<B: Backend>(
+    ctx: &WorkerCtx<B>,
+    io: B::Stream,
+    offset: u16,
+    peer: SocketAddr,
+    (limit, key): (usize, &'static str),
+) {
     let product = PRODUCTS[offset as usize].name;
     let mut down = Downstream {
         io,
@@ -159,25 +208,25 @@ async fn over_limit<B: Backend>(ctx: &WorkerCtx<B>, io: B::Stream, offset: u16, 
         start: 0,
         eof: false,
         idle: Vec::new(),
-        write_timeout: ctx.config.header_timeout,
+        write_timeout: OVER_LIMIT_LINGER,
     };
-    let deadline = Instant::now() + ctx.config.header_timeout;
-    while !down.filled().windows(4).any(|w| w == b"\r\n\r\n") && !down.eof && down.buf.len() < down.buf.capacity() {
+    ctx.stats.borrow_mut().record_error(offset, Cause::Overloaded);
+    tracing::warn!(product, %peer, limit, key, "too many connections on this worker; answered 503 at once and closed");
+    let mut out = Vec::new();
+    let body =
+        format!("fipsrelay: Service Unavailable (overloaded): more than {limit} connections on this worker ({key})");
+    http1::local_response(503, &body, ClientConn::CLOSE, &mut out);
+    if down.write(&mut out).await.is_err() {
+        return;
+    }
+    let _ = down.io.shutdown_write();
+    let deadline = Instant::now() + OVER_LIMIT_LINGER;
+    while !down.eof && down.buf.len() < down.buf.capacity() {
         let left = deadline.saturating_duration_since(Instant::now());
         if !matches!(crate::rt::timeout(left, down.fill(2048, &ctx.buffers)).await, Ok(Ok(n)) if n > 0) {
             break;
         }
     }
-    ctx.stats.borrow_mut().record_error(offset, Cause::Overloaded);
-    tracing::warn!(product, %peer, limit = ctx.config.max_connections, "too many Agent connections on this worker; answered 503");
-    let mut out = Vec::new();
-    let body = format!(
-        "fipsrelay: Service Unavailable (overloaded): more than {} connections on this worker (limits.max_connections)",
-        ctx.config.max_connections
-    );
-    http1::local_response(503, &body, ClientConn::CLOSE, &mut out);
-    let _ = down.write(&mut out).await;
-    let _ = down.io.shutdown_write();
 }
 
 /// Reads one request head, handles the request, reports whether to go on.

@@ -55,6 +55,7 @@ pub fn open_error_cause(e: &OpenError) -> Cause {
     match e {
         OpenError::NoAddress { .. } => Cause::Unresolved,
         OpenError::Connect { .. } => Cause::Connect,
+        OpenError::LocalResources { .. } => Cause::LocalResources,
         OpenError::ConnectTimeout { .. } => Cause::ConnectTimeout,
         OpenError::Tls { .. }
         | OpenError::TlsTimeout { .. }
@@ -193,7 +194,8 @@ impl<B: Backend> Connector<B> {
     /// Round-robin over the host's addresses that are up; a failed connect
     /// or handshake (nothing of the request written yet) moves on to the
     /// next one, up to `upstream.retries` more times, and counts against
-    /// the address's health at once.
+    /// the address's health at once; a connect that found the relay out of
+    /// descriptors ends the attempt and counts against nothing.
     async fn open_round_robin(
         &self,
         stats: &RefCell<WorkerStats>,
@@ -220,6 +222,9 @@ impl<B: Backend> Connector<B> {
                     tracing::debug!(upstream = self.host(upstream), %addr, tls = %s.session.describe(), "upstream session opened");
                     return Ok(s);
                 }
+                // Out of descriptors: the next address would fail the same
+                // way, and this one is not to blame.
+                Err(e) if e.is_local() => return Err(e.into()),
                 Err(e) => {
                     self.directory.connect_failed(upstream, endpoint, &e);
                     if tried + 1 < attempts {

@@ -161,6 +161,7 @@ pub fn reason(e: &OpenError) -> String {
     match e {
         OpenError::NoAddress { why, .. } => format!("no address: {why}"),
         OpenError::Connect { source, .. } => format!("connect failed: {source}"),
+        OpenError::LocalResources { source, .. } => format!("no socket for the connect (the relay's side): {source}"),
         OpenError::ConnectTimeout { after, .. } => {
             format!("connect timeout after {}", humantime::format_duration(*after))
         }
@@ -277,6 +278,11 @@ impl Checker {
                                 let why = format!("{} consecutive checks passed", policy.rise);
                                 log_transition(&directory, id, endpoint.addr, t, &why);
                             }
+                        }
+                        // The relay out of descriptors says nothing of the
+                        // address: not counted, checked again next interval.
+                        Err(e) if e.is_local() => {
+                            tracing::warn!(upstream = directory.host(id), addr = %endpoint.addr, side = "relay", error = %e, "health check could not run: the relay is out of descriptors; the address keeps its state");
                         }
                         Err(e) => {
                             let why = reason(&e);

@@ -342,7 +342,12 @@ impl Directory {
 
     /// A connect or handshake to `endpoint` failed on the data path: it
     /// counts as a failed check at once.
+    /// A failure of the relay's own (out of descriptors) is not the
+    /// address's: it is not counted.
     pub fn connect_failed(&self, id: UpstreamId, endpoint: &Endpoint, error: &OpenError) {
+        if error.is_local() {
+            return;
+        }
         if let Some(t) = endpoint.failed(&self.health) {
             health::log_transition(self, id, endpoint.addr, t, &health::reason(error));
             // Down: checked again from health.down_interval on.
@@ -416,6 +421,10 @@ pub enum OpenError {
     NoAddress { host: String, why: String },
     #[error("connect to {addr} failed: {source}")]
     Connect { addr: SocketAddr, source: std::io::Error },
+    /// No socket for the connect: the relay's own descriptors ran out
+    /// (EMFILE, ENFILE). The relay's side, never the address's health.
+    #[error("no socket for a connect to {addr}: {source}; the relay is out of descriptors: raise LimitNOFILE (ulimit -n) or lower limits.max_connections")]
+    LocalResources { addr: SocketAddr, source: std::io::Error },
     #[error("connect to {addr} timed out after {after:?}")]
     ConnectTimeout { addr: SocketAddr, after: Duration },
     #[error("TLS with {addr} failed: {source}")]
@@ -436,6 +445,7 @@ impl OpenError {
         match self {
             OpenError::NoAddress { .. } => None,
             OpenError::Connect { addr, .. }
+            | OpenError::LocalResources { addr, .. }
             | OpenError::ConnectTimeout { addr, .. }
             | OpenError::Tls { addr, .. }
             | OpenError::TlsTimeout { addr, .. }
@@ -444,6 +454,27 @@ impl OpenError {
             | OpenError::TunnelTlsTimeout { addr, .. } => Some(*addr),
         }
     }
+
+    /// The relay's own resources failed, not the address: it must not count
+    /// against the address's health.
+    pub fn is_local(&self) -> bool {
+        matches!(self, OpenError::LocalResources { .. })
+    }
+
+    /// A failed connect: out of descriptors is the relay's side, anything
+    /// else the address's.
+    pub fn connect(addr: SocketAddr, source: std::io::Error) -> OpenError {
+        if is_out_of_descriptors(&source) {
+            OpenError::LocalResources { addr, source }
+        } else {
+            OpenError::Connect { addr, source }
+        }
+    }
+}
+
+/// EMFILE (this process) or ENFILE (the whole system): no descriptor left.
+pub fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
 /// Opens a new TLS session as `dial` says: straight to the endpoint, or
@@ -460,7 +491,7 @@ pub async fn open_session<B: Backend>(
     let stream = match &dial.via {
         None => match crate::rt::timeout(timeout, B::connect(addr)).await {
             Err(_) => return Err(OpenError::ConnectTimeout { addr, after: timeout }),
-            Ok(Err(source)) => return Err(OpenError::Connect { addr, source }),
+            Ok(Err(source)) => return Err(OpenError::connect(addr, source)),
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay();
                 Hop::Tcp(s)
@@ -475,10 +506,13 @@ pub async fn open_session<B: Backend>(
             } else {
                 addr
             };
-            proxy
-                .open_tunnel::<B>(connect_to, authority, timeout)
-                .await
-                .map_err(|source| OpenError::Proxy { addr, source })?
+            proxy.open_tunnel::<B>(connect_to, authority, timeout).await.map_err(|source| match source {
+                // No socket for the proxy either: the relay's side too.
+                ProxyError::Connect { source, .. } if is_out_of_descriptors(&source) => {
+                    OpenError::LocalResources { addr, source }
+                }
+                source => OpenError::Proxy { addr, source },
+            })?
         }
     };
     let session = match crate::rt::timeout(timeout, TlsSession::connect(stream, config, server_name)).await {
@@ -504,4 +538,44 @@ pub async fn open_session<B: Backend>(
         Ok(Ok(s)) => s,
     };
     Ok(PooledSession { session, addr, uses: 0, endpoint: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory with health on and `health.fall = 1`: one counted
+    /// failure takes an address down.
+    fn directory() -> Directory {
+        let raw = crate::config::parse_str(
+            "[upstream]\noverride_addr = \"127.0.0.1:443\"\n[health]\nenabled = true\nfall = 1\n",
+        )
+        .unwrap();
+        let config = raw.validate().unwrap();
+        Directory::new(&RouteTable::new(&config), &config.override_addrs, config.health)
+    }
+
+    #[test]
+    fn out_of_descriptors_is_the_relays_side_and_never_takes_an_address_down() {
+        let addr: SocketAddr = "127.0.0.1:443".parse().unwrap();
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            let e = OpenError::connect(addr, std::io::Error::from_raw_os_error(errno));
+            assert!(e.is_local(), "{e}");
+            assert_eq!(connect::open_error_cause(&e), crate::fault::Cause::LocalResources);
+            assert!(e.to_string().contains("LimitNOFILE"), "{e}");
+        }
+        let refused = OpenError::connect(addr, std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        assert!(!refused.is_local());
+        assert_eq!(connect::open_error_cause(&refused), crate::fault::Cause::Connect);
+
+        let dir = directory();
+        let endpoint = dir.get(0).endpoints[0].clone();
+        let local = OpenError::connect(addr, std::io::Error::from_raw_os_error(libc::EMFILE));
+        for _ in 0..5 {
+            dir.connect_failed(0, &endpoint, &local);
+        }
+        assert!(endpoint.is_up(), "EMFILE took the address down");
+        dir.connect_failed(0, &endpoint, &refused);
+        assert!(!endpoint.is_up(), "a refused connect counts (health.fall = 1)");
+    }
 }

@@ -41,7 +41,11 @@ pub struct WorkerCtx<B: Backend> {
     pub local_phase: LocalPhase,
     /// Requests between a complete head and a complete answer.
     pub in_flight: Cell<usize>,
+    /// Agent connections open (product ports), bounded by `limits.max_connections`.
     pub connections: Cell<usize>,
+    /// Status-port connections open, bounded apart by
+    /// [`crate::config::STATUS_CONNECTIONS_PER_WORKER`].
+    pub status_connections: Cell<usize>,
     /// Something the stats show changed since the last publish (a
     /// connection, a request, an HTTP/2 connection's PING or end); the
     /// housekeeping task sleeps until it does.
@@ -81,6 +85,7 @@ impl<B: Backend> WorkerCtx<B> {
             in_flight: Cell::new(0),
             connections: Cell::new(0),
             changed,
+            status_connections: Cell::new(0),
             handed_over,
         }
     }

@@ -83,13 +83,14 @@ pub fn run<B: Backend>(
 
         ctx.local_phase.draining().await;
         let deadline = ctx.draining().unwrap_or_else(Instant::now) + DRAIN_GRACE;
-        while ctx.connections.get() > 0 && Instant::now() < deadline {
+        let open = || ctx.connections.get() + ctx.status_connections.get();
+        while open() > 0 && Instant::now() < deadline {
             crate::rt::sleep(Duration::from_millis(10)).await;
         }
-        if ctx.connections.get() > 0 {
+        if open() > 0 {
             tracing::warn!(
                 worker = ctx.id,
-                connections = ctx.connections.get(),
+                connections = open(),
                 "drain deadline passed; closing remaining connections"
             );
         }

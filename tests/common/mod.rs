@@ -272,12 +272,38 @@ pub enum Started {
 /// serves. Owning the socket rules out an answer from another process that
 /// holds the port (the relay then exits with "Address already in use").
 pub fn spawn_relay(config: &Path, log_path: &Path, base: u16, env: &[(&str, &str)], timeout: Duration) -> Started {
+    spawn_relay_limited(config, log_path, base, env, None, timeout)
+}
+
+/// [`spawn_relay`], the relay started with `RLIMIT_NOFILE` = `nofile`
+/// (soft, hard) when given, as `ulimit -n` would start it.
+pub fn spawn_relay_limited(
+    config: &Path,
+    log_path: &Path,
+    base: u16,
+    env: &[(&str, &str)],
+    nofile: Option<(u64, u64)>,
+    timeout: Duration,
+) -> Started {
     let log = std::fs::File::create(log_path).unwrap();
     let mut cmd = Command::new(relay_bin());
     cmd.arg("run").arg("--config").arg(config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     cmd.env_remove("RUST_LOG");
     for (k, v) in env {
         cmd.env(k, v);
+    }
+    if let Some((soft, hard)) = nofile {
+        use std::os::unix::process::CommandExt;
+        let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+        // SAFETY: setrlimit is async-signal-safe; the closure touches only `lim`.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
     let mut child = cmd.spawn().expect("spawn fipsrelay");
     let pid = child.id() as i32;
@@ -366,6 +392,20 @@ impl Relay {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Relay {
+        Self::start_limited(dir, io, upstream, ca_file, extra, env, None)
+    }
+
+    /// [`Relay::start_env`], the relay started with `RLIMIT_NOFILE` =
+    /// `nofile` (soft, hard) when given.
+    pub fn start_limited(
+        dir: &Path,
+        io: &str,
+        upstream: SocketAddr,
+        ca_file: &Path,
+        extra: &str,
+        env: &[(&str, &str)],
+        nofile: Option<(u64, u64)>,
+    ) -> Relay {
         let mut tried = 0;
         for attempt in 0..200 {
             let base = candidate_base(attempt);
@@ -376,7 +416,7 @@ impl Relay {
             std::fs::write(&config, render_config(base, io, upstream, ca_file, extra)).unwrap();
             let log_path = dir.join(format!("relay-{tried}.log"));
             tried += 1;
-            match spawn_relay(&config, &log_path, base, env, Duration::from_secs(20)) {
+            match spawn_relay_limited(&config, &log_path, base, env, nofile, Duration::from_secs(20)) {
                 Started::Ready(child) => return Relay { child: Some(child), base, log_path, io: io.to_string() },
                 // Another process took one of the ports between the check
                 // and the relay's bind: another range.
