@@ -211,5 +211,6 @@ both_backends!(refusals_in_floods_are_summarised, |io: &str| {
         assert_eq!(logged, N, "{what}: {logged} in the lines, {N} happened:\n{log}");
         assert!(summaries >= 1, "{what}: no summary:\n{log}");
     }
-    assert!(lines < 20, "{lines} lines for {} refusals:\n{log}", 3 * N);
+    // 1 + a summary every 5 s per kind, however slow the machine.
+    assert!(lines < 30, "{lines} lines for {} refusals:\n{log}", 3 * N);
 });

@@ -1,8 +1,8 @@
 //! Log lines an operator can read in an outage: failures that repeat per
 //! request or per connection (an upstream failure answered 502/503/504, an
-//! answer cut short, an address tried in vain, a refused request, a
-//! connection over the limit, a bad admin token) are counted per worker and
-//! summarised, instead of one line each.
+//! answer cut short, an address tried in vain, an HTTP/2 connection cut, a
+//! refused request, a connection over the limit, a bad admin token) are
+//! counted per worker and summarised, instead of one line each.
 //!
 //! Per key (what happened, product, upstream host, cause): the first event
 //! after a quiet [`SUMMARY_INTERVAL`] is logged in full at once (the caller

@@ -84,8 +84,9 @@ pub struct Connector<B: Backend> {
     pub pool: RefCell<Pool<Hop<B::Stream>>>,
     /// Round robin over a host's addresses.
     next_addr: Cell<usize>,
-    /// The worker's log summaries: an address that failed is counted there.
-    log: Rc<Summaries>,
+    /// The worker's log summaries: an address that failed, or an HTTP/2
+    /// connection cut, is counted there.
+    pub log: Rc<Summaries>,
 }
 
 impl<B: Backend> Connector<B> {

@@ -23,6 +23,7 @@ use crate::fault::Cause;
 use crate::h2::conn::{Conn, ConnError};
 use crate::h2::frame::ErrorCode;
 use crate::h2::headers::{AnswerHead, HeaderError};
+use crate::logging::summary::Summaries;
 use crate::rt::Signal;
 
 /// Plaintext queued on a connection beyond which exchanges wait for the
@@ -99,6 +100,10 @@ pub struct H2Conn {
     pub(super) changed: Signal,
     pub addr: SocketAddr,
     pub counters: Rc<H2Counters>,
+    /// The intake host, and the worker's log summaries, where a cut
+    /// connection is counted.
+    pub(super) host: Box<str>,
+    pub(super) log: Rc<Summaries>,
     /// Half of `upstream.idle_timeout`: a connection read nothing from for
     /// this long is PINGed before it takes a stream.
     pub(super) stale_after: Duration,
@@ -227,13 +232,21 @@ impl Inner {
 }
 
 impl H2Conn {
-    pub(super) fn new(conn: Conn, addr: SocketAddr, counters: Rc<H2Counters>, stale_after: Duration) -> H2Conn {
+    pub(super) fn new(
+        conn: Conn,
+        addr: SocketAddr,
+        counters: Rc<H2Counters>,
+        stale_after: Duration,
+        (host, log): (&str, Rc<Summaries>),
+    ) -> H2Conn {
         H2Conn {
             inner: RefCell::new(Inner::new(conn)),
             to_driver: Signal::default(),
             changed: Signal::default(),
             addr,
             counters,
+            host: host.into(),
+            log,
             stale_after,
         }
     }

@@ -269,7 +269,9 @@ impl H2Hosts {
             ..LocalSettings::default()
         };
         let counters = hosts.borrow().counters[upstream].clone();
-        let conn = Rc::new(H2Conn::new(Conn::new(local), session.addr, counters, cfg.upstream_idle_timeout / 2));
+        let report = (up.host(upstream), up.log.clone());
+        let conn =
+            Rc::new(H2Conn::new(Conn::new(local), session.addr, counters, cfg.upstream_idle_timeout / 2, report));
         tracing::debug!(upstream = up.host(upstream), addr = %session.addr, "HTTP/2 connection opened");
         hosts.borrow_mut().conns[upstream].push(conn.clone());
         let timeouts =
