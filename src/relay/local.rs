@@ -11,6 +11,7 @@ use super::{drain_body, Outcome, IO_BUF};
 use crate::admin::{self, AdminCommand, AdminReply, Route};
 use crate::http1::{self, BodyFraming, ClientConn, Method, RequestHead};
 use crate::io::{Backend, Stream};
+use crate::logging::summary::{About, Event};
 use crate::worker::ctx::WorkerCtx;
 
 pub(super) async fn answer_status<B: Backend>(
@@ -91,7 +92,11 @@ pub(super) async fn answer_admin<B: Backend>(
         Err(reply) => return send_admin(down, &reply, &[], ClientConn { close: true, ..keep }, scratch).await,
     };
     if !req.authorized {
-        tracing::warn!(%peer, route = %req.path, "admin request refused: missing or wrong bearer token");
+        let what = "admin request refused: missing or wrong bearer token";
+        // Per peer address: a misconfigured script is told from a scan.
+        let ip = peer.ip().to_string();
+        let event = Event { what, product: "status", about: About::Peer(&ip), cause: "unauthorized" };
+        crate::count_or_log!(warn, ctx.log, event, || format!("from {peer} for {}", req.path), %peer, route = %req.path, "{what}");
         let reply = AdminReply::new(401, "unauthorized: send Authorization: Bearer <the token in admin.token_file>");
         return send_admin(down, &reply, &[("WWW-Authenticate", "Bearer")], keep, scratch).await;
     }

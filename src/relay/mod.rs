@@ -31,6 +31,7 @@ use crate::config::STATUS_CONNECTIONS_PER_WORKER;
 use crate::fault::Cause;
 use crate::http1::{self, ClientConn, RequestError, RequestHead};
 use crate::io::{Backend, Stream};
+use crate::logging::summary::{About, Event};
 use crate::route::{ProductRoute, UpstreamId, PRODUCTS, STATUS_OFFSET};
 use crate::worker::ctx::WorkerCtx;
 
@@ -53,6 +54,15 @@ pub const IO_BUF: usize = 16 * 1024;
 /// Read buffer of a connection waiting for its next request: Agent requests
 /// up to this size still arrive in one read; larger ones borrow a pooled one.
 pub const IDLE_BUF: usize = 4 * 1024;
+
+// The lines of events that repeat per request or connection: the first
+// after a quiet period is logged, the rest counted and summarised
+// (`logging::summary`).
+const OVER_LIMIT: &str = "too many connections on this worker; answered 503 at once and closed";
+const HEAD_TIMEOUT: &str = "request head not complete within limits.header_timeout; answering 408";
+const ANSWER_CUT: &str = "answer cut short by the intake; closing the client connection so the Agent retries";
+const UPSTREAM_FAILURE: &str = "upstream failure answered for retry";
+const REFUSED: &str = "request refused";
 
 /// Counts a connection as open for its product while alive, in the
 /// worker's Agent count or, on the status port, in its own.
@@ -211,7 +221,8 @@ async fn over_limit<B: Backend>(
         write_timeout: OVER_LIMIT_LINGER,
     };
     ctx.stats.borrow_mut().record_error(offset, Cause::Overloaded);
-    tracing::warn!(product, %peer, limit, key, "too many connections on this worker; answered 503 at once and closed");
+    let event = Event { what: OVER_LIMIT, product, about: About::Product, cause: Cause::Overloaded.label() };
+    crate::count_or_log!(warn, ctx.log, event, || format!("from {peer}"), product, %peer, limit, key, "{OVER_LIMIT}");
     let mut out = Vec::new();
     let body =
         format!("fipsrelay: Service Unavailable (overloaded): more than {limit} connections on this worker ({key})");
@@ -341,7 +352,8 @@ async fn wait_for_head_bytes<B: Backend>(
         Ok(Ok(_)) => Ok(()),
         Err(_) if idle => Err(Outcome::Close),
         Err(_) => {
-            tracing::info!(product, %peer, timeout = ?cfg.header_timeout, "request head not complete within limits.header_timeout; answering 408");
+            let event = Event { what: HEAD_TIMEOUT, product, about: About::Product, cause: http1::reason(408) };
+            crate::count_or_log!(info, ctx.log, event, || format!("from {peer}"), product, %peer, timeout = ?cfg.header_timeout, "{HEAD_TIMEOUT}");
             ctx.stats.borrow_mut().product(offset).refused += 1;
             let body = "request head not received in time (limits.header_timeout)";
             http1::local_response(408, body, ClientConn::CLOSE, scratch);
@@ -398,7 +410,13 @@ impl<B: Backend> Request<'_, B> {
             Err(e @ RelayError::AnswerCut { .. }) => {
                 let cause = e.cause().unwrap_or(Cause::Closed);
                 ctx.stats.borrow_mut().record_error(offset, cause);
-                tracing::warn!(product = self.product(), upstream = host, cause = cause.label(), error = %e, "answer cut short by the intake; closing the client connection so the Agent retries");
+                let event = Event {
+                    what: ANSWER_CUT,
+                    product: self.product(),
+                    about: About::Upstream(host),
+                    cause: cause.label(),
+                };
+                crate::count_or_log!(warn, ctx.log, event, || e.to_string(), product = self.product(), upstream = host, cause = cause.label(), error = %e, "{ANSWER_CUT}");
                 Outcome::Close
             }
             Err(e @ RelayError::Upstream { .. }) => {
@@ -429,7 +447,13 @@ impl<B: Backend> Request<'_, B> {
             RelayError::Upstream { addr: Some(a), .. } => a.to_string(),
             _ => "-".into(),
         };
-        tracing::warn!(product = self.product(), upstream = host, addr = %addr, side = e.side().name(), cause = cause.label(), status, peer = %self.peer, error = %e, "upstream failure answered for retry");
+        let event = Event {
+            what: UPSTREAM_FAILURE,
+            product: self.product(),
+            about: About::Upstream(host),
+            cause: cause.label(),
+        };
+        crate::count_or_log!(warn, self.ctx.log, event, || e.to_string(), product = self.product(), upstream = host, addr = %addr, side = e.side().name(), cause = cause.label(), status, peer = %self.peer, error = %e, "{UPSTREAM_FAILURE}");
         let text = format!("fipsrelay: {} ({}) for {}: {}", http1::reason(status), cause.label(), host, e);
         http1::local_response(status, &text, client, scratch);
         let _ = down.write(scratch).await;
@@ -456,7 +480,9 @@ async fn refuse<B: Backend>(
     scratch: &mut Vec<u8>,
 ) {
     let status = e.status();
-    tracing::warn!(product = PRODUCTS[offset as usize].name, %peer, status, reason = %e, "request refused");
+    let product = PRODUCTS[offset as usize].name;
+    let event = Event { what: REFUSED, product, about: About::Product, cause: http1::reason(status) };
+    crate::count_or_log!(warn, ctx.log, event, || format!("{status} for {peer}: {e}"), product, %peer, status, reason = %e, "{REFUSED}");
     {
         let mut st = ctx.stats.borrow_mut();
         st.product(offset).refused += 1;

@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,8 +21,12 @@ use super::{open_session, Directory, OpenError};
 use crate::config::Config;
 use crate::fault::Cause;
 use crate::io::Backend;
+use crate::logging::summary::{About, Event, Summaries};
 use crate::metrics::WorkerStats;
 use crate::route::{RouteTable, UpstreamId, PRODUCTS};
+
+/// The line of an address that failed when another is tried next.
+const ADDRESS_FAILED: &str = "upstream address failed; trying the next one";
 
 /// Why no session could be had for an exchange.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +85,9 @@ pub struct Connector<B: Backend> {
     pub pool: RefCell<Pool<Hop<B::Stream>>>,
     /// Round robin over a host's addresses.
     next_addr: Cell<usize>,
+    /// The worker's log summaries: an address that failed, or an HTTP/2
+    /// connection cut, is counted there.
+    pub log: Rc<Summaries>,
 }
 
 impl<B: Backend> Connector<B> {
@@ -88,9 +96,10 @@ impl<B: Backend> Connector<B> {
         routes: Arc<RouteTable>,
         directory: Arc<Directory>,
         tls: Arc<ClientConfig>,
+        log: Rc<Summaries>,
     ) -> Self {
         let pool = Pool::new(routes.upstreams.len(), config.max_idle_per_host, config.upstream_idle_timeout);
-        Connector { config, routes, directory, tls, pool: RefCell::new(pool), next_addr: Cell::new(0) }
+        Connector { config, routes, directory, tls, pool: RefCell::new(pool), next_addr: Cell::new(0), log }
     }
 
     pub fn host(&self, id: UpstreamId) -> &str {
@@ -230,7 +239,10 @@ impl<B: Backend> Connector<B> {
                     if tried + 1 < attempts {
                         let cause = open_error_cause(&e);
                         stats.borrow_mut().record_error(offset, cause);
-                        tracing::warn!(product = PRODUCTS[offset as usize].name, upstream = self.host(upstream), %addr, cause = cause.label(), error = %e, "upstream address failed; trying the next one");
+                        let (product, host) = (PRODUCTS[offset as usize].name, self.host(upstream));
+                        let event =
+                            Event { what: ADDRESS_FAILED, product, about: About::Upstream(host), cause: cause.label() };
+                        crate::count_or_log!(warn, self.log, event, || format!("{addr}: {e}"), product, upstream = host, %addr, cause = cause.label(), error = %e, "{ADDRESS_FAILED}");
                     }
                     failure = e.into();
                 }

@@ -14,6 +14,7 @@ use super::phase::{LocalPhase, Phase};
 use crate::buffers::{BufferPool, MAX_FREE_BUFFERS};
 use crate::config::Config;
 use crate::io::Backend;
+use crate::logging::summary::Summaries;
 use crate::metrics::{StatsHub, WorkerStats};
 use crate::route::{RouteTable, UpstreamId};
 use crate::rt::Mark;
@@ -34,6 +35,9 @@ pub struct WorkerCtx<B: Backend> {
     /// I/O buffers lent to connections while they carry a request.
     pub buffers: RefCell<BufferPool>,
     pub stats: RefCell<WorkerStats>,
+    /// Failures that repeat per request or connection, counted for one
+    /// summary line per key (shared with `upstream`).
+    pub log: Rc<Summaries>,
     pub hub: Arc<StatsHub>,
     pub info: Arc<StatusInfo>,
     pub phase: watch::Receiver<Phase>,
@@ -70,9 +74,11 @@ impl<B: Backend> WorkerCtx<B> {
         let n = routes.upstreams.len();
         let changed = Rc::new(Mark::default());
         let current = *phase.borrow();
+        let log = Rc::new(Summaries::default());
         WorkerCtx {
             id,
-            upstream: Connector::new(config.clone(), routes.clone(), directory, tls),
+            upstream: Connector::new(config.clone(), routes.clone(), directory, tls, log.clone()),
+            log,
             h2: RefCell::new(H2Hosts::new(n, changed.clone())),
             buffers: RefCell::new(BufferPool::new(MAX_FREE_BUFFERS)),
             stats: RefCell::new(WorkerStats::new(n)),

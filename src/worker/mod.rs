@@ -78,6 +78,8 @@ pub fn run<B: Backend>(
         }
         crate::rt::spawn(mirror_phase(ctx.clone()));
         crate::rt::spawn(housekeeping(ctx.clone()));
+        let summaries = ctx.log.clone();
+        crate::rt::spawn(async move { summaries.run().await });
         let _ = ready.send(Ok(()));
         drop(ready);
 
@@ -96,6 +98,8 @@ pub fn run<B: Backend>(
         }
         ctx.upstream.pool.borrow_mut().clear();
         publish(&ctx);
+        // What was counted and not yet summarised is not lost at the exit.
+        ctx.log.flush(true);
     });
     if let Err(e) = res {
         tracing::error!(worker = id, error = %e, "worker event loop failed to start");

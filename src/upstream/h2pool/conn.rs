@@ -23,6 +23,7 @@ use crate::fault::Cause;
 use crate::h2::conn::{Conn, ConnError};
 use crate::h2::frame::ErrorCode;
 use crate::h2::headers::{AnswerHead, HeaderError};
+use crate::logging::summary::Summaries;
 use crate::rt::{Mark, Signal};
 
 /// Plaintext queued on a connection beyond which exchanges wait for the
@@ -101,6 +102,10 @@ pub struct H2Conn {
     pub counters: Rc<H2Counters>,
     /// The worker's "stats changed" mark (see `H2Hosts`).
     pub(super) stats: Rc<Mark>,
+    /// The intake host, and the worker's log summaries, where a cut
+    /// connection is counted.
+    pub(super) host: Box<str>,
+    pub(super) log: Rc<Summaries>,
     /// Half of `upstream.idle_timeout`: a connection read nothing from for
     /// this long is PINGed before it takes a stream.
     pub(super) stale_after: Duration,
@@ -235,6 +240,7 @@ impl H2Conn {
         counters: Rc<H2Counters>,
         stats: Rc<Mark>,
         stale_after: Duration,
+        (host, log): (&str, Rc<Summaries>),
     ) -> H2Conn {
         H2Conn {
             stats,
@@ -243,6 +249,8 @@ impl H2Conn {
             changed: Signal::default(),
             addr,
             counters,
+            host: host.into(),
+            log,
             stale_after,
         }
     }

@@ -13,7 +13,12 @@ use super::conn::{ConnEnd, H2Conn, Slot};
 use crate::h2::conn::{Conn, Event};
 use crate::h2::frame::{write_goaway, ErrorCode, PREFACE};
 use crate::io::Stream;
+use crate::logging::summary::{self, About};
 use crate::upstream::pool::PooledSession;
+
+/// The line of a connection the intake's side ended abnormally: the first
+/// after a quiet period in full, the rest counted (`logging::summary`).
+const CUT: &str = "HTTP/2 connection to the intake cut";
 
 /// Read and write buffer growth step: one TLS record's worth of plaintext.
 const IO_BUF: usize = 16 * 1024;
@@ -190,7 +195,8 @@ async fn read_or_tick<S: Stream>(
 fn tick(conn: &H2Conn, ping_out: bool, idle_until: Instant, ping_limit: Duration) -> Option<Result<(), ConnEnd>> {
     if ping_out {
         let end = ConnEnd::PingUnanswered(ping_limit);
-        tracing::warn!(addr = %conn.addr, "HTTP/2 connection to the intake cut: {end}");
+        let event = summary::Event { what: CUT, product: "-", about: About::Upstream(&conn.host), cause: "ping" };
+        crate::count_or_log!(warn, conn.log, event, || format!("{}: {end}", conn.addr), upstream = &*conn.host, addr = %conn.addr, "{CUT}: {end}");
         return Some(Err(end));
     }
     let mut i = conn.inner.borrow_mut();
@@ -230,7 +236,9 @@ fn file_input(conn: &H2Conn, rbuf: &mut Vec<u8>, busy: bool) {
             }
         }
         Err(e) => {
-            tracing::warn!(addr = %conn.addr, error = %e, "HTTP/2 connection to the intake cut");
+            let event =
+                summary::Event { what: CUT, product: "-", about: About::Upstream(&conn.host), cause: "protocol" };
+            crate::count_or_log!(warn, conn.log, event, || format!("{}: {e}", conn.addr), upstream = &*conn.host, addr = %conn.addr, error = %e, "{CUT}");
             drop(i);
             // The GOAWAY is queued: the loop writes it, then ends.
             conn.end(ConnEnd::Protocol(e));

@@ -276,7 +276,15 @@ impl H2Hosts {
             let h = hosts.borrow();
             (h.counters[upstream].clone(), h.stats_changed.clone())
         };
-        let conn = Rc::new(H2Conn::new(Conn::new(local), session.addr, counters, stats, cfg.upstream_idle_timeout / 2));
+        let report = (up.host(upstream), up.log.clone());
+        let conn = Rc::new(H2Conn::new(
+            Conn::new(local),
+            session.addr,
+            counters,
+            stats,
+            cfg.upstream_idle_timeout / 2,
+            report,
+        ));
         tracing::debug!(upstream = up.host(upstream), addr = %session.addr, "HTTP/2 connection opened");
         hosts.borrow_mut().conns[upstream].push(conn.clone());
         let timeouts =

@@ -11,6 +11,9 @@
 //! control loop can change it at runtime ([`set_filter`]: the admin API and
 //! config reload). Disabled call sites stay cached as disabled: the hot path
 //! pays nothing for the reload layer.
+//!
+//! Failures that repeat per request or per connection are counted and
+//! summarised per worker ([`summary`]) instead of one line each.
 
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -20,6 +23,8 @@ use regex::Regex;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{reload, EnvFilter, Registry};
+
+pub mod summary;
 
 /// How log lines are written (`log.format`): text for a terminal or the
 /// journal, JSON for a log pipeline.
