@@ -60,6 +60,8 @@ pub(crate) struct Plan {
     /// With `collect_hashes`: every body answered 2xx, shared by the threads.
     pub ok_filter: Option<Arc<crate::digest::SentFilter>>,
     pub api_key: String,
+    /// `LoadOptions::seed`: mixed into every connection's generator.
+    pub seed: u64,
     /// Measured requests claimed so far (for `requests`).
     pub claimed: AtomicU64,
 }
@@ -236,7 +238,7 @@ pub(crate) fn thread_main(
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(LoadError::Runtime)?;
         let gens = indexes
             .iter()
-            .map(|&i| BodyGen::new(Arc::clone(&plan.pool), plan_seed(i)))
+            .map(|&i| BodyGen::new(Arc::clone(&plan.pool), plan_seed(plan.seed, i)))
             .collect::<Result<Vec<_>, _>>()?;
         let stats = Rc::new(RefCell::new(ThreadStats::default()));
         // Connect up front so the first requests do not pay for it.
@@ -281,9 +283,11 @@ pub(crate) fn thread_main(
     Ok(stats)
 }
 
-/// Seed of connection `index`'s template choice.
-fn plan_seed(index: usize) -> u64 {
-    0xC0FF_EE00_0000_0000 ^ index as u64
+/// Seed of connection `index`'s generator (body sizes, template choice),
+/// from the run's `seed`; seed 0 gives the seeds used before `--seed`
+/// existed.
+fn plan_seed(seed: u64, index: usize) -> u64 {
+    0xC0FF_EE00_0000_0000 ^ index as u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 async fn publish_progress(stats: Rc<RefCell<ThreadStats>>, live: Arc<Live>) {
