@@ -52,7 +52,7 @@ pub const REPORT_SCHEMA: u32 = 1;
 ///   "send_lag_unreliable": false,     // true: p99 lag > max(50 µs, 20 % of latency p99); latency figures carry client delay
 ///   "verify": null | {                // only with --verify
 ///     "matched": true,                // proven: the mock holds exactly the 2xx bodies (plus unconfirmed ones)
-///     "bodies": 39980,                // bodies answered 2xx (the multiset compared)
+///     "bodies": 39980,                // bodies answered 2xx, warm-up included (the multiset compared)
 ///     "mock_bodies": 39985,           // bodies the mock recorded
 ///     "mock_requests": 39985,         // requests the mock counted
 ///     "lost": 0,                      // answered 2xx, absent at the mock (a lower bound when complete is false)
