@@ -170,15 +170,26 @@ fn wait_port(port: u16, proc: &mut Proc) {
     panic!("{} did not listen on {port}", proc.name);
 }
 
+/// A base port whose 16 ports are free now. On a machine shared with
+/// other benches and tests, loopback ports can run short for a while (a
+/// test holding thousands of connections): it keeps trying for up to 30 s.
 fn free_base() -> u16 {
-    for _ in 0..100 {
-        let p = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let base = p.clamp(20000, 60000) / 16 * 16;
-        if (0..16).all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
-            return base;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last_error = None;
+    loop {
+        for _ in 0..100 {
+            let p = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let base = p.clamp(20000, 60000) / 16 * 16;
+            match (0..16).try_for_each(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).map(drop)) {
+                Ok(()) => return base,
+                Err(e) => last_error = Some(e),
+            }
         }
+        if Instant::now() >= deadline {
+            panic!("no free range of 16 loopback ports for 30 s (last: {last_error:?})");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("no free port range");
 }
 
 pub fn start_relay(bins: &Bins, dir: &Path, mock: &Mock, cpu: Option<usize>, threads: usize, io: &str) -> Target {
