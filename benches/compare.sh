@@ -4,6 +4,7 @@
 # nginx-full TLS intake (both Debian's, installed when missing). Extra
 # arguments go to the bench:
 #   --quick   3 s runs   --secs N   --reps N   --json FILE   --no-external
+#   --only SUBSTRING (e.g. "Agent mix", "1 MiB closed", idle)   --idle-secs N
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

@@ -1,7 +1,9 @@
 //! Process-level bench harness shared by the `forward` and `compare` benches:
 //! spawns the mock intake, the relay (or HAProxy) and loadgen as separate,
-//! pinned processes; reads CPU time and RSS from /proc; runs loadgen with
-//! `--json` and parses its report (schema 1, see loadgen/src/load/report.rs).
+//! pinned processes; reads CPU time, context switches (wake-ups) and RSS
+//! from /proc; runs loadgen with `--json` and parses its report (schema 1,
+//! see loadgen/src/load/report.rs); measures a proxy at rest with a few
+//! kept-alive Agent connections ([`measure_idle`]).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -90,6 +92,39 @@ impl Drop for Proc {
 #[allow(unused_imports)]
 pub use fipsrelay::procstat::{cpu_split_us, cpu_us, rss_kib};
 
+/// Context switches of the whole process `pid` so far: voluntary +
+/// involuntary, summed over /proc/PID/task/*/status (each one is the
+/// process being put to sleep or preempted, so a wake-up follows). Threads
+/// that exit take their counts with them.
+pub fn ctx_switches(pid: i32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+                .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Time on CPU of the whole process `pid` so far, in ns, summed over
+/// /proc/PID/task/*/schedstat (ns resolution, where /proc/PID/stat counts
+/// clock ticks); `None` without schedstat.
+pub fn run_time_ns(pid: i32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = None;
+    for t in tasks.flatten() {
+        let text = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+        let ns = text.split_whitespace().next()?.parse::<u64>().ok()?;
+        total = Some(total.unwrap_or(0) + ns);
+    }
+    total
+}
+
 pub struct Mock {
     pub proc: Proc,
     pub addr: SocketAddr,
@@ -135,15 +170,26 @@ fn wait_port(port: u16, proc: &mut Proc) {
     panic!("{} did not listen on {port}", proc.name);
 }
 
+/// A base port whose 16 ports are free now. On a machine shared with
+/// other benches and tests, loopback ports can run short for a while (a
+/// test holding thousands of connections): it keeps trying for up to 30 s.
 fn free_base() -> u16 {
-    for _ in 0..100 {
-        let p = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let base = p.clamp(20000, 60000) / 16 * 16;
-        if (0..16).all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()) {
-            return base;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last_error = None;
+    loop {
+        for _ in 0..100 {
+            let p = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let base = p.clamp(20000, 60000) / 16 * 16;
+            match (0..16).try_for_each(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).map(drop)) {
+                Ok(()) => return base,
+                Err(e) => last_error = Some(e),
+            }
         }
+        if Instant::now() >= deadline {
+            panic!("no free range of 16 loopback ports for 30 s (last: {last_error:?})");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("no free port range");
 }
 
 pub fn start_relay(bins: &Bins, dir: &Path, mock: &Mock, cpu: Option<usize>, threads: usize, io: &str) -> Target {
@@ -318,6 +364,8 @@ impl SyscallCounter {
 #[derive(Clone, Debug)]
 pub struct Workload {
     pub name: &'static str,
+    /// loadgen's `--body-size`: `1k`, or a distribution such as
+    /// `log-uniform:512..1m` (raw random bodies either way).
     pub body: &'static str,
     pub connections: usize,
     pub rate: Option<u64>,
@@ -337,6 +385,14 @@ pub struct Sample {
     /// proxy over the window; NaN without perf.
     pub syscalls_per_req: f64,
     pub ring_ops_per_req: f64,
+    /// The proxy's context switches (voluntary + involuntary, all threads)
+    /// per request over the window: its wake-ups.
+    pub wakeups_per_req: f64,
+    /// Bytes per request: loadgen's heads + bodies as it counted them; on
+    /// the wrk rig the bodies' mean (wrk counts only what it reads).
+    pub bytes_per_req: f64,
+    /// loadgen `--verify`: every body answered 2xx reached the intake once.
+    pub verified: Option<bool>,
     pub p50_us: f64,
     pub p99_us: f64,
     pub p99_9_us: f64,
@@ -406,6 +462,23 @@ pub fn run_load(
     warmup: u64,
     cpu: Option<usize>,
 ) -> Sample {
+    run_load_verified(bins, dir, target, w, secs, warmup, cpu, None)
+}
+
+/// [`run_load`], with loadgen's `--verify` against `mock` when given (the
+/// mock is reset at the start; its digest is compared at the end, outside
+/// the measured window).
+#[allow(clippy::too_many_arguments)]
+pub fn run_load_verified(
+    bins: &Bins,
+    dir: &Path,
+    target: &Target,
+    w: &Workload,
+    secs: u64,
+    warmup: u64,
+    cpu: Option<usize>,
+    mock: Option<&Mock>,
+) -> Sample {
     static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let json = dir.join(format!("load-{}-{n}.json", target.kind));
@@ -420,20 +493,31 @@ pub fn run_load(
     if let Some(r) = w.rate {
         cmd.args(["--rate", &r.to_string()]);
     }
+    if let Some(mock) = mock {
+        cmd.arg("--verify").arg(format!("https://{}", mock.addr)).arg("--verify-ca").arg(&mock.ca);
+    }
     let mut child = cmd.spawn().expect("spawn loadgen");
     // CPU is sampled over the measured window only (after the warm-up).
     std::thread::sleep(Duration::from_secs(warmup));
     let counter = SyscallCounter::start(target.proc.pid(), dir);
     let cpu0 = cpu_split_us(target.proc.pid());
+    let ctx0 = ctx_switches(target.proc.pid());
     let up0 = upstream_counters(target);
+    // The window ends with loadgen's last answer; with --verify loadgen then
+    // asks the mock for its digest, which the proxy takes no part in.
     let status = child.wait().unwrap();
     let cpu1 = cpu_split_us(target.proc.pid());
+    let ctx1 = ctx_switches(target.proc.pid());
     let (syscalls, ring_ops) = counter.stop();
     let (frames_per_write, requests_per_write, upstream_conns) = per_write(up0, upstream_counters(target));
     assert!(status.success() || json.exists(), "loadgen failed: {status}");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let requests = report["requests"].as_u64().unwrap_or(0).max(1);
     let lat = &report["latency_us"];
+    let verified = report["verify"]["matched"].as_bool();
+    if verified == Some(false) {
+        eprintln!("{}: loadgen --verify found a MISMATCH: {}", target.kind, report["verify"]);
+    }
     Sample {
         req_per_s: report["req_per_s"].as_f64().unwrap_or(0.0),
         ok: report["ok"].as_u64().unwrap_or(0),
@@ -443,6 +527,9 @@ pub fn run_load(
         sys_us_per_req: cpu1.1.saturating_sub(cpu0.1) as f64 / requests as f64,
         syscalls_per_req: syscalls / requests as f64,
         ring_ops_per_req: ring_ops / requests as f64,
+        wakeups_per_req: ctx1.saturating_sub(ctx0) as f64 / requests as f64,
+        bytes_per_req: report["sent_bytes"].as_f64().unwrap_or(0.0) / requests as f64,
+        verified,
         p50_us: lat["p50"].as_f64().unwrap_or(0.0),
         p99_us: lat["p99"].as_f64().unwrap_or(0.0),
         p99_9_us: lat["p99_9"].as_f64().unwrap_or(0.0),
@@ -455,10 +542,11 @@ pub fn run_load(
 
 impl Sample {
     /// One table row: label, req/s, CPU µs/req (user + sys), p50/p99/p99.9 µs,
-    /// RSS MiB, system calls (+ io_uring submissions) per request.
+    /// RSS MiB, system calls (+ io_uring submissions) per request, wake-ups
+    /// (context switches) per request.
     pub fn row(&self, label: &str) -> String {
         format!(
-            "{label:<34} {:>10.0} {:>18} {:>9.0} {:>9.0} {:>10.0} {:>9.1} {:>14}",
+            "{label:<34} {:>10.0} {:>18} {:>9.0} {:>9.0} {:>10.0} {:>9.1} {:>14} {:>8.2}",
             self.req_per_s,
             format!("{:.1} ({:.1}+{:.1})", self.cpu_us_per_req, self.user_us_per_req, self.sys_us_per_req),
             self.p50_us,
@@ -471,7 +559,8 @@ impl Sample {
                 format!("{:.1}+{:.1}", self.syscalls_per_req, self.ring_ops_per_req)
             } else {
                 format!("{:.1}", self.syscalls_per_req)
-            }
+            },
+            self.wakeups_per_req
         ) + &self.upstream_columns()
     }
 
@@ -507,6 +596,10 @@ pub fn median(samples: &[Sample]) -> Sample {
         sys_us_per_req: med(samples.iter().map(|s| s.sys_us_per_req).collect()),
         syscalls_per_req: med(samples.iter().map(|s| s.syscalls_per_req).collect()),
         ring_ops_per_req: med(samples.iter().map(|s| s.ring_ops_per_req).collect()),
+        wakeups_per_req: med(samples.iter().map(|s| s.wakeups_per_req).collect()),
+        bytes_per_req: med(samples.iter().map(|s| s.bytes_per_req).collect()),
+        // A mismatch in any repetition stays visible.
+        verified: samples.iter().filter_map(|s| s.verified).reduce(|a, b| a && b),
         p50_us: med(samples.iter().map(|s| s.p50_us).collect()),
         p99_us: med(samples.iter().map(|s| s.p99_us).collect()),
         p99_9_us: med(samples.iter().map(|s| s.p99_9_us).collect()),
@@ -611,11 +704,114 @@ pub fn run_wrk(
         ),
     )
     .unwrap();
+    Sample { bytes_per_req: body_bytes as f64, ..wrk_sample(target, &script, connections, secs, cpu, dir) }
+}
+
+/// Requests in the size list of [`run_wrk_mix`]'s script (it cycles).
+const WRK_MIX_REQUESTS: usize = 4096;
+
+/// Runs wrk against `target` paced at about `rate` req/s in all over
+/// `connections`, each POST a slice of a block of random bytes of a size
+/// drawn from `sizes` (loadgen's distributions, fixed seed): the Agent mix
+/// for a client nobody here wrote. wrk cannot pace by itself; the script's
+/// `delay()` hands each send a slot `k / rate` after the first (read from
+/// CLOCK_MONOTONIC through LuaJIT's FFI) and wrk's timers fire on whole
+/// milliseconds. It is a paced closed loop: a connection sends only once
+/// its previous answer is in, and wrk's latency counts from the actual
+/// send, not the slot (no coordinated-omission correction). A 1 s run
+/// first warms the pools.
+pub fn run_wrk_mix(
+    dir: &Path,
+    target: &Target,
+    sizes: loadgen::load::BodySize,
+    rate: u64,
+    connections: usize,
+    secs: u64,
+    cpu: Option<usize>,
+) -> Sample {
+    use loadgen::load::payload::Rng;
+    let tag = sizes.to_string().replace([':', '.'], "_");
+    let blob = dir.join(format!("mix-{tag}.bin"));
+    let slide = 64 * 1024;
+    let mut rng = Rng::new(0x5EED);
+    if !blob.exists() {
+        let mut bytes = Vec::with_capacity(sizes.max + slide + 8);
+        while bytes.len() < sizes.max + slide {
+            bytes.extend_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        std::fs::write(&blob, &bytes).unwrap();
+    }
+    let mut rng = Rng::new(0xA6E7);
+    let mut lens = Vec::with_capacity(WRK_MIX_REQUESTS);
+    let mut starts = Vec::with_capacity(WRK_MIX_REQUESTS);
+    let mut total = 0usize;
+    for _ in 0..WRK_MIX_REQUESTS {
+        let len = sizes.draw(&mut rng);
+        total += len;
+        lens.push(len.to_string());
+        starts.push(rng.below(slide as u64).to_string());
+    }
+    let script = dir.join(format!("mix-{tag}-{rate}.lua"));
+    std::fs::write(
+        &script,
+        format!(
+            r#"-- Agent mix for wrk: random bodies of drawn sizes, paced to {rate} req/s.
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct {{ long tv_sec; long tv_nsec; }} fipsrelay_bench_timespec;
+int clock_gettime(int clk_id, fipsrelay_bench_timespec *tp);
+]]
+local ts = ffi.new("fipsrelay_bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local f = assert(io.open("{blob}", "rb"))
+local blob = f:read("*a")
+f:close()
+local lens = {{ {lens} }}
+local starts = {{ {starts} }}
+local interval = 1000 / {rate}
+local t0 = nil
+local k = 0
+local j = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/octet-stream"
+wrk.headers["DD-API-KEY"] = "0123456789abcdef0123456789abcdef"
+function delay()
+  local now = now_ms()
+  if t0 == nil then t0 = now end
+  local at = t0 + k * interval
+  k = k + 1
+  if at <= now then return 0 end
+  return math.floor(at - now + 0.5)
+end
+function request()
+  j = j % #lens + 1
+  local start = starts[j]
+  return wrk.format(nil, nil, nil, blob:sub(start + 1, start + lens[j]))
+end
+"#,
+            blob = blob.display(),
+            lens = lens.join(","),
+            starts = starts.join(","),
+        ),
+    )
+    .unwrap();
+    // Bodies only (wrk's heads are ~150 B): the mean of the cycled list.
+    let mean = total as f64 / WRK_MIX_REQUESTS as f64;
+    Sample { bytes_per_req: mean, ..wrk_sample(target, &script, connections, secs, cpu, dir) }
+}
+
+/// wrk (one thread, `connections`) with `script` against `target`'s metrics
+/// port: a 1 s warm-up run, then `secs` measured, with the target's CPU,
+/// system calls and context switches over that window.
+fn wrk_sample(target: &Target, script: &Path, connections: usize, secs: u64, cpu: Option<usize>, dir: &Path) -> Sample {
     let url = format!("http://127.0.0.1:{}/api/v2/series", target.metrics_port);
     let wrk = |d: u64| {
         let mut c = pinned(Path::new("/usr/bin/wrk"), cpu);
         c.args(["-t1", "-c", &connections.to_string(), "-d", &format!("{d}s"), "--latency", "-s"])
-            .arg(&script)
+            .arg(script)
             .arg(&url)
             .stderr(Stdio::null());
         c
@@ -623,9 +819,11 @@ pub fn run_wrk(
     let _ = wrk(1).stdout(Stdio::null()).status();
     let counter = SyscallCounter::start(target.proc.pid(), dir);
     let cpu0 = cpu_split_us(target.proc.pid());
+    let ctx0 = ctx_switches(target.proc.pid());
     let up0 = upstream_counters(target);
     let out = wrk(secs).output().expect("wrk not installed: apt-get install wrk");
     let cpu1 = cpu_split_us(target.proc.pid());
+    let ctx1 = ctx_switches(target.proc.pid());
     let (syscalls, ring_ops) = counter.stop();
     let (frames_per_write, requests_per_write, upstream_conns) = per_write(up0, upstream_counters(target));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -652,15 +850,20 @@ pub fn run_wrk(
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     let non2xx: u64 = field("Non-2xx or 3xx responses:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let per = |v: f64| v / requests.max(1) as f64;
     Sample {
         req_per_s: field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0),
         ok: requests.saturating_sub(non2xx),
         errors: non2xx,
-        cpu_us_per_req: (cpu1.0 + cpu1.1).saturating_sub(cpu0.0 + cpu0.1) as f64 / requests.max(1) as f64,
-        user_us_per_req: cpu1.0.saturating_sub(cpu0.0) as f64 / requests.max(1) as f64,
-        sys_us_per_req: cpu1.1.saturating_sub(cpu0.1) as f64 / requests.max(1) as f64,
-        syscalls_per_req: syscalls / requests.max(1) as f64,
-        ring_ops_per_req: ring_ops / requests.max(1) as f64,
+        cpu_us_per_req: per((cpu1.0 + cpu1.1).saturating_sub(cpu0.0 + cpu0.1) as f64),
+        user_us_per_req: per(cpu1.0.saturating_sub(cpu0.0) as f64),
+        sys_us_per_req: per(cpu1.1.saturating_sub(cpu0.1) as f64),
+        syscalls_per_req: per(syscalls),
+        ring_ops_per_req: per(ring_ops),
+        wakeups_per_req: per(ctx1.saturating_sub(ctx0) as f64),
+        // wrk counts bytes read, not sent: the callers know the bodies.
+        bytes_per_req: f64::NAN,
+        verified: None,
         p50_us: field("50%").map(|v| dur_us(&v)).unwrap_or(0.0),
         p99_us: field("99%").map(|v| dur_us(&v)).unwrap_or(0.0),
         p99_9_us: 0.0,
@@ -668,5 +871,119 @@ pub fn run_wrk(
         frames_per_write,
         requests_per_write,
         upstream_conns,
+    }
+}
+
+/// A proxy at rest, measured over a window.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct IdleSample {
+    /// Agent connections opened (each sent one request, then stayed idle).
+    pub agent_conns: usize,
+    /// Of those, still open at the end of the window (the proxy may close
+    /// idle ones: HAProxy after `timeout client`).
+    pub open_at_end: usize,
+    /// Context switches (voluntary + involuntary, all threads) per second.
+    pub wakeups_per_s: f64,
+    /// utime + stime (/proc/PID/stat, clock ticks) per second, in ms.
+    pub cpu_ms_per_s: f64,
+    /// Time on CPU from schedstat (ns resolution) per second, in ms; NaN
+    /// without schedstat.
+    pub run_ms_per_s: f64,
+    /// System calls per second (perf); NaN without perf.
+    pub syscalls_per_s: f64,
+    pub ring_ops_per_s: f64,
+}
+
+/// Opens `agent_conns` kept-alive connections to `target`'s metrics port,
+/// each sending one small POST and reading its answer (so the proxy also
+/// holds its intake sessions, as after an Agent's flush), waits `warmup`,
+/// then measures the whole process over `window`: wake-ups (context
+/// switches), CPU time, system calls. The connections close on return.
+pub fn measure_idle(target: &Target, agent_conns: usize, warmup: Duration, window: Duration, dir: &Path) -> IdleSample {
+    let conns: Vec<std::net::TcpStream> = (0..agent_conns).filter_map(|_| agent_request(target.metrics_port)).collect();
+    std::thread::sleep(warmup);
+    let pid = target.proc.pid();
+    let counter = SyscallCounter::start(pid, dir);
+    let (cpu0, ctx0, run0, t0) = (cpu_split_us(pid), ctx_switches(pid), run_time_ns(pid), Instant::now());
+    std::thread::sleep(window);
+    let (cpu1, ctx1, run1, t1) = (cpu_split_us(pid), ctx_switches(pid), run_time_ns(pid), Instant::now());
+    let (syscalls, ring_ops) = counter.stop();
+    let secs = (t1 - t0).as_secs_f64();
+    let open_at_end = conns.iter().filter(|c| still_open(c)).count();
+    IdleSample {
+        agent_conns: conns.len(),
+        open_at_end,
+        wakeups_per_s: ctx1.saturating_sub(ctx0) as f64 / secs,
+        cpu_ms_per_s: (cpu1.0 + cpu1.1).saturating_sub(cpu0.0 + cpu0.1) as f64 / 1000.0 / secs,
+        run_ms_per_s: match (run0, run1) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e6 / secs,
+            _ => f64::NAN,
+        },
+        syscalls_per_s: syscalls / secs,
+        ring_ops_per_s: ring_ops / secs,
+    }
+}
+
+/// One Agent-like POST (`{}` body) on a new connection, its answer read in
+/// full; the connection, kept alive, or `None` when that failed.
+fn agent_request(port: u16) -> Option<std::net::TcpStream> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(
+        b"POST /api/v2/series HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: datadog-agent/7.60.0\r\n\
+          DD-API-KEY: 0123456789abcdef0123456789abcdef\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        let body = &got[end + 4..];
+        let length =
+            head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+        let done = match length {
+            Some(len) => body.len() >= len,
+            None if head.contains("transfer-encoding: chunked") => body.ends_with(b"0\r\n\r\n"),
+            None => true,
+        };
+        if done {
+            return head.starts_with("http/1.1 2").then_some(s);
+        }
+    }
+}
+
+/// True while the peer has not closed `s` (a non-blocking peek).
+fn still_open(s: &std::net::TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let open = matches!(s.peek(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    let _ = s.set_nonblocking(false);
+    open
+}
+
+/// Median of each field over idle samples.
+pub fn median_idle(samples: &[IdleSample]) -> IdleSample {
+    fn med(mut v: Vec<f64>) -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+    let f = |get: fn(&IdleSample) -> f64| med(samples.iter().map(get).collect());
+    IdleSample {
+        agent_conns: samples.first().map(|s| s.agent_conns).unwrap_or(0),
+        open_at_end: f(|s| s.open_at_end as f64) as usize,
+        wakeups_per_s: f(|s| s.wakeups_per_s),
+        cpu_ms_per_s: f(|s| s.cpu_ms_per_s),
+        run_ms_per_s: f(|s| s.run_ms_per_s),
+        syscalls_per_s: f(|s| s.syscalls_per_s),
+        ring_ops_per_s: f(|s| s.ring_ops_per_s),
     }
 }

@@ -281,6 +281,42 @@ fn verify_matches_and_catches_lost_duplicated_and_corrupted_bodies() {
 }
 
 #[test]
+fn agent_mix_open_loop_is_verified_end_to_end() {
+    // The Agent's shape: open loop, random bodies of log-uniform sizes
+    // (here 512 B .. 256 KiB, to keep the test short), a few connections on
+    // each of two products, every body checked at the mock, those of the
+    // warm-up too (they reach the mock as well).
+    let rig = verify_rig("mix");
+    let opts = LoadOptions {
+        targets: vec![format!("http://{}/api/v2/series", rig.relay), format!("http://{}/api/v2/logs", rig.relay)],
+        connections: 4,
+        rate: Some(200.0),
+        warmup: Duration::from_millis(500),
+        duration: Duration::from_millis(1500),
+        timeout: Duration::from_secs(5),
+        payload: load::PayloadKind::Raw,
+        body_size: "log-uniform:512..256k".parse().unwrap(),
+        seed: 7,
+        verify: Some(VerifyOptions { url: format!("https://{}", rig.mock.addr()), ca_pem: rig.ca_pem.clone() }),
+        ..LoadOptions::default()
+    };
+    let report = load::run(opts).unwrap();
+    // 200 req/s for 1.5 s: 300 requests, all answered 2xx and all at the mock.
+    assert!((285..=315).contains(&report.requests), "{report:?}");
+    assert_eq!(report.ok, report.requests, "{report:?}");
+    let v = report.verify.unwrap();
+    assert!(v.matched && v.complete, "{v:?}");
+    // 100 warm-up bodies on top of the measured ones.
+    assert!((report.ok + 90..=report.ok + 110).contains(&v.bodies), "{v:?}");
+    assert_eq!(report.body_size, "log-uniform:512..262144");
+    assert_eq!(report.seed, 7);
+    // Mean body ~ (256k − 512) / ln(512) = 41 KiB: far from both bounds.
+    let mean = report.sent_bytes as f64 / report.requests as f64;
+    assert!((15_000.0..90_000.0).contains(&mean), "mean request {mean} B");
+    let _ = std::fs::remove_dir_all(&rig.tls_dir);
+}
+
+#[test]
 fn verify_through_the_binary_sets_the_exit_status() {
     let rig = verify_rig("binary");
     let target = format!("http://{}/api/v2/series", rig.relay);

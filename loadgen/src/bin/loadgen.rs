@@ -30,6 +30,7 @@ const EXIT_MISMATCH: u8 = 3;
         loadgen --ports 9804 --duration 10s\n  \
         loadgen --target http://127.0.0.1:9804/api/v2/series --rate 5000 --connections 64 --threads 2 --pin\n  \
         loadgen --ports 9804,9808 --payload logs --body-size 1k-64k --compress zstd --json out.json\n  \
+        loadgen --ports 9804,9805,9808,9815 --connections 8 --rate 250 --payload raw --sizes log-uniform:512..1m\n  \
         loadgen --ports 9804 --requests 10000 --verify https://127.0.0.1:18443 --tls-dir /tmp/pki"
 )]
 struct Args {
@@ -90,9 +91,17 @@ struct Args {
     /// series | logs | traces | raw
     #[arg(long, default_value = "series")]
     payload: PayloadKind,
-    /// Uncompressed body size, e.g. 1k, 512, 2m, or a uniform range 1k-64k.
-    #[arg(long, default_value = "1k")]
+    /// Uncompressed body size: fixed (1k, 512, 2m, fixed:1m), a uniform
+    /// range (1k-64k, uniform:1k..64k) or a log-uniform one
+    /// (log-uniform:512..1m: each decade of sizes equally likely, as the
+    /// Agent's payloads; with --payload raw every request draws its own
+    /// size, JSON kinds pick among 64 templates spaced so). At most 32m.
+    #[arg(long, visible_alias = "sizes", default_value = "1k", value_name = "SIZES")]
     body_size: BodySize,
+    /// Seed of the body sizes (and template choice): the same seed,
+    /// --connections and --sizes send the same sequence of sizes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// none | deflate | zstd (sets Content-Encoding).
     #[arg(long, default_value = "none")]
     compress: Compression,
@@ -170,6 +179,7 @@ fn options(args: Args) -> Result<(LoadOptions, Option<PathBuf>)> {
         quantum: args.quantum,
         payload: args.payload,
         body_size: args.body_size,
+        seed: args.seed,
         compression: args.compress,
         verify,
         progress: !args.quiet && std::io::stderr().is_terminal(),

@@ -60,6 +60,8 @@ pub(crate) struct Plan {
     /// With `collect_hashes`: every body answered 2xx, shared by the threads.
     pub ok_filter: Option<Arc<crate::digest::SentFilter>>,
     pub api_key: String,
+    /// `LoadOptions::seed`: mixed into every connection's generator.
+    pub seed: u64,
     /// Measured requests claimed so far (for `requests`).
     pub claimed: AtomicU64,
 }
@@ -236,7 +238,7 @@ pub(crate) fn thread_main(
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(LoadError::Runtime)?;
         let gens = indexes
             .iter()
-            .map(|&i| BodyGen::new(Arc::clone(&plan.pool), plan_seed(i)))
+            .map(|&i| BodyGen::new(Arc::clone(&plan.pool), plan_seed(plan.seed, i)))
             .collect::<Result<Vec<_>, _>>()?;
         let stats = Rc::new(RefCell::new(ThreadStats::default()));
         // Connect up front so the first requests do not pay for it.
@@ -281,9 +283,11 @@ pub(crate) fn thread_main(
     Ok(stats)
 }
 
-/// Seed of connection `index`'s template choice.
-fn plan_seed(index: usize) -> u64 {
-    0xC0FF_EE00_0000_0000 ^ index as u64
+/// Seed of connection `index`'s generator (body sizes, template choice),
+/// from the run's `seed`; seed 0 gives the seeds used before `--seed`
+/// existed.
+fn plan_seed(seed: u64, index: usize) -> u64 {
+    0xC0FF_EE00_0000_0000 ^ index as u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 async fn publish_progress(stats: Rc<RefCell<ThreadStats>>, live: Arc<Live>) {
@@ -426,8 +430,14 @@ impl Driver {
             let done = Instant::now();
             free_at = done;
             let connect_failed = matches!(outcome, Outcome::Failed(ExchangeError::Connect(_)));
+            if plan.collect_hashes {
+                // Warm-up bodies reach the mock too: they are compared like
+                // the others (else the mock's copies read as corrupted).
+                let ok = matches!(outcome, Outcome::Answer { status, .. } if (200..300).contains(&status));
+                self.collect_hash(ok, hash);
+            }
             if measured {
-                self.record(outcome, intended, done, request_bytes, hash);
+                self.record(outcome, intended, done, request_bytes);
             }
             if connect_failed && schedule.is_none() {
                 tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
@@ -435,19 +445,32 @@ impl Driver {
         }
     }
 
-    fn record(&self, outcome: Outcome, intended: Instant, done: Instant, request_bytes: u64, hash: u64) {
+    /// With `--verify`: the body's hash, among the 2xx ones or the
+    /// unconfirmed ones.
+    fn collect_hash(&self, ok: bool, hash: u64) {
+        let mut stats = self.stats.borrow_mut();
+        if ok {
+            stats.ok_digest.get_or_insert_with(Default::default).insert(hash);
+            if let Some(filter) = &self.plan.ok_filter {
+                filter.insert(hash);
+            }
+        } else {
+            stats.keep_unconfirmed(hash);
+        }
+    }
+
+    fn record(&self, outcome: Outcome, intended: Instant, done: Instant, request_bytes: u64) {
         let mut guard = self.stats.borrow_mut();
         let stats = &mut *guard;
         stats.requests += 1;
         stats.last_done = Some(done);
-        let ok = match outcome {
+        match outcome {
             Outcome::Answer { status, bytes } => {
                 stats.responses += 1;
                 stats.sent_bytes += request_bytes;
                 stats.received_bytes += bytes;
                 stats.status[usize::from(status).min(MAX_STATUS)] += 1;
                 stats.latencies.record(done.saturating_duration_since(intended));
-                (200..300).contains(&status)
             }
             Outcome::Failed(e) => {
                 stats.errors.total += 1;
@@ -459,22 +482,10 @@ impl Driver {
                     }
                     ExchangeError::Malformed(_) | ExchangeError::Io(_) => stats.errors.other += 1,
                 }
-                false
             }
             Outcome::TimedOut => {
                 stats.errors.total += 1;
                 stats.errors.timeout += 1;
-                false
-            }
-        };
-        if self.plan.collect_hashes {
-            if ok {
-                stats.ok_digest.get_or_insert_with(Default::default).insert(hash);
-                if let Some(filter) = &self.plan.ok_filter {
-                    filter.insert(hash);
-                }
-            } else {
-                stats.keep_unconfirmed(hash);
             }
         }
     }

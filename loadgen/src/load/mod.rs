@@ -6,7 +6,8 @@
 //! intake (`--verify`). It never speaks TLS to the targets and never loads a
 //! non-loopback address unless told to; every run is bounded in time.
 //!
-//! Modules: `target` (URLs, safety check), `payload` (bodies), `schedule`
+//! Modules: `target` (URLs, safety check), `payload` (bodies and their
+//! size distributions: fixed, uniform, log-uniform), `schedule`
 //! (open-loop pacing), `http` (one client connection), `histogram`
 //! (latencies), `engine` (threads and request loops), `report` (results),
 //! `verify` (mock comparison).
@@ -25,7 +26,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use payload::{BodySize, Compression, PayloadKind};
+pub use payload::{BodySize, Compression, PayloadKind, SizeSpread};
 pub use report::{ErrorCounts, LoopMode, Report, VerifyReport, REPORT_SCHEMA};
 pub use target::Target;
 pub use verify::VerifyOptions;
@@ -79,7 +80,12 @@ pub struct LoadOptions {
     /// with tools that pace so (oha). Zero: send at the scheduled time.
     pub quantum: Duration,
     pub payload: PayloadKind,
+    /// Body sizes: fixed, uniform or log-uniform between two bounds.
     pub body_size: BodySize,
+    /// Seeds each connection's generator (sizes drawn, templates picked):
+    /// the same seed, connection count and body size repeat the same
+    /// sequence of sizes. Body bytes still differ between runs (nonce).
+    pub seed: u64,
     pub compression: Compression,
     /// Check the bodies against a mock intake (resets it first).
     pub verify: Option<VerifyOptions>,
@@ -104,6 +110,7 @@ impl Default for LoadOptions {
             quantum: Duration::ZERO,
             payload: PayloadKind::Series,
             body_size: BodySize::default(),
+            seed: 0,
             compression: Compression::None,
             verify: None,
             progress: false,
@@ -220,6 +227,7 @@ pub fn run(opts: LoadOptions) -> Result<Report, LoadError> {
         collect_hashes: control.is_some(),
         ok_filter: control.is_some().then(|| Arc::new(crate::digest::SentFilter::default())),
         api_key: fake_api_key(nonce),
+        seed: opts.seed,
         claimed: AtomicU64::new(0),
     });
 
@@ -299,6 +307,7 @@ pub fn run(opts: LoadOptions) -> Result<Report, LoadError> {
         payload: opts.payload,
         compression: opts.compression,
         body_size: opts.body_size.to_string(),
+        seed: opts.seed,
         duration_s,
         requests: total.requests,
         responses: total.responses,

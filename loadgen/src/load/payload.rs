@@ -1,13 +1,20 @@
-//! Request bodies shaped like the Agent's: a pool of templates (series, log
-//! batch, trace payload or raw bytes) built once before the run, each with a
-//! fixed-width slot where a request's sequence number is written, so that
-//! every body is unique without building one from scratch. Compression
-//! (zlib `deflate` or `zstd`) runs per request with a reused context into a
-//! reused buffer. Owns body bytes only; it never touches sockets.
+//! Request bodies shaped like the Agent's: JSON bodies (series, log batch,
+//! trace payload) come from a pool of templates built once before the run,
+//! each with a fixed-width slot where a request's sequence number is
+//! written, so that every body is unique without building one from
+//! scratch; raw bodies are slices of one block of random bytes (as
+//! incompressible as the Agent's zstd output), of a size drawn per request
+//! from the [`BodySize`] distribution (fixed, uniform or log-uniform) by the
+//! connection's seeded generator, so a run with the same seed repeats its
+//! sizes. Compression (zlib `deflate` or `zstd`) runs per request with a
+//! reused context into a reused buffer. Owns body bytes only; it never
+//! touches sockets.
 //!
 //! # Invariants
 //! - Two bodies produced with different sequence numbers (or run nonces)
 //!   differ, compressed or not.
+//! - Every body's uncompressed size is within the [`BodySize`] bounds (JSON
+//!   bodies below the smallest valid body of their kind excepted).
 //! - After the first request of a given size, [`BodyGen::next`] allocates
 //!   nothing.
 
@@ -25,6 +32,11 @@ const POOL_BYTES: usize = 64 * 1024 * 1024;
 /// Largest body accepted by `--body-size` (the intake limit for DBM is 20 MB
 /// uncompressed).
 pub const MAX_BODY_SIZE: usize = 32 * 1024 * 1024;
+/// Smallest raw body: the sequence slot and the run's nonce (16 hex digits).
+const RAW_MIN: usize = SEQ_WIDTH + 16;
+/// Most extra random bytes past the largest raw body, over which its start
+/// slides (so two bodies of one size are different slices).
+const RAW_SLIDE: usize = 1024 * 1024;
 /// zstd level, as the Agent's default (1).
 const ZSTD_LEVEL: i32 = 1;
 /// zlib level, as the Agent's default (6).
@@ -76,25 +88,108 @@ impl Compression {
     }
 }
 
-/// Uncompressed body size: one size or a uniform range.
+/// How sizes are spread between [`BodySize::min`] and [`BodySize::max`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SizeSpread {
+    /// Every size in the range equally likely (one size when min = max).
+    #[default]
+    Uniform,
+    /// The logarithm of the size uniform: each decade of sizes gets the same
+    /// share of the requests, the median is near sqrt(min·max). The Agent's
+    /// payloads spread so (a few hundred bytes to the 2.5 MiB cap).
+    LogUniform,
+}
+
+/// Uncompressed body size: one size, or a range and how sizes spread over
+/// it. Written `1k` (fixed), `1k-64k` or `uniform:1k..64k` (uniform),
+/// `log-uniform:512..1m` (log-uniform); `fixed:1m` is `1m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BodySize {
     pub min: usize,
     pub max: usize,
+    pub spread: SizeSpread,
 }
 
 impl Default for BodySize {
     fn default() -> Self {
-        BodySize { min: 1024, max: 1024 }
+        BodySize::fixed(1024)
+    }
+}
+
+impl BodySize {
+    /// Every body `len` bytes.
+    pub const fn fixed(len: usize) -> BodySize {
+        BodySize { min: len, max: len, spread: SizeSpread::Uniform }
+    }
+
+    /// Sizes uniform over `min..=max`.
+    pub const fn uniform(min: usize, max: usize) -> BodySize {
+        BodySize { min, max, spread: SizeSpread::Uniform }
+    }
+
+    /// Sizes log-uniform over `min..=max` (min ≥ 1).
+    pub const fn log_uniform(min: usize, max: usize) -> BodySize {
+        BodySize { min, max, spread: SizeSpread::LogUniform }
+    }
+
+    pub fn is_fixed(&self) -> bool {
+        self.min == self.max
+    }
+
+    /// One size drawn from the distribution, always within `min..=max`.
+    pub fn draw(&self, rng: &mut Rng) -> usize {
+        if self.is_fixed() {
+            return self.min;
+        }
+        match self.spread {
+            SizeSpread::Uniform => self.min + rng.below((self.max - self.min) as u64 + 1) as usize,
+            SizeSpread::LogUniform => {
+                // exp of a uniform draw over [ln min, ln(max + 1)), floored:
+                // P(size = n) ∝ ln((n + 1) / n), which is the continuous
+                // log-uniform density binned to whole bytes.
+                let (lo, hi) = ((self.min.max(1) as f64).ln(), ((self.max + 1) as f64).ln());
+                let len = (lo + rng.unit() * (hi - lo)).exp().floor() as usize;
+                len.clamp(self.min, self.max)
+            }
+        }
+    }
+
+    /// The mean size of the distribution, in bytes.
+    pub fn mean(&self) -> f64 {
+        let (min, max) = (self.min as f64, self.max as f64);
+        match self.spread {
+            _ if self.is_fixed() => min,
+            SizeSpread::Uniform => (min + max) / 2.0,
+            // ∫ x dx/(x ln(b/a)) over [a, b] = (b − a) / ln(b/a), with b = max + 1.
+            SizeSpread::LogUniform => (max + 1.0 - min.max(1.0)) / ((max + 1.0) / min.max(1.0)).ln(),
+        }
+    }
+
+    /// `count` template sizes whose uniform choice follows the distribution:
+    /// evenly spaced for uniform, geometrically spaced for log-uniform.
+    fn template_sizes(&self, count: usize) -> Vec<usize> {
+        if count == 1 || self.is_fixed() {
+            return vec![self.min; count];
+        }
+        (0..count)
+            .map(|i| match self.spread {
+                SizeSpread::Uniform => self.min + (self.max - self.min) * i / (count - 1),
+                SizeSpread::LogUniform => {
+                    let ratio = self.max as f64 / self.min.max(1) as f64;
+                    let len = (self.min.max(1) as f64 * ratio.powf(i as f64 / (count - 1) as f64)).round() as usize;
+                    len.clamp(self.min, self.max)
+                }
+            })
+            .collect()
     }
 }
 
 impl fmt::Display for BodySize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.min == self.max {
-            write!(f, "{}", self.min)
-        } else {
-            write!(f, "{}-{}", self.min, self.max)
+        match self.spread {
+            _ if self.is_fixed() => write!(f, "{}", self.min),
+            SizeSpread::Uniform => write!(f, "{}-{}", self.min, self.max),
+            SizeSpread::LogUniform => write!(f, "log-uniform:{}..{}", self.min, self.max),
         }
     }
 }
@@ -105,7 +200,10 @@ pub enum ParsePayloadError {
     Kind(String),
     #[error("unknown compression {0:?}; use none, deflate or zstd")]
     Compression(String),
-    #[error("bad body size {0:?}; write it like 1k, 512, 64k, 1m or a range 1k-64k (at most 32m)")]
+    #[error(
+        "bad body size {0:?}; write it like 1k, 512, 64k, 1m, fixed:1m, a uniform range 1k-64k or \
+         uniform:1k..64k, or log-uniform:512..1m (sizes at most 32m, the smaller first)"
+    )]
     Size(String),
 }
 
@@ -136,7 +234,8 @@ impl FromStr for Compression {
 
 impl FromStr for BodySize {
     type Err = ParsePayloadError;
-    /// `1024`, `1k`, `1m` (binary units), or `MIN-MAX`.
+    /// `1024`, `1k`, `1m` (binary units), `MIN-MAX`, `fixed:N`,
+    /// `uniform:MIN..MAX` or `log-uniform:MIN..MAX`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || ParsePayloadError::Size(s.to_owned());
         let one = |t: &str| -> Result<usize, ParsePayloadError> {
@@ -149,17 +248,32 @@ impl FromStr for BodySize {
             let n: usize = digits.parse().map_err(|_| bad())?;
             n.checked_mul(mult).filter(|&n| n <= MAX_BODY_SIZE).ok_or_else(bad)
         };
-        let (min, max) = match s.split_once('-') {
-            Some((a, b)) => (one(a)?, one(b)?),
-            None => {
-                let n = one(s)?;
-                (n, n)
+        let range = |t: &str| -> Result<(usize, usize), ParsePayloadError> {
+            let (a, b) = t.split_once("..").ok_or_else(bad)?;
+            Ok((one(a)?, one(b)?))
+        };
+        let (min, max, spread) = if let Some(rest) = s.strip_prefix("log-uniform:") {
+            let (min, max) = range(rest)?;
+            (min, max, SizeSpread::LogUniform)
+        } else if let Some(rest) = s.strip_prefix("uniform:") {
+            let (min, max) = range(rest)?;
+            (min, max, SizeSpread::Uniform)
+        } else if let Some(rest) = s.strip_prefix("fixed:") {
+            let n = one(rest)?;
+            (n, n, SizeSpread::Uniform)
+        } else {
+            match s.split_once('-') {
+                Some((a, b)) => (one(a)?, one(b)?, SizeSpread::Uniform),
+                None => {
+                    let n = one(s)?;
+                    (n, n, SizeSpread::Uniform)
+                }
             }
         };
-        if min > max {
+        if min > max || (spread == SizeSpread::LogUniform && min == 0) {
             return Err(bad());
         }
-        Ok(BodySize { min, max })
+        Ok(BodySize { min, max, spread })
     }
 }
 
@@ -184,6 +298,11 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }
+
+    /// Uniform in `[0, 1)`, 53 bits.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 /// One body with a slot for the sequence number.
@@ -194,31 +313,51 @@ struct Template {
     seq_at: usize,
 }
 
-/// The templates of a run, shared read-only by every connection.
+/// The bodies of a run, shared read-only by every connection: templates
+/// for the JSON kinds, one block of random bytes for raw bodies.
 #[derive(Debug)]
 pub struct PayloadPool {
     kind: PayloadKind,
     compression: Compression,
+    size: BodySize,
+    /// JSON kinds: the templates, picked uniformly per request.
     templates: Vec<Template>,
+    /// Raw: random bytes; a body is a slice of it at a random offset.
+    random: Vec<u8>,
+    /// The run's nonce in hex, written into every raw body.
+    nonce_hex: [u8; 16],
 }
 
 impl PayloadPool {
-    /// Builds the pool: template sizes evenly spread over `size` (so that
-    /// picking a template uniformly gives sizes uniform over the range), at
-    /// most 64 templates and 64 MiB in all. `nonce` goes into every body so
-    /// two runs never send the same bytes. JSON bodies are exactly the asked
-    /// size unless it is below the smallest valid body of that kind.
+    /// Builds the pool. JSON kinds: template sizes spread over `size` (evenly
+    /// for a uniform range, geometrically for a log-uniform one, so that
+    /// picking a template uniformly follows the distribution), at most 64
+    /// templates and 64 MiB in all; JSON bodies are exactly the asked size
+    /// unless it is below the smallest valid body of that kind. Raw: a block
+    /// of `size.max` random bytes plus room to slide (up to 1 MiB more), and
+    /// each request draws its own size. `nonce` goes into every body so two
+    /// runs never send the same bytes.
     pub fn new(kind: PayloadKind, compression: Compression, size: BodySize, nonce: u64) -> PayloadPool {
-        let by_bytes = (POOL_BYTES / size.max.max(1)).max(1);
-        let count = if size.min == size.max { 8 } else { MAX_TEMPLATES }.min(by_bytes);
         let mut rng = Rng::new(nonce ^ 0x6C6F_6164_6765_6E21);
-        let templates = (0..count)
-            .map(|i| {
-                let len = if count == 1 { size.min } else { size.min + (size.max - size.min) * i / (count - 1) };
-                build_template(kind, len, nonce, &mut rng)
-            })
-            .collect();
-        PayloadPool { kind, compression, templates }
+        let mut nonce_hex = [0u8; 16];
+        nonce_hex.copy_from_slice(format!("{nonce:016x}").as_bytes());
+        let (templates, random) = if kind == PayloadKind::Raw {
+            let longest = size.max.max(RAW_MIN);
+            let len = longest + longest.clamp(64, RAW_SLIDE);
+            let mut random = Vec::with_capacity(len + 8);
+            while random.len() < len {
+                random.extend_from_slice(&rng.next_u64().to_le_bytes());
+            }
+            random.truncate(len);
+            (Vec::new(), random)
+        } else {
+            let by_bytes = (POOL_BYTES / size.max.max(1)).max(1);
+            let count = if size.is_fixed() { 8 } else { MAX_TEMPLATES }.min(by_bytes);
+            let templates =
+                size.template_sizes(count).into_iter().map(|len| build_template(kind, len, nonce, &mut rng)).collect();
+            (templates, Vec::new())
+        };
+        PayloadPool { kind, compression, size, templates, random, nonce_hex }
     }
 
     pub fn kind(&self) -> PayloadKind {
@@ -229,7 +368,11 @@ impl PayloadPool {
         self.compression
     }
 
-    /// Number of templates.
+    pub fn size(&self) -> BodySize {
+        self.size
+    }
+
+    /// Number of templates (raw bodies have none: they are drawn per request).
     pub fn len(&self) -> usize {
         self.templates.len()
     }
@@ -274,11 +417,21 @@ impl BodyGen {
     /// The body for sequence number `seq`, compressed as the pool says. The
     /// slice lives until the next call.
     pub fn next(&mut self, seq: u64) -> Result<&[u8], CompressError> {
-        let pick = self.rng.below(self.pool.templates.len() as u64) as usize;
-        let template = &self.pool.templates[pick];
         self.plain.clear();
-        self.plain.extend_from_slice(&template.bytes);
-        write_seq(&mut self.plain[template.seq_at..template.seq_at + SEQ_WIDTH], seq);
+        if self.pool.kind == PayloadKind::Raw {
+            // Size first, then where in the block: both from this
+            // connection's generator, so a seed repeats the sizes.
+            let len = self.pool.size.draw(&mut self.rng).max(RAW_MIN);
+            let start = self.rng.below((self.pool.random.len() - len + 1) as u64) as usize;
+            self.plain.extend_from_slice(&self.pool.random[start..start + len]);
+            write_seq(&mut self.plain[..SEQ_WIDTH], seq);
+            self.plain[SEQ_WIDTH..RAW_MIN].copy_from_slice(&self.pool.nonce_hex);
+        } else {
+            let pick = self.rng.below(self.pool.templates.len() as u64) as usize;
+            let template = &self.pool.templates[pick];
+            self.plain.extend_from_slice(&template.bytes);
+            write_seq(&mut self.plain[template.seq_at..template.seq_at + SEQ_WIDTH], seq);
+        }
         match self.pool.compression {
             Compression::None => Ok(&self.plain),
             Compression::Zstd => {
@@ -348,23 +501,14 @@ fn words(rng: &mut Rng, n: usize, out: &mut String) {
     }
 }
 
-/// A body of `kind`, `len` bytes long where the kind allows, with the
+/// A JSON body of `kind`, `len` bytes long where the kind allows, with the
 /// sequence slot in its first element.
 fn build_template(kind: PayloadKind, len: usize, nonce: u64, rng: &mut Rng) -> Template {
-    if kind == PayloadKind::Raw {
-        let mut bytes: Vec<u8> = Vec::with_capacity(len.max(SEQ_WIDTH + 16));
-        while bytes.len() < len.max(SEQ_WIDTH + 16) {
-            bytes.extend_from_slice(&rng.next_u64().to_le_bytes());
-        }
-        bytes.truncate(len.max(SEQ_WIDTH + 16));
-        bytes[SEQ_WIDTH..SEQ_WIDTH + 16].copy_from_slice(format!("{nonce:016x}").as_bytes());
-        return Template { bytes, seq_at: 0 };
-    }
     let (open, close) = match kind {
         PayloadKind::Series => ("{\"series\":[", "]}"),
         PayloadKind::Logs => ("[", "]"),
         PayloadKind::Traces => ("{\"traces\":[[", "]]}"),
-        PayloadKind::Raw => unreachable!(),
+        PayloadKind::Raw => unreachable!("raw bodies are sliced from the pool's random block"),
     };
     let mut body = String::with_capacity(len + 512);
     body.push_str(open);
@@ -456,21 +600,94 @@ mod tests {
 
     #[test]
     fn parses_sizes() {
-        assert_eq!("1k".parse(), Ok(BodySize { min: 1024, max: 1024 }));
-        assert_eq!("512".parse(), Ok(BodySize { min: 512, max: 512 }));
-        assert_eq!("1k-64k".parse(), Ok(BodySize { min: 1024, max: 65536 }));
-        assert_eq!("2M".parse(), Ok(BodySize { min: 2 << 20, max: 2 << 20 }));
-        assert!("64k-1k".parse::<BodySize>().is_err());
-        assert!("1g".parse::<BodySize>().is_err());
-        assert!("33m".parse::<BodySize>().is_err());
-        assert!("x".parse::<BodySize>().is_err());
+        assert_eq!("1k".parse(), Ok(BodySize::fixed(1024)));
+        assert_eq!("512".parse(), Ok(BodySize::fixed(512)));
+        assert_eq!("fixed:1m".parse(), Ok(BodySize::fixed(1 << 20)));
+        assert_eq!("1k-64k".parse(), Ok(BodySize::uniform(1024, 65536)));
+        assert_eq!("uniform:1k..64k".parse(), Ok(BodySize::uniform(1024, 65536)));
+        assert_eq!("2M".parse(), Ok(BodySize::fixed(2 << 20)));
+        assert_eq!("log-uniform:512..1m".parse(), Ok(BodySize::log_uniform(512, 1 << 20)));
+        assert_eq!("log-uniform:512..2621440".parse(), Ok(BodySize::log_uniform(512, 2_621_440)));
+        for bad in ["64k-1k", "1g", "33m", "x", "log-uniform:0..1m", "log-uniform:1m..1k", "log-uniform:1k", "fixed:"] {
+            assert!(bad.parse::<BodySize>().is_err(), "{bad}");
+        }
+        // Display is what the report prints, and parses back.
+        for text in ["1024", "1024-65536", "log-uniform:512..1048576"] {
+            assert_eq!(text.parse::<BodySize>().unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn log_uniform_sizes_fill_every_decade_equally() {
+        // 512 B .. 1 MiB, the Agent mix: ln(2048) = 7.62, so each decade
+        // holds ln(10)/ln(2048) = 30.3 % of the draws; median sqrt(min·max).
+        let size = BodySize::log_uniform(512, 1 << 20);
+        let mut rng = Rng::new(42);
+        let n = 200_000;
+        let mut sizes: Vec<usize> = (0..n).map(|_| size.draw(&mut rng)).collect();
+        sizes.sort_unstable();
+        assert!(sizes[0] >= 512 && sizes[n - 1] <= 1 << 20, "{} {}", sizes[0], sizes[n - 1]);
+        // Both ends are reached.
+        assert!(sizes[0] < 520 && sizes[n - 1] > 1_040_000, "{} {}", sizes[0], sizes[n - 1]);
+        let median = sizes[n / 2] as f64;
+        let expected = (512.0 * (1u64 << 20) as f64).sqrt(); // 23,170
+        assert!((median / expected - 1.0).abs() < 0.03, "median {median}, expected {expected}");
+        let below = |limit: usize| sizes.partition_point(|&s| s < limit) as f64 / n as f64;
+        let decade = 10f64.ln() / 2048f64.ln();
+        for (k, limit) in [5_120, 51_200, 512_000].into_iter().enumerate() {
+            let share = below(limit);
+            assert!((share - decade * (k + 1) as f64).abs() < 0.01, "below {limit}: {share}");
+        }
+        // Quartiles in the right decades: p25 in 2-10 KiB, p75 in 100-300 KiB.
+        assert!((2_000..10_000).contains(&sizes[n / 4]), "p25 {}", sizes[n / 4]);
+        assert!((100_000..300_000).contains(&sizes[3 * n / 4]), "p75 {}", sizes[3 * n / 4]);
+        // The mean, ~134 KiB, as `mean()` says.
+        let mean = sizes.iter().sum::<usize>() as f64 / n as f64;
+        assert!((mean / size.mean() - 1.0).abs() < 0.03, "mean {mean} vs {}", size.mean());
+        assert!((130_000.0..140_000.0).contains(&size.mean()), "{}", size.mean());
+    }
+
+    #[test]
+    fn uniform_and_fixed_draws_stay_in_bounds() {
+        let mut rng = Rng::new(7);
+        let uniform = BodySize::uniform(1000, 1010);
+        let mut seen = [false; 11];
+        for _ in 0..10_000 {
+            let s = uniform.draw(&mut rng);
+            assert!((1000..=1010).contains(&s));
+            seen[s - 1000] = true;
+        }
+        assert!(seen.iter().all(|&b| b), "both ends reached");
+        assert!((0..100).all(|_| BodySize::fixed(4096).draw(&mut rng) == 4096));
+        assert_eq!(BodySize::log_uniform(7, 7).draw(&mut rng), 7);
+    }
+
+    #[test]
+    fn raw_sizes_repeat_with_the_seed_and_bodies_are_incompressible() {
+        let size: BodySize = "log-uniform:512..1m".parse().unwrap();
+        let sizes = |seed: u64, nonce: u64| -> Vec<usize> {
+            let pool = Arc::new(PayloadPool::new(PayloadKind::Raw, Compression::None, size, nonce));
+            let mut gen = BodyGen::new(pool, seed).unwrap();
+            (0..200).map(|seq| gen.next(seq).unwrap().len()).collect()
+        };
+        let a = sizes(1, 100);
+        // Same seed, another run (nonce): the same sizes.
+        assert_eq!(a, sizes(1, 200));
+        assert_ne!(a, sizes(2, 100));
+        assert!(a.iter().all(|s| (512..=1 << 20).contains(s)));
+        // Random bytes: zstd cannot shrink them (the Agent's payloads are
+        // zstd output already).
+        let pool = Arc::new(PayloadPool::new(PayloadKind::Raw, Compression::None, BodySize::fixed(65_536), 3));
+        let body = BodyGen::new(pool, 1).unwrap().next(9).unwrap().to_vec();
+        let packed = zstd::bulk::compress(&body, 3).unwrap();
+        assert!(packed.len() as f64 > body.len() as f64 * 0.99, "{} -> {}", body.len(), packed.len());
     }
 
     #[test]
     fn json_bodies_have_the_asked_size_and_parse() {
         for kind in [PayloadKind::Series, PayloadKind::Logs, PayloadKind::Traces] {
             for len in [1024, 1500, 4096, 65_536] {
-                let pool = PayloadPool::new(kind, Compression::None, BodySize { min: len, max: len }, 7);
+                let pool = PayloadPool::new(kind, Compression::None, BodySize::fixed(len), 7);
                 let mut gen = BodyGen::new(Arc::new(pool), 1).unwrap();
                 let body = gen.next(42).unwrap().to_vec();
                 assert_eq!(body.len(), len, "{kind:?} {len}");
@@ -480,7 +697,7 @@ mod tests {
             }
         }
         // Below the smallest element: still valid, slightly larger.
-        let pool = PayloadPool::new(PayloadKind::Series, Compression::None, BodySize { min: 10, max: 10 }, 7);
+        let pool = PayloadPool::new(PayloadKind::Series, Compression::None, BodySize::fixed(10), 7);
         let body = BodyGen::new(Arc::new(pool), 1).unwrap().next(1).unwrap().to_vec();
         serde_json::from_slice::<serde_json::Value>(&body).unwrap();
     }
@@ -514,9 +731,16 @@ mod tests {
         assert_eq!(sizes[0], 1024);
         assert_eq!(sizes[63], 65536);
         assert!(sizes.windows(2).all(|w| w[0] < w[1]));
-        // Large bodies: the pool stays within its byte budget.
+        // Log-uniform JSON: geometric steps, each template one 64th.
+        let pool = PayloadPool::new(PayloadKind::Series, Compression::None, "log-uniform:1k..256k".parse().unwrap(), 1);
+        let sizes: Vec<usize> = pool.templates.iter().map(|t| t.bytes.len()).collect();
+        assert_eq!((sizes[0], sizes[63]), (1024, 262_144));
+        let step = (256f64).powf(1.0 / 63.0);
+        assert!(sizes.windows(2).all(|w| (w[1] as f64 / w[0] as f64 / step - 1.0).abs() < 0.01), "{sizes:?}");
+        // Raw bodies: no templates, one random block with room to slide.
         let pool = PayloadPool::new(PayloadKind::Raw, Compression::None, "16m".parse().unwrap(), 1);
-        assert_eq!(pool.len(), 4);
+        assert_eq!(pool.len(), 0);
+        assert_eq!(pool.random.len(), 17 << 20);
     }
 
     #[test]

@@ -27,7 +27,8 @@ pub const REPORT_SCHEMA: u32 = 1;
 ///   "threads": 1,
 ///   "payload": "series" | "logs" | "traces" | "raw",
 ///   "compression": "none" | "deflate" | "zstd",
-///   "body_size": "1024" | "1024-65536",   // uncompressed bytes, or range
+///   "body_size": "1024" | "1024-65536" | "log-uniform:512..1048576",   // uncompressed bytes: fixed, uniform or log-uniform range
+///   "seed": 0,                        // --seed: with the same body_size and connections, the same sizes
 ///   "duration_s": 10.003,             // measured window: end of warm-up to last answer, seconds
 ///   "requests": 40000,                // measured requests sent (answered + errors)
 ///   "responses": 39990,               // measured requests with a complete answer
@@ -51,7 +52,7 @@ pub const REPORT_SCHEMA: u32 = 1;
 ///   "send_lag_unreliable": false,     // true: p99 lag > max(50 µs, 20 % of latency p99); latency figures carry client delay
 ///   "verify": null | {                // only with --verify
 ///     "matched": true,                // proven: the mock holds exactly the 2xx bodies (plus unconfirmed ones)
-///     "bodies": 39980,                // bodies answered 2xx (the multiset compared)
+///     "bodies": 39980,                // bodies answered 2xx, warm-up included (the multiset compared)
 ///     "mock_bodies": 39985,           // bodies the mock recorded
 ///     "mock_requests": 39985,         // requests the mock counted
 ///     "lost": 0,                      // answered 2xx, absent at the mock (a lower bound when complete is false)
@@ -73,6 +74,8 @@ pub struct Report {
     pub payload: PayloadKind,
     pub compression: Compression,
     pub body_size: String,
+    #[serde(default)]
+    pub seed: u64,
     pub duration_s: f64,
     pub requests: u64,
     pub responses: u64,
@@ -205,11 +208,12 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "{mode}, {} connections on {} thread(s), {} bodies of {} bytes, compression {}, {:.2}s measured",
+            "{mode}, {} connections on {} thread(s), {} bodies of {} bytes (seed {}), compression {}, {:.2}s measured",
             self.connections,
             self.threads,
             name(serde_json::to_value(self.payload)),
             self.body_size,
+            self.seed,
             name(serde_json::to_value(self.compression)),
             self.duration_s
         )?;
