@@ -28,7 +28,8 @@ struct Cli {
 enum Command {
     /// Run the relay (the default).
     Run,
-    /// Validate the config and print the effective settings and port table.
+    /// Validate the config and every file it names (as `run` does before binding),
+    /// then print the effective settings and port table.
     CheckConfig,
     /// Print the version, the FIPS module, the TLS offer and the I/O backends.
     Version,
@@ -183,6 +184,8 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     let (config, source) = load(path.as_deref())?;
+    // Every check `run` makes before binding: the same inputs fail both.
+    control::preflight(&config, false)?;
     cli::check_config::print(&config, &source, &|k| std::env::var(k).ok())?;
     Ok(())
 }
