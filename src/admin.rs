@@ -121,7 +121,9 @@ pub fn check_token_file(path: &Path) -> Result<(), TokenError> {
     }
 }
 
-fn read_token(path: &Path) -> Result<AdminToken, TokenError> {
+/// Reads the token from the file `path`, refusing what [`load_or_create_token`]
+/// refuses; creates nothing (`fipsrelay reload` reads it this way).
+pub fn read_token(path: &Path) -> Result<AdminToken, TokenError> {
     let shown = || path.display().to_string();
     let file_error = |e: FileError| match e {
         FileError::Open(source) | FileError::Read(source) => TokenError::Read { path: shown(), source },

@@ -73,6 +73,16 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         timeout: u64,
     },
+    /// Ask the running relay to reload its config (POST /admin/reload on the
+    /// status port, with the token from admin.token_file; both from the config,
+    /// as for `run`) and print its answer. Exit 0 when it applied the config,
+    /// or restarted in place and is ready again; 1 when it refused, or when
+    /// no relay answers.
+    Reload {
+        /// After a restart in place, wait at most this many seconds for the relay to be ready again.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -135,6 +145,26 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("fipsrelay probe: {}", error_text(&e));
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Command::Reload { wait } => {
+            return match reload(cli.config, std::time::Duration::from_secs(wait.clamp(1, 3600))) {
+                Ok(cli::reload::Outcome::Applied(answer)) => {
+                    println!("{answer}");
+                    ExitCode::SUCCESS
+                }
+                Ok(cli::reload::Outcome::Restarted { answer, after }) => {
+                    println!("{answer}");
+                    println!(
+                        "restarted in place: ready again after {:.1}s (GET /health answered 200)",
+                        after.as_secs_f64()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}", logging::scrub(&format!("fipsrelay reload: {}", error_text(&e))));
                     ExitCode::from(1)
                 }
             };
@@ -211,4 +241,10 @@ fn probe(path: Option<PathBuf>, check: &str, timeout: std::time::Duration) -> an
     let (config, _) = load(path.as_deref())?;
     let check = if check == "live" { cli::probe::Check::Live } else { cli::probe::Check::Ready };
     Ok(cli::probe::run(&config, check, timeout)?)
+}
+
+/// `reload`: ask the running relay, report its answer.
+fn reload(path: Option<PathBuf>, wait: std::time::Duration) -> anyhow::Result<cli::reload::Outcome> {
+    let (config, source) = load(path.as_deref())?;
+    Ok(cli::reload::run(&config, &source, wait)?)
 }
