@@ -79,9 +79,10 @@ enum Command {
     /// or restarted in place and is ready again; 1 when it refused, or when
     /// no relay answers.
     Reload {
-        /// After a restart in place, wait at most this many seconds for the relay to be ready again.
-        #[arg(long, default_value_t = 60)]
-        wait: u64,
+        /// After a restart in place, wait at most this many seconds for the relay
+        /// to be ready again. Default: shutdown.drain_timeout + 30.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
     },
 }
 
@@ -150,7 +151,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Reload { wait } => {
-            return match reload(cli.config, std::time::Duration::from_secs(wait.clamp(1, 3600))) {
+            return match reload(cli.config, wait.map(|w| std::time::Duration::from_secs(w.clamp(1, 3600)))) {
                 Ok(cli::reload::Outcome::Applied(answer)) => {
                     println!("{answer}");
                     ExitCode::SUCCESS
@@ -244,7 +245,7 @@ fn probe(path: Option<PathBuf>, check: &str, timeout: std::time::Duration) -> an
 }
 
 /// `reload`: ask the running relay, report its answer.
-fn reload(path: Option<PathBuf>, wait: std::time::Duration) -> anyhow::Result<cli::reload::Outcome> {
+fn reload(path: Option<PathBuf>, wait: Option<std::time::Duration>) -> anyhow::Result<cli::reload::Outcome> {
     let (config, source) = load(path.as_deref())?;
     Ok(cli::reload::run(&config, &source, wait)?)
 }

@@ -87,9 +87,14 @@ fn health(addr: SocketAddr) -> std::io::Result<(Answer, Option<u64>)> {
     Ok((a, uptime))
 }
 
+/// How long a restart in place may take by default beyond the drain.
+pub const RESTART_ALLOWANCE: Duration = Duration::from_secs(30);
+
 /// Asks the relay `config` describes to reload; after a restart in place,
-/// waits at most `wait` for the new process to be ready.
-pub fn run(config: &Config, source: &Source, wait: Duration) -> Result<Outcome, ReloadError> {
+/// waits at most `wait` for the new process to be ready (default: the
+/// drain, `shutdown.drain_timeout`, plus [`RESTART_ALLOWANCE`]).
+pub fn run(config: &Config, source: &Source, wait: Option<Duration>) -> Result<Outcome, ReloadError> {
+    let wait = wait.unwrap_or(config.drain_timeout + RESTART_ALLOWANCE);
     if !config.admin_enabled {
         return Err(ReloadError::AdminDisabled { config: source.clone() });
     }
@@ -111,7 +116,7 @@ pub fn run(config: &Config, source: &Source, wait: Duration) -> Result<Outcome, 
     match answer.code {
         200 => Ok(Outcome::Applied(answer.body)),
         202 => wait_ready(addr, answer.body, asked, uptime_before, wait),
-        401 | 403 => Err(ReloadError::Unauthorized { status: answer.status, body: answer.body }),
+        401 => Err(ReloadError::Unauthorized { status: answer.status, body: answer.body }),
         _ => Err(ReloadError::Refused { status: answer.status, body: answer.body }),
     }
 }
