@@ -9,7 +9,7 @@
 //! control loop (`control::signals`) applies it. Nothing here runs on the data path,
 //! and neither the token nor an `Authorization` value is ever logged.
 
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, Config, ConfigError, RawConfig, Source};
+use crate::files::{self, FileError};
 use crate::http1::MAX_HEADERS;
 
 /// Largest request body an admin route accepts; larger gets 413.
@@ -33,8 +34,8 @@ pub const PREFIX: &[u8] = b"/admin/";
 pub enum TokenError {
     #[error("admin.token_file {path} has mode {mode:04o}: group or others may read or write the admin token; run `chmod 600 {path}`")]
     Permissions { path: String, mode: u32 },
-    #[error("admin.token_file {path} is not a regular file; point admin.token_file at a file (mode 0600) or remove it so fipsrelay creates one")]
-    NotAFile { path: String },
+    #[error("admin.token_file {path} is {what}, not a regular file; point admin.token_file at a file (mode 0600) or remove it so fipsrelay creates one")]
+    NotAFile { path: String, what: &'static str },
     #[error(
         "cannot read admin.token_file {path}: {source}; make it readable by the user fipsrelay starts as (mode 0600)"
     )]
@@ -110,19 +111,31 @@ pub fn load_or_create_token(path: &Path) -> Result<(AdminToken, TokenSource), To
     }
 }
 
-fn read_token(path: &Path) -> Result<AdminToken, TokenError> {
-    let shown = || path.display().to_string();
-    let mut f = std::fs::File::open(path).map_err(|source| TokenError::Read { path: shown(), source })?;
-    let meta = f.metadata().map_err(|source| TokenError::Read { path: shown(), source })?;
-    if !meta.is_file() {
-        return Err(TokenError::NotAFile { path: shown() });
+/// What [`load_or_create_token`] would refuse, without creating anything:
+/// an existing file must hold a usable token and be private; a missing one
+/// is created at start.
+pub fn check_token_file(path: &Path) -> Result<(), TokenError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        _ => read_token(path).map(|_| ()),
     }
+}
+
+/// Reads the token from the file `path`, refusing what [`load_or_create_token`]
+/// refuses; creates nothing (`fipsrelay reload` reads it this way).
+pub fn read_token(path: &Path) -> Result<AdminToken, TokenError> {
+    let shown = || path.display().to_string();
+    let file_error = |e: FileError| match e {
+        FileError::Open(source) | FileError::Read(source) => TokenError::Read { path: shown(), source },
+        FileError::NotRegular(what) => TokenError::NotAFile { path: shown(), what },
+        FileError::TooLarge { .. } => TokenError::Bad { path: shown(), problem: "longer than 4096 bytes" },
+    };
+    let (f, meta) = files::open_regular(path).map_err(file_error)?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(TokenError::Permissions { path: shown(), mode });
     }
-    let mut text = Vec::with_capacity(128);
-    (&mut f).take(4096).read_to_end(&mut text).map_err(|source| TokenError::Read { path: shown(), source })?;
+    let text = files::read_opened(f, &meta, files::MAX_SECRET_BYTES).map_err(file_error)?;
     let token = text.trim_ascii();
     if token.is_empty() {
         return Err(TokenError::Bad { path: shown(), problem: "the file is empty" });

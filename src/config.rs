@@ -89,8 +89,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} {problem}; point --config at a TOML file (at most 1 MiB)")]
+    Read { path: PathBuf, problem: crate::files::FileError },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{key} = {value:?} is invalid: {problem}; {fix}")]
@@ -632,8 +632,10 @@ pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result
 }
 
 fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let read = |problem| ConfigError::Read { path: path.to_path_buf(), problem };
+    let bytes = crate::files::read_bounded(path, crate::files::MAX_CONFIG_BYTES).map_err(read)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| ConfigError::Parse { path: path.to_path_buf(), message: "not UTF-8 text".into() })?;
     parse_str(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
 }
 

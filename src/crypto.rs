@@ -24,7 +24,7 @@ pub enum CryptoError {
     NotFipsModule(&'static str),
     #[error("the TLS configuration is not FIPS-compliant (ClientConfig::fips() is false); refusing to start")]
     NotFipsConfig,
-    #[error("cannot read upstream.ca_file {path}: {cause}; point it at a PEM file of CA certificates")]
+    #[error("upstream.ca_file {path}: {cause}; point it at a PEM file of CA certificates (at most 16 MiB)")]
     CaFile { path: PathBuf, cause: String },
     #[error("upstream.ca_file {0} holds no certificate; point it at a PEM file of CA certificates")]
     CaFileEmpty(PathBuf),
@@ -338,8 +338,8 @@ fn load_roots(trust: &TrustSource) -> Result<RootCertStore, CryptoError> {
 
 fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CryptoError> {
     let err = |cause: String| CryptoError::CaFile { path: path.to_path_buf(), cause };
-    let iter = CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))?;
-    iter.collect::<Result<Vec<_>, _>>().map_err(|e| err(e.to_string()))
+    let bytes = crate::files::read_bounded(path, crate::files::MAX_CA_BYTES).map_err(|e| err(e.to_string()))?;
+    CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>().map_err(|e| err(e.to_string()))
 }
 
 /// Builds the upstream client config: FIPS provider, TLS 1.3 + 1.2, AES-GCM,

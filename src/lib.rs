@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod crypto;
 pub mod fault;
+pub mod files;
 pub mod h2;
 pub mod http1;
 pub mod io;

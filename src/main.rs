@@ -28,7 +28,8 @@ struct Cli {
 enum Command {
     /// Run the relay (the default).
     Run,
-    /// Validate the config and print the effective settings and port table.
+    /// Validate the config and every file it names (as `run` does before binding),
+    /// then print the effective settings and port table.
     CheckConfig,
     /// Print the version, the FIPS module, the TLS offer and the I/O backends.
     Version,
@@ -71,6 +72,17 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 2)]
         timeout: u64,
+    },
+    /// Ask the running relay to reload its config (POST /admin/reload on the
+    /// status port, with the token from admin.token_file; both from the config,
+    /// as for `run`) and print its answer. Exit 0 when it applied the config,
+    /// or restarted in place and is ready again; 1 when it refused, or when
+    /// no relay answers.
+    Reload {
+        /// After a restart in place, wait at most this many seconds for the relay
+        /// to be ready again. Default: shutdown.drain_timeout + 30.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
     },
 }
 
@@ -138,6 +150,26 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Reload { wait } => {
+            return match reload(cli.config, wait.map(|w| std::time::Duration::from_secs(w.clamp(1, 3600)))) {
+                Ok(cli::reload::Outcome::Applied(answer)) => {
+                    println!("{answer}");
+                    ExitCode::SUCCESS
+                }
+                Ok(cli::reload::Outcome::Restarted { answer, after }) => {
+                    println!("{answer}");
+                    println!(
+                        "restarted in place: ready again after {:.1}s (GET /health answered 200)",
+                        after.as_secs_f64()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}", logging::scrub(&format!("fipsrelay reload: {}", error_text(&e))));
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::Tuning(TuningCommand::Check { profile, verbose }) => {
             return match tuning_check(cli.config, profile, verbose) {
                 Ok(code) => ExitCode::from(code),
@@ -183,6 +215,8 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     let (config, source) = load(path.as_deref())?;
+    // Every check `run` makes before binding: the same inputs fail both.
+    control::preflight(&config, false)?;
     cli::check_config::print(&config, &source, &|k| std::env::var(k).ok())?;
     Ok(())
 }
@@ -208,4 +242,10 @@ fn probe(path: Option<PathBuf>, check: &str, timeout: std::time::Duration) -> an
     let (config, _) = load(path.as_deref())?;
     let check = if check == "live" { cli::probe::Check::Live } else { cli::probe::Check::Ready };
     Ok(cli::probe::run(&config, check, timeout)?)
+}
+
+/// `reload`: ask the running relay, report its answer.
+fn reload(path: Option<PathBuf>, wait: Option<std::time::Duration>) -> anyhow::Result<cli::reload::Outcome> {
+    let (config, source) = load(path.as_deref())?;
+    Ok(cli::reload::run(&config, &source, wait)?)
 }

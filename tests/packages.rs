@@ -85,7 +85,11 @@ fn deb_and_rpm_hold_the_files_metadata_and_scripts() {
     let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
     assert!(postinst.contains("systemctl daemon-reload") && postinst.contains("systemctl enable fipsrelay.service"));
     assert!(!postinst.contains("systemctl start"), "install enables, never starts");
-    assert!(postinst.contains("systemctl reload fipsrelay.service"), "upgrade restarts in place");
+    assert!(
+        postinst.contains("/usr/bin/fipsrelay reload --config /etc/fipsrelay/fipsrelay.toml"),
+        "upgrade restarts in place"
+    );
+    assert!(!postinst.contains("reload fipsrelay.service || true"), "a refused reload must not be silent");
 
     // rpm: header, files, config files, scriptlets, requirements.
     let info = ok(Command::new("rpm").arg("-qpi").arg(&rpm));
@@ -106,7 +110,7 @@ fn deb_and_rpm_hold_the_files_metadata_and_scripts() {
     let scripts = ok(Command::new("rpm").args(["-qp", "--scripts"]).arg(&rpm));
     assert!(
         scripts.contains("systemctl enable fipsrelay.service")
-            && scripts.contains("systemctl reload fipsrelay.service"),
+            && scripts.contains("/usr/bin/fipsrelay reload --config /etc/fipsrelay/fipsrelay.toml"),
         "{scripts}"
     );
     assert!(scripts.contains("create-admin-token") && scripts.contains("systemd-sysusers"), "{scripts}");
@@ -148,6 +152,7 @@ fn the_deb_installs_upgrades_keeping_the_config_and_purges() {
     ok(Command::new("systemd-analyze").args(["verify", "/lib/systemd/system/fipsrelay.service"]));
     let unit = std::fs::read_to_string("/lib/systemd/system/fipsrelay.service").unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/fipsrelay run") && !unit.contains("/usr/local/bin"), "{unit}");
+    assert!(unit.contains("ExecReload=/usr/bin/fipsrelay reload --config /etc/fipsrelay/fipsrelay.toml"), "{unit}");
     // The service user and its admin token (0600, owned by it).
     let passwd = ok(Command::new("getent").args(["passwd", "fipsrelay"]));
     let uid: u32 = passwd.split(':').nth(2).unwrap().parse().unwrap();

@@ -2,8 +2,9 @@
 //! environment overrides, which overrides applied, the port table with each
 //! product's upstream host, the upstream protocol, and the egress path.
 //!
-//! It reads the loaded config and the environment and prints; it must never
-//! open a socket, read a key or CA file, or start anything.
+//! It prints a config that `control::preflight` (run by `main` first)
+//! already admitted: the files the config names were read there. It must
+//! never open a socket, create a file, or start anything.
 
 use std::fmt::Write as _;
 
@@ -19,6 +20,7 @@ pub enum CheckConfigError {
 /// Prints the report on stdout; `env` reads an environment variable.
 pub fn print(config: &Config, source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CheckConfigError> {
     println!("# config: OK ({source})");
+    println!("# start checks passed: trust store, FIPS module, run.user, I/O backend, admin token file, proxy");
     for (var, key) in ENV_OVERRIDES {
         if let Some(v) = env(var) {
             let generic = matches!(*var, "HTTPS_PROXY" | "NO_PROXY");

@@ -29,7 +29,7 @@ use crate::crypto::CryptoError;
 use crate::listener::BindError;
 use crate::worker::Phase;
 
-pub use startup::{allowed_cpus, cgroup_cpu_quota, choose_backend};
+pub use startup::{allowed_cpus, cgroup_cpu_quota, choose_backend, preflight, Admitted};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -61,12 +61,12 @@ pub fn run(config: Config, source: Source) -> Result<(), StartError> {
     // First: what a previous process handed over (restart in place).
     let handover::Inherited { listeners, connections, token } = startup::take_inherited();
     let origin = restart::Origin::record();
-    let admitted = startup::admit(&config)?;
+    let admitted = startup::preflight(&config, token.is_some())?;
     let mut bound = startup::bind(&config, admitted.workers, listeners, connections)?;
     startup::announce(&config, &source, &admitted, bound.took_over);
     startup::fit_descriptors(&config, admitted.workers);
     let admin_token = startup::admin_token(&config, token)?;
-    let proxy = startup::proxy(&config)?;
+    let proxy = admitted.proxy.clone();
     let (admin_tx, mut admin_rx) = mpsc::unbounded_channel();
     let reloader = Reloader::new(source.clone(), config.raw.clone());
     let admin = AdminAccess { token: admin_token, commands: admin_tx };

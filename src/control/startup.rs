@@ -1,9 +1,9 @@
 //! Start-up, in the order `run` calls it: take what a previous process
-//! handed over, admit the FIPS module and the config (trust store, run.user,
-//! I/O backend, worker count), bind the ports or adopt the inherited
-//! listeners, log the start, read the admin token and the proxy's
-//! credentials, build the state the workers share and one TLS config per
-//! worker, then drop root.
+//! handed over, admit the FIPS module and the config ([`preflight`]: trust
+//! store, run.user, I/O backend, admin token file, the proxy's credentials,
+//! worker count; `check-config` runs it too), bind the ports or adopt the
+//! inherited listeners, log the start, read the admin token, build the
+//! state the workers share and one TLS config per worker, then drop root.
 //!
 //! Everything here runs on the one thread the process has at start, while
 //! it may still be root. It must never start a thread or a runtime (the
@@ -26,12 +26,12 @@ use crate::listener::{self, BindError, WorkerListeners};
 use crate::metrics::StatsHub;
 use crate::route::RouteTable;
 use crate::status::StatusInfo;
-use crate::upstream::proxy::{Proxy, ProxySetupError};
+use crate::upstream::proxy::Proxy;
 use crate::upstream::Directory;
 use crate::worker::Adopted;
 
 /// What the checks before binding found and decided.
-pub(super) struct Admitted {
+pub struct Admitted {
     pub trust: TrustSource,
     pub fips_module: FipsModule,
     pub admission: Admission,
@@ -40,6 +40,8 @@ pub(super) struct Admitted {
     /// CPUs this process may run on, to pin workers to.
     pub cpus: Vec<core_affinity::CoreId>,
     pub workers: usize,
+    /// The egress proxy, its credentials read (and its CA file, for https://).
+    pub proxy: Option<Arc<Proxy>>,
 }
 
 /// The listening sockets, per worker, and what was taken over.
@@ -87,9 +89,15 @@ pub(super) fn take_inherited() -> handover::Inherited {
     inherited
 }
 
-/// Fails before binding anything if the FIPS checks, the module's CMVP
-/// status, the trust store, run.user or the I/O backend fail.
-pub(super) fn admit(config: &Config) -> Result<Admitted, StartError> {
+/// Every check `run` makes before binding anything, in one place so that
+/// `check-config` (the unit's `ExecStartPre`) refuses what `run` would: the
+/// FIPS checks and the module's CMVP status, the trust store (the CA file
+/// read and parsed), run.user (when started as root), the I/O backend, the
+/// admin token file (unless `token_inherited`: a restart in place hands it
+/// over), and the egress proxy (its credentials and CA file read).
+///
+/// It reads files but never binds, creates or changes anything.
+pub fn preflight(config: &Config, token_inherited: bool) -> Result<Admitted, StartError> {
     let trust = trust_of(config);
     crypto::client_config(&trust)?;
     let fips_module = crypto::linked_module();
@@ -98,9 +106,16 @@ pub(super) fn admit(config: &Config) -> Result<Admitted, StartError> {
         privileges::lookup(user)?;
     }
     let backend = choose_backend(config.io)?;
+    if config.admin_enabled && !token_inherited {
+        admin::check_token_file(&config.admin_token_file)?;
+    }
+    let proxy = match &config.proxy {
+        Some(p) => Some(Arc::new(Proxy::from_config(p)?)),
+        None => None,
+    };
     let cpus = allowed_cpus();
     let workers = worker_count(config.threads, &cpus);
-    Ok(Admitted { trust, fips_module, admission, backend, cpus, workers })
+    Ok(Admitted { trust, fips_module, admission, backend, cpus, workers, proxy })
 }
 
 /// `workers.threads`, or with 0 one per CPU this process may use, capped by
@@ -371,14 +386,6 @@ pub(super) fn admin_token(config: &Config, inherited: Option<Vec<u8>>) -> Result
             Ok(None)
         }
         Err(e) => Err(e),
-    }
-}
-
-/// The egress proxy; its credentials too are read while still privileged.
-pub(super) fn proxy(config: &Config) -> Result<Option<Arc<Proxy>>, ProxySetupError> {
-    match &config.proxy {
-        Some(p) => Ok(Some(Arc::new(Proxy::from_config(p)?))),
-        None => Ok(None),
     }
 }
 

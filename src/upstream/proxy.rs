@@ -28,6 +28,7 @@ use rustls::ClientConfig;
 
 use super::tls::{TlsError, TlsSession};
 use crate::config::{ProxyConfig, ProxyScheme};
+use crate::files::{self, FileError};
 use crate::io::{Backend, Stream};
 
 /// Bound on the proxy's answer head to a CONNECT.
@@ -65,6 +66,8 @@ impl Drop for Credentials {
 pub enum CredentialsError {
     #[error("upstream.proxy.credentials_file {path}: cannot read it: {source}; create it with one line user:password, mode 0600")]
     Read { path: String, source: io::Error },
+    #[error("upstream.proxy.credentials_file {path} is {what}, not a regular file; point it at a file with one line user:password, mode 0600")]
+    NotAFile { path: String, what: &'static str },
     #[error("upstream.proxy.credentials_file {path} has mode {mode:04o}: others can read the proxy password; chmod 600 {path}")]
     Permissions { path: String, mode: u32 },
     #[error("upstream.proxy.credentials_file {path}: {problem}; write one line user:password")]
@@ -74,27 +77,20 @@ pub enum CredentialsError {
 /// Reads `user:password` (one line; a trailing newline is allowed). The
 /// file must not be readable by group or others. No error quotes the file.
 pub fn load_credentials(path: &Path) -> Result<Credentials, CredentialsError> {
-    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let shown = || path.display().to_string();
-    let mut f = std::fs::File::open(path).map_err(|source| CredentialsError::Read { path: shown(), source })?;
-    let meta = f.metadata().map_err(|source| CredentialsError::Read { path: shown(), source })?;
-    if !meta.is_file() {
-        return Err(CredentialsError::Format { path: shown(), problem: "not a regular file" });
-    }
+    let file_error = |e: FileError| match e {
+        FileError::Open(source) | FileError::Read(source) => CredentialsError::Read { path: shown(), source },
+        FileError::NotRegular(what) => CredentialsError::NotAFile { path: shown(), what },
+        FileError::TooLarge { .. } => CredentialsError::Format { path: shown(), problem: "longer than 4096 bytes" },
+    };
+    let (f, meta) = files::open_regular(path).map_err(file_error)?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(CredentialsError::Permissions { path: shown(), mode });
     }
     // The file's bytes hold the password: zeroed when dropped, on every path.
-    let mut raw_text = zeroize::Zeroizing::new(Vec::with_capacity(256));
-    (&mut f)
-        .take(4097)
-        .read_to_end(&mut raw_text)
-        .map_err(|source| CredentialsError::Read { path: shown(), source })?;
-    if raw_text.len() > 4096 {
-        return Err(CredentialsError::Format { path: shown(), problem: "longer than 4096 bytes" });
-    }
+    let raw_text = zeroize::Zeroizing::new(files::read_opened(f, &meta, files::MAX_SECRET_BYTES).map_err(file_error)?);
     let text = std::str::from_utf8(&raw_text)
         .map_err(|_| CredentialsError::Format { path: shown(), problem: "not UTF-8 text" })?
         .trim_end_matches(['\n', '\r']);
