@@ -12,6 +12,8 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# openssl s_server: the TLS interop test in tests/tls_unbuffered.rs.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ab >/dev/null 2>&1 || need+=(apache2-utils)
 [ -x /usr/sbin/squid ] && [ -x /usr/lib/squid/basic_ncsa_auth ] || need+=(squid)
 # nginx as a TLS 1.2 / 1.3 intake for the interop test (tests/nginx.rs).
