@@ -44,6 +44,14 @@ pub const M_UPSTREAM_VIA_PROXY: &str = "fipsrelay_upstream_via_proxy";
 pub const M_PROXY_TUNNELS: &str = "fipsrelay_proxy_tunnels_total";
 pub const M_PROXY_CONNECT: &str = "fipsrelay_proxy_connect_seconds";
 pub const M_PROXY_FAILURES: &str = "fipsrelay_proxy_connect_failures_total";
+pub const M_BUILD_INFO: &str = "fipsrelay_build_info";
+// The process series under the names every Prometheus client library uses
+// (and Datadog's check reads `process_start_time_seconds` by that name).
+pub const M_PROCESS_CPU: &str = "process_cpu_seconds_total";
+pub const M_PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub const M_PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const M_PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const M_PROCESS_START: &str = "process_start_time_seconds";
 
 /// How often a worker publishes its stats.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(200);

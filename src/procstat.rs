@@ -1,5 +1,6 @@
-//! Reading a process's CPU time and resident memory from /proc, for the
-//! demo, the benches and the idle test. Linux only; returns 0 when a value can't be read.
+//! Reading a process's CPU time, resident memory and descriptors from /proc,
+//! for the status port's process series, the demo, the benches and the idle
+//! test. Linux only; returns 0 when a value can't be read.
 
 /// User + system CPU time of process `pid`, in microseconds.
 pub fn cpu_us(pid: i32) -> u64 {
@@ -29,6 +30,24 @@ pub fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Open file descriptors of process `pid`; `None` when its fd directory is
+/// unreadable (a process that dropped root with `setresuid` is no longer
+/// dumpable, and the kernel then gives /proc/self/fd to root).
+pub fn open_fds(pid: i32) -> Option<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count() as u64)
+}
+
+/// This process's soft limit on open descriptors (`RLIMIT_NOFILE`).
+pub fn max_fds() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -41,5 +60,9 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(super::cpu_us(me) > 0);
+        // stdin, stdout, stderr at least, and one more while the directory is read.
+        let open = super::open_fds(me).expect("own fd directory");
+        assert!(open >= 3, "{open}");
+        assert!(super::max_fds() >= open);
     }
 }

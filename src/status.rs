@@ -240,39 +240,118 @@ fn proxy_metrics(s: &mut String, p: &crate::upstream::proxy::Proxy, d: &crate::u
     }
 }
 
+/// The process's own series, under the names Prometheus client libraries
+/// use: CPU, resident memory, descriptors and their limit, start time.
+fn process_metrics(s: &mut String, hub: &StatsHub) {
+    use crate::procstat;
+    let pid = std::process::id() as i32;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(hub.started.elapsed());
+    let series: [(&str, &str, &str, Option<String>); 5] = [
+        (
+            M_PROCESS_CPU,
+            "counter",
+            "User and system CPU time, in seconds.",
+            Some(format!("{}", procstat::cpu_us(pid) as f64 / 1e6)),
+        ),
+        (M_PROCESS_RSS, "gauge", "Resident memory, in bytes.", Some((procstat::rss_kib(pid) * 1024).to_string())),
+        (M_PROCESS_OPEN_FDS, "gauge", "Open file descriptors.", procstat::open_fds(pid).map(|n| n.to_string())),
+        (
+            M_PROCESS_MAX_FDS,
+            "gauge",
+            "The limit on open file descriptors (RLIMIT_NOFILE, soft).",
+            Some(procstat::max_fds().to_string()),
+        ),
+        (
+            M_PROCESS_START,
+            "gauge",
+            "When the relay started, in seconds since the Unix epoch.",
+            Some(started.as_secs().to_string()),
+        ),
+    ];
+    // An fd count the process may not read is left out rather than shown as 0.
+    for (name, kind, help, value) in series.into_iter().filter_map(|(n, k, h, v)| Some((n, k, h, v?))) {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    }
+}
+
 /// Latency histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Status classes of the answers counted. No 1xx: interim answers are
+/// passed on, not counted, and a 101 is a fault (counted 502).
+const CLASSES: [(usize, &str); 4] = [(1, "2xx"), (2, "3xx"), (3, "4xx"), (4, "5xx")];
+
+/// Prometheus text for `/metrics`, kept lean (docs/operations.md, "Which
+/// series appear"): a series that cannot change in this configuration is
+/// never written (class 1xx, HTTP/2 series under `protocol = "http1"`), a
+/// product's series appear with its first request, an error cause's with
+/// its first count, and an upstream's session series once a product it
+/// serves has had a request. Health, panic and process series are always
+/// there.
 fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
     let m = hub.merged();
     let mut s = String::with_capacity(16 * 1024);
-    let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-    let forwarded = || PRODUCTS.iter().filter(|p| p.prefix.is_some() || p.offset == crate::route::APPSEC_OFFSET);
+    // Ports that have had a request, an error or a refusal (the status port
+    // is never one: its series are the process's own).
+    let active: Vec<bool> = PRODUCTS
+        .iter()
+        .map(|p| {
+            let st = &m.products[p.offset as usize];
+            p.offset != crate::route::STATUS_OFFSET
+                && (st.total_requests() > 0 || st.refused > 0 || st.errors.iter().any(|&n| n > 0))
+        })
+        .collect();
+    let shown = || PRODUCTS.iter().filter(|p| active[p.offset as usize]);
+    // Upstreams that serve an active product (the metrics port's validate
+    // and flare hosts count with it).
+    let mut used = vec![false; info.routes.upstreams.len()];
+    for (route, _) in info.routes.routes.iter().zip(&active).filter(|(_, a)| **a) {
+        if let ProductRoute::Forward { default, validate, flare } = route {
+            for id in [Some(*default), *validate, *flare].into_iter().flatten() {
+                used[id] = true;
+            }
+        }
+    }
 
     let _ = writeln!(s, "# HELP {M_UPTIME} Seconds since the relay started.\n# TYPE {M_UPTIME} gauge");
     let _ = writeln!(s, "{M_UPTIME} {}", hub.started.elapsed().as_secs());
+    let _ = writeln!(
+        s,
+        "# HELP {M_BUILD_INFO} This relay: its version, I/O backend and upstream.protocol (always 1).\n# TYPE {M_BUILD_INFO} gauge"
+    );
+    let _ = writeln!(
+        s,
+        "{M_BUILD_INFO}{{relay_version=\"{}\",io=\"{}\",protocol=\"{}\"}} 1",
+        info.version, info.io_backend, info.upstream_protocol
+    );
 
     let fm = &info.fips_module;
+    // `module_version`, not `version`: Datadog keeps `version` (with `env`,
+    // `service`, `host`) for its unified service tagging.
     let _ = writeln!(
         s,
         "# HELP {M_FIPS_MODULE} The linked FIPS module: version, CMVP certificate and status (always 1).\n# TYPE {M_FIPS_MODULE} gauge"
     );
     let _ = writeln!(
         s,
-        "{M_FIPS_MODULE}{{version=\"{}\",certificate=\"{}\",status=\"{}\",linkage=\"{}\"}} 1",
+        "{M_FIPS_MODULE}{{module_version=\"{}\",certificate=\"{}\",status=\"{}\",linkage=\"{}\"}} 1",
         fm.version,
         fm.certificate_label(),
         fm.status.name(),
         fm.linkage.name()
     );
+    process_metrics(&mut s, hub);
 
     let _ = writeln!(
         s,
         "# HELP {M_REQUESTS} Answers sent to the Agent, by product and status class.\n# TYPE {M_REQUESTS} counter"
     );
-    for p in forwarded() {
+    for p in shown() {
         let st = &m.products[p.offset as usize];
-        for (i, c) in classes.iter().enumerate() {
+        for (i, c) in CLASSES {
             let _ = writeln!(s, "{M_REQUESTS}{{product=\"{}\",class=\"{}\"}} {}", p.name, c, st.requests[i]);
         }
     }
@@ -293,14 +372,14 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
         (M_REFUSED, "Malformed or oversized requests refused with 4xx.", |p: &ProductStats| p.refused),
     ] {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
-        for p in forwarded() {
+        for p in shown() {
             let _ = writeln!(s, "{name}{{product=\"{}\"}} {}", p.name, get(&m.products[p.offset as usize]));
         }
     }
-    let _ = writeln!(s, "# HELP {M_UPSTREAM_ERRORS} Upstream faults answered 502/503/504, by cause.\n# TYPE {M_UPSTREAM_ERRORS} counter");
-    for p in forwarded() {
+    let _ = writeln!(s, "# HELP {M_UPSTREAM_ERRORS} Upstream faults answered 502/503/504, by cause (a cause appears with its first count).\n# TYPE {M_UPSTREAM_ERRORS} counter");
+    for p in shown() {
         let st = &m.products[p.offset as usize];
-        for c in Cause::ALL {
+        for c in Cause::ALL.into_iter().filter(|c| st.error(*c) > 0) {
             let _ =
                 writeln!(s, "{M_UPSTREAM_ERRORS}{{product=\"{}\",cause=\"{}\"}} {}", p.name, c.label(), st.error(c));
         }
@@ -308,39 +387,41 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
     let _ =
         writeln!(s, "# HELP {M_OPEN_CONNECTIONS} Open connections from the Agent.\n# TYPE {M_OPEN_CONNECTIONS} gauge");
     for p in PRODUCTS.iter() {
-        let _ = writeln!(
-            s,
-            "{M_OPEN_CONNECTIONS}{{product=\"{}\"}} {}",
-            p.name, m.products[p.offset as usize].open_connections
-        );
+        let open = m.products[p.offset as usize].open_connections;
+        if p.offset == crate::route::STATUS_OFFSET || active[p.offset as usize] || open != 0 {
+            let _ = writeln!(s, "{M_OPEN_CONNECTIONS}{{product=\"{}\"}} {open}", p.name);
+        }
     }
-    for (name, help, get) in [
-        (
-            M_UPSTREAM_SESSIONS_OPEN,
-            "Open HTTP/1.1 TLS sessions to the upstream host.",
-            (|u: &crate::metrics::UpstreamStats| u.sessions_open) as fn(&crate::metrics::UpstreamStats) -> i64,
-        ),
-        (M_UPSTREAM_SESSIONS_IDLE, "Idle pooled HTTP/1.1 TLS sessions to the upstream host.", |u| u.sessions_idle),
-        (M_UPSTREAM_H2_CONNECTIONS, "Open HTTP/2 connections (TLS sessions) to the upstream host.", |u| {
+    // HTTP/2 series where HTTP/2 can be spoken; the ALPN fallback only
+    // where ALPN offers both.
+    let h2 = info.upstream_protocol != "http1";
+    let auto = info.upstream_protocol == "auto";
+    type Gauge = fn(&crate::metrics::UpstreamStats) -> i64;
+    let gauges: [(&str, &str, bool, Gauge); 4] = [
+        (M_UPSTREAM_SESSIONS_OPEN, "Open HTTP/1.1 TLS sessions to the upstream host.", true, |u| u.sessions_open),
+        (M_UPSTREAM_SESSIONS_IDLE, "Idle pooled HTTP/1.1 TLS sessions to the upstream host.", true, |u| u.sessions_idle),
+        (M_UPSTREAM_H2_CONNECTIONS, "Open HTTP/2 connections (TLS sessions) to the upstream host.", h2, |u| {
             u.h2_connections
         }),
         (
             M_UPSTREAM_H2_FALLBACK,
             "Workers that speak HTTP/1.1 to the upstream host because it picked HTTP/1.1 by ALPN (upstream.protocol = auto).",
+            auto,
             |u| u.h2_http1_fallback,
         ),
-    ] {
+    ];
+    for (name, help, _, get) in gauges.into_iter().filter(|g| g.2) {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (i, u) in info.routes.upstreams.iter().enumerate() {
-            let v = get(&m.upstreams[i]);
-            let _ = writeln!(s, "{name}{{upstream=\"{}\"}} {}", u.host, v);
+        for (i, u) in info.routes.upstreams.iter().enumerate().filter(|(i, _)| used[*i]) {
+            let _ = writeln!(s, "{name}{{upstream=\"{}\"}} {}", u.host, get(&m.upstreams[i]));
         }
     }
-    for (name, help, get) in [
+    type Counter = fn(&crate::metrics::UpstreamStats) -> u64;
+    let counters: [(&str, &str, Counter); 5] = [
         (
             M_UPSTREAM_H2_WRITES,
             "TLS writes on HTTP/2 connections to the upstream host (each carries every frame queued since the last).",
-            (|u: &crate::metrics::UpstreamStats| u.h2_writes) as fn(&crate::metrics::UpstreamStats) -> u64,
+            |u| u.h2_writes,
         ),
         (M_UPSTREAM_H2_FRAMES, "HTTP/2 frames written to the upstream host.", |u| u.h2_frames),
         (M_UPSTREAM_H2_STREAMS, "HTTP/2 streams opened to the upstream host (one per request try).", |u| u.h2_streams),
@@ -350,9 +431,10 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
             |u| u.h2_replays,
         ),
         (M_UPSTREAM_H2_PINGS, "Liveness PINGs sent on HTTP/2 connections to the upstream host.", |u| u.h2_pings),
-    ] {
+    ];
+    for (name, help, get) in counters.into_iter().filter(|_| h2) {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (i, u) in info.routes.upstreams.iter().enumerate() {
+        for (i, u) in info.routes.upstreams.iter().enumerate().filter(|(i, _)| used[*i]) {
             let _ = writeln!(s, "{name}{{upstream=\"{}\"}} {}", u.host, get(&m.upstreams[i]));
         }
     }
@@ -417,7 +499,7 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
         s,
         "# HELP {M_LATENCY} Time from a complete request head to a complete answer.\n# TYPE {M_LATENCY} histogram"
     );
-    for p in forwarded() {
+    for p in shown() {
         let h = &m.products[p.offset as usize].latency;
         for b in BUCKETS {
             let le_us = (b * 1e6) as u64;

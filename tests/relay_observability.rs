@@ -25,7 +25,7 @@ both_backends_both_protocols!(status_port_serves_summary_metrics_health, |io: &s
     let module = "AWS-LC FIPS 3.1.0 static, FIPS 140-3 certificate #5314, validated";
     assert!(summary.contains(&format!("fips: enabled ({module})")), "{summary}");
     assert!(metrics.contains(
-        "fipsrelay_fips_module_info{version=\"3.1.0\",certificate=\"5314\",status=\"validated\",linkage=\"static\"} 1"
+        "fipsrelay_fips_module_info{module_version=\"3.1.0\",certificate=\"5314\",status=\"validated\",linkage=\"static\"} 1"
     ), "{metrics}");
     assert!(relay.log().contains(&format!("fips={module}")), "{}", relay.log());
     let backend = if io == "uring" { "io: io_uring" } else { "io: epoll" };
@@ -42,6 +42,59 @@ both_backends_both_protocols!(status_port_serves_summary_metrics_health, |io: &s
     assert_eq!(m["validated"], true, "{health}");
     assert_eq!(relay.request(0, "POST", "/admin", &[], b"x").status, 405);
     assert_eq!(relay.request(0, "GET", "/nope", &[], b"").status, 404);
+});
+
+// /metrics stays lean: no series that cannot change in this configuration,
+// a product's series once it has had a request, an error cause's once
+// counted (docs/operations.md, "Which series appear").
+both_backends_both_protocols!(metrics_series_appear_with_use, |io: &str, protocol: Protocol| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, &protocol.with(""));
+    let samples = |page: &str| page.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect::<Vec<_>>();
+    let idle = samples(&relay.status_page("/metrics"));
+    for absent in [
+        "fipsrelay_requests_total",
+        "fipsrelay_upstream_errors_total",
+        "fipsrelay_request_duration_seconds",
+        "fipsrelay_upstream_sessions_open",
+    ] {
+        assert!(!idle.iter().any(|l| l.starts_with(absent)), "{absent} at idle:\n{}", idle.join("\n"));
+    }
+    // Health, panic, FIPS module and process series are there from the start.
+    for present in [
+        "fipsrelay_upstream_address_up{upstream=\"trace.agent.ddog-gov.com\"",
+        "fipsrelay_upstream_panic{upstream=\"snmp-traps-intake.ddog-gov.com\"} 0",
+        "fipsrelay_fips_module_info{module_version=",
+        "fipsrelay_build_info{relay_version=",
+        "process_resident_memory_bytes ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(idle.iter().any(|l| l.starts_with(present)), "{present} missing at idle:\n{}", idle.join("\n"));
+    }
+
+    assert_eq!(relay.request(2, "POST", "/api/v0.2/traces", &[], b"{}").status, 202);
+    // appsec has no upstream by default: 503, counted under its cause.
+    assert_eq!(relay.request(11, "POST", "/api/v2/appsecevts", &[], b"{}").status, 503);
+    relay.wait_metric("fipsrelay_requests_total{product=\"traces\",class=\"2xx\"}", |v| v == 1.0);
+    relay.wait_metric("fipsrelay_upstream_errors_total{product=\"appsec\",cause=\"unconfigured\"}", |v| v == 1.0);
+    let used = samples(&relay.status_page("/metrics"));
+    let text = used.join("\n");
+    let errors: Vec<&String> = used.iter().filter(|l| l.starts_with("fipsrelay_upstream_errors_total")).collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(!text.contains("class=\"1xx\""), "{text}");
+    assert!(text.contains("fipsrelay_request_duration_seconds_count{product=\"traces\"} 1"), "{text}");
+    // Ports the test never used have no series; neither do the hosts behind them.
+    assert!(!text.contains("product=\"metrics\"") && !text.contains("product=\"logs\""), "{text}");
+    assert!(text.contains("fipsrelay_upstream_sessions_open{upstream=\"trace.agent.ddog-gov.com\"}"), "{text}");
+    assert!(!text.contains("fipsrelay_upstream_sessions_open{upstream=\"metrics.agent.ddog-gov.com\"}"), "{text}");
+    // HTTP/2 series only where HTTP/2 can be spoken.
+    assert_eq!(
+        text.contains("fipsrelay_upstream_h2_streams_total{upstream=\"trace.agent.ddog-gov.com\"}"),
+        protocol.is_h2(),
+        "{text}"
+    );
+    assert_eq!(text.contains("fipsrelay_upstream_h2_http1_fallback"), protocol.is_h2(), "{text}");
 });
 
 both_backends_both_protocols!(credentials_never_reach_the_log, |io: &str, protocol: Protocol| {
