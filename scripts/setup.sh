@@ -5,7 +5,9 @@
 # HTTP/1.0 keep-alive test in tests/relay_http10.rs and htpasswd; Squid, the real
 # egress proxy of tests/proxy.rs; podman, buildah and runc for the container
 # image and its test (tests/image.rs); rpm (rpmbuild) and systemd-analyze for
-# the packages (tests/packages.rs). Idempotent; asks apt only when missing.
+# the packages (tests/packages.rs); python3 and its venv module, then
+# Datadog's check library (datadog-checks-base, from PyPI) in a venv for
+# tests/agent_check.rs. Idempotent; asks apt and pip only when missing.
 set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
@@ -24,6 +26,9 @@ command -v runc >/dev/null 2>&1 || need+=(runc)
 # rpmbuild and rpm for the rpm package and its test; systemd-analyze for the deb test.
 command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# python3 -m venv: Debian splits ensurepip into python3-venv.
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -32,3 +37,18 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust with rustup first (https://rustup.rs)" >&2; exit 1; }
+
+# Datadog's openmetrics check (datadog-checks-base) for tests/agent_check.rs,
+# in a venv shared by every checkout of this user (about 30 s the first time,
+# 54 MB). Only the library's imports that the check runs are installed: its
+# `deps` extra pins versions PyPI may no longer serve. Without network the
+# test skips and says so.
+venv="${FIPSRELAY_AGENT_CHECK_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/fipsrelay/agent-check-venv}"
+if ! "$venv/bin/python" -c 'import datadog_checks.base.checks.openmetrics.v2, yaml, requests_unixsocket' >/dev/null 2>&1; then
+  echo "setup: installing datadog-checks-base into $venv" >&2
+  if ! { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    datadog-checks-base==38.7.0 lazy-loader pyyaml requests requests-unixsocket2 binary prometheus-client \
+    python-dateutil wrapt pydantic; }; then
+    echo "setup: could not install datadog-checks-base (no network to PyPI?); tests/agent_check.rs will skip" >&2
+  fi
+fi

@@ -472,7 +472,16 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
     }
     let d = &info.directory;
     type HostValue<'a> = &'a dyn Fn(usize) -> u64;
-    let per_host: [(&str, &str, &str, HostValue); 2] = [
+    let per_host: [(&str, &str, &str, HostValue); 4] = [
+        (
+            M_UPSTREAM_ADDRESSES_UP,
+            "Addresses of the upstream host that pass their health checks (the per-address series summed, without the address label).",
+            "gauge",
+            &|id| d.get(id).up_count() as u64,
+        ),
+        (M_UPSTREAM_ADDRESSES, "Addresses the upstream host resolves to now.", "gauge", &|id| {
+            d.get(id).endpoints.len() as u64
+        }),
         (
             M_UPSTREAM_PANIC,
             "1 while the upstream host has addresses but none up (panic mode: one request at a time, 250 ms apart, still tries to connect).",
