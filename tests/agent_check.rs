@@ -227,3 +227,39 @@ both_backends!(datadog_check_reads_the_relay, |io: &str| {
     let checks = out["second"]["service_checks"].as_array().unwrap();
     assert!(checks.iter().any(|c| c["name"] == "fipsrelay.openmetrics.health" && c["status"] == 0), "{checks:?}");
 });
+
+/// Without Python: the shipped conf.d scrapes the status port of the shipped
+/// config, collects the relay's journal, and allow-lists only names the
+/// relay serves.
+#[test]
+fn shipped_conf_matches_the_shipped_config() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let conf: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("packaging/datadog-agent/fipsrelay.d/conf.yaml")).unwrap(),
+    )
+    .unwrap();
+    let relay = fipsrelay::config::parse_str(&std::fs::read_to_string(root.join("packaging/fipsrelay.toml")).unwrap())
+        .unwrap()
+        .validate()
+        .unwrap();
+    let instance = &conf["instances"][0];
+    assert_eq!(
+        instance["openmetrics_endpoint"].as_str(),
+        Some(format!("http://{}:{}/metrics", relay.listen_address, relay.port_range_start).as_str())
+    );
+    assert_eq!(instance["namespace"].as_str(), Some("fipsrelay"));
+    assert_eq!(conf["logs"][0]["include_units"][0].as_str(), Some("fipsrelay.service"));
+    // Each allow-listed name is one the relay writes (metrics.rs' constants).
+    let src = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
+    let prefix = instance["raw_metric_prefix"].as_str().unwrap();
+    for entry in instance["metrics"].as_sequence().unwrap() {
+        let raw = entry.as_mapping().unwrap().keys().next().unwrap().as_str().unwrap();
+        let served = [
+            format!("\"{prefix}{raw}\""),
+            format!("\"{prefix}{raw}_total\""),
+            format!("\"{raw}\""),
+            format!("\"{raw}_total\""),
+        ];
+        assert!(served.iter().any(|n| src.contains(n.as_str())), "{raw}: no such series in src/metrics.rs");
+    }
+}

@@ -51,6 +51,7 @@ const FILES: &[&str] = &[
     "/usr/share/fipsrelay/tuning/throughput.conf",
     "/usr/share/fipsrelay/tuning/latency.conf",
     "/usr/share/fipsrelay/tuning/many-connections.conf",
+    "/usr/share/fipsrelay/datadog-agent/fipsrelay.d/conf.yaml",
 ];
 
 #[test]
@@ -161,6 +162,20 @@ fn the_deb_installs_upgrades_keeping_the_config_and_purges() {
     assert_eq!((token.mode() & 0o777, token.uid()), (0o600, uid));
     let token_text = std::fs::read_to_string("/etc/fipsrelay/admin.token").unwrap();
     assert_eq!(token_text.len(), 64);
+    // The Agent's check, as shipped, scraping the installed config's status port.
+    let agent_conf = "/usr/share/fipsrelay/datadog-agent/fipsrelay.d/conf.yaml";
+    assert_eq!(
+        std::fs::read_to_string(agent_conf).unwrap(),
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/datadog-agent/fipsrelay.d/conf.yaml"))
+            .unwrap()
+    );
+    assert_eq!(std::fs::metadata(agent_conf).unwrap().mode() & 0o777, 0o644);
+    let installed = fipsrelay::config::parse_str(&std::fs::read_to_string("/etc/fipsrelay/fipsrelay.toml").unwrap())
+        .unwrap()
+        .validate()
+        .unwrap();
+    let endpoint = format!("http://{}:{}/metrics", installed.listen_address, installed.port_range_start);
+    assert!(std::fs::read_to_string(agent_conf).unwrap().contains(&format!("openmetrics_endpoint: {endpoint}\n")));
     // The installed config is one `check-config` accepts.
     ok(Command::new("/usr/bin/fipsrelay").args(["check-config", "--config", "/etc/fipsrelay/fipsrelay.toml"]));
 
