@@ -8,6 +8,7 @@
 #   /etc/fipsrelay/fipsrelay.toml               conffile: upgrades keep the operator's copy
 #   /usr/share/fipsrelay/tuning/                sysctl profiles (fipsrelay tuning check)
 #   /usr/share/fipsrelay/create-admin-token     run at install: 0600, owned by fipsrelay
+#   /usr/share/fipsrelay/datadog-fips-proxy-check  run at install: is the FIPS Proxy running or enabled?
 # Maintainer scripts: packaging/deb/*, and the scriptlets in packaging/rpm/fipsrelay.spec.in.
 #
 #   scripts/package.sh [--binary PATH] [--out DIR] [--fast] [--version V]
@@ -66,6 +67,7 @@ stage() {
   install -d "$root/usr/share/fipsrelay/tuning"
   install -m 0644 tuning/*.conf tuning/README.md "$root/usr/share/fipsrelay/tuning/"
   install -m 0755 packaging/create-admin-token "$root/usr/share/fipsrelay/create-admin-token"
+  install -m 0755 packaging/datadog-fips-proxy-check "$root/usr/share/fipsrelay/datadog-fips-proxy-check"
   install -D -m 0644 README.md "$root/usr/share/doc/fipsrelay/README.md"
   # The README and the example config point into docs/: shipped beside it.
   install -d "$root/usr/share/doc/fipsrelay/docs"
