@@ -6,8 +6,9 @@
 //! FARGATE tells the Agent so, and the Helm post-renderer, run through
 //! `kubectl kustomize` over manifests shaped like the chart's output, gives
 //! the chart's fips-proxy containers the port range and the exec probes and
-//! leaves every other workload alone. Without kubectl the last part says so
-//! and skips.
+//! leaves every other workload alone; with `kubernetes-validate` (PyPI)
+//! installed, that output and the sidecar pass Kubernetes' own schemas,
+//! strictly. Without kubectl, or the validator, that part says so and skips.
 //!
 //! The stand-in chart output follows the Datadog chart's own templates
 //! (DataDog/helm-charts charts/datadog/templates/_container-fips-proxy.yaml,
@@ -297,4 +298,23 @@ fn the_helm_post_renderer_gives_the_sidecars_port_range_and_exec_probes() {
     assert_eq!(containers(&ksm).len(), 1, "a workload without the sidecar gets none: {ksm:?}");
     assert_eq!(by_name("datadog-installinfo")["data"]["install_info"].as_str(), Some("x"));
     assert_eq!(docs.len(), 4);
+
+    // Kubernetes' own schemas, strictly (unknown fields refused), when the
+    // validator is installed (PyPI: kubernetes-validate).
+    if Command::new("kubernetes-validate").arg("--version").output().is_err() {
+        eprintln!("SKIPPED the schema check: kubernetes-validate is not installed (pip install kubernetes-validate)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = dir.path().join("rendered.yaml");
+    std::fs::write(&rendered, &out.stdout).unwrap();
+    let check = Command::new("kubernetes-validate")
+        .arg("--strict")
+        .arg(&rendered)
+        .arg(root().join("packaging/deploy/kubernetes-sidecar.yaml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout).into_owned() + &String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{said}");
+    assert_eq!(said.matches(" passed for resource ").count(), 5, "{said}");
 }
