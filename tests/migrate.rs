@@ -132,7 +132,7 @@ fn another_port_range_and_timeouts_are_carried() {
 #[test]
 fn custom_resolvers_health_threads_and_ca_base_are_carried() {
     let (raw, text, _) = migrated("custom-resolvers.cfg");
-    assert_eq!(raw.dns.nameservers, vec!["10.0.0.2:53".to_string(), "10.0.0.3:53".to_string()], "{text}");
+    assert_eq!(raw.dns.nameservers, vec!["10.0.0.2:53".to_string(), "10.0.0.3:5353".to_string()], "{text}");
     assert_eq!((raw.dns.prefer.as_str(), raw.dns.refresh.as_str()), ("ipv6", "1m"));
     assert_eq!((raw.health.interval.as_str(), raw.health.down_interval.as_str()), ("5s", "1s"));
     assert_eq!((raw.health.rise, raw.health.fall), (3, 5));
@@ -227,4 +227,37 @@ fn the_local_address_from_the_environment_is_left_to_the_relay() {
     // Expanded when this shell sets it, as HAProxy would.
     let m = migrate::translate_str(text, &|k| (k == "DD_FIPS_LOCAL_ADDRESS").then(|| "127.0.0.2".into()));
     assert_eq!(m.raw.listen.address, "127.0.0.2");
+}
+
+/// The samples other than broken.cfg are configurations HAProxy itself
+/// accepts (`haproxy -c`), with their CA files pointed at a PEM that
+/// exists here; broken.cfg is refused. Skipped without an haproxy binary.
+#[test]
+fn haproxy_accepts_the_samples_and_refuses_the_broken_one() {
+    if Command::new("haproxy").arg("-v").output().is_err() {
+        eprintln!("SKIPPED: haproxy is not installed (apt-get install haproxy)");
+        return;
+    }
+    let dir = TestDir::new();
+    let pki = loadgen::pki::TestPki::generate(&[]);
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_cert_pem).unwrap();
+    for name in ["shipped", "other-ports", "custom-resolvers", "server-override-proxy", "extra-servers", "broken"] {
+        let text = std::fs::read_to_string(sample(&format!("{name}.cfg"))).unwrap();
+        let ca = ca.display().to_string();
+        let text = text
+            .replace("/opt/datadog-fips-proxy/embedded/ssl/certs/cacert.pem", &ca)
+            .replace("/etc/ssl/egress-ca.pem", &ca)
+            .replace("ca-base /etc/pki/fipsrelay", &format!("ca-base {}", dir.path().display()))
+            .replace("internal-ca.pem", "ca.pem");
+        let cfg = dir.path().join(format!("{name}.cfg"));
+        std::fs::write(&cfg, text).unwrap();
+        let out = Command::new("haproxy").arg("-c").arg("-f").arg(&cfg).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        if name == "broken" {
+            assert!(!out.status.success(), "haproxy accepted broken.cfg:\n{said}");
+        } else {
+            assert!(out.status.success(), "haproxy refuses {name}.cfg:\n{said}");
+        }
+    }
 }
