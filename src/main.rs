@@ -191,7 +191,7 @@ fn main() -> ExitCode {
                 Ok(m) => {
                     print!("{}", cli::migrate::render(&m, &from));
                     eprintln!(
-                        "fipsrelay migrate: {}: {} settings carried, {} directives not carried over (listed at the end of the output)",
+                        "fipsrelay migrate: {}: settings carried: {}; directives not carried over: {} (listed at the end of the output)",
                         from.display(),
                         m.carried.len(),
                         m.not_carried.len()
