@@ -6,9 +6,9 @@
 #   /lib/systemd/system (deb) or /usr/lib/systemd/system (rpm)/fipsrelay.service
 #   /usr/lib/sysusers.d/fipsrelay.conf          the service user
 #   /etc/fipsrelay/fipsrelay.toml               conffile: upgrades keep the operator's copy
+#   /usr/share/fipsrelay/datadog-fips-proxy-check  run at install: is the FIPS Proxy running or enabled?
 #   /usr/share/fipsrelay/tuning/                sysctl profiles (fipsrelay tuning check)
 #   /usr/share/fipsrelay/create-admin-token     run at install: 0600, owned by fipsrelay
-#   /usr/share/fipsrelay/datadog-fips-proxy-check  run at install: is the FIPS Proxy running or enabled?
 # Maintainer scripts: packaging/deb/*, and the scriptlets in packaging/rpm/fipsrelay.spec.in.
 #
 #   scripts/package.sh [--binary PATH] [--out DIR] [--fast] [--version V]
@@ -64,10 +64,10 @@ stage() {
   chmod 0644 "$root$unitdir/fipsrelay.service"
   install -D -m 0644 packaging/fipsrelay.sysusers "$root/usr/lib/sysusers.d/fipsrelay.conf"
   install -D -m 0644 packaging/fipsrelay.toml "$root/etc/fipsrelay/fipsrelay.toml"
+  install -D -m 0755 packaging/datadog-fips-proxy-check "$root/usr/share/fipsrelay/datadog-fips-proxy-check"
   install -d "$root/usr/share/fipsrelay/tuning"
   install -m 0644 tuning/*.conf tuning/README.md "$root/usr/share/fipsrelay/tuning/"
   install -m 0755 packaging/create-admin-token "$root/usr/share/fipsrelay/create-admin-token"
-  install -m 0755 packaging/datadog-fips-proxy-check "$root/usr/share/fipsrelay/datadog-fips-proxy-check"
   install -D -m 0644 README.md "$root/usr/share/doc/fipsrelay/README.md"
   # The README and the example config point into docs/: shipped beside it.
   install -d "$root/usr/share/doc/fipsrelay/docs"
