@@ -6,6 +6,7 @@
 #   /lib/systemd/system (deb) or /usr/lib/systemd/system (rpm)/fipsrelay.service
 #   /usr/lib/sysusers.d/fipsrelay.conf          the service user
 #   /etc/fipsrelay/fipsrelay.toml               conffile: upgrades keep the operator's copy
+#   /usr/share/fipsrelay/datadog-fips-proxy-check  run at install: is the FIPS Proxy running or enabled?
 #   /usr/share/fipsrelay/tuning/                sysctl profiles (fipsrelay tuning check)
 #   /usr/share/fipsrelay/create-admin-token     run at install: 0600, owned by fipsrelay
 #   /usr/share/fipsrelay/datadog-agent/fipsrelay.d/conf.yaml
@@ -66,6 +67,7 @@ stage() {
   chmod 0644 "$root$unitdir/fipsrelay.service"
   install -D -m 0644 packaging/fipsrelay.sysusers "$root/usr/lib/sysusers.d/fipsrelay.conf"
   install -D -m 0644 packaging/fipsrelay.toml "$root/etc/fipsrelay/fipsrelay.toml"
+  install -D -m 0755 packaging/datadog-fips-proxy-check "$root/usr/share/fipsrelay/datadog-fips-proxy-check"
   install -d "$root/usr/share/fipsrelay/tuning"
   install -m 0644 tuning/*.conf tuning/README.md "$root/usr/share/fipsrelay/tuning/"
   install -m 0755 packaging/create-admin-token "$root/usr/share/fipsrelay/create-admin-token"

@@ -69,7 +69,8 @@ pub const HAPROXY_CONFIG_PATH: &str = "/etc/datadog-fips-proxy/datadog-fips-prox
 pub fn haproxy_config_notice(path: &Path) -> Option<String> {
     path.exists().then(|| {
         format!(
-            "{} is HAProxy configuration for the Datadog FIPS Proxy (Helm customFipsConfig) and is ignored; fipsrelay reads {DEFAULT_CONFIG_PATH}: resolvers -> dns.nameservers, bind ports -> listen.port_range_start (or DD_FIPS_PORT_RANGE_START), bind address -> listen.address (DD_FIPS_LOCAL_ADDRESS), timeout connect -> upstream.connect_timeout, timeout server -> upstream.response_timeout, timeout client -> limits.client_idle_timeout, ca-file -> upstream.ca_file",
+            "{} is HAProxy configuration for the Datadog FIPS Proxy (Helm customFipsConfig) and is ignored; `fipsrelay migrate --from {}` prints the equivalent fipsrelay.toml; fipsrelay reads {DEFAULT_CONFIG_PATH} (or $FIPSRELAY_CONFIG): resolvers -> dns.nameservers, bind ports -> listen.port_range_start (or DD_FIPS_PORT_RANGE_START), bind address -> listen.address (DD_FIPS_LOCAL_ADDRESS), timeout connect -> upstream.connect_timeout, timeout server -> upstream.response_timeout, timeout client -> limits.client_idle_timeout, ca-file -> upstream.ca_file",
+            path.display(),
             path.display()
         )
     })
@@ -1359,6 +1360,7 @@ mod tests {
         let line = haproxy_config_notice(&cfg).unwrap();
         assert!(
             line.contains("is ignored")
+                && line.contains(&format!("fipsrelay migrate --from {}", cfg.display()))
                 && line.contains("dns.nameservers")
                 && line.contains("upstream.connect_timeout"),
             "{line}"

@@ -17,8 +17,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "fipsrelay", version, about = "FIPS TLS forwarder for the Datadog Agent (US1-FED)")]
 struct Cli {
-    /// Config file (TOML). Default: /etc/fipsrelay/fipsrelay.toml when it exists, else built-in defaults.
-    #[arg(long, short, global = true, value_name = "PATH")]
+    /// Config file (TOML). Default: $FIPSRELAY_CONFIG when set, else
+    /// /etc/fipsrelay/fipsrelay.toml when it exists, else built-in defaults.
+    #[arg(long, short, global = true, value_name = "PATH", env = "FIPSRELAY_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -73,6 +74,15 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         timeout: u64,
     },
+    /// Read the Datadog FIPS Proxy's HAProxy config and print the equivalent
+    /// fipsrelay.toml on stdout: the settings that differ from fipsrelay's
+    /// defaults, then (as comments) what was not carried over and why. Exit 0
+    /// when printed, 2 when the file cannot be read or is not HAProxy config.
+    Migrate {
+        /// The FIPS Proxy's config.
+        #[arg(long, value_name = "PATH", default_value = cli::migrate::DEFAULT_FROM)]
+        from: PathBuf,
+    },
     /// Ask the running relay to reload its config (POST /admin/reload on the
     /// status port, with the token from admin.token_file; both from the config,
     /// as for `run`) and print its answer. Exit 0 when it applied the config,
@@ -113,7 +123,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Some(Command::CheckConfig | Command::Version | Command::Tuning(_) | Command::Diagnose { .. })
+        Some(
+            Command::CheckConfig
+                | Command::Version
+                | Command::Tuning(_)
+                | Command::Diagnose { .. }
+                | Command::Migrate { .. }
+        )
     ) {
         // Printing commands end quietly when their reader goes away (`| head`).
         // `run` keeps Rust's SIGPIPE = ignore: a closed socket must be an error, not a signal.
@@ -167,6 +183,24 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("{}", logging::scrub(&format!("fipsrelay reload: {}", error_text(&e))));
                     ExitCode::from(1)
+                }
+            };
+        }
+        Command::Migrate { from } => {
+            return match cli::migrate::read(&from, &|k| std::env::var(k).ok()) {
+                Ok(m) => {
+                    print!("{}", cli::migrate::render(&m, &from));
+                    eprintln!(
+                        "fipsrelay migrate: {}: settings carried: {}; directives not carried over: {} (listed at the end of the output)",
+                        from.display(),
+                        m.carried.len(),
+                        m.not_carried.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fipsrelay migrate: {e}");
+                    ExitCode::from(2)
                 }
             };
         }

@@ -240,9 +240,9 @@ fn helm_and_operator_snippets_swap_the_sidecar_image() {
 }
 
 /// The Kubernetes sidecar and the ECS task definition, run: podman starts
-/// the image with the manifest's securityContext and env, its probes are
-/// asked at the paths and port the manifest names, and the ECS healthCheck
-/// command runs inside the container.
+/// the image with the manifest's securityContext and env, its exec probes
+/// run inside the container as the kubelet runs them, and so does the ECS
+/// healthCheck command.
 #[test]
 fn kubernetes_and_ecs_snippets_run_as_written() {
     let k8s = yaml("kubernetes-sidecar.yaml");
@@ -267,14 +267,15 @@ fn kubernetes_and_ecs_snippets_run_as_written() {
         (Some(true), Some(false))
     );
     assert_eq!(sc["capabilities"]["drop"][0].as_str(), Some("ALL"));
-    let probe = |kind: &str| {
-        let g = &relay[kind]["httpGet"];
-        (g["path"].as_str().unwrap().to_string(), g["port"].as_u64().unwrap() as u16)
+    // Exec probes (the kubelet's httpGet would not reach the pod's loopback).
+    let probe = |kind: &str| -> Vec<String> {
+        assert!(relay[kind].get("httpGet").is_none(), "{kind} must not be httpGet");
+        let cmd = relay[kind]["exec"]["command"].as_sequence().unwrap_or_else(|| panic!("{kind} is not exec"));
+        cmd.iter().map(|c| c.as_str().unwrap().to_string()).collect()
     };
-    let (live_path, live_port) = probe("livenessProbe");
-    let (ready_path, ready_port) = probe("readinessProbe");
-    let manifest_port: u16 = env(&relay, "DD_FIPS_PORT_RANGE_START").unwrap().parse().unwrap();
-    assert_eq!((live_port, ready_port), (manifest_port, manifest_port));
+    let (live, ready) = (probe("livenessProbe"), probe("readinessProbe"));
+    assert_eq!(live, ["/usr/bin/fipsrelay", "probe", "--check", "live"]);
+    assert_eq!(ready, ["/usr/bin/fipsrelay", "probe"]);
 
     let ecs: serde_json::Value = serde_json::from_str(&snippet("ecs-task-definition.json")).unwrap();
     let defs = ecs["containerDefinitions"].as_array().unwrap();
@@ -333,16 +334,15 @@ fn kubernetes_and_ecs_snippets_run_as_written() {
         let err = String::from_utf8_lossy(&started.stderr);
         panic!("podman run {image}: {err}");
     }
-    let moved = |port: u16| base + (port - manifest_port);
-    let ask = |path: &str, port: u16| {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], moved(port)));
-        std::net::TcpStream::connect(addr).is_ok() && Client::connect(addr).request("GET", path, &[], b"").status == 200
-    };
+    // The kubelet runs exec probes inside the container, with its environment.
+    let exec_probe = |cmd: &[String]| run(Command::new("podman").args(["exec", &name]).args(cmd));
     assert!(
-        eventually(Duration::from_secs(30), || ask(&ready_path, ready_port)),
-        "readiness probe {ready_path} never passed"
+        eventually(Duration::from_secs(30), || exec_probe(&ready).status.success()),
+        "readiness probe {ready:?} never passed"
     );
-    assert!(ask(&live_path, live_port), "liveness probe {live_path}");
+    let live_out = exec_probe(&live);
+    assert!(live_out.status.success(), "liveness probe {live:?}: {}", String::from_utf8_lossy(&live_out.stderr));
+    assert!(stdout(&live_out).contains(&format!(":{base}/health/live: HTTP/1.1 200")), "{}", stdout(&live_out));
     // ECS runs the healthCheck command inside the container.
     let exec = run(Command::new("podman").args(["exec", &name]).args(&health[1..]));
     assert!(

@@ -4,7 +4,8 @@
 //! disposable test machine), the deb is installed, upgraded, removed and
 //! purged for real: `fipsrelay version` from /usr/bin, `systemd-analyze
 //! verify` of the installed unit, the admin token, the operator's config
-//! kept across the upgrade and the removal.
+//! kept across the upgrade and the removal, and what the install says when
+//! the Datadog Agent FIPS Proxy's unit is enabled (a stand-in unit).
 
 mod common;
 
@@ -48,6 +49,7 @@ const FILES: &[&str] = &[
     "/usr/lib/sysusers.d/fipsrelay.conf",
     "/etc/fipsrelay/fipsrelay.toml",
     "/usr/share/fipsrelay/create-admin-token",
+    "/usr/share/fipsrelay/datadog-fips-proxy-check",
     "/usr/share/fipsrelay/tuning/throughput.conf",
     "/usr/share/fipsrelay/tuning/latency.conf",
     "/usr/share/fipsrelay/tuning/many-connections.conf",
@@ -91,6 +93,17 @@ fn deb_and_rpm_hold_the_files_metadata_and_scripts() {
         "upgrade restarts in place"
     );
     assert!(!postinst.contains("reload fipsrelay.service || true"), "a refused reload must not be silent");
+    assert!(
+        postinst.contains("/usr/share/fipsrelay/datadog-fips-proxy-check || fips_proxy=1")
+            && postinst.contains(r#"[ "$fips_proxy" = 1 ] || systemctl enable fipsrelay.service"#),
+        "install checks for the FIPS Proxy and enables nothing while it is there:\n{postinst}"
+    );
+    for verb in ["stop", "disable", "mask"] {
+        assert!(
+            !postinst.contains(&format!("{verb} datadog-fips-proxy")),
+            "the package must not {verb} the FIPS Proxy"
+        );
+    }
 
     // rpm: header, files, config files, scriptlets, requirements.
     let info = ok(Command::new("rpm").arg("-qpi").arg(&rpm));
@@ -115,6 +128,11 @@ fn deb_and_rpm_hold_the_files_metadata_and_scripts() {
         "{scripts}"
     );
     assert!(scripts.contains("create-admin-token") && scripts.contains("systemd-sysusers"), "{scripts}");
+    assert!(
+        scripts.contains("/usr/share/fipsrelay/datadog-fips-proxy-check || fips_proxy=1")
+            && scripts.contains(r#"[ "$fips_proxy" = 1 ] || systemctl enable fipsrelay.service"#),
+        "{scripts}"
+    );
     let requires = ok(Command::new("rpm").args(["-qp", "--requires"]).arg(&rpm));
     assert!(requires.contains("libc.so.6(GLIBC_2.34)(64bit)"), "the glibc docs/install.md states:\n{requires}");
     assert!(!requires.contains("GLIBC_2.35"), "a newer glibc than docs/install.md states:\n{requires}");
@@ -126,6 +144,39 @@ struct Purge;
 impl Drop for Purge {
     fn drop(&mut self) {
         let _ = run(Command::new("dpkg").args(["--purge", "fipsrelay"]));
+    }
+}
+
+/// A stand-in `datadog-fips-proxy.service` in /etc/systemd/system, enabled
+/// on disk; disabled and removed when dropped. None when the host has a
+/// unit of that name already (a real FIPS Proxy: not touched).
+struct FakeFipsProxy;
+
+impl FakeFipsProxy {
+    const UNIT: &'static str = "/etc/systemd/system/datadog-fips-proxy.service";
+
+    fn install() -> Option<FakeFipsProxy> {
+        let known = run(Command::new("systemctl").args(["cat", "datadog-fips-proxy.service"]));
+        if known.status.success() || Path::new(Self::UNIT).exists() {
+            eprintln!("a datadog-fips-proxy unit exists here: the install runs without the stand-in");
+            return None;
+        }
+        std::fs::write(
+            Self::UNIT,
+            "[Unit]\nDescription=stand-in for the Datadog Agent FIPS Proxy (tests/packages.rs)\n\
+             [Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n",
+        )
+        .unwrap();
+        let fake = FakeFipsProxy;
+        ok(Command::new("systemctl").args(["enable", "datadog-fips-proxy.service"]));
+        Some(fake)
+    }
+}
+
+impl Drop for FakeFipsProxy {
+    fn drop(&mut self) {
+        let _ = run(Command::new("systemctl").args(["disable", "datadog-fips-proxy.service"]));
+        let _ = std::fs::remove_file(Self::UNIT);
     }
 }
 
@@ -144,7 +195,25 @@ fn the_deb_installs_upgrades_keeping_the_config_and_purges() {
     let (newer, _) = build(&dir.path().join("newer"), Some("99.0.0"));
     let _purge = Purge;
 
-    ok(Command::new("dpkg").arg("-i").arg(&deb));
+    // A Datadog Agent FIPS Proxy enabled on this host (a stand-in unit,
+    // enabled on disk: `systemctl is-enabled` reads unit files without a
+    // running systemd). The install says what to do and touches it not.
+    let fake_proxy = FakeFipsProxy::install();
+    let first = run(Command::new("dpkg").arg("-i").arg(&deb));
+    let said = String::from_utf8_lossy(&first.stderr).into_owned();
+    assert!(first.status.success(), "dpkg -i: {said}");
+    if fake_proxy.is_some() {
+        assert!(said.contains("(datadog-fips-proxy.service) is enabled on this host"), "{said}");
+        assert!(said.contains("did not enable fipsrelay.service"), "{said}");
+        assert!(
+            run(Command::new("systemctl").args(["is-enabled", "--quiet", "datadog-fips-proxy.service"]))
+                .status
+                .success(),
+            "the package changed the FIPS Proxy's unit"
+        );
+        assert!(!Path::new("/etc/systemd/system/multi-user.target.wants/fipsrelay.service").exists());
+    }
+    drop(fake_proxy);
     let version = ok(Command::new("/usr/bin/fipsrelay").arg("version"));
     assert!(
         version.starts_with(&format!("fipsrelay {VERSION}\n")) && version.contains("fips: enabled (AWS-LC FIPS 3.1.0"),
@@ -194,4 +263,90 @@ fn the_deb_installs_upgrades_keeping_the_config_and_purges() {
     assert_eq!(std::fs::read_to_string(config).unwrap(), edited, "removal deleted the config");
     ok(Command::new("dpkg").args(["--purge", "fipsrelay"]));
     assert!(!Path::new("/etc/fipsrelay").exists(), "purge left /etc/fipsrelay");
+}
+
+/// The unit and the Datadog Agent FIPS Proxy's never run together:
+/// `Conflicts=` (starting one stops the other), and an ordering so that
+/// systemd finishes the FIPS Proxy's stop (its ports free) before fipsrelay
+/// starts: Conflicts= alone orders nothing (systemd.unit(5)).
+#[test]
+fn the_unit_conflicts_with_the_fips_proxy_and_starts_after_its_stop() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/fipsrelay.service")).unwrap();
+    let section: Vec<&str> = unit
+        .lines()
+        .skip_while(|l| l.trim() != "[Unit]")
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    let values = |key: &str| -> Vec<String> {
+        section
+            .iter()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .flat_map(|v| v.split_whitespace().map(String::from))
+            .collect()
+    };
+    assert!(values("Conflicts").contains(&"datadog-fips-proxy.service".to_string()), "{section:?}");
+    assert!(values("After").contains(&"datadog-fips-proxy.service".to_string()), "{section:?}");
+    assert!(!values("Before").contains(&"datadog-fips-proxy.service".to_string()), "{section:?}");
+}
+
+/// `datadog-fips-proxy-check` (run by both packages at install) with a fake
+/// `systemctl` first on PATH that reports the FIPS Proxy's state and logs
+/// every call: it exits 1 and says what to do when the FIPS Proxy runs or is
+/// enabled, stays quiet when it is absent, and never stops, disables or
+/// masks anything.
+#[test]
+fn the_install_check_says_what_to_do_and_touches_nothing() {
+    let dir = TestDir::new();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let calls = dir.path().join("calls");
+    let fake = bin.join("systemctl");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\ncase \"$*\" in\n  *is-active*) exit \"$ACTIVE\" ;;\n  *is-enabled*) exit \"$ENABLED\" ;;\nesac\nexit 0\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let check = |active: u8, enabled: u8| {
+        let out = run(Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/datadog-fips-proxy-check"))
+            .env("PATH", &path)
+            .env("ACTIVE", active.to_string())
+            .env("ENABLED", enabled.to_string()));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(check(3, 1), (Some(0), String::new(), String::new()), "absent: quiet, and install enables fipsrelay");
+    let (code, stdout, stderr) = check(0, 0);
+    assert_eq!(code, Some(1));
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("datadog-fips-proxy.service) is running and enabled"), "{stderr}");
+    for want in [
+        "did not enable fipsrelay.service",
+        "fipsrelay migrate > /tmp/fipsrelay.toml",
+        "systemctl disable --now datadog-fips-proxy.service",
+        "systemctl enable --now fipsrelay",
+        "datadog-agent diagnose",
+        "To roll back: systemctl disable --now fipsrelay && systemctl enable --now datadog-fips-proxy.service",
+        "/usr/share/doc/fipsrelay/docs/migrating.md",
+    ] {
+        assert!(stderr.contains(want), "{want:?} not in:\n{stderr}");
+    }
+    let (code, _, stderr) = check(3, 0);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("is enabled on this host"), "{stderr}");
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert!(log.lines().all(|l| l.starts_with("is-active") || l.starts_with("is-enabled")), "only asks:\n{log}");
+    // The doc the message names is shipped.
+    assert!(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/migrating.md")).exists());
 }

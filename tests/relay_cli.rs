@@ -139,3 +139,61 @@ fn diagnose_checks_every_upstream_and_names_failures() {
     assert!(text.contains("FAIL metrics.agent.ddog-gov.com") && text.contains("invalid peer certificate"), "{text}");
     assert!(text.contains("0 of 16 upstream hosts passed"), "{text}");
 }
+
+/// `FIPSRELAY_CONFIG` names the config when `--config` is not given: `run`
+/// starts on it (its port range), and `probe` (an exec probe inherits the
+/// container's environment) finds the same status port; `--config` wins
+/// over it.
+#[test]
+fn fipsrelay_config_names_the_config_without_config_flag() {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let base = free_range();
+    let config = dir.path().join("elsewhere.toml");
+    std::fs::write(&config, render_config(base, "epoll", intake.addr(), &intake.ca_file, "")).unwrap();
+    let log = std::fs::File::create(dir.path().join("relay.log")).unwrap();
+    let mut child = std::process::Command::new(relay_bin())
+        .arg("run")
+        .env("FIPSRELAY_CONFIG", &config)
+        .env_remove("DD_FIPS_PORT_RANGE_START")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let status = std::net::SocketAddr::from(([127, 0, 0, 1], base));
+    let ready = eventually(std::time::Duration::from_secs(20), || {
+        listens_on(child.id() as i32, base) && health_status(status) == Some(200)
+    });
+    let probe = |extra: &[&str]| {
+        std::process::Command::new(relay_bin())
+            .arg("probe")
+            .args(extra)
+            .env("FIPSRELAY_CONFIG", &config)
+            .env_remove("DD_FIPS_PORT_RANGE_START")
+            .output()
+            .unwrap()
+    };
+    let found = probe(&[]);
+    // --config beats the variable: the defaults file names port 9803's range
+    // (a file with another range stands in for it here).
+    let other = dir.path().join("other.toml");
+    let other_base = if base == 20000 { 20016 } else { base - 16 };
+    std::fs::write(&other, format!("[listen]\nport_range_start = {other_base}\n[admin]\nenabled = false\n")).unwrap();
+    let overridden = probe(&["--timeout", "1", "--config", other.to_str().unwrap()]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.path().join("relay.log")).unwrap();
+    assert!(ready, "the relay did not start on FIPSRELAY_CONFIG's range {base}:\n{log}");
+    assert!(log.contains(&config.display().to_string()), "the start line names the file:\n{log}");
+    assert!(
+        found.status.success(),
+        "probe: {}{}",
+        String::from_utf8_lossy(&found.stdout),
+        String::from_utf8_lossy(&found.stderr)
+    );
+    assert!(String::from_utf8_lossy(&found.stdout).contains(&format!(":{base}/health")), "{found:?}");
+    assert!(!overridden.status.success(), "--config must win over FIPSRELAY_CONFIG: {overridden:?}");
+    assert!(String::from_utf8_lossy(&overridden.stderr).contains(&other_base.to_string()), "{overridden:?}");
+}

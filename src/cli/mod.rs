@@ -1,5 +1,6 @@
 //! The one-shot commands behind `fipsrelay SUBCOMMAND`: `check-config`,
-//! `version`, `diagnose`, `demo`, `tuning check`, `probe` and `reload`. Each runs,
+//! `version`, `diagnose`, `demo`, `tuning check`, `probe`, `reload` and
+//! `migrate`. Each runs,
 //! prints its report on stdout and returns a typed error or an outcome that
 //! `main` turns into the exit status.
 //!
@@ -11,6 +12,7 @@
 pub mod check_config;
 pub mod demo;
 pub mod diagnose;
+pub mod migrate;
 pub mod probe;
 pub mod reload;
 pub mod tuning;
