@@ -15,7 +15,7 @@ use fipsrelay::{cli, control, logging};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "fipsrelay", version, about = "FIPS TLS forwarder for the Datadog Agent (US1-FED)")]
+#[command(name = "fipsrelay", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FIPSRELAY_COMMIT"), ")"), about = "FIPS TLS forwarder for the Datadog Agent (US1-FED)")]
 struct Cli {
     /// Config file (TOML). Default: /etc/fipsrelay/fipsrelay.toml when it exists, else built-in defaults.
     #[arg(long, short, global = true, value_name = "PATH")]

@@ -13,6 +13,8 @@ use crate::route::{ProductRoute, RouteTable, PRODUCTS};
 /// What the status pages need to know besides the counters.
 pub struct StatusInfo {
     pub version: &'static str,
+    /// The commit the binary was built from (`control::COMMIT`).
+    pub commit: &'static str,
     /// The linked FIPS module and its CMVP status (`crypto::MODULE_TABLE`).
     pub fips_module: crate::crypto::FipsModule,
     pub io_backend: &'static str,
@@ -196,6 +198,7 @@ fn health(info: &StatusInfo, hub: &StatsHub) -> String {
         },
         "ready": info.not_ready().is_none(),
         "version": info.version,
+        "commit": info.commit,
         "fips": true,
         "fips_module": module,
         "io": info.io_backend,

@@ -36,14 +36,33 @@ fn check_config_prints_port_table_with_env_overrides() {
     let out = std::process::Command::new(relay_bin())
         .arg("check-config")
         .env("DD_FIPS_PORT_RANGE_START", "10000")
-        .env("DD_SITE", "example.com")
+        .env("DD_SITE", "datadoghq.eu")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("# 10001  metrics"), "{text}");
-    assert!(text.contains("metrics.agent.example.com"), "{text}");
-    assert!(text.contains("# 10015  network_devices_netflow      ndmflow-intake.example.com"), "{text}");
+    assert!(text.contains("metrics.agent.datadoghq.eu"), "{text}");
+    assert!(text.contains("# 10015  network_devices_netflow      ndmflow-intake.datadoghq.eu"), "{text}");
+}
+
+/// A typo in `upstream.site` (or `DD_SITE`) is refused: the key, the known
+/// sites and the nearest one are named, and nothing starts.
+#[test]
+fn unknown_site_is_refused_by_check_config() {
+    let dir = TestDir::new();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[upstream]\nsite = \"datadoghq.co\"\n").unwrap();
+    let out = std::process::Command::new(relay_bin()).args(["check-config", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("upstream.site = \"datadoghq.co\" is not a Datadog site"), "{err}");
+    assert!(err.contains("did you mean \"datadoghq.com\"?") && err.contains("ddog-gov.com (US1-FED)"), "{err}");
+    let out =
+        std::process::Command::new(relay_bin()).arg("check-config").env("DD_SITE", "ddog-gov.co").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"ddog-gov.co\" is not a Datadog site") && err.contains("DD_SITE"), "{err}");
 }
 
 #[test]
@@ -57,6 +76,35 @@ fn version_reports_fips_module() {
     );
     assert!(text.contains("TLS13_AES_256_GCM_SHA384") && !text.contains("CHACHA"), "{text}");
     assert!(text.contains("io_uring: "), "{text}");
+}
+
+/// `version` names the commit the binary was built from: this checkout's
+/// HEAD (`-dirty` with changes), or `unknown` outside git; `--version` too.
+#[test]
+fn version_names_the_commit() {
+    let out = std::process::Command::new(relay_bin()).arg("version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let commit =
+        text.lines().find_map(|l| l.strip_prefix("commit: ")).unwrap_or_else(|| panic!("no commit line: {text}"));
+    let head = std::process::Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short=10", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match head {
+        // Built in this checkout: its HEAD when it was built, which may be
+        // older than HEAD now only if the tree changed since (then dirty).
+        Some(head) => {
+            let hash = commit.trim_end_matches("-dirty");
+            assert!(hash.len() == 10 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "{commit}");
+            assert!(hash == head || commit.ends_with("-dirty"), "commit {commit}, HEAD {head}");
+        }
+        None => assert_eq!(commit, option_env!("FIPSRELAY_BUILD_COMMIT").unwrap_or("unknown")),
+    }
+    let out = std::process::Command::new(relay_bin()).arg("--version").output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(line.trim(), format!("fipsrelay {} (commit {commit})", env!("CARGO_PKG_VERSION")));
 }
 
 /// Only the FIPS module encrypts: the relay binary links the pinned FIPS

@@ -574,6 +574,7 @@ mod tests {
         let (commands, _) = tokio::sync::mpsc::unbounded_channel();
         let info = Arc::new(StatusInfo {
             version: "test",
+            commit: "test",
             fips_module: crate::crypto::linked_module(),
             io_backend: <Mem as Backend>::NAME,
             upstream_protocol: "http1",
