@@ -30,7 +30,9 @@ both_backends_both_protocols!(status_port_serves_summary_metrics_health, |io: &s
     assert!(relay.log().contains(&format!("fips={module}")), "{}", relay.log());
     let backend = if io == "uring" { "io: io_uring" } else { "io: epoll" };
     assert!(summary.contains(backend), "{summary}");
-    assert!(summary.lines().any(|l| l.starts_with("traces (2)") && l.contains(" 3 ")), "{summary}");
+    let traces = summary_row(&summary, &relay.port(2).to_string());
+    assert_eq!(&traces[1..4], ["traces", "3", "0"], "{summary}");
+    assert_eq!(traces.last().map(String::as_str), Some("trace.agent.ddog-gov.com"), "{summary}");
     let health = relay.status_page("/health");
     assert!(health.contains("\"status\":\"ok\"") && health.contains("\"fips\":true"), "{health}");
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
@@ -43,6 +45,58 @@ both_backends_both_protocols!(status_port_serves_summary_metrics_health, |io: &s
     assert_eq!(relay.request(0, "POST", "/admin", &[], b"x").status, 405);
     assert_eq!(relay.request(0, "GET", "/nope", &[], b"").status, 404);
 });
+
+/// The cells of the status page's row that starts with `first` (columns
+/// are two spaces or more apart).
+fn summary_row(page: &str, first: &str) -> Vec<String> {
+    let line =
+        page.lines().find(|l| l.split("  ").next() == Some(first)).unwrap_or_else(|| panic!("no {first} row: {page}"));
+    line.split("  ").map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect()
+}
+
+/// The summary labels each product by its port and name, its columns line
+/// up, and the upstream sessions are counted for the protocol in use: under
+/// the default (HTTP/2 to an intake offering h2) the h2 columns are not zero.
+both_backends_both_protocols!(
+    status_page_labels_ports_and_counts_sessions_per_protocol,
+    |io: &str, protocol: Protocol| {
+        let dir = TestDir::new();
+        let intake = Intake::start(dir.path());
+        let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, &protocol.with(""));
+        for _ in 0..4 {
+            assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"{}").status, 202);
+        }
+        relay.wait_metric("fipsrelay_requests_total{product=\"metrics\",class=\"2xx\"}", |v| v == 4.0);
+        let page = relay.status_page("/");
+        let header = page.lines().find(|l| l.starts_with("port  ")).unwrap_or_else(|| panic!("{page}"));
+        let metrics_line = page.lines().find(|l| l.starts_with(&format!("{}  metrics ", relay.port(1)))).unwrap();
+        // Aligned: a right-aligned cell ends where its header does.
+        let requests_end = header.find("requests").unwrap() + "requests".len();
+        assert!(metrics_line[..requests_end].ends_with(" 4"), "requests right-aligned under the header:\n{page}");
+        for (offset, name) in [(0, "status"), (1, "metrics"), (15, "network_devices_netflow")] {
+            let row = summary_row(&page, &relay.port(offset).to_string());
+            assert_eq!(row[1], name, "{page}");
+        }
+        assert!(!page.contains("metrics (1)"), "products are labelled by port, not offset: {page}");
+        let host = summary_row(&page, "metrics.agent.ddog-gov.com");
+        let column = |name: &str| {
+            let header = summary_row(&page, "upstream");
+            let i = header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no {name} column: {page}"));
+            host[i].clone()
+        };
+        let n = |name: &str| column(name).parse::<u64>().unwrap_or_else(|_| panic!("{name}: {page}"));
+        if protocol.is_h2() {
+            assert_eq!(column("speaks"), "h2", "{page}");
+            assert!(n("h2 conns") >= 1, "{page}");
+            assert!(n("h2 streams") >= 4, "{page}");
+            assert_eq!(n("h1 open"), 0, "{page}");
+        } else {
+            assert_eq!(column("speaks"), "http/1.1", "{page}");
+            assert_eq!((n("h2 conns"), n("h2 streams")), (0, 0), "{page}");
+            assert!(n("h1 open") >= 1 && n("h1 idle") >= 1, "{page}");
+        }
+    }
+);
 
 both_backends_both_protocols!(credentials_never_reach_the_log, |io: &str, protocol: Protocol| {
     let dir = TestDir::new();

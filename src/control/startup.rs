@@ -402,6 +402,8 @@ pub(super) fn share(config: Config, admitted: &Admitted, admin: AdminAccess, pro
         commit: COMMIT,
         fips_module: admitted.fips_module.clone(),
         io_backend: admitted.backend,
+        listen_address: config.listen_address,
+        port_range_start: config.port_range_start,
         upstream_protocol: config.protocol.label(),
         workers: admitted.workers,
         routes: routes.clone(),

@@ -577,6 +577,8 @@ mod tests {
             commit: "test",
             fips_module: crate::crypto::linked_module(),
             io_backend: <Mem as Backend>::NAME,
+            listen_address: config.listen_address,
+            port_range_start: config.port_range_start,
             upstream_protocol: "http1",
             workers: 1,
             routes: routes.clone(),
