@@ -684,7 +684,24 @@ fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
 
 /// Parses TOML text; the error message carries the line, column and key.
 pub fn parse_str(text: &str) -> Result<RawConfig, String> {
-    toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    toml::from_str(text).map_err(|e| toml_error(text, &e))
+}
+
+/// A TOML error on one line, for the terminal, the log and the admin API
+/// alike: `TOML parse error at line 12, column 1 (`bogus_key = 1`): unknown
+/// field `bogus_key`, expected one of ...`.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', "; ");
+    let Some(span) = e.span() else { return format!("TOML parse error: {message}") };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let source: String = text.lines().nth(line - 1).unwrap_or("").trim().chars().take(80).collect();
+    if source.is_empty() {
+        format!("TOML parse error at line {line}, column {column}: {message}")
+    } else {
+        format!("TOML parse error at line {line}, column {column} (`{source}`): {message}")
+    }
 }
 
 /// Applies the environment overrides listed in [`ENV_OVERRIDES`].
@@ -1183,8 +1200,12 @@ mod tests {
     #[test]
     fn unknown_key_is_rejected_with_line() {
         let err = parse_str("[listen]\naddress = \"127.0.0.1\"\nprot = 1\n").unwrap_err();
-        assert!(err.contains("prot"), "{err}");
-        assert!(err.contains("line 3"), "{err}");
+        assert!(err.starts_with("TOML parse error at line 3, column 1 (`prot = 1`): unknown field `prot`"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+        let err = parse_str("[upstream]\nport = \"x\"\n").unwrap_err();
+        assert!(err.starts_with("TOML parse error at line 2, column 8 (`port = \"x\"`): invalid type"), "{err}");
+        let err = parse_str("[upstream\n").unwrap_err();
+        assert!(err.starts_with("TOML parse error at line 1, column 10"), "{err}");
     }
 
     #[test]
