@@ -31,7 +31,7 @@ enum Command {
     /// Validate the config and every file it names (as `run` does before binding),
     /// then print the effective settings and port table.
     CheckConfig,
-    /// Print the version, the FIPS module, the TLS offer and the I/O backends.
+    /// Print the version and commit, the FIPS module, the TLS offer and the I/O backends.
     Version,
     /// Demo on an embedded default: mock intake + this relay + a verified loadgen run.
     Demo {

@@ -54,9 +54,9 @@ fn summary_row(page: &str, first: &str) -> Vec<String> {
     line.split("  ").map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect()
 }
 
-/// The summary labels each product by its port and name, its columns line
-/// up, and the upstream sessions are counted for the protocol in use: under
-/// the default (HTTP/2 to an intake offering h2) the h2 columns are not zero.
+// The summary labels each product by its port and name, its columns line
+// up, and the upstream sessions are counted for the protocol in use: under
+// the default (HTTP/2 to an intake offering h2) the h2 columns are not zero.
 both_backends_both_protocols!(
     status_page_labels_ports_and_counts_sessions_per_protocol,
     |io: &str, protocol: Protocol| {
@@ -162,9 +162,9 @@ fn parse_logfmt(line: &str) -> Result<Vec<(String, String)>, String> {
     }
 }
 
-/// The text log is logfmt: every line of a live relay parses, starts with
-/// ts, level and msg, and values with spaces (the FIPS module) or from a
-/// multi-line error (a TOML error on reload) come back whole.
+// The text log is logfmt: every line of a live relay parses, starts with
+// ts, level and msg, and values with spaces (the FIPS module) or from a
+// multi-line error (a TOML error on reload) come back whole.
 both_backends!(text_log_lines_are_logfmt, |io: &str| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());
