@@ -22,16 +22,23 @@ fn main() {
         println!("cargo:rustc-env=FIPSRELAY_COMMIT={}", commit.trim());
         return;
     }
-    // Rebuilt when HEAD moves (a commit, a checkout: HEAD, refs, packed-refs),
-    // when the index changes, and when a source file changes (`-dirty`).
-    // A worktree has its own HEAD and index, and shares refs with the main checkout.
-    for (flag, names) in [("--git-dir", &["HEAD", "index"][..]), ("--git-common-dir", &["refs", "packed-refs"][..])] {
-        if let Some(d) = git(&dir, &["rev-parse", flag]) {
-            let d = dir.join(d);
-            for n in names {
-                println!("cargo:rerun-if-changed={}", d.join(n).display());
-            }
+    // Rebuilt when HEAD moves (a checkout: HEAD; a commit: the branch's ref,
+    // loose or packed) and when a source file changes (`-dirty`). Only files
+    // that exist (cargo reruns a script on every build for a missing one);
+    // not the index (`git status` rewrites it), nor other branches' refs. A
+    // worktree has its own HEAD and shares refs with the main checkout.
+    let mut watched: Vec<PathBuf> = Vec::new();
+    if let Some(d) = git(&dir, &["rev-parse", "--git-dir"]) {
+        watched.push(dir.join(d).join("HEAD"));
+    }
+    if let Some(common) = git(&dir, &["rev-parse", "--git-common-dir"]).map(|c| dir.join(c)) {
+        if let Some(branch) = git(&dir, &["rev-parse", "--symbolic-full-name", "HEAD"]).filter(|b| b.starts_with("refs/")) {
+            watched.push(common.join(branch));
         }
+        watched.push(common.join("packed-refs"));
+    }
+    for path in watched.iter().filter(|p| p.exists()) {
+        println!("cargo:rerun-if-changed={}", path.display());
     }
     for watched in ["src", "Cargo.toml", "Cargo.lock", "build.rs"] {
         println!("cargo:rerun-if-changed={watched}");
