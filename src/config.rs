@@ -76,6 +76,43 @@ pub fn haproxy_config_notice(path: &Path) -> Option<String> {
     })
 }
 
+/// The Datadog sites `upstream.site` accepts, with their names. The relay is
+/// built for the US1-FED intake (FIPS); the others are valid Datadog sites.
+pub const KNOWN_SITES: &[(&str, &str)] = &[
+    ("ddog-gov.com", "US1-FED"),
+    ("us2.ddog-gov.com", "US2-FED"),
+    ("datadoghq.com", "US1"),
+    ("us3.datadoghq.com", "US3"),
+    ("us5.datadoghq.com", "US5"),
+    ("datadoghq.eu", "EU1"),
+    ("ap1.datadoghq.com", "AP1"),
+    ("ap2.datadoghq.com", "AP2"),
+];
+
+/// `site (NAME), ...` for an error message.
+fn known_sites_list() -> String {
+    KNOWN_SITES.iter().map(|(s, n)| format!("{s} ({n})")).collect::<Vec<_>>().join(", ")
+}
+
+/// The known site nearest to a typo (at most two edits away), if any.
+fn closest_site(site: &str) -> Option<&'static str> {
+    fn edits(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let next = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+                prev = row[j + 1];
+                row[j + 1] = next;
+            }
+        }
+        row[b.len()]
+    }
+    KNOWN_SITES.iter().map(|(s, _)| (edits(site, s), *s)).filter(|(d, _)| *d <= 2).min().map(|(_, s)| s)
+}
+
 /// Environment variables that override the file, in the order applied.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DD_FIPS_PORT_RANGE_START", "listen.port_range_start"),
@@ -96,6 +133,12 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{key} = {value:?} is invalid: {problem}; {fix}")]
     Invalid { key: &'static str, value: String, problem: String, fix: &'static str },
+    #[error(
+        "upstream.site = {value:?} is not a Datadog site{}; use one of {} (DD_SITE overrides the key)",
+        suggestion.map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default(),
+        known_sites_list()
+    )]
+    UnknownSite { value: String, suggestion: Option<&'static str> },
     #[error("environment variable {var} = {value:?} is invalid for {key}: {problem}")]
     Env { var: &'static str, key: &'static str, value: String, problem: String },
 }
@@ -642,7 +685,24 @@ fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
 
 /// Parses TOML text; the error message carries the line, column and key.
 pub fn parse_str(text: &str) -> Result<RawConfig, String> {
-    toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    toml::from_str(text).map_err(|e| toml_error(text, &e))
+}
+
+/// A TOML error on one line, for the terminal, the log and the admin API
+/// alike: `TOML parse error at line 12, column 1 (`bogus_key = 1`): unknown
+/// field `bogus_key`, expected one of ...`.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', "; ");
+    let Some(span) = e.span() else { return format!("TOML parse error: {message}") };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let source: String = text.lines().nth(line - 1).unwrap_or("").trim().chars().take(80).collect();
+    if source.is_empty() {
+        format!("TOML parse error at line {line}, column {column}: {message}")
+    } else {
+        format!("TOML parse error at line {line}, column {column} (`{source}`): {message}")
+    }
 }
 
 /// Applies the environment overrides listed in [`ENV_OVERRIDES`].
@@ -733,13 +793,11 @@ impl RawConfig {
             return Err(invalid("workers.threads", self.workers.threads, "too many", "use 0 for one per CPU"));
         }
         let site = self.upstream.site.trim().trim_matches('.').to_ascii_lowercase();
-        if site.is_empty() || !site.split('.').all(is_dns_label) || !site.contains('.') {
-            return Err(invalid(
-                "upstream.site",
-                &self.upstream.site,
-                "is not a DNS domain",
-                "use the Datadog site, e.g. ddog-gov.com (US1-FED)",
-            ));
+        if !KNOWN_SITES.iter().any(|(s, _)| *s == site) {
+            return Err(ConfigError::UnknownSite {
+                value: self.upstream.site.clone(),
+                suggestion: closest_site(&site),
+            });
         }
         if let Some(sn) = &self.upstream.server_name {
             if sn.trim().is_empty() || rustls_pki_name(sn).is_none() {
@@ -1143,8 +1201,12 @@ mod tests {
     #[test]
     fn unknown_key_is_rejected_with_line() {
         let err = parse_str("[listen]\naddress = \"127.0.0.1\"\nprot = 1\n").unwrap_err();
-        assert!(err.contains("prot"), "{err}");
-        assert!(err.contains("line 3"), "{err}");
+        assert!(err.starts_with("TOML parse error at line 3, column 1 (`prot = 1`): unknown field `prot`"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+        let err = parse_str("[upstream]\nport = \"x\"\n").unwrap_err();
+        assert!(err.starts_with("TOML parse error at line 2, column 8 (`port = \"x\"`): invalid type"), "{err}");
+        let err = parse_str("[upstream\n").unwrap_err();
+        assert!(err.starts_with("TOML parse error at line 1, column 10"), "{err}");
     }
 
     #[test]
@@ -1152,12 +1214,12 @@ mod tests {
         let raw = parse_str("[listen]\nport_range_start = 10000\n").unwrap();
         let env = |k: &str| match k {
             "DD_FIPS_PORT_RANGE_START" => Some("20000".to_string()),
-            "DD_SITE" => Some("example.com".to_string()),
+            "DD_SITE" => Some("datadoghq.eu".to_string()),
             _ => None,
         };
         let c = apply_env(raw, &env).unwrap().validate().unwrap();
         assert_eq!(c.port_range_start, 20000);
-        assert_eq!(c.site, "example.com");
+        assert_eq!(c.site, "datadoghq.eu");
         let bad = apply_env(RawConfig::default(), &|k: &str| (k == "DD_FIPS_PORT_RANGE_START").then(|| "x".into()));
         assert!(bad.unwrap_err().to_string().contains("DD_FIPS_PORT_RANGE_START"));
     }
@@ -1189,6 +1251,20 @@ mod tests {
         assert!(raw.validate().unwrap_err().to_string().contains("upstream.override_addr"));
         raw.upstream.override_addr = Some("127.0.0.1:1, [::1]:2".into());
         assert_eq!(raw.validate().unwrap().override_addrs.len(), 2);
+    }
+
+    #[test]
+    fn unknown_site_is_refused_with_the_list() {
+        for (site, _) in KNOWN_SITES {
+            let c = parse_str(&format!("[upstream]\nsite = \"{}.\"\n", site.to_uppercase())).unwrap().validate();
+            assert_eq!(c.unwrap().site, *site);
+        }
+        let e = parse_str("[upstream]\nsite = \"datadoghq.co\"\n").unwrap().validate().unwrap_err().to_string();
+        assert!(e.starts_with("upstream.site = \"datadoghq.co\" is not a Datadog site"), "{e}");
+        assert!(e.contains("did you mean \"datadoghq.com\"?"), "{e}");
+        assert!(e.contains("ddog-gov.com (US1-FED)") && e.contains("datadoghq.eu (EU1)"), "{e}");
+        let e = parse_str("[upstream]\nsite = \"example.org\"\n").unwrap().validate().unwrap_err().to_string();
+        assert!(!e.contains("did you mean"), "{e}");
     }
 
     #[test]

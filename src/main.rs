@@ -15,7 +15,7 @@ use fipsrelay::{cli, control, logging};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "fipsrelay", version, about = "FIPS TLS forwarder for the Datadog Agent (US1-FED)")]
+#[command(name = "fipsrelay", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FIPSRELAY_COMMIT"), ")"), about = "FIPS TLS forwarder for the Datadog Agent (US1-FED)")]
 struct Cli {
     /// Config file (TOML). Default: $FIPSRELAY_CONFIG when set, else
     /// /etc/fipsrelay/fipsrelay.toml when it exists, else built-in defaults.
@@ -32,7 +32,7 @@ enum Command {
     /// Validate the config and every file it names (as `run` does before binding),
     /// then print the effective settings and port table.
     CheckConfig,
-    /// Print the version, the FIPS module, the TLS offer and the I/O backends.
+    /// Print the version and commit, the FIPS module, the TLS offer and the I/O backends.
     Version,
     /// Demo on an embedded default: mock intake + this relay + a verified loadgen run.
     Demo {
@@ -53,11 +53,18 @@ enum Command {
         keep: bool,
     },
     /// Check every upstream through the relay's own stack: resolve, connect,
-    /// FIPS TLS handshake, one request. Exit 0 when all pass, 1 otherwise.
+    /// FIPS TLS handshake, one request in the protocol the relay would speak;
+    /// a fix per failure, each cause once. Then this host: a relay on the
+    /// listen ports (or what holds them), and the Agent's fips.* settings.
+    /// Exit 0 when all pass, 1 otherwise.
     Diagnose {
         /// Send GET /api/v1/validate with this key to the API host (never printed).
         #[arg(long, value_name = "KEY", env = "DD_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
+        /// The Agent's config to check against the relay's listen settings.
+        /// Default: /etc/datadog-agent/datadog.yaml, skipped when absent.
+        #[arg(long, value_name = "PATH")]
+        agent_config: Option<PathBuf>,
     },
     /// Host tuning for high volume (read-only checks).
     #[command(subcommand)]
@@ -144,8 +151,8 @@ fn main() -> ExitCode {
                 cli::demo::DemoOptions { seconds: seconds.clamp(1, 3600), connections, mock_intake, loadgen, keep };
             cli::demo::run(&opts).map_err(anyhow::Error::from)
         }
-        Command::Diagnose { api_key } => {
-            return match diagnose(cli.config, api_key) {
+        Command::Diagnose { api_key, agent_config } => {
+            return match diagnose(cli.config, api_key, agent_config) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
@@ -266,9 +273,10 @@ fn tuning_check(path: Option<PathBuf>, profile: Option<String>, verbose: bool) -
     Ok(cli::tuning::print_check(profile.as_deref(), workers, verbose)?)
 }
 
-fn diagnose(path: Option<PathBuf>, api_key: Option<String>) -> anyhow::Result<bool> {
+fn diagnose(path: Option<PathBuf>, api_key: Option<String>, agent_config: Option<PathBuf>) -> anyhow::Result<bool> {
     let (config, source) = load(path.as_deref())?;
-    Ok(cli::diagnose::report(&config, &source, api_key.as_deref())?)
+    let agent = cli::diagnose::local::AgentConfigPath::new(agent_config);
+    Ok(cli::diagnose::report(&config, &source, api_key.as_deref(), &agent)?)
 }
 
 /// `probe`: one GET on the status port, bounded by `timeout` as a whole.

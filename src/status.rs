@@ -13,9 +13,15 @@ use crate::route::{ProductRoute, RouteTable, PRODUCTS};
 /// What the status pages need to know besides the counters.
 pub struct StatusInfo {
     pub version: &'static str,
+    /// The commit the binary was built from (`control::COMMIT`).
+    pub commit: &'static str,
     /// The linked FIPS module and its CMVP status (`crypto::MODULE_TABLE`).
     pub fips_module: crate::crypto::FipsModule,
     pub io_backend: &'static str,
+    /// `listen.address` and `listen.port_range_start`: the page labels
+    /// products by their port.
+    pub listen_address: std::net::IpAddr,
+    pub port_range_start: u16,
     /// `upstream.protocol`: http1, h2 or auto.
     pub upstream_protocol: &'static str,
     pub workers: usize,
@@ -78,11 +84,20 @@ fn pct(h: &hdrhistogram::Histogram<u64>, q: f64) -> String {
 fn summary(info: &StatusInfo, hub: &StatsHub) -> String {
     let m = hub.merged();
     let mut s = String::new();
-    let _ = writeln!(s, "fipsrelay {}", info.version);
+    let _ = writeln!(s, "fipsrelay {} (commit {})", info.version, info.commit);
     let _ = writeln!(s, "uptime: {}s", hub.started.elapsed().as_secs());
     let _ = writeln!(s, "fips: enabled ({})", info.fips_module);
     let _ = writeln!(s, "io: {} ({} workers)", info.io_backend, info.workers);
-    let _ = writeln!(s, "upstream protocol: {}", info.upstream_protocol);
+    let _ = writeln!(
+        s,
+        "upstream protocol: {}{}",
+        info.upstream_protocol,
+        match info.upstream_protocol {
+            "auto" => " (HTTP/2 to each host that offers h2 by ALPN, else HTTP/1.1)",
+            "h2" => " (HTTP/2 only)",
+            _ => " (HTTP/1.1 only)",
+        }
+    );
     if let Some(p) = info.directory.proxy() {
         let d = &info.directory;
         let direct: Vec<&str> = (0..d.len()).filter(|id| !d.via_proxy(*id)).map(|id| d.host(id)).collect();
@@ -109,70 +124,150 @@ fn summary(info: &StatusInfo, hub: &StatsHub) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<28} {:>10} {:>8} {:>9} {:>9} {:>6} {:>6}  upstream",
-        "product", "requests", "errors", "p50", "p99", "open", "idle"
+        "listen: {}:{}-{} (the Agent's fips.port_range_start: {})",
+        info.listen_address,
+        info.port_range_start,
+        info.port_range_start + crate::config::PORT_COUNT - 1,
+        info.port_range_start
     );
+
+    // Products, by the port the Agent sends them to.
+    let mut rows = Vec::with_capacity(PRODUCTS.len());
     for p in PRODUCTS.iter() {
         let st = &m.products[p.offset as usize];
-        let (open, idle, host) = match &info.routes.routes[p.offset as usize] {
-            ProductRoute::Forward { default, .. } => {
-                let u = &m.upstreams[*default];
-                (u.sessions_open.to_string(), u.sessions_idle.to_string(), info.routes.upstreams[*default].host.clone())
-            }
-            ProductRoute::Status => ("-".into(), "-".into(), "(this page)".into()),
-            ProductRoute::Unconfigured { .. } => ("-".into(), "-".into(), "(not configured)".into()),
+        let port = (u32::from(info.port_range_start) + u32::from(p.offset)).to_string();
+        let agent = st.open_connections.to_string();
+        let upstream = match &info.routes.routes[p.offset as usize] {
+            ProductRoute::Forward { default, .. } => info.routes.upstreams[*default].host.clone(),
+            ProductRoute::Status => "(this page)".into(),
+            ProductRoute::Unconfigured { .. } => "(not configured: answers 503)".into(),
         };
-        let errors: u64 = st.errors.iter().sum::<u64>() + st.refused;
-        let _ = writeln!(
-            s,
-            "{:<28} {:>10} {:>8} {:>9} {:>9} {:>6} {:>6}  {}",
-            format!("{} ({})", p.name, p.offset),
-            st.total_requests(),
-            errors,
-            pct(&st.latency, 0.5),
-            pct(&st.latency, 0.99),
-            open,
-            idle,
-            host
-        );
+        let row = if matches!(info.routes.routes[p.offset as usize], ProductRoute::Status) {
+            vec![port, p.name.into(), "-".into(), "-".into(), "-".into(), "-".into(), agent, upstream]
+        } else {
+            let errors: u64 = st.errors.iter().sum::<u64>() + st.refused;
+            vec![
+                port,
+                p.name.into(),
+                st.total_requests().to_string(),
+                errors.to_string(),
+                pct(&st.latency, 0.5),
+                pct(&st.latency, 0.99),
+                agent,
+                upstream,
+            ]
+        };
+        rows.push(row);
     }
-    let _ = writeln!(s, "\n{:<40} {:<6} {:<18} addresses", "upstream", "up", "speaks");
+    s.push('\n');
+    table(
+        &mut s,
+        &["port", "product", "requests", "errors", "p50", "p99", "agent conns", "upstream"],
+        &[Align::Left, Align::Left, Align::Right, Align::Right, Align::Right, Align::Right, Align::Right, Align::Left],
+        &rows,
+    );
+
+    // Upstream hosts: health, what the relay speaks to each, and its sessions
+    // by protocol.
+    let mut rows = Vec::with_capacity(info.directory.len());
     for id in 0..info.directory.len() {
         let r = info.directory.get(id);
         let addrs: Vec<String> =
             r.endpoints.iter().map(|e| format!("{} {}", e.addr, if e.is_up() { "UP" } else { "DOWN" })).collect();
-        let mut line = format!(
-            "{:<40} {:<6} {:<18} {}",
-            info.directory.host(id),
-            format!("{}/{}", r.up_count(), r.endpoints.len()),
-            m.upstreams.get(id).map(speaks).unwrap_or_default(),
-            addrs.join(", ")
-        );
+        let mut notes = addrs.join(", ");
         if info.directory.via_proxy(id) {
-            line.push_str(match info.directory.proxy() {
+            notes.push_str(match info.directory.proxy() {
                 Some(p) if p.config.resolve_locally => "  via proxy",
                 _ => "  via proxy (the addresses are the proxy's; it resolves the name)",
             });
         }
         if info.directory.in_panic(id) {
-            line.push_str("  PANIC MODE: no address up; one request at a time, 250 ms apart, still tries to connect");
+            notes.push_str("  PANIC MODE: no address up; one request at a time, 250 ms apart, still tries to connect");
         }
         if let Some(e) = &r.error {
-            line.push_str(&format!("  (DNS: {e})"));
+            notes.push_str(&format!("  (DNS: {e})"));
         }
-        let _ = writeln!(s, "{}", line.trim_end());
+        let u = m.upstreams.get(id).cloned().unwrap_or_default();
+        rows.push(vec![
+            info.directory.host(id).to_string(),
+            format!("{}/{}", r.up_count(), r.endpoints.len()),
+            speaks(&u).into(),
+            u.h2_connections.to_string(),
+            u.h2_streams.to_string(),
+            u.sessions_open.to_string(),
+            u.sessions_idle.to_string(),
+            notes,
+        ]);
     }
+    s.push('\n');
+    table(
+        &mut s,
+        &["upstream", "up", "speaks", "h2 conns", "h2 streams", "h1 open", "h1 idle", "addresses"],
+        &[Align::Left, Align::Left, Align::Left, Align::Right, Align::Right, Align::Right, Align::Right, Align::Left],
+        &rows,
+    );
+    s.push_str(
+        "\nagent conns: the Agent's open connections to the port\n\
+         h2 conns:    open HTTP/2 connections to the host (each carries many requests at once)\n\
+         h2 streams:  HTTP/2 streams opened since start (one per request try)\n\
+         h1 open:     open HTTP/1.1 sessions (upstream.protocol = \"http1\", or a host that picked HTTP/1.1 by ALPN)\n\
+         h1 idle:     of those, idle in the pool\n",
+    );
     s
 }
 
-/// What the relay speaks to a host now: HTTP/2 connections, HTTP/1.1 (by
-/// ALPN's choice, or configured), or nothing open yet.
-fn speaks(u: &crate::metrics::UpstreamStats) -> String {
+/// How a column is aligned in [`table`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// Writes a table: each column as wide as its widest cell, two spaces
+/// between columns; the last column is not padded (it may be long).
+fn table(s: &mut String, header: &[&str], align: &[Align], rows: &[Vec<String>]) {
+    let cols = header.len();
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                out.push_str("  ");
+            }
+            let pad = width[i].saturating_sub(cell.chars().count());
+            match (align[i], i + 1 == cols) {
+                (_, true) => out.push_str(cell),
+                (Align::Left, false) => {
+                    out.push_str(cell);
+                    out.extend(std::iter::repeat_n(' ', pad));
+                }
+                (Align::Right, false) => {
+                    out.extend(std::iter::repeat_n(' ', pad));
+                    out.push_str(cell);
+                }
+            }
+        }
+        let _ = writeln!(s, "{}", out.trim_end());
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+}
+
+/// What the relay speaks to a host now: HTTP/2, HTTP/1.1 (by ALPN's choice,
+/// or configured), or nothing open yet.
+fn speaks(u: &crate::metrics::UpstreamStats) -> &'static str {
     match (u.h2_connections, u.h2_http1_fallback, u.sessions_open) {
-        (n, _, _) if n > 0 => format!("h2 ({n} conn)"),
-        (_, f, _) if f > 0 => "http/1.1 (by ALPN)".into(),
-        (_, _, n) if n > 0 => "http/1.1".into(),
-        _ => "-".into(),
+        (n, _, _) if n > 0 => "h2",
+        (_, f, _) if f > 0 => "http/1.1 (by ALPN)",
+        (_, _, n) if n > 0 => "http/1.1",
+        _ => "-",
     }
 }
 
@@ -196,6 +291,7 @@ fn health(info: &StatusInfo, hub: &StatsHub) -> String {
         },
         "ready": info.not_ready().is_none(),
         "version": info.version,
+        "commit": info.commit,
         "fips": true,
         "fips_module": module,
         "io": info.io_backend,

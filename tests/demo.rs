@@ -23,7 +23,7 @@ fn demo_runs_and_verifies() {
     assert!(out.status.success(), "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("verification: MATCH"), "{stdout}");
     assert!(stdout.contains("µs CPU per request"), "{stdout}");
-    assert!(stdout.contains("fips=AWS-LC FIPS"), "{stdout}");
+    assert!(stdout.contains("fips=\"AWS-LC FIPS"), "{stdout}");
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Every link in README.md and docs/*.md resolves: a relative target names a
+//! Every link in README.md, docs/*.md and every other markdown file of the
+//! repository (tuning/README.md, loadgen/README.md, ...) resolves: a relative target names a
 //! file that exists, and a `#anchor` names a heading of the target file, as
 //! GitHub makes anchors (lowercase, spaces to '-', punctuation dropped, `-1`,
 //! `-2` for repeated headings). References to README.md or docs/*.md in
@@ -14,18 +15,30 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The markdown files whose links are checked: README.md and docs/*.md.
+/// The markdown files whose links are checked: README.md, docs/*.md, and
+/// every other `.md` of the repository outside build output and hidden
+/// directories.
 fn markdown_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if p.is_dir() {
+                if !name.starts_with('.') && name != "target" {
+                    walk(&p, out);
+                }
+            } else if name.ends_with(".md") {
+                out.push(p);
+            }
+        }
+    }
     let root = root();
-    let mut files = vec![root.join("README.md")];
-    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
-        .expect("docs/ exists")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "md"))
-        .collect();
-    docs.sort();
-    assert!(!docs.is_empty(), "docs/ holds no .md file");
-    files.extend(docs);
+    let mut files = Vec::new();
+    walk(&root, &mut files);
+    files.sort();
+    for must in ["README.md", "docs/operations.md", "tuning/README.md", "loadgen/README.md"] {
+        assert!(files.contains(&root.join(must)), "{must} is not checked: {files:?}");
+    }
     files
 }
 

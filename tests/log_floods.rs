@@ -201,7 +201,7 @@ both_backends!(refusals_in_floods_are_summarised, |io: &str| {
         "too many connections on this worker; answered 503 at once and closed",
         "admin request refused: missing or wrong bearer token",
         // (Not "admin request refused".)
-        "WARN request refused",
+        "level=WARN msg=\"request refused",
     ];
     let log = log_since(&relay, from, |log| kinds.iter().all(|k| events(log, k).0 >= N));
     let lines = log.lines().count();

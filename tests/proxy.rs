@@ -376,7 +376,8 @@ fn diagnose_prints_the_proxy_hop_as_its_own_step() {
     let out = std::process::Command::new(relay_bin()).arg("diagnose").arg("--config").arg(&config).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
-    assert!(stdout.contains("FAILED") && stdout.contains("answered 407"), "{stdout}");
+    assert!(stdout.contains("cause 1: proxy ") && stdout.contains("answered 407"), "{stdout}");
+    assert_eq!(stdout.matches("answered 407").count(), 1, "one cause, said once: {stdout}");
 }
 
 // A proxy that accepts and never answers CONNECT: the request gets 502

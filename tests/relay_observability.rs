@@ -27,10 +27,12 @@ both_backends_both_protocols!(status_port_serves_summary_metrics_health, |io: &s
     assert!(metrics.contains(
         "fipsrelay_fips_module_info{module_version=\"3.1.0\",certificate=\"5314\",status=\"validated\",linkage=\"static\"} 1"
     ), "{metrics}");
-    assert!(relay.log().contains(&format!("fips={module}")), "{}", relay.log());
+    assert!(relay.log().contains(&format!("fips=\"{module}\"")), "{}", relay.log());
     let backend = if io == "uring" { "io: io_uring" } else { "io: epoll" };
     assert!(summary.contains(backend), "{summary}");
-    assert!(summary.lines().any(|l| l.starts_with("traces (2)") && l.contains(" 3 ")), "{summary}");
+    let traces = summary_row(&summary, &relay.port(2).to_string());
+    assert_eq!(&traces[1..4], ["traces", "3", "0"], "{summary}");
+    assert_eq!(traces.last().map(String::as_str), Some("trace.agent.ddog-gov.com"), "{summary}");
     let health = relay.status_page("/health");
     assert!(health.contains("\"status\":\"ok\"") && health.contains("\"fips\":true"), "{health}");
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
@@ -95,6 +97,172 @@ both_backends_both_protocols!(metrics_series_appear_with_use, |io: &str, protoco
         "{text}"
     );
     assert_eq!(text.contains("fipsrelay_upstream_h2_http1_fallback"), protocol.is_h2(), "{text}");
+});
+
+/// The cells of the status page's row that starts with `first` (columns
+/// are two spaces or more apart).
+fn summary_row(page: &str, first: &str) -> Vec<String> {
+    let line =
+        page.lines().find(|l| l.split("  ").next() == Some(first)).unwrap_or_else(|| panic!("no {first} row: {page}"));
+    line.split("  ").map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect()
+}
+
+// The summary labels each product by its port and name, its columns line
+// up, and the upstream sessions are counted for the protocol in use: under
+// the default (HTTP/2 to an intake offering h2) the h2 columns are not zero.
+both_backends_both_protocols!(
+    status_page_labels_ports_and_counts_sessions_per_protocol,
+    |io: &str, protocol: Protocol| {
+        let dir = TestDir::new();
+        let intake = Intake::start(dir.path());
+        let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, &protocol.with(""));
+        for _ in 0..4 {
+            assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"{}").status, 202);
+        }
+        relay.wait_metric("fipsrelay_requests_total{product=\"metrics\",class=\"2xx\"}", |v| v == 4.0);
+        let page = relay.status_page("/");
+        let header = page.lines().find(|l| l.starts_with("port  ")).unwrap_or_else(|| panic!("{page}"));
+        let metrics_line = page.lines().find(|l| l.starts_with(&format!("{}  metrics ", relay.port(1)))).unwrap();
+        // Aligned: a right-aligned cell ends where its header does.
+        let requests_end = header.find("requests").unwrap() + "requests".len();
+        assert!(metrics_line[..requests_end].ends_with(" 4"), "requests right-aligned under the header:\n{page}");
+        for (offset, name) in [(0, "status"), (1, "metrics"), (15, "network_devices_netflow")] {
+            let row = summary_row(&page, &relay.port(offset).to_string());
+            assert_eq!(row[1], name, "{page}");
+        }
+        assert!(!page.contains("metrics (1)"), "products are labelled by port, not offset: {page}");
+        let host = summary_row(&page, "metrics.agent.ddog-gov.com");
+        let column = |name: &str| {
+            let header = summary_row(&page, "upstream");
+            let i = header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no {name} column: {page}"));
+            host[i].clone()
+        };
+        let n = |name: &str| column(name).parse::<u64>().unwrap_or_else(|_| panic!("{name}: {page}"));
+        if protocol.is_h2() {
+            assert_eq!(column("speaks"), "h2", "{page}");
+            assert!(n("h2 conns") >= 1, "{page}");
+            assert!(n("h2 streams") >= 4, "{page}");
+            assert_eq!(n("h1 open"), 0, "{page}");
+        } else {
+            assert_eq!(column("speaks"), "http/1.1", "{page}");
+            assert_eq!((n("h2 conns"), n("h2 streams")), (0, 0), "{page}");
+            assert!(n("h1 open") >= 1 && n("h1 idle") >= 1, "{page}");
+        }
+    }
+);
+
+/// One logfmt line as (key, value) pairs: `key=bare` or `key="quoted"`, with
+/// `\"`, `\\`, `\n`, `\r`, `\t` and `\u{..}` escapes inside quotes.
+fn parse_logfmt(line: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c == ' ' || c == '"' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if key.is_empty() || chars.next() != Some('=') {
+            return Err(format!("no key=value at {key:?}"));
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next().ok_or(format!("{key}: unterminated quotes"))? {
+                    '"' => break,
+                    '\\' => match chars.next().ok_or(format!("{key}: dangling escape"))? {
+                        '"' => value.push('"'),
+                        '\\' => value.push('\\'),
+                        'n' => value.push('\n'),
+                        'r' => value.push('\r'),
+                        't' => value.push('\t'),
+                        'u' => {
+                            let hex: String = chars.by_ref().skip(1).take_while(|&c| c != '}').collect();
+                            let c = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32);
+                            value.push(c.ok_or(format!("{key}: bad \\u escape"))?);
+                        }
+                        other => return Err(format!("{key}: unknown escape \\{other}")),
+                    },
+                    c => value.push(c),
+                }
+            }
+            if chars.peek().is_some_and(|&c| c != ' ') {
+                return Err(format!("{key}: text right after the closing quote"));
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ' ' {
+                    break;
+                }
+                if c == '"' || c == '=' {
+                    return Err(format!("{key}: unquoted value holds {c:?}"));
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        pairs.push((key, value));
+    }
+}
+
+// The text log is logfmt: every line of a live relay parses, starts with
+// ts, level and msg, and values with spaces (the FIPS module) or from a
+// multi-line error (a TOML error on reload) come back whole.
+both_backends!(text_log_lines_are_logfmt, |io: &str| {
+    let dir = TestDir::new();
+    let intake = Intake::start(dir.path());
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, "");
+    assert_eq!(relay.request(1, "POST", "/api/v2/series", &[], b"{}").status, 202);
+    assert_eq!(relay.request(11, "POST", "/api/v2/appsec", &[], b"{}").status, 503);
+    let mut bad = std::net::TcpStream::connect(relay.addr(1)).unwrap();
+    std::io::Write::write_all(
+        &mut bad,
+        b"POST /api/v2/series HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut bad, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // A config the reload refuses: its TOML error names the line.
+    let config = relay.log_path.with_extension("toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\nbogus_key = 1\n")).unwrap();
+    unsafe { libc::kill(relay.pid(), libc::SIGHUP) };
+    assert!(eventually(Duration::from_secs(5), || relay.log().contains("config reload refused")), "{}", relay.log());
+
+    let log = relay.log();
+    let module = "AWS-LC FIPS 3.1.0 static, FIPS 140-3 certificate #5314, validated";
+    let mut seen_fips = false;
+    let mut seen_reload = false;
+    for line in log.lines() {
+        let pairs = parse_logfmt(line).unwrap_or_else(|e| panic!("not logfmt ({e}): {line}"));
+        let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(&keys[..3], ["ts", "level", "msg"], "{line}");
+        assert!(["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&pairs[1].1.as_str()), "{line}");
+        let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        if get("msg") == Some("fipsrelay starting") {
+            assert_eq!(get("fips"), Some(module), "{line}");
+            assert!(line.contains(&format!("fips=\"{module}\"")), "{line}");
+            seen_fips = true;
+        }
+        if get("msg") == Some("config reload refused") {
+            let outcome = get("outcome").unwrap_or_else(|| panic!("no outcome: {line}"));
+            assert!(outcome.contains("TOML parse error at line ") && outcome.contains("(`bogus_key = 1`)"), "{line}");
+            assert!(outcome.contains("unknown field `bogus_key`") && !outcome.contains("|;"), "{line}");
+            seen_reload = true;
+        }
+    }
+    assert!(seen_fips && seen_reload, "{log}");
 });
 
 both_backends_both_protocols!(credentials_never_reach_the_log, |io: &str, protocol: Protocol| {

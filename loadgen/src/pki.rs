@@ -106,6 +106,19 @@ impl TestPki {
     }
 }
 
+/// A self-signed CA certificate (PEM) named `common_name` that signed
+/// nothing here: a client that trusts only it refuses every [`TestPki`]
+/// leaf as signed by an unknown issuer (a CA of the same name as
+/// [`TestPki`]'s would be found by name and fail on the signature instead).
+pub fn unrelated_ca(common_name: &str) -> Result<String, PkiError> {
+    let key = KeyPair::generate().map_err(PkiError::KeyPair)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(PkiError::Params)?;
+    params.distinguished_name = distinguished_name(common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params.self_signed(&key).map_err(|source| PkiError::Sign { what: "CA", source })?.pem())
+}
+
 fn distinguished_name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);

@@ -230,8 +230,8 @@ fn start_relay(dir: &Path, relay_bin: &Path, mock_addr: &str, tls: &Path) -> Res
     let mut relay = Proc(relay);
     wait_for(&log_path, "fipsrelay ready", Duration::from_secs(20), &mut relay.0, "fipsrelay")?;
     let started = std::fs::read_to_string(&log_path).unwrap_or_default();
-    if let Some(l) = started.lines().find(|l| l.contains("fipsrelay starting")) {
-        println!("relay: {}", l.split_once("fipsrelay starting").map(|(_, r)| r.trim()).unwrap_or(l));
+    if let Some(l) = started.lines().find(|l| l.contains("msg=\"fipsrelay starting\"")) {
+        println!("relay: {}", l.split_once("msg=\"fipsrelay starting\"").map_or(l, |(_, r)| r.trim()));
     }
     Ok((relay, base))
 }

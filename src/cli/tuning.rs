@@ -30,6 +30,25 @@ pub const RECOMMENDED_NOFILE: u64 = 1_048_576;
 /// Where the docs tell operators to install a profile.
 pub const SYSCTL_D_FILE: &str = "/etc/sysctl.d/90-fipsrelay.conf";
 
+/// Where the deb and rpm install the profiles (`scripts/package.sh`).
+pub const INSTALLED_PROFILE_DIR: &str = "/usr/share/fipsrelay/tuning";
+
+/// The profile file to copy into [`SYSCTL_D_FILE`]: the installed one under
+/// `installed`; else, when the binary runs from a checkout that still
+/// exists (`checkout`, the source tree it was built from), the repository's
+/// `tuning/NAME.conf`; else the installed path, where the packages put it.
+pub fn profile_file(profile: &str, installed: &Path, checkout: Option<&Path>) -> PathBuf {
+    let file = format!("{profile}.conf");
+    let packaged = installed.join(&file);
+    if packaged.is_file() {
+        return packaged;
+    }
+    match checkout.map(|c| c.join("tuning").join(&file)) {
+        Some(repo) if repo.is_file() => repo,
+        _ => packaged,
+    }
+}
+
 const PROFILE_TEXTS: &[(&str, &str)] = &[
     ("throughput", include_str!("../../tuning/throughput.conf")),
     ("latency", include_str!("../../tuning/latency.conf")),
@@ -305,6 +324,8 @@ impl fmt::Display for Finding {
 pub struct Report {
     /// The profile checked.
     pub profile: String,
+    /// The profile's file, for the fix that applies all of it ([`profile_file`]).
+    pub file: PathBuf,
     /// Differences (including settings not available on this host).
     pub diffs: Vec<Finding>,
     /// Checks that match.
@@ -356,8 +377,8 @@ impl fmt::Display for Report {
             if self.diffs.iter().any(|d| d.key.contains('.')) {
                 write!(
                     f,
-                    "; apply the whole profile with `cp tuning/{}.conf {SYSCTL_D_FILE} && sysctl --system`",
-                    self.profile
+                    "; apply the whole profile with `cp {} {SYSCTL_D_FILE} && sysctl --system`",
+                    self.file.display()
                 )?;
             }
             Ok(())
@@ -374,7 +395,11 @@ impl fmt::Display for Report {
 pub fn check(profile: &str, host: &Host, workers: usize) -> Result<Report, TuningError> {
     let text = profile_text(profile)?;
     let settings = parse_profile(profile, text)?;
-    let mut report = Report { profile: profile.to_string(), ..Report::default() };
+    let mut report = Report {
+        profile: profile.to_string(),
+        file: PathBuf::from(INSTALLED_PROFILE_DIR).join(format!("{profile}.conf")),
+        ..Report::default()
+    };
     for setting in &settings {
         let rule = find_rule(&setting.key)
             .ok_or_else(|| TuningError::NoRule { profile: profile.to_string(), key: setting.key.clone() })?;
@@ -391,7 +416,8 @@ pub fn check(profile: &str, host: &Host, workers: usize) -> Result<Report, Tunin
 /// `verbose`, else only what differs) and returns the exit status.
 pub fn print_check(profile: Option<&str>, workers: usize, verbose: bool) -> Result<u8, TuningError> {
     let name = profile.unwrap_or(DEFAULT_PROFILE);
-    let report = check(name, &Host::current(), workers)?;
+    let mut report = check(name, &Host::current(), workers)?;
+    report.file = profile_file(name, Path::new(INSTALLED_PROFILE_DIR), Some(Path::new(env!("CARGO_MANIFEST_DIR"))));
     let text = if verbose { format!("{report:#}") } else { format!("{report}") };
     println!("{}", text.trim_end());
     Ok(report.exit_code())
@@ -780,6 +806,36 @@ mod tests {
         let text = report.to_string();
         let last = text.lines().last().unwrap();
         assert!(last.starts_with("SUMMARY profile throughput: 1 of "), "{last}");
+        assert!(
+            last.ends_with(
+                "apply the whole profile with `cp /usr/share/fipsrelay/tuning/throughput.conf /etc/sysctl.d/90-fipsrelay.conf && sysctl --system`"
+            ),
+            "{last}"
+        );
+    }
+
+    /// The fix names the installed profile; a checkout's only when no
+    /// package installed one; and the packages install where it looks.
+    #[test]
+    fn the_fix_names_the_installed_profile_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let installed = dir.path().join("usr/share/fipsrelay/tuning");
+        let checkout = dir.path().join("src/fipsrelay");
+        let none = profile_file("latency", &installed, Some(&checkout));
+        assert_eq!(none, installed.join("latency.conf"), "neither exists: where the packages put it");
+        fs::create_dir_all(checkout.join("tuning")).unwrap();
+        fs::write(checkout.join("tuning/latency.conf"), "x").unwrap();
+        assert_eq!(profile_file("latency", &installed, Some(&checkout)), checkout.join("tuning/latency.conf"));
+        assert_eq!(profile_file("latency", &installed, None), installed.join("latency.conf"));
+        fs::create_dir_all(&installed).unwrap();
+        fs::write(installed.join("latency.conf"), "x").unwrap();
+        assert_eq!(profile_file("latency", &installed, Some(&checkout)), installed.join("latency.conf"));
+
+        let package = include_str!("../../scripts/package.sh");
+        assert!(
+            package.contains(&format!("tuning/*.conf tuning/README.md \"$root{INSTALLED_PROFILE_DIR}/\"")),
+            "scripts/package.sh no longer installs the profiles into {INSTALLED_PROFILE_DIR}"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `fipsrelay version`: the version, the FIPS module and whether its checks
+//! `fipsrelay version`: the version, the commit it was built from, the FIPS module and whether its checks
 //! pass, the TLS offer, whether io_uring is usable, and the CPUs this
 //! process may use. A restart in place runs it to check a new binary.
 //!
@@ -10,6 +10,7 @@ use crate::{control, crypto};
 /// Prints the version report on stdout.
 pub fn print() {
     println!("fipsrelay {}", control::VERSION);
+    println!("commit: {}", control::COMMIT);
     match crypto::assert_fips_module() {
         Ok(()) => println!("fips: enabled ({})", crypto::module_description()),
         Err(e) => println!("fips: NOT enabled ({e})"),

@@ -32,6 +32,9 @@ use crate::worker::Phase;
 pub use startup::{allowed_cpus, cgroup_cpu_quota, choose_backend, preflight, Admitted};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit the binary was built from (`build.rs`): a short hash, with
+/// `-dirty` when the checkout had changes, or `unknown` outside git.
+pub const COMMIT: &str = env!("FIPSRELAY_COMMIT");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use rustls::ClientConfig;
 
-use super::{handover, privileges, StartError, VERSION};
+use super::{handover, privileges, StartError, COMMIT, VERSION};
 use crate::admin::{self, AdminAccess, AdminToken, TokenError, TokenSource};
 use crate::config::{self, Config, IoChoice, Source, UpstreamProtocol};
 use crate::crypto::{self, Admission, CryptoError, FipsModule, TrustSource};
@@ -255,6 +255,7 @@ pub(super) fn announce(config: &Config, source: &Source, admitted: &Admitted, to
     }
     tracing::info!(
         version = VERSION,
+        commit = COMMIT,
         fips = %admitted.fips_module,
         io = admitted.backend,
         workers = admitted.workers,
@@ -398,8 +399,11 @@ pub(super) fn share(config: Config, admitted: &Admitted, admin: AdminAccess, pro
     let hub = Arc::new(StatsHub::new(admitted.workers, routes.upstreams.len()));
     let info = Arc::new(StatusInfo {
         version: VERSION,
+        commit: COMMIT,
         fips_module: admitted.fips_module.clone(),
         io_backend: admitted.backend,
+        listen_address: config.listen_address,
+        port_range_start: config.port_range_start,
         upstream_protocol: config.protocol.label(),
         workers: admitted.workers,
         routes: routes.clone(),

@@ -24,10 +24,11 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
+pub mod logfmt;
 pub mod summary;
 
-/// How log lines are written (`log.format`): text for a terminal or the
-/// journal, JSON for a log pipeline.
+/// How log lines are written (`log.format`): text (logfmt, [`logfmt`]) for
+/// a terminal or the journal, JSON for a log pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -111,8 +112,9 @@ pub fn init(level: &str, format: LogFormat) {
         Err(_) => (EnvFilter::new(level), false),
     };
     let (filter, handle) = reload::Layer::new(filter);
-    let text = (format == LogFormat::Text)
-        .then(|| tracing_subscriber::fmt::layer().with_writer(|| ScrubbingWriter).with_target(false).with_ansi(false));
+    let text = (format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer().event_format(logfmt::Logfmt).with_writer(|| ScrubbingWriter).with_ansi(false)
+    });
     let json = (format == LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
             .json()

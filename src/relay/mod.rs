@@ -574,8 +574,11 @@ mod tests {
         let (commands, _) = tokio::sync::mpsc::unbounded_channel();
         let info = Arc::new(StatusInfo {
             version: "test",
+            commit: "test",
             fips_module: crate::crypto::linked_module(),
             io_backend: <Mem as Backend>::NAME,
+            listen_address: config.listen_address,
+            port_range_start: config.port_range_start,
             upstream_protocol: "http1",
             workers: 1,
             routes: routes.clone(),
