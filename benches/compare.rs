@@ -322,7 +322,11 @@ fn main() {
         "external_rows": external_rows, "idle_rss_kib": idle_json, "idle_rows": idle_rows,
         "external_idle_rows": external_idle_rows});
     let path = arg_value("--json").unwrap_or_else(|| "target/compare.json".into());
-    std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
+    if let Some(parent) = std::path::Path::new(&path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap())
+        .unwrap_or_else(|e| panic!("writing the JSON to {path}: {e} (pass --json FILE)"));
     println!("# JSON written to {path}");
 }
 
