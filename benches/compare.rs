@@ -208,23 +208,31 @@ fn main() {
     let idle_window = Duration::from_secs(idle_secs);
     let idle_warmup = Duration::from_secs(warmup);
     let mut idle_rows = Vec::new();
+    // At rest, HAProxy also as the FIPS Proxy ships it: with the health
+    // checks of its configuration (the other rows' HAProxy has none, while
+    // fipsrelay runs its default checks everywhere).
+    let mut idle_contenders = contenders.clone();
+    idle_contenders.push(Contender { label: "haproxy+checks".into(), kind: Kind::HaproxyChecks });
     for conns in [0, IDLE_AGENT_CONNS] {
         let name = idle_name(conns, "");
         if !wanted(&name) {
             continue;
         }
-        let mut samples: Vec<Vec<IdleSample>> = vec![Vec::new(); contenders.len()];
+        let mut samples: Vec<Vec<IdleSample>> = vec![Vec::new(); idle_contenders.len()];
         for _ in 0..reps {
-            for (i, c) in contenders.iter().enumerate() {
+            for (i, c) in idle_contenders.iter().enumerate() {
                 let target = match &c.kind {
                     Kind::Relay(bin, io) => start_relay_bin(bin, dir.path(), mock.addr, &mock.ca, proxy_cpu, 1, io),
+                    Kind::HaproxyChecks => {
+                        start_haproxy_with_checks_to(&haproxy, dir.path(), mock.addr, &mock.ca, proxy_cpu)
+                    }
                     _ => start_haproxy(&haproxy, dir.path(), &mock, proxy_cpu, 1),
                 };
                 samples[i].push(measure_idle(&target, conns, idle_warmup, idle_window, dir.path()));
             }
         }
         let medians: Vec<(String, IdleSample)> =
-            contenders.iter().zip(&samples).map(|(c, s)| (c.label.clone(), median_idle(s))).collect();
+            idle_contenders.iter().zip(&samples).map(|(c, s)| (c.label.clone(), median_idle(s))).collect();
         idle_rows.push(print_idle(&name, &medians, idle_secs, warmup));
     }
     drop(mock);
@@ -265,6 +273,7 @@ fn main() {
             Kind::Relay(bin, io) => start_relay_bin(bin, dir.path(), nginx.addr, &nginx.ca, proxy_cpu, 1, io),
             Kind::Haproxy => start_haproxy_to(&haproxy, dir.path(), nginx.addr, &nginx.ca, proxy_cpu, 1),
             Kind::HaproxyPlain => start_haproxy_plain_to(&haproxy, dir.path(), nginx.plain_addr, proxy_cpu, 1),
+            Kind::HaproxyChecks => start_haproxy_with_checks_to(&haproxy, dir.path(), nginx.addr, &nginx.ca, proxy_cpu),
         };
         println!();
         println!("# external rig: wrk -t1 (Debian) → proxy → nginx-full TLS intake (`listen ssl http2`, echo_read_request_body; 202), wrk + nginx on CPU {load_cpu:?}; the floor row relays plaintext to nginx's plaintext port");
@@ -313,7 +322,11 @@ fn main() {
         "external_rows": external_rows, "idle_rss_kib": idle_json, "idle_rows": idle_rows,
         "external_idle_rows": external_idle_rows});
     let path = arg_value("--json").unwrap_or_else(|| "target/compare.json".into());
-    std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
+    if let Some(parent) = std::path::Path::new(&path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap())
+        .unwrap_or_else(|e| panic!("writing the JSON to {path}: {e} (pass --json FILE)"));
     println!("# JSON written to {path}");
 }
 
@@ -323,6 +336,8 @@ enum Kind {
     Relay(PathBuf, &'static str),
     Haproxy,
     HaproxyPlain,
+    /// HAProxy with the FIPS Proxy's health checks (idle rows only).
+    HaproxyChecks,
 }
 
 #[derive(Clone)]
@@ -441,6 +456,18 @@ fn print_idle(name: &str, rows: &[(String, IdleSample)], secs: u64, warmup: u64)
             label.clone(),
             serde_json::json!({"wakeups_per_s": ratio(r.wakeups_per_s, h.wakeups_per_s), "run_ms_per_s": ratio(r.run_ms_per_s, h.run_ms_per_s)}),
         );
+    }
+    // Against HAProxy with the FIPS Proxy's health checks, where measured.
+    if let Some((_, c)) = rows.iter().find(|(l, _)| l == "haproxy+checks") {
+        for (label, r) in rows.iter().filter(|(l, _)| l.starts_with("fipsrelay") || l.starts_with("baseline")) {
+            println!(
+                "{:<34} {:>10} {:>11} {:>11}",
+                format!("  ratio {label}/haproxy+checks"),
+                shown(ratio(r.wakeups_per_s, c.wakeups_per_s)),
+                shown(ratio(r.cpu_ms_per_s, c.cpu_ms_per_s)),
+                shown(ratio(r.run_ms_per_s, c.run_ms_per_s))
+            );
+        }
     }
     println!("  (CPU ms/s: utime+stime from /proc/PID/stat, whole clock ticks; run ms/s: schedstat, ns; conns open: Agent connections the proxy had not closed at the end)");
     let samples: serde_json::Map<String, serde_json::Value> =

@@ -6,8 +6,8 @@
 //! pool (one that grew for an oversized head is freed), and at most
 //! `max_free` wait there, so the pool's memory is bounded.
 
-/// Pooled buffers kept per worker between requests.
-pub const MAX_FREE_BUFFERS: usize = 256;
+/// Pooled buffers kept per worker between requests (4 MiB at most).
+pub const MAX_FREE_BUFFERS: usize = 64;
 
 pub struct BufferPool {
     free: Vec<Vec<u8>>,
@@ -15,8 +15,11 @@ pub struct BufferPool {
 }
 
 impl BufferPool {
-    /// Capacity of a pooled buffer: one TLS record's worth of plaintext.
-    pub const SIZE: usize = 16 * 1024;
+    /// Capacity of a pooled buffer: four TLS records' worth of plaintext,
+    /// the HTTP/2 stream window intakes announce (nginx: 64 KiB), so an
+    /// Agent body read for an HTTP/2 stream takes one read per window,
+    /// not one per record.
+    pub const SIZE: usize = 64 * 1024;
 
     pub fn new(max_free: usize) -> Self {
         BufferPool { free: Vec::new(), max_free }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use fipsrelay::io::epoll::Epoll;
-use fipsrelay::io::Backend;
+use fipsrelay::io::{Backend, Stream as _};
 use fipsrelay::upstream::tls::TlsSession;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -526,45 +526,71 @@ fn requested_key_updates_coalesce_and_a_flood_is_cut() {
     server.join().unwrap();
 }
 
-/// Plaintext put straight into a lent record buffer (how the relay reads an
-/// Agent body into a record) reaches the peer as sent, for TLS 1.2 and 1.3,
-/// mixed with ordinary writes; an empty lent record sends nothing; more than
-/// the lent room is refused and the session is not used again.
+/// Plaintext read straight from a socket into lent record buffers (how the
+/// relay reads an Agent body: several records in one vectored read,
+/// sealed where they lie, one write) reaches the peer as sent, for TLS 1.2
+/// and 1.3, mixed with ordinary writes; an empty read sends nothing; more
+/// than the lent room is refused and the session is not used again.
 fn lent_records(version: &'static SupportedProtocolVersion) {
     let pki = pki();
-    let total = 16 * 1024 + 5000 + 700;
+    // More than one lending's worth (8 records), and a short last record.
+    let body = 9 * 16 * 1024 + 5000;
+    let total = body + 700;
     let (addr, server) = spawn_server(&pki, version, move |l, cfg| {
         let mut s = Server::accept(&l, &cfg);
         let got = s.recv_exact(total);
-        s.send(&got);
+        // Within rustls' buffer limit per send.
+        for piece in got.chunks(16 * 1024) {
+            s.send(piece);
+        }
         s.conn.send_close_notify();
         s.flush();
     });
+    let data = pattern(total, 9);
+    let (mut agent, local) = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        (a, l.accept().unwrap().0)
+    };
+    let sent = data[..body].to_vec();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write as _;
+        // In pieces that do not fall on record boundaries.
+        for piece in sent.chunks(7000) {
+            agent.write_all(piece).unwrap();
+        }
+        agent
+    });
     Epoll::block_on(async move {
         let mut s = connect(addr, pki.client.clone()).await;
-        let data = pattern(total, 9);
-        // A record as big as it gets (the room is capped at one fragment)…
-        let mut lent = s.lend_record(1 << 20).unwrap();
-        assert_eq!(lent.max, 16 * 1024);
-        lent.buf.extend_from_slice(&data[..16 * 1024]);
-        assert!(lent.buf.capacity() - lent.buf.len() >= 17, "room left for the tag");
-        s.seal_lent(lent).unwrap();
-        s.flush().await.unwrap();
-        // …an empty one (nothing goes out), a short one, then a plain write.
-        let lent = s.lend_record(100).unwrap();
-        s.seal_lent(lent).unwrap();
-        let mut lent = s.lend_record(5000).unwrap();
-        lent.buf.extend_from_slice(&data[16 * 1024..16 * 1024 + 5000]);
-        s.seal_lent(lent).unwrap();
-        s.write_plain(&data[16 * 1024 + 5000..]).await.unwrap();
+        let mut down = Epoll::stream(local).unwrap();
+        let mut left = body;
+        let mut reads = 0;
+        while left > 0 {
+            let mut lent = s.lend_records(left, 8).unwrap();
+            assert!(lent.reads.total <= 8 * 16 * 1024 && lent.reads.total <= left);
+            let (n, buf) = down.read_strided(std::mem::take(&mut lent.buf), lent.reads).await;
+            lent.buf = buf;
+            let n = n.unwrap();
+            assert!(n > 0 && n <= lent.reads.total);
+            s.seal_lent_records(lent, n).unwrap();
+            s.flush().await.unwrap();
+            left -= n;
+            reads += 1;
+        }
+        assert!(reads >= 2, "a body over 8 records takes more than one lending");
+        // Nothing read: nothing goes out; then a plain write.
+        let lent = s.lend_records(100, 8).unwrap();
+        s.seal_lent_records(lent, 0).unwrap();
+        s.write_plain(&data[body..]).await.unwrap();
         assert_eq!(read_exact(&mut s, total, 16 * 1024).await, data);
-        // A lent record overfilled is refused; the session is done.
-        let mut lent = s.lend_record(10).unwrap();
-        lent.buf.extend_from_slice(&[0u8; 11]);
-        assert!(s.seal_lent(lent).is_err());
-        assert!(s.write_plain(b"x").await.is_err(), "a session whose lent record failed is not used again");
+        // More than the lent room is refused; the session is done.
+        let lent = s.lend_records(10, 8).unwrap();
+        assert!(s.seal_lent_records(lent, 11).is_err());
+        assert!(s.write_plain(b"x").await.is_err(), "a session whose lent records failed is not used again");
     })
     .unwrap();
+    drop(writer.join().unwrap());
     server.join().unwrap();
 }
 

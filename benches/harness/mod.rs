@@ -274,6 +274,38 @@ pub fn start_haproxy_to(
     spawn_haproxy(haproxy, &config, port, cpu, "haproxy")
 }
 
+/// HAProxy with the health checks of the FIPS Proxy's own configuration
+/// (tests/data/fips-proxy/shipped.cfg): sixteen backends, one per product,
+/// each server line `check port <intake port> ssl verify required ...` with
+/// the default `inter` (2 s), all in front of the intake at `addr`. For the
+/// idle rows: what the FIPS Proxy does at rest, beside the check-less
+/// HAProxy of the other rows.
+pub fn start_haproxy_with_checks_to(
+    haproxy: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    ca: &Path,
+    cpu: Option<usize>,
+) -> Target {
+    use std::fmt::Write as _;
+    let port = free_base() + 1;
+    let config = dir.join(format!("haproxy-checks-{port}.cfg"));
+    let mut text = String::from(
+        "global\n    nbthread 1\n    maxconn 4096\n    ssl-default-server-ciphersuites TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256\n    ssl-default-server-options ssl-min-ver TLSv1.2\n\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 5s\n    timeout server 5s\n    timeout check 5s\n    retries 3\n    option redispatch\n\n",
+    );
+    for i in 0..16u16 {
+        let bind = if i == 0 { format!("    bind 127.0.0.1:{port}\n") } else { String::new() };
+        let _ = write!(
+            text,
+            "frontend product-{i}\n{bind}    default_backend datadog-{i}\n\nbackend datadog-{i}\n    http-reuse always\n    http-request set-header Host metrics.agent.ddog-gov.com\n    server mothership {addr} check port {} ssl verify required ca-file {} sni str(metrics.agent.ddog-gov.com)\n\n",
+            addr.port(),
+            ca.display()
+        );
+    }
+    std::fs::write(&config, text).unwrap();
+    spawn_haproxy(haproxy, &config, port, cpu, "haproxy")
+}
+
 /// Runs HAProxy on `config` and waits for its frontend at `port`.
 fn spawn_haproxy(haproxy: &Path, config: &Path, port: u16, cpu: Option<usize>, kind: &'static str) -> Target {
     let child = pinned(haproxy, cpu)

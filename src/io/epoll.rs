@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Backend, Listener, Stream};
+use super::{Backend, Listener, Stream, Strided};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Epoll;
@@ -36,6 +36,24 @@ impl Stream for EpollStream {
             }
             // try_io clears the readiness when the read would block.
             let res = self.0.try_io(tokio::io::Interest::READABLE, || match super::recv_now_max(fd, &mut buf, max) {
+                Ok(Some(n)) => Ok(n),
+                Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e),
+            });
+            match res {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return (other, buf),
+            }
+        }
+    }
+
+    async fn read_strided(&mut self, mut buf: Vec<u8>, reads: Strided) -> (io::Result<usize>, Vec<u8>) {
+        let fd = self.0.as_raw_fd();
+        loop {
+            if let Err(e) = self.0.readable().await {
+                return (Err(e), buf);
+            }
+            let res = self.0.try_io(tokio::io::Interest::READABLE, || match super::readv_now(fd, &mut buf, &reads) {
                 Ok(Some(n)) => Ok(n),
                 Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
                 Err(e) => Err(e),

@@ -32,6 +32,20 @@ pub trait Stream: 'static {
     /// record's plaintext in a lent record buffer). Only while no read is
     /// armed.
     async fn read_max(&mut self, buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>);
+    /// A vectored read into `buf`'s spare capacity, at the places
+    /// `reads` gives (several TLS records' plaintext, each between the
+    /// room for its header and for its tag, [`Strided`]), filled in order;
+    /// `buf.len()` is left as it was and the bytes read are returned (the
+    /// caller lays out what surrounds them). `Ok(0)` is end of stream.
+    /// Backends without vectored reads fill the first place only. Only
+    /// while no read is armed.
+    async fn read_strided(&mut self, buf: Vec<u8>, reads: Strided) -> (io::Result<usize>, Vec<u8>) {
+        let len = buf.len();
+        let (res, mut buf) = self.read_max(buf, reads.len.min(reads.total)).await;
+        // SAFETY: shortening only; the bytes stay initialised.
+        unsafe { buf.set_len(len) };
+        (res, buf)
+    }
     /// Writes all of `buf[..len()]`.
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
     /// Waits until the socket is readable, then appends what it holds to
@@ -69,6 +83,55 @@ pub trait Stream: 'static {
     fn shutdown_write(&self) -> io::Result<()>;
     fn set_nodelay(&self) -> io::Result<()>;
     fn raw_fd(&self) -> RawFd;
+}
+
+/// Where a vectored read puts its bytes, from `buf.len()` on: place `i`
+/// starts `i * stride` bytes in and holds `len` bytes, and the places hold
+/// `total` bytes in all (the last one may be shorter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strided {
+    pub len: usize,
+    pub stride: usize,
+    pub total: usize,
+}
+
+impl Strided {
+    /// The places as `(offset from buf.len(), length)`.
+    pub fn places(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let count = self.total.div_ceil(self.len.max(1));
+        (0..count).map(move |i| (i * self.stride, self.len.min(self.total - i * self.len)))
+    }
+
+    /// Bytes of spare capacity the places reach.
+    pub fn room(&self) -> usize {
+        self.places().last().map_or(0, |(at, len)| at + len)
+    }
+
+    /// The places as iovecs into `buf`'s spare capacity, once `buf` has
+    /// [`Self::room`] bytes of it.
+    fn iovecs(&self, buf: &mut Vec<u8>) -> Vec<libc::iovec> {
+        assert!(buf.capacity() - buf.len() >= self.room(), "strided read past the buffer");
+        let base = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        // SAFETY: every place is within the spare capacity (asserted).
+        self.places().map(|(at, len)| libc::iovec { iov_base: unsafe { base.add(at) }.cast(), iov_len: len }).collect()
+    }
+}
+
+/// `readv` into the places of `reads`, without blocking: `Ok(None)` when
+/// nothing is waiting.
+fn readv_now(fd: RawFd, buf: &mut Vec<u8>, reads: &Strided) -> io::Result<Option<usize>> {
+    let iov = reads.iovecs(buf);
+    if iov.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room to read"));
+    }
+    // SAFETY: the iovecs point into `buf`'s spare capacity, which outlives
+    // the call; readv writes at most their lengths.
+    let n = unsafe { libc::readv(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(n as usize))
 }
 
 /// A listening socket.

@@ -489,6 +489,13 @@ impl<S: Stream> Stream for Hop<S> {
         }
     }
 
+    async fn read_strided(&mut self, buf: Vec<u8>, reads: crate::io::Strided) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            Hop::Tcp(s) => s.read_strided(buf, reads).await,
+            Hop::Tls(_) => (Err(io::Error::new(io::ErrorKind::Unsupported, "vectored read through a TLS hop")), buf),
+        }
+    }
+
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
             Hop::Tcp(s) => s.write_all(buf).await,

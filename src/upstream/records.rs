@@ -167,62 +167,74 @@ impl Sealer {
         self.limit.saturating_sub(self.seq)
     }
 
+    /// What a record adds after its plaintext: the inner type (TLS 1.3)
+    /// and the tag.
+    pub fn suffix_len(&self) -> usize {
+        self.overhead() - self.prefix_len()
+    }
+
     /// Seals `buf[start + prefix_len()..]` (at most [`MAX_FRAGMENT`] bytes
     /// of plaintext of type `typ`) into one record at `buf[start..]`, in
     /// place: the header (and explicit nonce) go into the room left before
     /// the plaintext, the inner type (TLS 1.3) and the tag are appended.
     /// Returns the record's length. On error `buf` is left as it was.
     pub fn seal(&mut self, buf: &mut Vec<u8>, start: usize, typ: u8) -> Result<usize, RecordError> {
-        let prefix = self.prefix_len();
-        let plain =
-            buf.len().checked_sub(start + prefix).ok_or(RecordError::Malformed("no room for the record header"))?;
+        let end = buf.len();
+        if end < start + self.prefix_len() {
+            return Err(RecordError::Malformed("no room for the record header"));
+        }
+        buf.resize(end + self.suffix_len(), 0);
+        match self.seal_record(&mut buf[start..], typ) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                buf.truncate(end);
+                Err(e)
+            }
+        }
+    }
+
+    /// Seals one record laid out in `record`: [`Self::prefix_len`] bytes of
+    /// room, the plaintext (at most [`MAX_FRAGMENT`] bytes of type `typ`),
+    /// then [`Self::suffix_len`] bytes of room, which the header, the inner
+    /// type and the tag fill. Several records lent at once are sealed this
+    /// way where they lie, one after the other. Returns the record's length
+    /// (`record.len()`); on error the plaintext is left as it was.
+    pub fn seal_record(&mut self, record: &mut [u8], typ: u8) -> Result<usize, RecordError> {
+        let (prefix, suffix) = (self.prefix_len(), self.suffix_len());
+        let plain = record.len().checked_sub(prefix + suffix).ok_or(RecordError::Malformed("no room for the record"))?;
         if plain > MAX_FRAGMENT {
             return Err(RecordError::Malformed("plaintext longer than one record"));
         }
         if self.seq >= self.limit {
             return Err(RecordError::LimitReached(self.limit));
         }
-        let n = match self.version {
-            RecordVersion::Tls13 => nonce_bytes(&self.iv, self.seq),
+        let record_len = record.len();
+        let (outer, nonce, aad_bytes, sealed_end) = match self.version {
+            RecordVersion::Tls13 => {
+                record[prefix + plain] = typ;
+                let aad = header(CONTENT_APPLICATION_DATA, record_len - HEADER_LEN);
+                let mut a = [0u8; 13];
+                a[..HEADER_LEN].copy_from_slice(&aad);
+                (CONTENT_APPLICATION_DATA, nonce_bytes(&self.iv, self.seq), (a, HEADER_LEN), prefix + plain + 1)
+            }
             RecordVersion::Tls12 => {
                 let mut n = [0u8; 12];
                 n[..4].copy_from_slice(&self.iv[..4]);
                 n[4..].copy_from_slice(&self.seq.to_be_bytes());
-                n
+                (typ, n, (tls12_aad(self.seq, typ, plain), 13), prefix + plain)
             }
         };
-        let nonce = Nonce::assume_unique_for_key(n);
-        let (outer, body_start) = match self.version {
-            RecordVersion::Tls13 => {
-                buf.push(typ);
-                (CONTENT_APPLICATION_DATA, start + HEADER_LEN)
-            }
-            RecordVersion::Tls12 => (typ, start + HEADER_LEN + EXPLICIT_NONCE_LEN),
-        };
-        let record_len = buf.len() - start + TAG_LEN;
-        let sealed = match self.version {
-            RecordVersion::Tls13 => {
-                let aad = header(outer, record_len - HEADER_LEN);
-                self.key.seal_in_place_separate_tag(nonce, Aad::from(aad), &mut buf[body_start..])
-            }
-            RecordVersion::Tls12 => {
-                let aad = tls12_aad(self.seq, outer, plain);
-                self.key.seal_in_place_separate_tag(nonce, Aad::from(aad), &mut buf[body_start..])
-            }
-        };
-        let tag = match sealed {
-            Ok(t) => t,
-            Err(_) => {
-                if self.version == RecordVersion::Tls13 {
-                    buf.pop();
-                }
-                return Err(RecordError::Seal);
-            }
-        };
-        buf.extend_from_slice(tag.as_ref());
-        buf[start..start + HEADER_LEN].copy_from_slice(&header(outer, record_len - HEADER_LEN));
+        let aad = Aad::from(&aad_bytes.0[..aad_bytes.1]);
+        let sealed = self.key.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            aad,
+            &mut record[prefix..sealed_end],
+        );
+        let tag = sealed.map_err(|_| RecordError::Seal)?;
+        record[sealed_end..sealed_end + TAG_LEN].copy_from_slice(tag.as_ref());
+        record[..HEADER_LEN].copy_from_slice(&header(outer, record_len - HEADER_LEN));
         if self.version == RecordVersion::Tls12 {
-            buf[start + HEADER_LEN..start + HEADER_LEN + EXPLICIT_NONCE_LEN].copy_from_slice(&n[4..]);
+            record[HEADER_LEN..HEADER_LEN + EXPLICIT_NONCE_LEN].copy_from_slice(&nonce[4..]);
         }
         self.seq += 1;
         Ok(record_len)

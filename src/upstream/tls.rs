@@ -31,7 +31,7 @@ use rustls::ClientConfig;
 use super::records::{
     record_len, Opener, RecordVersion, Sealer, CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE,
 };
-use crate::io::Stream;
+use crate::io::{Stream, Strided};
 
 /// Ciphertext buffer size: one full TLS record (16 KiB of plaintext plus
 /// header, padding and tag) with room to spare.
@@ -111,13 +111,13 @@ const HS_HELLO_REQUEST: u8 = 0;
 const HS_NEW_SESSION_TICKET: u8 = 4;
 const HS_KEY_UPDATE: u8 = 24;
 
-/// The record buffer of a session, lent for one record's plaintext to be
-/// read into it ([`TlsSession::lend_record`]): `buf` holds the record's
-/// header room and room for at most `max` bytes of plaintext, then its tag.
-pub struct LentRecord {
+/// The record buffer of a session, lent for several records' plaintext
+/// to be read into it at once ([`TlsSession::lend_records`]): `reads` says
+/// where, in `buf`'s spare capacity from `buf.len()` on.
+pub struct LentRecords {
     pub buf: Vec<u8>,
     start: usize,
-    pub max: usize,
+    pub reads: Strided,
 }
 
 /// One record taken off `rbuf`.
@@ -407,47 +407,76 @@ impl<S: Stream> TlsSession<S> {
         self.seal_into_wbuf(CONTENT_APPLICATION_DATA, data)
     }
 
-    /// Lends the record buffer for one application data record of at most
-    /// `max` bytes (capped at one fragment), so the caller can read its
-    /// plaintext straight into it: the returned buffer has room for the
-    /// header before it and for the tag after it. Give it back with
-    /// [`Self::seal_lent`] (or drop the session: until then it is
-    /// poisoned). Records already queued stay in front of it.
-    pub fn lend_record(&mut self, max: usize) -> io::Result<LentRecord> {
+    /// Lends the record buffer for up to `max_records` application data
+    /// records holding at most `max` bytes of plaintext in all, so the
+    /// caller can read their plaintext straight into it in one vectored
+    /// read ([`LentRecords::reads`], [`Stream::read_strided`]): each record's
+    /// place has room for its header before and its tag after. Give it back
+    /// with [`Self::seal_lent_records`] (until then the session is poisoned).
+    pub fn lend_records(&mut self, max: usize, max_records: usize) -> io::Result<LentRecords> {
         self.usable()?;
         self.before_data_record()?;
-        let max = max.min(MAX_FRAGMENT);
-        // A key update above queued its own record: the data record follows it.
+        let records = max.div_ceil(MAX_FRAGMENT).clamp(1, max_records.max(1));
+        // Never more records than the key may still seal.
+        let records = records.min(usize::try_from(self.sealer.records_left()).unwrap_or(usize::MAX).max(1));
+        let total = max.min(records * MAX_FRAGMENT);
+        let stride = self.sealer.overhead() + MAX_FRAGMENT;
         let start = self.wbuf.len();
         self.wbuf.resize(start + self.sealer.prefix_len(), 0);
-        self.wbuf.reserve(max + self.sealer.overhead());
+        self.wbuf.reserve(records * stride);
         self.poisoned = true;
-        Ok(LentRecord { buf: std::mem::take(&mut self.wbuf), start, max })
+        let reads = Strided { len: MAX_FRAGMENT, stride, total };
+        Ok(LentRecords { buf: std::mem::take(&mut self.wbuf), start, reads })
     }
 
-    /// Takes the lent buffer back with the plaintext appended and seals it
-    /// where it is (an empty plaintext seals nothing); [`Self::flush`]
-    /// writes it.
-    pub fn seal_lent(&mut self, lent: LentRecord) -> io::Result<()> {
-        let LentRecord { buf, start, max } = lent;
-        self.wbuf = buf;
+    /// Takes the lent buffer back after `n` bytes of plaintext were read
+    /// into its places and seals them where they lie: every place but the
+    /// last full, so the records follow one another with no gap. An `n` of
+    /// 0 seals nothing. [`Self::flush`] writes them, in one write.
+    pub fn seal_lent_records(&mut self, lent: LentRecords, n: usize) -> io::Result<()> {
+        let LentRecords { mut buf, start, reads } = lent;
         self.poisoned = false;
-        let plain = self.wbuf.len() - start - self.sealer.prefix_len();
-        if plain > max {
-            self.poisoned = true;
-            return Err(invalid("more plaintext than the lent record holds"));
-        }
-        if plain == 0 {
-            self.wbuf.truncate(start);
+        if n == 0 {
+            buf.truncate(start);
+            self.wbuf = buf;
             return Ok(());
         }
-        match self.sealer.seal(&mut self.wbuf, start, CONTENT_APPLICATION_DATA) {
-            Ok(_) => Ok(()),
-            Err(e) => {
+        let (prefix, suffix) = (self.sealer.prefix_len(), self.sealer.suffix_len());
+        let records = n.div_ceil(MAX_FRAGMENT);
+        let last_plain = n - (records - 1) * MAX_FRAGMENT;
+        let end = start + (records - 1) * reads.stride + prefix + last_plain + suffix;
+        if n > reads.total || reads.len != MAX_FRAGMENT || end > buf.capacity() || buf.len() != start + prefix {
+            self.wbuf = buf;
+            self.poisoned = true;
+            return Err(invalid("more plaintext than the lent records hold"));
+        }
+        // SAFETY: `end` is within the capacity (checked above). The bytes up
+        // to it are the header room of the first record (initialised when
+        // lent), the plaintext the read wrote into each place, and the
+        // rooms around them, which are zeroed here before the length
+        // covers them.
+        unsafe {
+            let base = buf.as_mut_ptr();
+            for i in 0..records {
+                let at = start + i * reads.stride;
+                let plain = if i + 1 == records { last_plain } else { MAX_FRAGMENT };
+                if i > 0 {
+                    std::ptr::write_bytes(base.add(at), 0, prefix);
+                }
+                std::ptr::write_bytes(base.add(at + prefix + plain), 0, suffix);
+            }
+            buf.set_len(end);
+        }
+        self.wbuf = buf;
+        for i in 0..records {
+            let at = start + i * reads.stride;
+            let len = (end - at).min(reads.stride);
+            if let Err(e) = self.sealer.seal_record(&mut self.wbuf[at..at + len], CONTENT_APPLICATION_DATA) {
                 self.poisoned = true;
-                Err(records_io(e))
+                return Err(records_io(e));
             }
         }
+        Ok(())
     }
 
     /// Makes room to read: drops what was opened and handed out, keeping a

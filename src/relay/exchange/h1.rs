@@ -28,6 +28,12 @@ use crate::upstream::proxy::Hop;
 
 type Session<'a, B> = Lease<'a, Hop<<B as Backend>::Stream>>;
 
+/// Body records read from the Agent in one read and written to the intake
+/// in one write: 128 KiB of plaintext, about the Agent's mean payload, so
+/// a typical body takes one read and one write instead of one per 16 KiB
+/// record (the session's write buffer grows to this once and keeps it).
+const RECORDS_PER_READ: usize = 8;
+
 /// Relays one request and its answer over HTTP/1.1. `Ok(None)`: the
 /// intake picked h2 by ALPN on the new session this request was to take
 /// (`auto`, a host served over HTTP/1.1 until then); that session is now
@@ -346,10 +352,12 @@ async fn bounded_write(
     }
 }
 
-/// Reads up to one record of the body (at most `left` bytes) from the
-/// Agent straight into the session's record buffer and seals it there.
-/// Returns the bytes read. A failure drops the lease with the session,
-/// which is then poisoned: it is never reused.
+/// Reads as much of the body as the Agent's socket holds, up to
+/// [`RECORDS_PER_READ`] records (at most `left` bytes), in one vectored
+/// read straight into the session's record buffer, and seals the records
+/// there; [`flush_upstream`] then writes them in one write. Returns the
+/// bytes read. A failure drops the lease with the session, which is then
+/// poisoned: it is never reused.
 async fn body_into_record<S: Stream, U: Stream>(
     down: &mut Downstream<S>,
     session: &mut PooledSession<U>,
@@ -358,8 +366,9 @@ async fn body_into_record<S: Stream, U: Stream>(
 ) -> Result<usize, RelayError> {
     let addr = session.addr;
     let write_failed = |e: io::Error| UpstreamFault::Write(e).at(addr);
-    let mut lent = session.session.lend_record(usize::try_from(left).unwrap_or(usize::MAX)).map_err(write_failed)?;
-    let read = down.io.read_max(std::mem::take(&mut lent.buf), lent.max);
+    let left = usize::try_from(left).unwrap_or(usize::MAX);
+    let mut lent = session.session.lend_records(left, RECORDS_PER_READ).map_err(write_failed)?;
+    let read = down.io.read_strided(std::mem::take(&mut lent.buf), lent.reads);
     let Ok((res, buf)) = crate::rt::timeout(idle, read).await else {
         return Err(AgentFault::Stalled.into());
     };
@@ -372,6 +381,6 @@ async fn body_into_record<S: Stream, U: Stream>(
         Err(e) => return Err(RelayError::agent_io(e)),
     };
     lent.buf = buf;
-    session.session.seal_lent(lent).map_err(write_failed)?;
+    session.session.seal_lent_records(lent, n).map_err(write_failed)?;
     Ok(n)
 }
