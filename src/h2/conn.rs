@@ -16,6 +16,7 @@
 //! - A peer that floods control frames (PING, SETTINGS, empty DATA, resets
 //!   of streams already closed) is cut with ENHANCE_YOUR_CALM.
 
+use super::out::{Output, Put, Slots};
 use thiserror::Error;
 
 use super::frame::{self, ErrorCode, Frame, FrameError, Kind, Setting};
@@ -120,7 +121,7 @@ pub struct Conn {
     streams: Vec<StreamState>,
     encoder: super::hpack::Encoder,
     decoder: super::hpack::Decoder,
-    out: Vec<u8>,
+    out: Output,
     /// Scratch for a request's header block.
     head: Vec<u8>,
     /// The last answer head (valid until the next `receive`).
@@ -134,10 +135,17 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A new connection; the preface and this side's SETTINGS are queued.
+    /// A new connection; the preface and this side's SETTINGS are queued,
+    /// as plain bytes ([`Conn::output`]).
     pub fn new(local: LocalSettings) -> Conn {
-        let mut out = Vec::with_capacity(16 * 1024);
-        out.extend_from_slice(frame::PREFACE);
+        Conn::laid_out(local, Slots::PLAIN)
+    }
+
+    /// A new connection whose output is laid out in the places of the TLS
+    /// records that will carry it (`slots`: the session's).
+    pub fn laid_out(local: LocalSettings, slots: Slots) -> Conn {
+        let mut out = Output::new(slots, 16 * 1024);
+        out.put(frame::PREFACE);
         frame::write_settings(
             &mut out,
             &[
@@ -175,7 +183,7 @@ impl Conn {
     }
 
     /// Plaintext queued for the intake; the caller writes it and clears it.
-    pub fn output(&mut self) -> &mut Vec<u8> {
+    pub fn output(&mut self) -> &mut Output {
         &mut self.out
     }
 
@@ -265,7 +273,7 @@ impl Conn {
         s.local_done |= end_stream;
         self.conn_send -= payload.len() as i64;
         frame::data_head(&mut self.out, stream, payload.len(), end_stream);
-        self.out.extend_from_slice(payload);
+        self.out.put(payload);
         self.reap(stream);
         Ok(())
     }
@@ -611,7 +619,7 @@ mod tests {
         let mut events = Vec::new();
         loop {
             if !conn.output().is_empty() {
-                io.write_all(conn.output()).await.unwrap();
+                io.write_all(conn.output().plain()).await.unwrap();
                 conn.output().clear();
             }
             if done(conn, &events) {
@@ -753,7 +761,7 @@ mod tests {
         let mut conn = Conn::new(LocalSettings::default());
         conn.output().clear();
         conn.ping(*b"liveness");
-        let out = conn.output().clone();
+        let out = conn.output().plain().to_vec();
         let f = Frame::parse(&out, 16_384).unwrap().unwrap();
         assert_eq!((f.kind, f.has(frame::FLAG_ACK), &out[f.payload.clone()]), (Kind::Ping, false, &b"liveness"[..]));
         let mut input = Vec::new();
@@ -763,7 +771,7 @@ mod tests {
         conn.receive(&input, |_, e| events.push(e)).unwrap();
         assert_eq!(events, vec![Event::PingAck(*b"liveness")]);
         // The intake's own PING is answered, not reported.
-        let out = conn.output().clone();
+        let out = conn.output().plain().to_vec();
         let f = Frame::parse(&out[17..], 16_384).unwrap().unwrap();
         assert_eq!((f.kind, f.has(frame::FLAG_ACK)), (Kind::Ping, true));
     }
@@ -779,7 +787,7 @@ mod tests {
         let e = conn.receive(&input, |_, _| {}).unwrap_err();
         assert_eq!(e, ConnError::Flood);
         // The answer to each ping, then a GOAWAY with ENHANCE_YOUR_CALM.
-        let out = conn.output().clone();
+        let out = conn.output().plain().to_vec();
         let tail = &out[out.len() - 17..];
         let f = Frame::parse(tail, 16_384).unwrap().unwrap();
         assert_eq!(f.kind, Kind::GoAway);

@@ -12,6 +12,7 @@
 //! stream and the payload's place in the input, padding and priority fields
 //! already stripped.
 
+use super::out::Put;
 use thiserror::Error;
 
 /// Bytes of a frame header.
@@ -346,52 +347,53 @@ pub fn window_update(payload: &[u8]) -> u32 {
 // frame and its CONTINUATIONs) to `out` ----
 
 /// Appends a frame header.
-pub fn head(out: &mut Vec<u8>, len: usize, kind: Kind, flags: u8, stream: u32) {
+pub fn head(out: &mut impl Put, len: usize, kind: Kind, flags: u8, stream: u32) {
     debug_assert!(len <= MAX_MAX_FRAME_SIZE as usize);
     let l = (len as u32).to_be_bytes();
-    out.extend_from_slice(&[l[1], l[2], l[3], kind.byte(), flags]);
-    out.extend_from_slice(&(stream & MAX_WINDOW).to_be_bytes());
+    out.frame_started();
+    out.put(&[l[1], l[2], l[3], kind.byte(), flags]);
+    out.put(&(stream & MAX_WINDOW).to_be_bytes());
 }
 
 /// Appends a SETTINGS frame with `params`.
-pub fn write_settings(out: &mut Vec<u8>, params: &[Setting]) {
+pub fn write_settings(out: &mut impl Put, params: &[Setting]) {
     head(out, params.len() * 6, Kind::Settings, 0, 0);
     for p in params {
         let (id, v) = p.id_value();
-        out.extend_from_slice(&id.to_be_bytes());
-        out.extend_from_slice(&v.to_be_bytes());
+        out.put(&id.to_be_bytes());
+        out.put(&v.to_be_bytes());
     }
 }
 
-pub fn write_settings_ack(out: &mut Vec<u8>) {
+pub fn write_settings_ack(out: &mut impl Put) {
     head(out, 0, Kind::Settings, FLAG_ACK, 0);
 }
 
-pub fn write_window_update(out: &mut Vec<u8>, stream: u32, increment: u32) {
+pub fn write_window_update(out: &mut impl Put, stream: u32, increment: u32) {
     debug_assert!(increment > 0 && increment <= MAX_WINDOW);
     head(out, 4, Kind::WindowUpdate, 0, stream);
-    out.extend_from_slice(&increment.to_be_bytes());
+    out.put(&increment.to_be_bytes());
 }
 
-pub fn write_ping(out: &mut Vec<u8>, ack: bool, data: [u8; 8]) {
+pub fn write_ping(out: &mut impl Put, ack: bool, data: [u8; 8]) {
     head(out, 8, Kind::Ping, if ack { FLAG_ACK } else { 0 }, 0);
-    out.extend_from_slice(&data);
+    out.put(&data);
 }
 
-pub fn write_rst_stream(out: &mut Vec<u8>, stream: u32, code: ErrorCode) {
+pub fn write_rst_stream(out: &mut impl Put, stream: u32, code: ErrorCode) {
     head(out, 4, Kind::RstStream, 0, stream);
-    out.extend_from_slice(&code.as_u32().to_be_bytes());
+    out.put(&code.as_u32().to_be_bytes());
 }
 
-pub fn write_goaway(out: &mut Vec<u8>, last_stream: u32, code: ErrorCode) {
+pub fn write_goaway(out: &mut impl Put, last_stream: u32, code: ErrorCode) {
     head(out, 8, Kind::GoAway, 0, 0);
-    out.extend_from_slice(&(last_stream & MAX_WINDOW).to_be_bytes());
-    out.extend_from_slice(&code.as_u32().to_be_bytes());
+    out.put(&(last_stream & MAX_WINDOW).to_be_bytes());
+    out.put(&code.as_u32().to_be_bytes());
 }
 
 /// Appends a header block as one HEADERS frame, followed by CONTINUATION
 /// frames when the block is larger than the peer's `max_frame`.
-pub fn write_headers(out: &mut Vec<u8>, stream: u32, block: &[u8], end_stream: bool, max_frame: u32) {
+pub fn write_headers(out: &mut impl Put, stream: u32, block: &[u8], end_stream: bool, max_frame: u32) {
     let max = max_frame as usize;
     let mut chunks = block.chunks(max.max(1));
     let first = chunks.next().unwrap_or(&[]);
@@ -401,18 +403,18 @@ pub fn write_headers(out: &mut Vec<u8>, stream: u32, block: &[u8], end_stream: b
         flags |= FLAG_END_HEADERS;
     }
     head(out, first.len(), Kind::Headers, flags, stream);
-    out.extend_from_slice(first);
+    out.put(first);
     let rest: Vec<&[u8]> = chunks.collect();
     for (i, c) in rest.iter().enumerate() {
         let last = i + 1 == rest.len();
         head(out, c.len(), Kind::Continuation, if last { FLAG_END_HEADERS } else { 0 }, stream);
-        out.extend_from_slice(c);
+        out.put(c);
     }
 }
 
 /// Appends the header of a DATA frame whose `len` payload bytes the caller
 /// puts right after it.
-pub fn data_head(out: &mut Vec<u8>, stream: u32, len: usize, end_stream: bool) {
+pub fn data_head(out: &mut impl Put, stream: u32, len: usize, end_stream: bool) {
     head(out, len, Kind::Data, if end_stream { FLAG_END_STREAM } else { 0 }, stream);
 }
 

@@ -6,6 +6,7 @@
 //! - [`headers`]: the Agent's HTTP/1.1 head as an HTTP/2 field list, and
 //!   the intake's answer fields checked and kept as an `AnswerHead`;
 //! - [`hpack`]: header compression (RFC 7541), the relay's own;
+//! - [`out`]: where frames are written, laid out in TLS record places;
 //! - [`conn`]: one client connection without I/O: settings, streams,
 //!   flow-control windows, PING and SETTINGS answers, GOAWAY, floods.
 //!
@@ -17,3 +18,4 @@ pub mod conn;
 pub mod frame;
 pub mod headers;
 pub mod hpack;
+pub mod out;

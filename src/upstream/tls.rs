@@ -31,6 +31,7 @@ use rustls::ClientConfig;
 use super::records::{
     record_len, Opener, RecordVersion, Sealer, CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE,
 };
+use crate::h2::out::{Output, Slots};
 use crate::io::{Stream, Strided};
 
 /// Ciphertext buffer size: one full TLS record (16 KiB of plaintext plus
@@ -477,6 +478,63 @@ impl<S: Stream> TlsSession<S> {
             }
         }
         Ok(())
+    }
+
+    /// The places of this session's records, for plaintext laid out to be
+    /// sealed where it lies ([`Self::write_laid_out`]).
+    pub fn record_slots(&self) -> Slots {
+        Slots { before: self.sealer.prefix_len(), after: self.sealer.suffix_len(), payload: MAX_FRAGMENT }
+    }
+
+    /// Seals the records `out` holds, laid out in this session's places
+    /// ([`Self::record_slots`]; every place full but the last), where they
+    /// lie, and writes them in one write (after anything queued, such as a
+    /// key update). A connection's HTTP/2 frames go out this way with no
+    /// copy into the session's own buffer.
+    ///
+    /// # Backpressure
+    /// Returns only once every record is written to the socket.
+    pub async fn write_laid_out(&mut self, out: &mut Output) -> io::Result<()> {
+        self.usable()?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        if out.slots() != self.record_slots() {
+            return Err(invalid("plaintext laid out for another session's records"));
+        }
+        let records = out.len().div_ceil(MAX_FRAGMENT);
+        if self.sealer.records_left() <= KEY_UPDATE_MARGIN + records as u64 {
+            // Near the key's limit: one record at a time, each checked.
+            let plain: Vec<u8> = {
+                let stride = self.record_slots().stride();
+                let (before, after) = (self.sealer.prefix_len(), self.sealer.suffix_len());
+                out.records().chunks(stride).flat_map(|r| &r[before..r.len() - after]).copied().collect()
+            };
+            return self.write_plain(&plain).await;
+        }
+        // One check covers the batch: it is far below the margin.
+        self.before_data_record()?;
+        self.send_wbuf().await?;
+        let stride = self.record_slots().stride();
+        let buf = out.records();
+        let mut at = 0;
+        while at < buf.len() {
+            let len = (buf.len() - at).min(stride);
+            if let Err(e) = self.sealer.seal_record(&mut buf[at..at + len], CONTENT_APPLICATION_DATA) {
+                self.poisoned = true;
+                return Err(records_io(e));
+            }
+            at += len;
+        }
+        self.poisoned = true;
+        let (res, _) = {
+            let b = std::mem::take(buf);
+            let (res, b) = self.io.write_all(b).await;
+            *buf = b;
+            (res, ())
+        };
+        self.poisoned = false;
+        res
     }
 
     /// Makes room to read: drops what was opened and handed out, keeping a

@@ -300,7 +300,7 @@ async fn h2_status(session: &mut Session, head: &[u8]) -> Result<u16, String> {
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
         if !conn.output().is_empty() {
-            session.write_plain(conn.output()).await.map_err(|e| format!("sending the request: {e}"))?;
+            session.write_plain(conn.output().plain()).await.map_err(|e| format!("sending the request: {e}"))?;
             conn.output().clear();
         }
         if buf.len() == buf.capacity() {

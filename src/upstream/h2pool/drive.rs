@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use super::bump;
 use super::conn::{ConnEnd, H2Conn, Slot};
 use crate::h2::conn::{Conn, Event};
-use crate::h2::frame::{write_goaway, ErrorCode, PREFACE};
+use crate::h2::frame::{write_goaway, ErrorCode};
+use crate::h2::out::Output;
 use crate::io::Stream;
 use crate::logging::summary::{self, About};
 use crate::upstream::pool::PooledSession;
@@ -33,18 +34,6 @@ pub struct Timeouts {
     pub ping: Duration,
 }
 
-/// Frames in `out` (whole frames, as the connection queues them).
-pub(super) fn count_frames(out: &[u8]) -> u64 {
-    let mut at = 0;
-    let mut n = 0;
-    while at + 9 <= out.len() {
-        let len = (out[at] as usize) << 16 | (out[at + 1] as usize) << 8 | out[at + 2] as usize;
-        at += 9 + len;
-        n += 1;
-    }
-    n
-}
-
 /// The clock's part in a turn: when the connection became idle, and
 /// whether it was busy last turn (the clock is read when a connection
 /// becomes idle, not every turn).
@@ -56,7 +45,7 @@ struct Idle {
 /// Runs the connection until it ends.
 pub async fn drive<S: Stream>(conn: Rc<H2Conn>, mut session: PooledSession<S>, limits: Timeouts) {
     let mut rbuf: Vec<u8> = Vec::with_capacity(4 * IO_BUF);
-    let mut out: Vec<u8> = Vec::with_capacity(4 * IO_BUF);
+    let mut out = Output::new(session.session.record_slots(), 4 * IO_BUF);
     let mut idle = Idle { since: Instant::now(), was_busy: false };
     let why = loop {
         if let Some(end) = write_queued(&conn, &mut session, &mut out, limits.write).await {
@@ -97,18 +86,17 @@ pub async fn drive<S: Stream>(conn: Rc<H2Conn>, mut session: PooledSession<S>, l
 async fn write_queued<S: Stream>(
     conn: &H2Conn,
     session: &mut PooledSession<S>,
-    out: &mut Vec<u8>,
+    out: &mut Output,
     limit: Duration,
 ) -> Option<ConnEnd> {
     std::mem::swap(conn.inner.borrow_mut().conn.output(), out);
     if out.is_empty() {
         return None;
     }
-    // The preface's 24 bytes are not a frame.
-    let frames = count_frames(out.strip_prefix(PREFACE).unwrap_or(out));
     bump(&conn.counters.writes, 1);
-    bump(&conn.counters.frames, frames);
-    let write = crate::rt::timeout(limit, session.session.write_plain(out)).await;
+    bump(&conn.counters.frames, out.frames());
+    // Sealed where the frames lie: no copy into the session's buffer.
+    let write = crate::rt::timeout(limit, session.session.write_laid_out(out)).await;
     conn.inner.borrow_mut().wake_senders();
     conn.changed.notify();
     match write {
@@ -349,13 +337,16 @@ mod tests {
     }
 
     #[test]
-    fn frames_are_counted_by_their_headers() {
-        let mut out = Vec::new();
+    fn frames_are_counted_by_their_headers_in_a_laid_out_output() {
+        use crate::h2::out::{Output, Put, Slots};
+        let mut out = Output::new(Slots { before: 5, after: 17, payload: 16 * 1024 }, 0);
+        out.put(crate::h2::frame::PREFACE);
         crate::h2::frame::write_ping(&mut out, false, [0; 8]);
         crate::h2::frame::data_head(&mut out, 1, 3, true);
-        out.extend_from_slice(b"abc");
+        out.put(b"abc");
         crate::h2::frame::write_rst_stream(&mut out, 1, ErrorCode::Cancel);
-        assert_eq!(count_frames(&out), 3);
-        assert_eq!(count_frames(&[]), 0);
+        assert_eq!(out.frames(), 3, "the preface is not a frame");
+        out.clear();
+        assert_eq!(out.frames(), 0);
     }
 }

@@ -278,7 +278,7 @@ impl H2Hosts {
         };
         let report = (up.host(upstream), up.log.clone());
         let conn = Rc::new(H2Conn::new(
-            Conn::new(local),
+            Conn::laid_out(local, session.session.record_slots()),
             session.addr,
             counters,
             stats,
