@@ -6,7 +6,21 @@
 # egress proxy of tests/proxy.rs; podman, buildah and runc for the container
 # image and its test (tests/image.rs); rpm (rpmbuild) and systemd-analyze for
 # the packages (tests/packages.rs). Idempotent; asks apt only when missing.
+#
+# --release (scripts/release.sh) adds what the static amd64 and arm64 builds
+# and their checks need: musl-tools (musl-gcc), gcc-aarch64-linux-gnu and
+# musl-dev:arm64 (which needs the arm64 architecture added to dpkg),
+# qemu-user-static (runs the arm64 binary in tests/platforms.rs), cpio, and
+# the two Rust targets.
 set -euo pipefail
+release=0
+case "${1:-}" in
+  --release) release=1 ;;
+  "") ;;
+  *) echo "setup: unknown argument $1 (use --release)" >&2; exit 2 ;;
+esac
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
@@ -24,11 +38,25 @@ command -v runc >/dev/null 2>&1 || need+=(runc)
 # rpmbuild and rpm for the rpm package and its test; systemd-analyze for the deb test.
 command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+if [ "$release" = 1 ]; then
+  command -v musl-gcc >/dev/null 2>&1 || need+=(musl-tools)
+  command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu)
+  command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
+  # cpio unpacks the rpms (rpm2cpio) to compare their binary with the checked one.
+  command -v cpio >/dev/null 2>&1 || need+=(cpio)
+  if [ ! -r /usr/lib/aarch64-linux-musl/musl-gcc.specs ]; then
+    dpkg --print-foreign-architectures | grep -qx arm64 || $SUDO dpkg --add-architecture arm64
+    need+=(musl-dev:arm64)
+  fi
+fi
 if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "setup: installing ${need[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust with rustup first (https://rustup.rs)" >&2; exit 1; }
+if [ "$release" = 1 ]; then
+  for triple in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
+  done
+fi
