@@ -3,20 +3,21 @@
 # glibc release build (`cargo build --release`) against the static musl one
 # (scripts/build-static.sh), docs/install.md "Why static". One mock intake,
 # each relay in turn with one worker on epoll, a closed loop of `loadgen`
-# (16 connections, 4 KiB series bodies) through it for SECS seconds,
+# (16 connections, BODY-sized series bodies, 4k by default) through it for SECS seconds,
 # interleaved A, B, A, B, ... REPS times. Per run: requests/s and the
 # relay's CPU (utime + stime from /proc) per request; at the end the medians
 # and the ratio B/A. Loopback only; every run is bounded by SECS.
 #
-#   benches/static_cpu.sh A_BINARY B_BINARY [SECS] [REPS]
+#   benches/static_cpu.sh A_BINARY B_BINARY [SECS] [REPS] [BODY]
 # loadgen and mock-intake come from target/release (cargo build --release
 # --locked -p loadgen --bins).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-a=${1:?usage: benches/static_cpu.sh A_BINARY B_BINARY [SECS] [REPS]}
-b=${2:?usage: benches/static_cpu.sh A_BINARY B_BINARY [SECS] [REPS]}
+a=${1:?usage: benches/static_cpu.sh A_BINARY B_BINARY [SECS] [REPS] [BODY]}
+b=${2:?usage: benches/static_cpu.sh A_BINARY B_BINARY [SECS] [REPS] [BODY]}
 secs=${3:-10}
 reps=${4:-3}
+body=${5:-4k}
 bin=${CARGO_TARGET_DIR:-target}/release
 for tool in "$bin/loadgen" "$bin/mock-intake"; do
   [ -x "$tool" ] || { echo "static_cpu.sh: $tool missing: cargo build --release --locked -p loadgen --bins" >&2; exit 1; }
@@ -54,10 +55,10 @@ run() {
   for _ in $(seq 200); do grep -q 'fipsrelay ready' "$work/relay.log" 2>/dev/null && break; sleep 0.05; done
   grep -q 'fipsrelay ready' "$work/relay.log" || { echo "static_cpu.sh: $1 did not start: $(cat "$work/relay.log")" >&2; exit 1; }
   # A second of warm-up: sessions to the intake pooled, allocator warm.
-  "$bin/loadgen" -q --ports $((base + 1)) --host 127.0.0.1 -c 16 --body-size 4k -d 1s >/dev/null
+  "$bin/loadgen" -q --ports $((base + 1)) --host 127.0.0.1 -c 16 --body-size "$body" -d 1s >/dev/null
   local t0 t1
   t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  "$bin/loadgen" -q --ports $((base + 1)) --host 127.0.0.1 -c 16 --body-size 4k -d "${secs}s" --json "$work/run.json" >/dev/null
+  "$bin/loadgen" -q --ports $((base + 1)) --host 127.0.0.1 -c 16 --body-size "$body" -d "${secs}s" --json "$work/run.json" >/dev/null
   t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   python3 - "$work/run.json" "$2" "$((t1 - t0))" "$clk" "$secs" <<'PY'
@@ -70,7 +71,7 @@ PY
 }
 echo "# A = $a"
 echo "# B = $b"
-echo "# $reps x $secs s closed loop, 16 connections, 4 KiB bodies, one epoll worker; label req/s cpu_us/req"
+echo "# $reps x $secs s closed loop, 16 connections, $body bodies, one epoll worker; label req/s cpu_us/req"
 for _ in $(seq "$reps"); do
   run "$a" A | tee -a "$work/results"
   run "$b" B | tee -a "$work/results"

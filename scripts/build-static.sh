@@ -56,9 +56,9 @@ esac
 # them must stay out).
 headers="${CARGO_TARGET_DIR:-$PWD/target}/kernel-headers/$arch"
 mkdir -p "$headers"
-for dir in "${kernel_headers[@]}"; do
-  [ -d "$dir" ] || { echo "build-static.sh: kernel headers $dir not found: scripts/setup.sh --release" >&2; exit 1; }
-  ln -sfn "$dir" "$headers/$(basename "$dir")"
+for include in "${kernel_headers[@]}"; do
+  [ -d "$include" ] || { echo "build-static.sh: kernel headers $include not found: scripts/setup.sh --release" >&2; exit 1; }
+  ln -sfn "$include" "$headers/$(basename "$include")"
 done
 export "CFLAGS_${triple//-/_}=-isystem $headers"
 rustup target list --installed 2>/dev/null | grep -qx "$triple" || rustup target add "$triple" >&2

@@ -114,14 +114,16 @@ CONTROL
 deb_file="$out/${name}_${version}-1_${arch_deb}.deb"
 compress=()
 [ "$fast" = 1 ] && compress=(-Zgzip -z1)
-dpkg-deb --root-owner-group "${compress[@]}" --build "$deb" "$deb_file" >/dev/null
+# The control member stays gzip (--no-uniform-compression): Ubuntu 14.04's
+# dpkg (1.17.5) reads xz data but not an xz control member.
+dpkg-deb --root-owner-group --no-uniform-compression "${compress[@]}" --build "$deb" "$deb_file" >/dev/null
 
 # --- rpm ---
 rpmroot="$(pwd)/$work/rpm"
 stage "$rpmroot/stage" /usr/lib/systemd/system
 mkdir -p "$rpmroot"/{BUILD,RPMS,SPECS,SRPMS,BUILDROOT}
 sed -e "s|@VERSION@|$version|" -e "s|@DESCRIPTION@|$description|" -e "s|@LICENSE@|$license|" \
-    -e "s|@STAGE@|$rpmroot/stage|" -e "s|@ARCH@|$arch_rpm|" packaging/rpm/fipsrelay.spec.in > "$rpmroot/SPECS/fipsrelay.spec"
+    -e "s|@STAGE@|$rpmroot/stage|" packaging/rpm/fipsrelay.spec.in > "$rpmroot/SPECS/fipsrelay.spec"
 # Debian's rpmbuild has no RPM database to check build dependencies against.
 payload=()
 [ "$fast" = 1 ] && payload=(--define "_binary_payload w1.gzdio")

@@ -56,13 +56,17 @@ for arch in amd64:x86_64 arm64:aarch64; do
   [ -z "$(dpkg-deb -f "$deb" Depends)" ] || fail "$deb depends on $(dpkg-deb -f "$deb" Depends)"
   rpm -qpi "$rpm" | grep -q "^Architecture: $rpm_arch\$" || fail "$rpm: Architecture is not $rpm_arch"
   ! rpm -qp --requires "$rpm" | grep -q 'libc\.so\|GLIBC' || fail "$rpm requires glibc: $(rpm -qp --requires "$rpm" | grep 'libc\.so')"
+  # What the oldest package managers read: RHEL 7's rpm 4.11 no zstd
+  # payload, Ubuntu 14.04's dpkg 1.17.5 no xz control member.
+  ! rpm -qp --requires "$rpm" | grep -q 'PayloadIsZstd' || fail "$rpm has a zstd payload, which RHEL 7's rpm cannot read"
+  ar t "$deb" | grep -qx control.tar.gz || fail "$deb: the control member is not gzip, which Ubuntu 14.04's dpkg needs"
   for pkg in "$deb" "$rpm"; do
     got=$(mktemp -d)
     if [ "${pkg%.deb}" != "$pkg" ]; then dpkg-deb -x "$pkg" "$got"; else (cd "$got" && rpm2cpio "$OLDPWD/$pkg" | cpio -idm --quiet); fi
     cmp -s "$got/usr/bin/fipsrelay" "${bin[$deb_arch]}" || fail "$pkg: /usr/bin/fipsrelay is not the checked $deb_arch binary"
     rm -rf "$got"
   done
-  check "$deb: Architecture $deb_arch, no Depends; $rpm: Architecture $rpm_arch, no libc requirement; both hold the checked binary"
+  check "$deb: Architecture $deb_arch, no Depends, gzip control member; $rpm: Architecture $rpm_arch, no libc requirement, $(rpm -qp --qf '%{PAYLOADCOMPRESSOR}' "$rpm") payload; both hold the checked binary"
 done
 
 # 4. The image: both architectures and the manifest list.
@@ -78,10 +82,10 @@ for arch in amd64 arm64; do
   rm -f "$got"
 done
 check "image: manifest list fipsrelay:$version (and :latest) = linux/amd64 + linux/arm64, FROM scratch, each holding its checked binary; OCI archive written"
-if podman --runtime runc run --rm --network none "fipsrelay:$version-amd64" version 2>/dev/null | grep -q '^fips: enabled'; then
+if ran=$(podman --runtime runc run --rm --network none "fipsrelay:$version-amd64" version 2>&1) && grep -q '^fips: enabled' <<<"$ran"; then
   check "image fipsrelay:$version-amd64 runs here: version says fips: enabled"
 else
-  check "image fipsrelay:$version-amd64 NOT run: containers cannot run on this machine (tests/image.rs says why)"
+  check "image fipsrelay:$version-amd64 NOT run: containers cannot run on this machine ($(tail -1 <<<"$ran"))"
 fi
 
 (cd "$dist" && sha256sum fipsrelay[_-]* > SHA256SUMS)

@@ -5,13 +5,15 @@
 # HTTP/1.0 keep-alive test in tests/relay_http10.rs and htpasswd; Squid, the real
 # egress proxy of tests/proxy.rs; podman, buildah and runc for the container
 # image and its test (tests/image.rs); rpm (rpmbuild) and systemd-analyze for
-# the packages (tests/packages.rs). Idempotent; asks apt only when missing.
+# the packages (tests/packages.rs); musl-tools and Rust's
+# x86_64-unknown-linux-musl target for the static amd64 build that
+# tests/platforms.rs checks. Idempotent; asks apt only when missing.
 #
-# --release (scripts/release.sh) adds what the static amd64 and arm64 builds
-# and their checks need: musl-tools (musl-gcc), gcc-aarch64-linux-gnu and
-# musl-dev:arm64 (which needs the arm64 architecture added to dpkg),
-# qemu-user-static (runs the arm64 binary in tests/platforms.rs), cpio, and
-# the two Rust targets.
+# --release (scripts/release.sh) adds what the arm64 build and its checks
+# need: gcc-aarch64-linux-gnu and musl-dev:arm64 (which needs the arm64
+# architecture added to dpkg), qemu-user-static (runs the arm64 binary in
+# tests/platforms.rs), cpio (unpacks the rpms) and Rust's
+# aarch64-unknown-linux-musl target.
 set -euo pipefail
 release=0
 case "${1:-}" in
@@ -38,8 +40,10 @@ command -v runc >/dev/null 2>&1 || need+=(runc)
 # rpmbuild and rpm for the rpm package and its test; systemd-analyze for the deb test.
 command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# musl-gcc: tests/platforms.rs builds the static amd64 binary that the
+# packages ship (scripts/build-static.sh) and checks it.
+command -v musl-gcc >/dev/null 2>&1 || need+=(musl-tools)
 if [ "$release" = 1 ]; then
-  command -v musl-gcc >/dev/null 2>&1 || need+=(musl-tools)
   command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu)
   command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
   # cpio unpacks the rpms (rpm2cpio) to compare their binary with the checked one.
@@ -55,8 +59,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust with rustup first (https://rustup.rs)" >&2; exit 1; }
-if [ "$release" = 1 ]; then
-  for triple in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
-    rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
-  done
-fi
+triples=(x86_64-unknown-linux-musl)
+[ "$release" = 1 ] && triples+=(aarch64-unknown-linux-musl)
+for triple in "${triples[@]}"; do
+  rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
+done

@@ -196,10 +196,13 @@ fn amd64_binary_is_static_and_relays() {
         let started = Instant::now();
         let out = Command::new(root().join("scripts/build-static.sh"))
             .args(["--arch", "amd64", "--profile", "dev"])
-            .stderr(Stdio::inherit())
             .output()
             .unwrap();
-        assert!(out.status.success(), "scripts/build-static.sh --arch amd64 failed (scripts/setup.sh installs musl-tools)");
+        assert!(
+            out.status.success(),
+            "scripts/build-static.sh --arch amd64 --profile dev failed (scripts/setup.sh installs musl-tools and the target):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let path = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
         eprintln!("built {path} in {:.0?}", started.elapsed());
         PathBuf::from(path)
