@@ -4,7 +4,8 @@
 //! and older included).
 //!
 //! - amd64: the ELF file has no program interpreter, no needed library and
-//!   no versioned glibc symbol (readelf); run natively, `version` reports
+//!   no versioned glibc symbol (readelf), and holds the pinned FIPS module
+//!   and no other AWS-LC; run natively, `version` reports
 //!   the validated module with `fips: enabled` (the module's integrity check
 //!   and self-tests ran at start), also in a root filesystem that holds
 //!   nothing but the binary (chroot, as root); and requests of several sizes
@@ -64,6 +65,16 @@ fn assert_static(binary: &Path, machine: &str) {
     assert!(!dynamic.contains("(NEEDED)"), "{} needs shared libraries:\n{dynamic}", binary.display());
     let versions = readelf(&["-VW"], binary);
     assert!(!versions.contains("GLIBC_"), "{} references versioned glibc symbols:\n{versions}", binary.display());
+}
+
+/// As `tests/relay_cli.rs` checks the development build: the pinned FIPS
+/// module's symbols are in, the non-FIPS AWS-LC that rustls' `aws_lc_rs`
+/// feature also compiles is not.
+fn assert_only_the_fips_module(binary: &Path) {
+    let bytes = std::fs::read(binary).unwrap();
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"aws_lc_fips_0_13_11_"), "{}: the pinned FIPS module's symbols are missing", binary.display());
+    assert!(!has(b"aws_lc_0_"), "{}: links a non-FIPS AWS-LC (aws_lc_0_* symbols)", binary.display());
 }
 
 /// The binary that `var` names, if it names one.
@@ -209,6 +220,7 @@ fn amd64_binary_is_static_and_relays() {
     });
     eprintln!("checking {}", binary.display());
     assert_static(&binary, "X86-64");
+    assert_only_the_fips_module(&binary);
     assert_version(&[], &binary);
     let dir = TestDir::new();
     // Nothing from the distribution: in a root filesystem that holds the
@@ -253,6 +265,7 @@ fn arm64_binary_under_qemu_reports_the_module_and_relays() {
     }
     eprintln!("checking {} under qemu-aarch64-static", binary.display());
     assert_static(&binary, "AArch64");
+    assert_only_the_fips_module(&binary);
     let qemu = ["qemu-aarch64-static"];
     let version = assert_version(&qemu, &binary);
     eprintln!("{}", version.trim());
