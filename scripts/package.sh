@@ -14,33 +14,52 @@
 #                                               into /etc/datadog-agent/conf.d/
 # Maintainer scripts: packaging/deb/*, and the scriptlets in packaging/rpm/fipsrelay.spec.in.
 #
-#   scripts/package.sh [--binary PATH] [--out DIR] [--fast] [--version V]
-# Default: a release build, into target/packages. --fast compresses lightly
-# (gzip -1), for tests that package a debug binary; --version overrides
-# Cargo.toml's (tests build a second version to check upgrades).
+#   scripts/package.sh [--arch amd64|arm64] [--binary PATH] [--out DIR] [--fast] [--version V]
+# Default: amd64, the static release build of scripts/build-static.sh for
+# --arch, into target/packages. --binary packages that binary instead (its
+# ELF machine must match --arch). The deb's Depends names the glibc the
+# binary needs (the highest GLIBC_x.y it references), none for a static one;
+# rpmbuild finds the same by itself. --fast compresses lightly (gzip -1), for
+# tests that package a debug binary; --version overrides Cargo.toml's (tests
+# build a second version to check upgrades).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 binary=""
+arch=amd64
 out=target/packages
 fast=0
 version_override=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --arch) arch="$2"; shift 2 ;;
     --binary) binary="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --fast) fast=1; shift ;;
     --version) version_override="$2"; shift 2 ;;
-    *) echo "package.sh: unknown argument $1 (use --binary PATH, --out DIR)" >&2; exit 2 ;;
+    *) echo "package.sh: unknown argument $1 (use --arch amd64|arm64, --binary PATH, --out DIR, --fast, --version V)" >&2; exit 2 ;;
   esac
 done
 for tool in dpkg-deb rpmbuild; do
   command -v "$tool" >/dev/null 2>&1 || { echo "package.sh: $tool not found: apt-get install dpkg rpm" >&2; exit 1; }
 done
+# Debian's and RPM's names for the architecture, and its ELF e_machine.
+case "$arch" in
+  amd64) arch_deb=amd64 arch_rpm=x86_64 machine=62 ;;
+  arm64) arch_deb=arm64 arch_rpm=aarch64 machine=183 ;;
+  *) echo "package.sh: --arch $arch is not packaged (use amd64 or arm64)" >&2; exit 2 ;;
+esac
 if [ -z "$binary" ]; then
-  cargo build --release --locked --bin fipsrelay
-  binary=target/release/fipsrelay
+  binary=$(scripts/build-static.sh --arch "$arch" | tail -1)
 fi
 [ -x "$binary" ] || { echo "package.sh: $binary is not an executable" >&2; exit 1; }
+[ "$(od -An -tu2 -j18 -N2 "$binary" | tr -d ' ')" = "$machine" ] \
+  || { echo "package.sh: $binary is not an $arch_rpm executable; build it for --arch $arch (scripts/build-static.sh --arch $arch)" >&2; exit 1; }
+# The glibc the binary needs: none when it is static (no program interpreter).
+depends=""
+if readelf -lW "$binary" | grep -q 'Requesting program interpreter'; then
+  glibc=$(readelf -VW "$binary" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
+  [ -n "$glibc" ] && depends="Depends: libc6 (>= $glibc)"
+fi
 
 # Cargo metadata: the [package] table (license from [workspace.package]).
 field() { sed -n "/^\[$1\]/,/^\[/s/^$2 = \"\(.*\)\"/\1/p" Cargo.toml | head -1; }
@@ -50,8 +69,6 @@ description=$(field package description)
 license=$(field workspace.package license)
 [ -n "$name" ] && [ -n "$version" ] && [ -n "$description" ] && [ -n "$license" ] \
   || { echo "package.sh: cannot read name, version, description and license from Cargo.toml" >&2; exit 1; }
-arch_deb=amd64
-[ "$(uname -m)" = "x86_64" ] || { echo "package.sh: only x86_64 is packaged (this is $(uname -m))" >&2; exit 1; }
 
 mkdir -p "$out" target
 work=$(mktemp -d target/package-work.XXXXXX)
@@ -92,8 +109,8 @@ Version: $version-1
 Architecture: $arch_deb
 Maintainer: fipsrelay developers <fipsrelay@localhost>
 Installed-Size: $size
-Depends: libc6 (>= 2.34)
-Section: net
+${depends:+$depends
+}Section: net
 Priority: optional
 Homepage: https://github.com/fipsrelay/fipsrelay
 Description: $description
@@ -104,7 +121,9 @@ CONTROL
 deb_file="$out/${name}_${version}-1_${arch_deb}.deb"
 compress=()
 [ "$fast" = 1 ] && compress=(-Zgzip -z1)
-dpkg-deb --root-owner-group "${compress[@]}" --build "$deb" "$deb_file" >/dev/null
+# The control member stays gzip (--no-uniform-compression): Ubuntu 14.04's
+# dpkg (1.17.5) reads xz data but not an xz control member.
+dpkg-deb --root-owner-group --no-uniform-compression "${compress[@]}" --build "$deb" "$deb_file" >/dev/null
 
 # --- rpm ---
 rpmroot="$(pwd)/$work/rpm"
@@ -115,8 +134,8 @@ sed -e "s|@VERSION@|$version|" -e "s|@DESCRIPTION@|$description|" -e "s|@LICENSE
 # Debian's rpmbuild has no RPM database to check build dependencies against.
 payload=()
 [ "$fast" = 1 ] && payload=(--define "_binary_payload w1.gzdio")
-rpmbuild --quiet -bb --nodeps "${payload[@]}" --define "_topdir $rpmroot" --define "_build_id_links none" \
-    --define "debug_package %{nil}" --define "__strip /bin/true" "$rpmroot/SPECS/fipsrelay.spec"
-rpm_file="$out/$name-$version-1.x86_64.rpm"
-cp "$rpmroot/RPMS/x86_64/$name-$version-1.x86_64.rpm" "$rpm_file"
+rpmbuild --quiet -bb --nodeps --target "$arch_rpm-linux" "${payload[@]}" --define "_topdir $rpmroot" --define "_build_id_links none" \
+    --define "debug_package %{nil}" --define "__strip /bin/true" "$rpmroot/SPECS/fipsrelay.spec" >/dev/null
+rpm_file="$out/$name-$version-1.$arch_rpm.rpm"
+cp "$rpmroot/RPMS/$arch_rpm/$name-$version-1.$arch_rpm.rpm" "$rpm_file"
 echo "package.sh: built $deb_file and $rpm_file"

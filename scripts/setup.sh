@@ -7,8 +7,24 @@
 # image and its test (tests/image.rs); rpm (rpmbuild) and systemd-analyze for
 # the packages (tests/packages.rs); python3 and its venv module, then
 # Datadog's check library (datadog-checks-base, from PyPI) in a venv for
-# tests/agent_check.rs. Idempotent; asks apt and pip only when missing.
+# tests/agent_check.rs; musl-tools and Rust's x86_64-unknown-linux-musl
+# target for the static amd64 build that tests/platforms.rs checks.
+# Idempotent; asks apt, pip and rustup only when missing.
+#
+# --release (scripts/release.sh) adds what the arm64 build and its checks
+# need: gcc-aarch64-linux-gnu and musl-dev:arm64 (which needs the arm64
+# architecture added to dpkg), qemu-user-static (runs the arm64 binary in
+# tests/platforms.rs), cpio (unpacks the rpms) and Rust's
+# aarch64-unknown-linux-musl target.
 set -euo pipefail
+release=0
+case "${1:-}" in
+  --release) release=1 ;;
+  "") ;;
+  *) echo "setup: unknown argument $1 (use --release)" >&2; exit 2 ;;
+esac
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
@@ -29,9 +45,20 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # python3 -m venv: Debian splits ensurepip into python3-venv.
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# musl-gcc: tests/platforms.rs builds the static amd64 binary that the
+# packages ship (scripts/build-static.sh) and checks it.
+command -v musl-gcc >/dev/null 2>&1 || need+=(musl-tools)
+if [ "$release" = 1 ]; then
+  command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu)
+  command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
+  # cpio unpacks the rpms (rpm2cpio) to compare their binary with the checked one.
+  command -v cpio >/dev/null 2>&1 || need+=(cpio)
+  if [ ! -r /usr/lib/aarch64-linux-musl/musl-gcc.specs ]; then
+    dpkg --print-foreign-architectures | grep -qx arm64 || $SUDO dpkg --add-architecture arm64
+    need+=(musl-dev:arm64)
+  fi
+fi
 if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "setup: installing ${need[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
@@ -52,3 +79,8 @@ if ! "$venv/bin/python" -c 'import datadog_checks.base.checks.openmetrics.v2, ya
     echo "setup: could not install datadog-checks-base (no network to PyPI?); tests/agent_check.rs will skip" >&2
   fi
 fi
+triples=(x86_64-unknown-linux-musl)
+[ "$release" = 1 ] && triples+=(aarch64-unknown-linux-musl)
+for triple in "${triples[@]}"; do
+  rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
+done

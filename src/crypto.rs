@@ -246,21 +246,55 @@ impl std::fmt::Display for FipsModule {
 }
 
 /// Where the module's code lives: in this executable, or in a shared library.
-/// Decided at run time by asking the dynamic loader which object holds the
-/// module's `FIPS_mode` and which holds a function of the relay's own.
+/// Decided at run time from the loader's list of loaded objects
+/// (`dl_iterate_phdr`): the object whose loaded segments hold the module's
+/// `FIPS_mode`, against the one that holds a function of the relay's own.
+/// The list exists in a fully static executable too (glibc and musl: the
+/// executable alone), where `dladdr` knows nothing.
 fn linked_linkage() -> Linkage {
-    fn object_base(addr: *const libc::c_void) -> Option<usize> {
-        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-        // SAFETY: dladdr only reads the loader's tables; `info` is a valid out pointer.
-        (unsafe { libc::dladdr(addr, &mut info) } != 0).then_some(info.dli_fbase as usize)
-    }
-    let module = object_base(aws_lc_fips_sys::FIPS_mode as *const libc::c_void);
-    let ours = object_base(linked_linkage as *const libc::c_void);
+    let module = object_base(aws_lc_fips_sys::FIPS_mode as *const () as usize);
+    let ours = object_base(linked_linkage as *const () as usize);
     match (module, ours) {
         (Some(m), Some(o)) if m == o => Linkage::Static,
         (Some(_), Some(_)) => Linkage::Dynamic,
         _ => Linkage::Unknown,
     }
+}
+
+/// The load address of the object (executable or shared library) whose
+/// `PT_LOAD` segments hold `addr`, or None if none does.
+fn object_base(addr: usize) -> Option<usize> {
+    struct Search {
+        addr: usize,
+        base: Option<usize>,
+    }
+    unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: libc::size_t, data: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid `info` for this call, whose
+        // `dlpi_phdr` points at `dlpi_phnum` program headers, and `data` is
+        // the `Search` that `object_base` handed it.
+        let (info, search) = unsafe { (&*info, &mut *(data as *mut Search)) };
+        let headers: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
+            &[]
+        } else {
+            // SAFETY: as above.
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
+        };
+        let base = info.dlpi_addr as usize;
+        let holds = headers.iter().any(|h| {
+            let start = base.wrapping_add(h.p_vaddr as usize);
+            h.p_type == libc::PT_LOAD && (start..start.wrapping_add(h.p_memsz as usize)).contains(&search.addr)
+        });
+        if holds {
+            search.base = Some(base);
+            return 1;
+        }
+        0
+    }
+    let mut search = Search { addr, base: None };
+    // SAFETY: `visit` only reads the loader's entries and writes `search`,
+    // which outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(visit), &mut search as *mut Search as *mut libc::c_void) };
+    search.base
 }
 
 /// The module linked into this process, read from aws-lc at run time.
