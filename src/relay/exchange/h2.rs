@@ -174,10 +174,10 @@ async fn send_body<B: Backend>(
             x.down.consume(consumed);
             replayable = false;
         }
-        // Copied into the connection's frames, and again when they are
-        // sealed (the HTTP/1.1 path reads bodies straight into records;
-        // DATA payloads do not, yet).
-        copied += 2 * payload as u64;
+        // Copied once, into the connection's output, where the frames lie
+        // in the places of their records and are sealed in place (the
+        // HTTP/1.1 path reads bodies straight into records: no copy).
+        copied += payload as u64;
         sent_end = sent?;
     }
     Ok((replayable, copied))
