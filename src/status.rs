@@ -350,6 +350,11 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
             |u| u.h2_replays,
         ),
         (M_UPSTREAM_H2_PINGS, "Liveness PINGs sent on HTTP/2 connections to the upstream host.", |u| u.h2_pings),
+        (
+            M_UPSTREAM_H2_WINDOW_DETOURS,
+            "Request bodies longer than the upstream host's HTTP/2 flow-control window sent over a warm HTTP/1.1 session instead.",
+            |u| u.h2_window_detours,
+        ),
     ] {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
         for (i, u) in info.routes.upstreams.iter().enumerate() {
