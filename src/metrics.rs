@@ -171,7 +171,7 @@ pub struct UpstreamStats {
     pub h2_replays: u64,
     pub h2_pings: u64,
     /// Request bodies longer than the intake's HTTP/2 window that went over
-    /// a warm HTTP/1.1 session instead (no round trip waiting for
+    /// an HTTP/1.1 session instead (no round trip waiting for
     /// WINDOW_UPDATE).
     pub h2_window_detours: u64,
     /// Workers that speak HTTP/1.1 to the host because it picked it by ALPN

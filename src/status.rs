@@ -352,7 +352,7 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
         (M_UPSTREAM_H2_PINGS, "Liveness PINGs sent on HTTP/2 connections to the upstream host.", |u| u.h2_pings),
         (
             M_UPSTREAM_H2_WINDOW_DETOURS,
-            "Request bodies longer than the upstream host's HTTP/2 flow-control window sent over a warm HTTP/1.1 session instead.",
+            "Request bodies longer than the upstream host's HTTP/2 flow-control window sent over an HTTP/1.1 session instead.",
             |u| u.h2_window_detours,
         ),
     ] {

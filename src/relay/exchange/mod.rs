@@ -95,10 +95,10 @@ impl<B: Backend> Exchange<'_, B> {
 /// the one ALPN chose on the session that carries it.
 pub(super) async fn forward<B: Backend>(x: &mut Exchange<'_, B>) -> Result<Answered, RelayError> {
     let h2_allowed = x.ctx.config.protocol != UpstreamProtocol::Http1;
-    // A body the intake's HTTP/2 window would hold back, over a warm
-    // HTTP/1.1 session (`None`: that session turned out dead and its
-    // replacement picked h2: the request, untouched, goes the usual way).
-    if h2_allowed && window_detour(x) {
+    // A body the intake's HTTP/2 window would hold back, over HTTP/1.1
+    // (`None`: the pooled session was gone or dead and a new one picked h2:
+    // the request, untouched, goes the usual way).
+    if h2_allowed && window_detour(x).await {
         if let Some(done) = h1::forward(x).await? {
             return Ok(done);
         }
@@ -120,23 +120,26 @@ pub(super) async fn forward<B: Backend>(x: &mut Exchange<'_, B>) -> Result<Answe
     Err(UpstreamFault::AlpnFlapping.into())
 }
 
-/// Whether this request's body goes over a warm HTTP/1.1 session rather
-/// than wait for the host's HTTP/2 window (module doc): a Content-Length
-/// body longer than a new stream may send, with an idle HTTP/1.1 session
-/// in the pool (counted). Without one, one is opened in the background.
-fn window_detour<B: Backend>(x: &Exchange<'_, B>) -> bool {
+/// Whether this request's body goes over HTTP/1.1 rather than wait for
+/// the host's HTTP/2 window (module doc): a Content-Length body longer
+/// than a new stream may send, once the pool holds an idle HTTP/1.1
+/// session to the host (one is opened if it holds none). Counted.
+async fn window_detour<B: Backend>(x: &Exchange<'_, B>) -> bool {
     let Some(len) = x.body.left() else { return false };
-    let hosts = x.ctx.h2.borrow();
-    if !hosts.window_short(x.upstream, len) {
-        return false;
-    }
+    let counters = {
+        let hosts = x.ctx.h2.borrow();
+        if !hosts.window_short(x.upstream, len) {
+            return false;
+        }
+        hosts.counters[x.upstream].clone()
+    };
     let up = &x.ctx.upstream;
-    if up.pool.borrow_mut().has_live(x.upstream, Instant::now()) {
-        bump(&hosts.counters[x.upstream].window_detours, 1);
-        return true;
+    let idle = up.pool.borrow_mut().has_live(x.upstream, Instant::now());
+    let ready = idle || up.open_http1(x.upstream).await;
+    if ready {
+        bump(&counters.window_detours, 1);
     }
-    up.warm_http1(x.upstream);
-    false
+    ready
 }
 
 /// Where a request body stands: how much is left, or the chunked scanner.

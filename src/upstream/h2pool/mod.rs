@@ -58,8 +58,8 @@ pub struct H2Counters {
     pub replays: Cell<u64>,
     /// Liveness PINGs sent.
     pub pings: Cell<u64>,
-    /// Request bodies longer than a new stream's window that went over a
-    /// warm HTTP/1.1 session instead ([`H2Hosts::window_short`]).
+    /// Request bodies longer than a new stream's window that went over an
+    /// HTTP/1.1 session instead ([`H2Hosts::window_short`]).
     pub window_detours: Cell<u64>,
 }
 
