@@ -56,6 +56,48 @@ both_backends!(long_bodies_go_over_http1_not_the_h2_window, |io: &str| {
     assert_eq!(relay.wait_metric_sum(DETOURS, |v| v == 3.0), 3.0);
 });
 
+both_backends!(a_long_body_after_the_intake_restarted_arrives_once_on_a_new_session, |io: &str| {
+    let dir = TestDir::new();
+    let Intake { mut mock, pki, ca_file } = Intake::start(dir.path());
+    let addr = mock.addr();
+    let relay = Relay::start(dir.path(), io, addr, &ca_file, "workers.threads = 1");
+    let mut agent = relay.connect(1);
+    post(&mut agent, &payload(1024, 1));
+    post(&mut agent, &payload(MIB, 2));
+    // The intake restarts: the pooled HTTP/1.1 session and the HTTP/2
+    // connection are gone. The next long body goes over a new HTTP/1.1
+    // session, once, byte for byte; nothing answers the Agent 5xx.
+    mock.shutdown();
+    let intake = Intake { mock: mock_at(&pki, addr), pki, ca_file };
+    // Once the relay has seen its HTTP/2 connection end (a stream sent on
+    // it before that is a 502 the Agent retries: not this test's subject),
+    // a short body opens a new one.
+    let h2_open = relay.wait_metric_sum("fipsrelay_upstream_h2_connections", |v| v == 0.0);
+    assert_eq!(h2_open, 0.0, "the relay saw its HTTP/2 connection end");
+    post(&mut agent, &payload(1024, 3));
+    let long = payload(MIB + 7, 4);
+    post(&mut agent, &long);
+    let records = intake.mock.records();
+    let seen: Vec<_> = records.iter().map(|r| (r.http2, r.body_hash)).collect();
+    assert_eq!(seen, vec![(true, body_hash(&payload(1024, 3))), (false, body_hash(&long))]);
+    assert_eq!(relay.wait_metric_sum(DETOURS, |v| v == 2.0), 2.0);
+});
+
+/// A mock intake at `addr` serving `pki`'s certificate (the bind retried
+/// while the old one's port is still held).
+fn mock_at(pki: &loadgen::pki::TestPki, addr: std::net::SocketAddr) -> loadgen::mock::MockIntake {
+    let cfg = loadgen::mock::MockConfig::new(addr, pki.leaf_cert_pem.clone(), pki.leaf_key_pem.clone());
+    let mut started = loadgen::mock::MockIntake::start(cfg.clone());
+    eventually(Duration::from_secs(5), || match &started {
+        Err(_) => {
+            started = loadgen::mock::MockIntake::start(cfg.clone());
+            started.is_ok()
+        }
+        Ok(_) => true,
+    });
+    started.unwrap_or_else(|e| panic!("mock intake on {addr}: {e}"))
+}
+
 both_backends!(an_intake_that_refuses_http1_gets_long_bodies_over_h2, |io: &str| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());

@@ -90,8 +90,11 @@ impl WanLink {
         if cfg.bandwidth == Some(0) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "bandwidth 0 carries nothing; omit it for no cap"));
         }
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("wanlink").enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("wanlink")
+            .enable_all()
+            .build()?;
         let listener = {
             let _entered = runtime.enter();
             let std = std::net::TcpListener::bind(cfg.listen)?;

@@ -15,7 +15,9 @@ use loadgen::wan::{WanConfig, WanLink};
 const DELAY: Duration = Duration::from_millis(20);
 
 /// A server on loopback running `serve` on its one connection.
-fn server<T: Send + 'static>(serve: impl FnOnce(TcpStream) -> T + Send + 'static) -> (SocketAddr, thread::JoinHandle<T>) {
+fn server<T: Send + 'static>(
+    serve: impl FnOnce(TcpStream) -> T + Send + 'static,
+) -> (SocketAddr, thread::JoinHandle<T>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = thread::spawn(move || {

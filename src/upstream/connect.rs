@@ -149,8 +149,9 @@ impl<B: Backend> Connector<B> {
         };
         let addr = endpoint.addr;
         let dial = self.directory.dial(upstream, addr);
-        let opened = open_session::<B>(dial, self.tls_http1.clone(), self.server_name(upstream), self.config.connect_timeout)
-            .await;
+        let opened =
+            open_session::<B>(dial, self.tls_http1.clone(), self.server_name(upstream), self.config.connect_timeout)
+                .await;
         match opened {
             Ok(mut s) if !s.session.is_h2() => {
                 s.endpoint = Some(endpoint.clone());

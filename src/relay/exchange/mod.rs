@@ -10,13 +10,15 @@
 //! A new stream may send only the intake's initial stream window (nginx:
 //! 64 KiB, its `http2_body_preread_size`) before it waits for a
 //! WINDOW_UPDATE, which comes a round trip later at best: over a 40 ms
-//! path, a 1 MiB upload over h2 takes two round trips where HTTP/1.1, with
-//! no window, takes one. The sender cannot enlarge the intake's window, so
-//! such a body goes over a warm HTTP/1.1 session to the same host when the
-//! pool holds one ([`window_detour`]); when it does not, the body goes over
-//! HTTP/2 and one is opened in the background for the next
-//! (`Connector::warm_http1`: a new session would cost a TCP and a TLS round
-//! trip, more than the window's one).
+//! path, a 1 MiB upload over h2 takes two round trips or more where
+//! HTTP/1.1, with no window, takes one. The sender cannot enlarge the
+//! intake's window, so such a body goes over an HTTP/1.1 session to the
+//! same host ([`window_detour`]): an idle one from the pool, or a new one
+//! (`Connector::open_http1`), as HAProxy would open one. A new session
+//! costs the TCP and TLS handshakes, about what nginx's window costs; an
+//! intake that opens its window only as it reads (the mock) would cost a
+//! round trip per 64 KiB, 16 for 1 MiB. If no session can be had, the body
+//! goes over HTTP/2 after all.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
