@@ -151,8 +151,9 @@ both_backends_both_protocols!(
             metrics.contains(&format!("fipsrelay_upstream_via_proxy{{upstream=\"{METRICS_HOST}\"}} 1")),
             "{metrics}"
         );
+        // One tunnel per intake session (the same count as above).
         let tunnels = relay.wait_metric("fipsrelay_proxy_tunnels_total", |v| v >= 2.0);
-        assert!((2.0..=3.0).contains(&tunnels), "{metrics}");
+        assert!((2.0..=most as f64).contains(&tunnels), "{metrics}");
         assert!(metrics.contains("fipsrelay_proxy_connect_seconds_count"), "{metrics}");
         let status = relay.status_page("/");
         assert!(
