@@ -28,6 +28,12 @@
 //! warm-up, on both intakes. Every row reports wake-ups per request beside
 //! CPU and system calls.
 //!
+//! Over a long path: the Agent mix at 50 req/s over 8 connections with the
+//! proxy reaching the intake through loadgen's `wanlink` (20 ms each way, a
+//! 40 ms round trip; only the delay is emulated, docs/testing.md), on both
+//! rigs; its p50/p99 per request are the figures (docs/performance.md,
+//! "Over a WAN").
+//!
 //! Run: `benches/compare.sh` (installs HAProxy, wrk and nginx-full when
 //! missing), or
 //! `cargo bench --bench compare -- [--quick] [--secs N] [--reps N] [--json FILE] [--no-external]
@@ -65,6 +71,20 @@ const WORKLOADS: &[Workload] = &[
     Workload { name: "1 MiB closed loop, 16 conns", body: "1m", connections: 16, rate: None },
 ];
 
+/// The Agent mix over a 40 ms round trip: latency is the figure.
+const AGENT_MIX_WAN: Workload = Workload {
+    name: "Agent mix 50 req/s 512 B–1 MiB over 40 ms RTT",
+    body: "log-uniform:512..1m",
+    connections: WAN_CONNS,
+    rate: Some(WAN_RATE),
+};
+/// One-way delay of the long path (`wanlink --delay`).
+const WAN_DELAY: &str = "20ms";
+const WAN_RATE: u64 = 50;
+/// Enough that a request rarely waits for a free connection at 50 req/s
+/// and ~100 ms per request.
+const WAN_CONNS: usize = 8;
+
 const AGENT_MIX_1M: &str = "Agent mix 250 req/s 512 B–1 MiB";
 const AGENT_MIX_2M5: &str = "Agent mix 250 req/s 512 B–2.5 MiB";
 const AGENT_MIX_RATE: u64 = 250;
@@ -78,6 +98,8 @@ enum WrkLoad {
     Fixed(usize, usize),
     /// Paced: sizes, req/s, connections.
     Mix(BodySize, u64, usize),
+    /// Paced, the proxy reaching nginx through `wanlink` (WAN_DELAY each way).
+    MixWan(BodySize, u64, usize),
 }
 
 fn main() {
@@ -197,6 +219,30 @@ fn main() {
             contenders.iter().zip(&samples).map(|(c, s)| (c.label.clone(), median(s))).collect();
         json_rows.push(print_rows(w.name, &medians, true));
     }
+    // The long path: the same contenders behind a WAN link to the mock.
+    if wanted(AGENT_MIX_WAN.name) {
+        let w = &AGENT_MIX_WAN;
+        let link = start_wanlink(&bins, mock.addr, WAN_DELAY, load_cpu);
+        if !WORKLOADS.iter().any(|w| wanted(w.name)) {
+            println!();
+            header("p99.9 µs");
+        }
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); contenders.len()];
+        for _ in 0..reps {
+            for (i, c) in contenders.iter().enumerate() {
+                let target = match &c.kind {
+                    Kind::Relay(bin, io) => start_relay_bin(bin, dir.path(), link.addr, &mock.ca, proxy_cpu, 1, io),
+                    _ => start_haproxy_to(&haproxy, dir.path(), link.addr, &mock.ca, proxy_cpu, 1),
+                };
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                samples[i].push(run_load_verified(&bins, dir.path(), &target, w, secs, warmup, load_cpu, Some(&mock)));
+            }
+        }
+        let medians: Vec<(String, Sample)> =
+            contenders.iter().zip(&samples).map(|(c, s)| (c.label.clone(), median(s))).collect();
+        println!("# {}: wanlink adds {WAN_DELAY} each way between the proxy and the mock", w.name);
+        json_rows.push(print_rows(w.name, &medians, true));
+    }
     let idle_line: Vec<String> =
         contenders.iter().zip(&idle).map(|(c, k)| format!("{} {:.1} MiB", c.label, *k as f64 / 1024.0)).collect();
     if !idle_line.is_empty() && WORKLOADS.iter().any(|w| wanted(w.name)) {
@@ -251,6 +297,10 @@ fn main() {
             "Agent mix 250 req/s 512 B–2.5 MiB (wrk, paced)",
             WrkLoad::Mix(BodySize::log_uniform(512, 2560 << 10), AGENT_MIX_RATE, AGENT_MIX_CONNS),
         ),
+        (
+            "Agent mix 50 req/s 512 B–1 MiB over 40 ms RTT (wrk, paced)",
+            WrkLoad::MixWan(BodySize::log_uniform(512, 1 << 20), WAN_RATE, WAN_CONNS),
+        ),
     ];
     let wrk_loads: Vec<(&str, WrkLoad)> = wrk_loads.into_iter().filter(|(name, _)| wanted(name)).collect();
     let idle_external: Vec<usize> =
@@ -269,36 +319,55 @@ fn main() {
         let nginx = start_nginx_intake(dir.path(), &tls, load_cpu);
         let mut external = contenders.clone();
         external.push(Contender { label: "haproxy plain (floor)".into(), kind: Kind::HaproxyPlain });
-        let start = |c: &Contender| match &c.kind {
-            Kind::Relay(bin, io) => start_relay_bin(bin, dir.path(), nginx.addr, &nginx.ca, proxy_cpu, 1, io),
-            Kind::Haproxy => start_haproxy_to(&haproxy, dir.path(), nginx.addr, &nginx.ca, proxy_cpu, 1),
-            Kind::HaproxyPlain => start_haproxy_plain_to(&haproxy, dir.path(), nginx.plain_addr, proxy_cpu, 1),
-            Kind::HaproxyChecks => start_haproxy_with_checks_to(&haproxy, dir.path(), nginx.addr, &nginx.ca, proxy_cpu),
+        // The long path to nginx, when a row needs it.
+        let link = wrk_loads
+            .iter()
+            .any(|(_, l)| matches!(l, WrkLoad::MixWan(..)))
+            .then(|| start_wanlink(&bins, nginx.addr, WAN_DELAY, load_cpu));
+        let start_at = |c: &Contender, wan: bool| {
+            let addr = match (&link, wan) {
+                (Some(l), true) => l.addr,
+                _ => nginx.addr,
+            };
+            match &c.kind {
+                Kind::Relay(bin, io) => start_relay_bin(bin, dir.path(), addr, &nginx.ca, proxy_cpu, 1, io),
+                Kind::Haproxy => start_haproxy_to(&haproxy, dir.path(), addr, &nginx.ca, proxy_cpu, 1),
+                Kind::HaproxyPlain => start_haproxy_plain_to(&haproxy, dir.path(), nginx.plain_addr, proxy_cpu, 1),
+                Kind::HaproxyChecks => start_haproxy_with_checks_to(&haproxy, dir.path(), addr, &nginx.ca, proxy_cpu),
+            }
         };
+        let start = |c: &Contender| start_at(c, false);
         println!();
         println!("# external rig: wrk -t1 (Debian) → proxy → nginx-full TLS intake (`listen ssl http2`, echo_read_request_body; 202), wrk + nginx on CPU {load_cpu:?}; the floor row relays plaintext to nginx's plaintext port");
-        if wrk_loads.iter().any(|(_, l)| matches!(l, WrkLoad::Mix(..))) {
+        if wrk_loads.iter().any(|(_, l)| matches!(l, WrkLoad::Mix(..) | WrkLoad::MixWan(..))) {
             println!("# Agent mix (wrk, paced): wrk has no open loop (wrk2 is not packaged in Debian 12); its Lua delay() gives each send a slot 1/rate after the previous one, on whole-ms timers; a connection still waiting for its answer sends late; latency from the actual send (no coordinated-omission correction); random bodies of log-uniform sizes from a fixed list; nginx does not verify bodies");
         }
         if !wrk_loads.is_empty() {
             header("");
         }
         for (name, load) in &wrk_loads {
-            let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); external.len()];
+            let wan = matches!(load, WrkLoad::MixWan(..));
+            // The floor relays plaintext to nginx directly: no row over the long path.
+            let rigged: Vec<&Contender> =
+                external.iter().filter(|c| !(wan && matches!(c.kind, Kind::HaproxyPlain))).collect();
+            let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); rigged.len()];
             for _ in 0..reps {
-                for (i, c) in external.iter().enumerate() {
-                    let target = start(c);
+                for (i, c) in rigged.iter().enumerate() {
+                    let target = start_at(c, wan);
                     std::thread::sleep(std::time::Duration::from_millis(300));
                     samples[i].push(match load {
                         WrkLoad::Fixed(bytes, conns) => run_wrk(dir.path(), &target, *bytes, *conns, secs, load_cpu),
-                        WrkLoad::Mix(sizes, rate, conns) => {
+                        WrkLoad::Mix(sizes, rate, conns) | WrkLoad::MixWan(sizes, rate, conns) => {
                             run_wrk_mix(dir.path(), &target, *sizes, *rate, *conns, secs, load_cpu)
                         }
                     });
                 }
             }
+            if wan {
+                println!("# {name}: wanlink adds {WAN_DELAY} each way between the proxy and nginx");
+            }
             let medians: Vec<(String, Sample)> =
-                external.iter().zip(&samples).map(|(c, s)| (c.label.clone(), median(s))).collect();
+                rigged.iter().zip(&samples).map(|(c, s)| (c.label.clone(), median(s))).collect();
             external_rows.push(print_rows(name, &medians, false));
         }
         for conns in idle_external {

@@ -31,6 +31,7 @@ pub const M_UPSTREAM_H2_FRAMES: &str = "fipsrelay_upstream_h2_frames_written_tot
 pub const M_UPSTREAM_H2_STREAMS: &str = "fipsrelay_upstream_h2_streams_total";
 pub const M_UPSTREAM_H2_REPLAYS: &str = "fipsrelay_upstream_h2_replays_total";
 pub const M_UPSTREAM_H2_PINGS: &str = "fipsrelay_upstream_h2_pings_total";
+pub const M_UPSTREAM_H2_WINDOW_DETOURS: &str = "fipsrelay_upstream_h2_window_detours_total";
 pub const M_UPSTREAM_H2_FALLBACK: &str = "fipsrelay_upstream_h2_http1_fallback";
 pub const M_UPSTREAM_ADDRESS_UP: &str = "fipsrelay_upstream_address_up";
 pub const M_UPSTREAM_ADDRESSES_UP: &str = "fipsrelay_upstream_addresses_up";
@@ -179,6 +180,10 @@ pub struct UpstreamStats {
     pub h2_streams: u64,
     pub h2_replays: u64,
     pub h2_pings: u64,
+    /// Request bodies longer than the intake's HTTP/2 window that went over
+    /// an HTTP/1.1 session instead (no round trip waiting for
+    /// WINDOW_UPDATE).
+    pub h2_window_detours: u64,
     /// Workers that speak HTTP/1.1 to the host because it picked it by ALPN
     /// (`upstream.protocol = "auto"`).
     pub h2_http1_fallback: i64,
@@ -238,6 +243,7 @@ impl WorkerStats {
             a.h2_streams += b.h2_streams;
             a.h2_replays += b.h2_replays;
             a.h2_pings += b.h2_pings;
+            a.h2_window_detours += b.h2_window_detours;
             a.h2_http1_fallback += b.h2_http1_fallback;
         }
     }

@@ -513,7 +513,7 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
         }
     }
     type Counter = fn(&crate::metrics::UpstreamStats) -> u64;
-    let counters: [(&str, &str, Counter); 5] = [
+    let counters: [(&str, &str, Counter); 6] = [
         (
             M_UPSTREAM_H2_WRITES,
             "TLS writes on HTTP/2 connections to the upstream host (each carries every frame queued since the last).",
@@ -527,6 +527,11 @@ fn prometheus(info: &StatusInfo, hub: &StatsHub) -> String {
             |u| u.h2_replays,
         ),
         (M_UPSTREAM_H2_PINGS, "Liveness PINGs sent on HTTP/2 connections to the upstream host.", |u| u.h2_pings),
+        (
+            M_UPSTREAM_H2_WINDOW_DETOURS,
+            "Request bodies longer than the upstream host's HTTP/2 flow-control window sent over an HTTP/1.1 session instead.",
+            |u| u.h2_window_detours,
+        ),
     ];
     for (name, help, get) in counters.into_iter().filter(|_| h2) {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -133,8 +133,14 @@ both_backends_both_protocols!(
         }
         assert_eq!(records[4].sni.as_deref(), Some(TRACE_HOST));
         assert_eq!(records[4].body_hash, body_hash(&trace_body));
-        // Pooled sessions run through the tunnel: fewer TLS sessions than requests.
-        assert!(intake.mock.stats().connections <= 3, "{:?}", intake.mock.stats());
+        // Pooled sessions run through the tunnel: fewer TLS sessions than
+        // requests over HTTP/1.1. Over h2 the 64 KiB and 1 MiB bodies, past
+        // the mock's 65,535-byte stream window, may take an HTTP/1.1 session
+        // through the tunnel instead (relay::exchange: on a worker whose
+        // HTTP/2 connection already knows the window; which worker takes
+        // which request is the kernel's choice): up to 2 more.
+        let most = if protocol.is_h2() { 5 } else { 3 };
+        assert!(intake.mock.stats().connections <= most, "{:?}", intake.mock.stats());
 
         let metrics = relay.status_page("/metrics");
         assert!(
@@ -145,8 +151,9 @@ both_backends_both_protocols!(
             metrics.contains(&format!("fipsrelay_upstream_via_proxy{{upstream=\"{METRICS_HOST}\"}} 1")),
             "{metrics}"
         );
+        // One tunnel per intake session (the same count as above).
         let tunnels = relay.wait_metric("fipsrelay_proxy_tunnels_total", |v| v >= 2.0);
-        assert!((2.0..=3.0).contains(&tunnels), "{metrics}");
+        assert!((2.0..=most as f64).contains(&tunnels), "{metrics}");
         assert!(metrics.contains("fipsrelay_proxy_connect_seconds_count"), "{metrics}");
         let status = relay.status_page("/");
         assert!(

@@ -16,6 +16,8 @@ pub struct Bins {
     pub relay: PathBuf,
     pub mock: PathBuf,
     pub loadgen: PathBuf,
+    /// loadgen's WAN link emulator.
+    pub wanlink: PathBuf,
 }
 
 /// The release binaries next to this bench (target/release).
@@ -26,8 +28,9 @@ pub fn bins() -> Bins {
         relay: PathBuf::from(env!("CARGO_BIN_EXE_fipsrelay")),
         mock: dir.join("mock-intake"),
         loadgen: dir.join("loadgen"),
+        wanlink: dir.join("wanlink"),
     };
-    for p in [&b.mock, &b.loadgen] {
+    for p in [&b.mock, &b.loadgen, &b.wanlink] {
         assert!(p.exists(), "{} not built: run `cargo build --release --workspace --bins` first", p.display());
     }
     b
@@ -147,6 +150,29 @@ pub fn start_mock(bins: &Bins, dir: &Path, cpu: Option<usize>) -> Mock {
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.trim().strip_prefix("listening on ").expect("mock-intake prints its address").parse().unwrap();
     Mock { proc: Proc { child, name: "mock-intake".into() }, addr, ca: tls.join("ca.pem") }
+}
+
+/// A WAN link (loadgen's `wanlink`) in front of an intake.
+pub struct Link {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+/// Starts `wanlink` from a free port to `target`, adding `delay` (e.g.
+/// `20ms`) each way: the proxy under test connects to `addr` instead of
+/// the intake (the certificate still names the intake's host, and the SNI
+/// is the proxy's, so nothing else changes).
+pub fn start_wanlink(bins: &Bins, target: SocketAddr, delay: &str, cpu: Option<usize>) -> Link {
+    let mut child = pinned(&bins.wanlink, cpu)
+        .args(["--listen", "127.0.0.1:0", "--target", &target.to_string(), "--delay", delay])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn wanlink");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").expect("wanlink prints its address").parse().unwrap();
+    Link { proc: Proc { child, name: "wanlink".into() }, addr }
 }
 
 /// The thing under test: its process and the port of the metrics product.

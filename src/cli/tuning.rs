@@ -167,7 +167,7 @@ const RULES: &[Rule] = &[
     Rule {
         key: "net.ipv4.tcp_slow_start_after_idle",
         compare: Compare::Exact,
-        advice: "keep the congestion window of idle pooled intake sessions",
+        advice: "keep the congestion window of intake sessions across the Agent's idle gaps (after an idle RTO a long path restarts slow start, and a 1 MiB body takes several round trips instead of one)",
     },
     Rule { key: "fs.file-max", compare: Compare::AtLeast, advice: "raise the system-wide limit of open files" },
     Rule {
@@ -862,6 +862,22 @@ mod tests {
         let uring = diff_for(&report, "kernel.io_uring_disabled").to_string();
         assert!(uring.contains("auto uses epoll"), "{uring}");
         assert!(uring.contains("sysctl -w kernel.io_uring_disabled=0"), "{uring}");
+    }
+
+    #[test]
+    fn slow_start_after_idle_is_a_diff_in_every_profile() {
+        // A long path to the intake (issue 22): the Agent idles between
+        // flushes, and the kernel's default restarts slow start after idle.
+        for profile in PROFILES {
+            let fake = FakeProc::matching(profile);
+            fake.set("net.ipv4.tcp_slow_start_after_idle", "1");
+            let report = check(profile, &fake.host, 0).unwrap();
+            assert_eq!(report.diffs.len(), 1, "{profile}:\n{report:#}");
+            let line = diff_for(&report, "net.ipv4.tcp_slow_start_after_idle").to_string();
+            assert!(line.contains(&format!("= 1, profile {profile} wants 0:")), "{line}");
+            assert!(line.contains("Agent's idle gaps"), "{line}");
+            assert!(line.contains("fix: sysctl -w net.ipv4.tcp_slow_start_after_idle=0"), "{line}");
+        }
     }
 
     #[test]

@@ -258,6 +258,13 @@ impl Conn {
         self.conn_send.max(0) as usize
     }
 
+    /// DATA bytes a stream opened now could send before it has to wait for
+    /// a WINDOW_UPDATE: the peer's initial stream window, within what the
+    /// connection's window has left.
+    pub fn new_stream_room(&self) -> u64 {
+        (self.peer_stream_window as i64).min(self.conn_send).max(0) as u64
+    }
+
     /// Whether `stream` is open (not ended both ways, reset or cancelled).
     pub fn is_open(&self, stream: u32) -> bool {
         self.streams.iter().any(|s| s.id == stream)

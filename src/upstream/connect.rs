@@ -5,12 +5,15 @@
 //! mode), and every failure fed back to the address's health at once.
 //!
 //! A worker owns one [`Connector`]; it knows nothing of the Agent side.
+//!
+//! It also opens the HTTP/1.1 sessions that carry bodies too long for a
+//! host's HTTP/2 window ([`Connector::open_http1`]).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 
@@ -27,6 +30,10 @@ use crate::route::{RouteTable, UpstreamId, PRODUCTS};
 
 /// The line of an address that failed when another is tried next.
 const ADDRESS_FAILED: &str = "upstream address failed; trying the next one";
+/// After an HTTP/1.1 session for a long body failed to open, how long the
+/// host's long bodies stay on HTTP/2 (an intake that refuses `http/1.1` by
+/// ALPN is not asked on every long body).
+const HTTP1_RETRY: Duration = Duration::from_secs(60);
 
 /// Why no session could be had for an exchange.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +89,12 @@ pub struct Connector<B: Backend> {
     pub routes: Arc<RouteTable>,
     pub directory: Arc<Directory>,
     pub tls: Arc<ClientConfig>,
+    /// `tls` offering only `http/1.1` by ALPN: the sessions of
+    /// [`Connector::open_http1`].
+    tls_http1: Arc<ClientConfig>,
     pub pool: RefCell<Pool<Hop<B::Stream>>>,
+    /// Per host: when [`Connector::open_http1`] last failed.
+    http1_failed: Vec<Cell<Option<Instant>>>,
     /// Round robin over a host's addresses.
     next_addr: Cell<usize>,
     /// The worker's log summaries: an address that failed, or an HTTP/2
@@ -99,7 +111,64 @@ impl<B: Backend> Connector<B> {
         log: Rc<Summaries>,
     ) -> Self {
         let pool = Pool::new(routes.upstreams.len(), config.max_idle_per_host, config.upstream_idle_timeout);
-        Connector { config, routes, directory, tls, pool: RefCell::new(pool), next_addr: Cell::new(0), log }
+        let tls_http1 = crate::crypto::with_alpn(&tls, &[crate::crypto::ALPN_HTTP1]);
+        let http1_failed = (0..routes.upstreams.len()).map(|_| Cell::new(None)).collect();
+        Connector {
+            config,
+            routes,
+            directory,
+            tls,
+            tls_http1,
+            pool: RefCell::new(pool),
+            http1_failed,
+            next_addr: Cell::new(0),
+            log,
+        }
+    }
+
+    /// Opens one HTTP/1.1 session to host `upstream` (only `http/1.1`
+    /// offered by ALPN) on the next address that is up and leaves it idle
+    /// in the pool, for a request body too long for the host's HTTP/2
+    /// window (`relay::exchange`), which takes it next. False when none
+    /// could be had: no address up, a failed connect or handshake, or the
+    /// intake insisting on h2; then no other is tried for [`HTTP1_RETRY`].
+    /// A failure is logged at debug level and not counted against the
+    /// address: the request still goes (over HTTP/2), and an intake that
+    /// speaks only h2 is healthy.
+    pub async fn open_http1(&self, upstream: UpstreamId) -> bool {
+        let failed = &self.http1_failed[upstream];
+        if failed.get().is_some_and(|t| t.elapsed() < HTTP1_RETRY) {
+            return false;
+        }
+        let resolved = self.directory.get(upstream);
+        let n = resolved.endpoints.len();
+        let first = self.next_addr.get();
+        self.next_addr.set(first.wrapping_add(1));
+        let Some(endpoint) = (0..n).map(|k| &resolved.endpoints[(first + k) % n]).find(|e| e.is_up()) else {
+            return false;
+        };
+        let addr = endpoint.addr;
+        let dial = self.directory.dial(upstream, addr);
+        let opened =
+            open_session::<B>(dial, self.tls_http1.clone(), self.server_name(upstream), self.config.connect_timeout)
+                .await;
+        match opened {
+            Ok(mut s) if !s.session.is_h2() => {
+                s.endpoint = Some(endpoint.clone());
+                Lease::opened(&self.pool, upstream, s).give_back(Instant::now());
+                tracing::debug!(upstream = self.host(upstream), %addr, "HTTP/1.1 session opened for a body longer than the HTTP/2 window");
+                true
+            }
+            Ok(_) => {
+                failed.set(Some(Instant::now()));
+                false
+            }
+            Err(e) => {
+                tracing::debug!(upstream = self.host(upstream), %addr, error = %e, "no HTTP/1.1 session for a body longer than the HTTP/2 window");
+                failed.set(Some(Instant::now()));
+                false
+            }
+        }
     }
 
     pub fn host(&self, id: UpstreamId) -> &str {

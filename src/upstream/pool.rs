@@ -53,21 +53,35 @@ impl<S: Stream> Pool<S> {
     /// The freshest live idle session for `id`, if any. Stale or dead
     /// sessions met on the way are dropped (counted in the second value).
     pub fn take(&mut self, id: UpstreamId, now: Instant) -> (Option<PooledSession<S>>, usize) {
+        let dropped = self.drop_unusable(id, now);
+        (self.idle[id].pop().map(|i| i.session), dropped)
+    }
+
+    /// Whether [`Pool::take`] would give a session for `id` now (stale or
+    /// dead sessions met on the way are dropped, as there).
+    pub fn has_live(&mut self, id: UpstreamId, now: Instant) -> bool {
+        self.drop_unusable(id, now);
+        !self.idle[id].is_empty()
+    }
+
+    /// Drops unusable sessions off the top of `id`'s stack until a usable
+    /// one (left on top) or none; returns how many went.
+    fn drop_unusable(&mut self, id: UpstreamId, now: Instant) -> usize {
         let stack = &mut self.idle[id];
         let mut dropped = 0;
-        while let Some(mut idle) = stack.pop() {
+        while let Some(idle) = stack.last_mut() {
             let healthy = match &idle.session.endpoint {
                 Some(e) => e.is_usable(),
                 None => true,
             };
             if healthy && now.duration_since(idle.since) < self.idle_timeout && idle.session.session.is_reusable_now() {
-                self.open[id] -= dropped as i64;
-                return (Some(idle.session), dropped);
+                break;
             }
+            stack.pop();
             dropped += 1;
         }
         self.open[id] -= dropped as i64;
-        (None, dropped)
+        dropped
     }
 
     /// Counts a session the relay just opened for `id`.

@@ -181,6 +181,7 @@ fn publish<B: Backend>(ctx: &WorkerCtx<B>) {
             u.h2_streams = c.streams.get();
             u.h2_replays = c.replays.get();
             u.h2_pings = c.pings.get();
+            u.h2_window_detours = c.window_detours.get();
             u.h2_http1_fallback = i64::from(h2.http1_fallback(i));
         }
     }

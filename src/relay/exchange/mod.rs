@@ -5,9 +5,24 @@
 //! read the body with [`BodyProgress`], read the Agent with [`read_body`]
 //! and send the answer with [`AnswerOut`]; both fail with the one
 //! [`RelayError`].
+//!
+//! # Bodies longer than the HTTP/2 window
+//! A new stream may send only the intake's initial stream window (nginx:
+//! 64 KiB, its `http2_body_preread_size`) before it waits for a
+//! WINDOW_UPDATE, which comes a round trip later at best: over a 40 ms
+//! path, a 1 MiB upload over h2 takes two round trips or more where
+//! HTTP/1.1, with no window, takes one. The sender cannot enlarge the
+//! intake's window, so such a body goes over an HTTP/1.1 session to the
+//! same host ([`window_detour`]): an idle one from the pool, or a new one
+//! (`Connector::open_http1`), as HAProxy would open one. A new session
+//! costs the TCP and TLS handshakes, about what nginx's window costs; an
+//! intake that opens its window only as it reads (the mock) would cost a
+//! round trip per 64 KiB, 16 for 1 MiB. If no session can be had, the body
+//! goes over HTTP/2 after all.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use super::downstream::Downstream;
 use super::error::{answer_fault, AgentFault, RelayError, UpstreamFault};
@@ -17,6 +32,7 @@ use crate::config::UpstreamProtocol;
 use crate::http1::{BodyFraming, ChunkedScanner, ClientConn, RequestError, RequestHead};
 use crate::io::{Backend, Stream};
 use crate::route::UpstreamId;
+use crate::upstream::h2pool::bump;
 use crate::worker::ctx::WorkerCtx;
 
 mod h1;
@@ -81,6 +97,14 @@ impl<B: Backend> Exchange<'_, B> {
 /// the one ALPN chose on the session that carries it.
 pub(super) async fn forward<B: Backend>(x: &mut Exchange<'_, B>) -> Result<Answered, RelayError> {
     let h2_allowed = x.ctx.config.protocol != UpstreamProtocol::Http1;
+    // A body the intake's HTTP/2 window would hold back, over HTTP/1.1
+    // (`None`: the pooled session was gone or dead and a new one picked h2:
+    // the request, untouched, goes the usual way).
+    if h2_allowed && window_detour(x).await {
+        if let Some(done) = h1::forward(x).await? {
+            return Ok(done);
+        }
+    }
     // An `auto` host whose intake changes its mind (h2 on, then off) takes
     // a round or two; a third would be an intake that flips on every session.
     for _ in 0..3 {
@@ -96,6 +120,28 @@ pub(super) async fn forward<B: Backend>(x: &mut Exchange<'_, B>) -> Result<Answe
         }
     }
     Err(UpstreamFault::AlpnFlapping.into())
+}
+
+/// Whether this request's body goes over HTTP/1.1 rather than wait for
+/// the host's HTTP/2 window (module doc): a Content-Length body longer
+/// than a new stream may send, once the pool holds an idle HTTP/1.1
+/// session to the host (one is opened if it holds none). Counted.
+async fn window_detour<B: Backend>(x: &Exchange<'_, B>) -> bool {
+    let Some(len) = x.body.left() else { return false };
+    let counters = {
+        let hosts = x.ctx.h2.borrow();
+        if !hosts.window_short(x.upstream, len) {
+            return false;
+        }
+        hosts.counters[x.upstream].clone()
+    };
+    let up = &x.ctx.upstream;
+    let idle = up.pool.borrow_mut().has_live(x.upstream, Instant::now());
+    let ready = idle || up.open_http1(x.upstream).await;
+    if ready {
+        bump(&counters.window_detours, 1);
+    }
+    ready
 }
 
 /// Where a request body stands: how much is left, or the chunked scanner.

@@ -58,6 +58,9 @@ pub struct H2Counters {
     pub replays: Cell<u64>,
     /// Liveness PINGs sent.
     pub pings: Cell<u64>,
+    /// Request bodies longer than a new stream's window that went over an
+    /// HTTP/1.1 session instead ([`H2Hosts::window_short`]).
+    pub window_detours: Cell<u64>,
 }
 
 pub fn bump(c: &Cell<u64>, n: u64) {
@@ -136,6 +139,25 @@ impl H2Hosts {
     /// path for now.
     pub fn http1_fallback(&self, id: UpstreamId) -> bool {
         self.http1_until[id].is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Whether a request body of `len` bytes to host `id` would wait for
+    /// the intake's flow control over HTTP/2: it is longer than what a new
+    /// stream on each of the host's live connections may send before a
+    /// WINDOW_UPDATE (the intake's initial stream window, within the
+    /// connection's). False while the host has no connection whose
+    /// windows are known (the intake's SETTINGS come before its ACK of
+    /// ours).
+    pub fn window_short(&self, id: UpstreamId, len: u64) -> bool {
+        let room = self.conns[id]
+            .iter()
+            .filter(|c| !c.is_dead() && c.can_open())
+            .filter_map(|c| {
+                let i = c.inner.borrow();
+                i.conn.settings_acked().then(|| i.conn.new_stream_room())
+            })
+            .max();
+        room.is_some_and(|room| len > room)
     }
 
     /// Open HTTP/2 connections to host `id`.
