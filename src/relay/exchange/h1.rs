@@ -1,14 +1,16 @@
 //! One exchange over HTTP/1.1 on a session lent by the pool: the request
 //! head (with the first body bytes) in one TLS write, the body streamed
-//! (a Content-Length body read from the Agent straight into a TLS record
-//! and sealed there), the answer head parsed and rendered for the Agent,
+//! (a Content-Length body read from the Agent in one vectored read straight
+//! into up to 8 TLS record places, sealed there and written in one write),
+//! the answer head parsed and rendered for the Agent,
 //! the answer body streamed back as it is framed. The session goes back
 //! to the pool only after a complete exchange; any early return drops the
 //! lease, which closes it.
 //!
 //! # Backpressure
-//! One record's worth of body at a time: the next is read from the Agent
-//! only after the previous one was written to the intake, and the next
+//! At most [`RECORDS_PER_READ`] records' worth of body at a time: the next
+//! read from the Agent waits until the previous one was written to the
+//! intake, and the next
 //! answer bytes are read only after the previous ones reached the Agent.
 
 use std::io;
