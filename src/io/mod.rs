@@ -107,26 +107,42 @@ impl Strided {
         self.places().last().map_or(0, |(at, len)| at + len)
     }
 
-    /// The places as iovecs into `buf`'s spare capacity, once `buf` has
-    /// [`Self::room`] bytes of it.
-    fn iovecs(&self, buf: &mut Vec<u8>) -> Vec<libc::iovec> {
+    /// Writes the places as iovecs into `buf`'s spare capacity into `iov`
+    /// (at most [`MAX_PLACES`]: a read into the first ones is a shorter
+    /// read, and the rest waits for the next); returns how many.
+    fn iovecs(&self, buf: &mut Vec<u8>, iov: &mut [libc::iovec; MAX_PLACES]) -> usize {
         assert!(buf.capacity() - buf.len() >= self.room(), "strided read past the buffer");
         let base = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-        // SAFETY: every place is within the spare capacity (asserted).
-        self.places().map(|(at, len)| libc::iovec { iov_base: unsafe { base.add(at) }.cast(), iov_len: len }).collect()
+        let mut n = 0;
+        for ((at, len), slot) in self.places().zip(iov.iter_mut()) {
+            // SAFETY: every place is within the spare capacity (asserted).
+            *slot = libc::iovec { iov_base: unsafe { base.add(at) }.cast(), iov_len: len };
+            n += 1;
+        }
+        n
     }
+}
+
+/// The most places one vectored read fills.
+pub const MAX_PLACES: usize = 16;
+
+/// An empty iovec array, for [`Strided::iovecs`].
+pub fn no_iovecs() -> [libc::iovec; MAX_PLACES] {
+    [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_PLACES]
 }
 
 /// `readv` into the places of `reads`, without blocking: `Ok(None)` when
 /// nothing is waiting.
 fn readv_now(fd: RawFd, buf: &mut Vec<u8>, reads: &Strided) -> io::Result<Option<usize>> {
-    let iov = reads.iovecs(buf);
-    if iov.is_empty() {
+    // On the stack: no allocation per read.
+    let mut iov = no_iovecs();
+    let count = reads.iovecs(buf, &mut iov);
+    if count == 0 {
         return Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room to read"));
     }
     // SAFETY: the iovecs point into `buf`'s spare capacity, which outlives
     // the call; readv writes at most their lengths.
-    let n = unsafe { libc::readv(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+    let n = unsafe { libc::readv(fd, iov.as_ptr(), count as libc::c_int) };
     if n < 0 {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };

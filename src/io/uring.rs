@@ -27,6 +27,8 @@ pub struct UringStream {
     /// How ring operations name the socket: its slot in the ring's file
     /// table, or its descriptor.
     target: Target,
+    /// The iovecs of a vectored read, kept between reads.
+    iov: Option<Box<[libc::iovec; super::MAX_PLACES]>>,
     fd: OwnedFd,
 }
 
@@ -56,7 +58,7 @@ impl UringStream {
             Some(slot) => Target { n: slot as RawFd, fixed: true },
             None => Target { n: fd.as_raw_fd(), fixed: false },
         };
-        UringStream { armed: None, target, fd }
+        UringStream { armed: None, target, iov: None, fd }
     }
 
     /// Waits for the armed read, if any, and returns its result and buffer.
@@ -192,15 +194,21 @@ impl Stream for UringStream {
             return (Err(io::Error::other("vectored read while a read is armed")), buf);
         }
         loop {
-            let iov = reads.iovecs(&mut buf);
-            if iov.is_empty() {
+            // The iovecs live in a box the stream keeps (lent to the
+            // operation, back with its result): no allocation per read.
+            let mut iov = self.iov.take().unwrap_or_else(|| Box::new(super::no_iovecs()));
+            let count = reads.iovecs(&mut buf, &mut iov);
+            if count == 0 {
+                self.iov = Some(iov);
                 return (Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room to read")), buf);
             }
-            // SAFETY: the iovecs point into the spare capacity of `buf`,
-            // whose heap block moves with them into the operation and stays
-            // alive until the kernel answers.
-            let entry = self.target.stamp(opcode::Readv::new(types::Fd(self.target.n), iov.as_ptr(), iov.len() as u32).build());
-            let (res, _, (b, _iov)) = ring::submit(entry, (buf, iov)).await;
+            // SAFETY: the iovecs, in their box, and the spare capacity of
+            // `buf` they point into move with the operation and stay alive
+            // (their heap blocks unmoved) until the kernel answers.
+            let entry =
+                self.target.stamp(opcode::Readv::new(types::Fd(self.target.n), iov.as_ptr(), count as u32).build());
+            let (res, _, (b, iov)) = ring::submit(entry, (buf, iov)).await;
+            self.iov = Some(iov);
             buf = b;
             match res {
                 r if r == -libc::EINTR => continue,
