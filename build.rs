@@ -32,7 +32,9 @@ fn main() {
         watched.push(dir.join(d).join("HEAD"));
     }
     if let Some(common) = git(&dir, &["rev-parse", "--git-common-dir"]).map(|c| dir.join(c)) {
-        if let Some(branch) = git(&dir, &["rev-parse", "--symbolic-full-name", "HEAD"]).filter(|b| b.starts_with("refs/")) {
+        if let Some(branch) =
+            git(&dir, &["rev-parse", "--symbolic-full-name", "HEAD"]).filter(|b| b.starts_with("refs/"))
+        {
             watched.push(common.join(branch));
         }
         watched.push(common.join("packed-refs"));

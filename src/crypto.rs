@@ -268,7 +268,11 @@ fn object_base(addr: usize) -> Option<usize> {
         addr: usize,
         base: Option<usize>,
     }
-    unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: libc::size_t, data: *mut libc::c_void) -> libc::c_int {
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
         // SAFETY: dl_iterate_phdr passes a valid `info` for this call, whose
         // `dlpi_phdr` points at `dlpi_phnum` program headers, and `data` is
         // the `Search` that `object_base` handed it.

@@ -146,7 +146,10 @@ fn deb_and_rpm_hold_the_files_metadata_and_scripts() {
         .args(["--arch", "arm64", "--fast", "--binary", relay_bin(), "--out"])
         .arg(dir.path().join("wrong")));
     let err = String::from_utf8_lossy(&wrong.stderr);
-    assert!(!wrong.status.success() && err.contains("is not an aarch64 executable") && err.contains("--arch arm64"), "{err}");
+    assert!(
+        !wrong.status.success() && err.contains("is not an aarch64 executable") && err.contains("--arch arm64"),
+        "{err}"
+    );
 }
 
 /// Purges the package when the test ends, however it ends.

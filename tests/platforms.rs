@@ -190,8 +190,7 @@ fn assert_relays(relay: &Running, intake: &Intake) {
         assert_eq!(r.status, 202, "chunked {size}:\n{}", relay.log());
         expected.extend([(size as u64, body_hash(&body)); 2]);
     }
-    let got: Vec<(u64, u64)> =
-        intake.mock.records()[before..].iter().map(|r| (r.body_len, r.body_hash)).collect();
+    let got: Vec<(u64, u64)> = intake.mock.records()[before..].iter().map(|r| (r.body_len, r.body_hash)).collect();
     assert_eq!(got, expected);
 }
 
@@ -232,7 +231,11 @@ fn amd64_binary_is_static_and_relays() {
         std::fs::copy(&binary, empty.join("fipsrelay")).unwrap();
         let out = Command::new("chroot").arg(&empty).args(["/fipsrelay", "version"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains("fips: enabled (AWS-LC FIPS 3.1.0 static"), "in an empty root: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && text.contains("fips: enabled (AWS-LC FIPS 3.1.0 static"),
+            "in an empty root: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::remove_dir_all(&empty).unwrap();
     } else {
         eprintln!("note: not root, so `version` in an empty root (chroot) was not run");
@@ -260,7 +263,9 @@ fn arm64_binary_under_qemu_reports_the_module_and_relays() {
         return;
     };
     if Command::new("qemu-aarch64-static").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: qemu-aarch64-static is not installed (scripts/setup.sh --release installs qemu-user-static)");
+        eprintln!(
+            "SKIPPED: qemu-aarch64-static is not installed (scripts/setup.sh --release installs qemu-user-static)"
+        );
         return;
     }
     eprintln!("checking {} under qemu-aarch64-static", binary.display());

@@ -201,7 +201,8 @@ impl Sealer {
     /// (`record.len()`); on error the plaintext is left as it was.
     pub fn seal_record(&mut self, record: &mut [u8], typ: u8) -> Result<usize, RecordError> {
         let (prefix, suffix) = (self.prefix_len(), self.suffix_len());
-        let plain = record.len().checked_sub(prefix + suffix).ok_or(RecordError::Malformed("no room for the record"))?;
+        let plain =
+            record.len().checked_sub(prefix + suffix).ok_or(RecordError::Malformed("no room for the record"))?;
         if plain > MAX_FRAGMENT {
             return Err(RecordError::Malformed("plaintext longer than one record"));
         }
