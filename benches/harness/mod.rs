@@ -138,7 +138,7 @@ pub fn start_mock(bins: &Bins, dir: &Path, cpu: Option<usize>) -> Mock {
     let tls = dir.join("tls");
     // HTTP/2 windows as nginx announces them (the h2 crate's 64 KiB
     // connection window would let one 64 KiB body through per round trip).
-    let mut child = pinned(&bins.mock, cpu)
+    let child = pinned(&bins.mock, cpu)
         .args(["--h2-stream-window", "65536", "--h2-connection-window", "2147483647"])
         .args(["--listen", "127.0.0.1:0", "--tls-dir"])
         .arg(&tls)
@@ -146,10 +146,22 @@ pub fn start_mock(bins: &Bins, dir: &Path, cpu: Option<usize>) -> Mock {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn mock-intake");
+    let (proc, addr) = listening(child, "mock-intake");
+    Mock { proc, addr, ca: tls.join("ca.pem") }
+}
+
+/// A child that prints `listening on ADDR` first (the mock, `wanlink`):
+/// its process and that address.
+fn listening(mut child: Child, name: &str) -> (Proc, SocketAddr) {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").expect("mock-intake prints its address").parse().unwrap();
-    Mock { proc: Proc { child, name: "mock-intake".into() }, addr, ca: tls.join("ca.pem") }
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{name} prints its address first, not {line:?}"))
+        .parse()
+        .unwrap();
+    (Proc { child, name: name.into() }, addr)
 }
 
 /// A WAN link (loadgen's `wanlink`) in front of an intake.
@@ -163,16 +175,14 @@ pub struct Link {
 /// the intake (the certificate still names the intake's host, and the SNI
 /// is the proxy's, so nothing else changes).
 pub fn start_wanlink(bins: &Bins, target: SocketAddr, delay: &str, cpu: Option<usize>) -> Link {
-    let mut child = pinned(&bins.wanlink, cpu)
+    let child = pinned(&bins.wanlink, cpu)
         .args(["--listen", "127.0.0.1:0", "--target", &target.to_string(), "--delay", delay])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn wanlink");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").expect("wanlink prints its address").parse().unwrap();
-    Link { proc: Proc { child, name: "wanlink".into() }, addr }
+    let (proc, addr) = listening(child, "wanlink");
+    Link { proc, addr }
 }
 
 /// The thing under test: its process and the port of the metrics product.

@@ -527,12 +527,8 @@ impl<S: Stream> TlsSession<S> {
             at += len;
         }
         self.poisoned = true;
-        let (res, _) = {
-            let b = std::mem::take(buf);
-            let (res, b) = self.io.write_all(b).await;
-            *buf = b;
-            (res, ())
-        };
+        let (res, b) = self.io.write_all(std::mem::take(buf)).await;
+        *buf = b;
         self.poisoned = false;
         res
     }
