@@ -30,6 +30,35 @@ both_backends_both_protocols!(bodies_arrive_byte_exact, |io: &str, protocol: Pro
     assert_eq!(stats.body_bytes, 2 * sizes.iter().sum::<usize>() as u64);
 });
 
+// A Content-Length body is read from the Agent straight into the TLS
+// records that carry it (HTTP/1.1), or into the places of its DATA frames
+// in the connection's output (HTTP/2), and sealed there: only what came
+// with the request head is copied in user space.
+both_backends_both_protocols!(long_bodies_are_sealed_where_they_were_read, |io: &str, protocol: Protocol| {
+    let dir = TestDir::new();
+    // Windows that take the bodies whole: HTTP/2 carries them (no detour).
+    let intake = Intake::start_config(dir.path(), |c| {
+        c.h2_stream_window = Some(8 << 20);
+        c.h2_connection_window = Some(64 << 20);
+    });
+    let relay = Relay::start(dir.path(), io, intake.addr(), &intake.ca_file, &protocol.with(""));
+    let sizes = [200_000usize, 1 << 20, 3 << 20 | 5];
+    let mut client = relay.connect(5);
+    let mut expected = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let body = payload(size, 77 + i as u64);
+        assert_eq!(client.request("POST", "/api/v2/logs", &[], &body).status, 202, "{size} bytes");
+        expected.push((size as u64, body_hash(&body)));
+    }
+    let got: Vec<(u64, u64)> = intake.mock.records().iter().map(|r| (r.body_len, r.body_hash)).collect();
+    assert_eq!(got, expected);
+    let total: usize = sizes.iter().sum();
+    let forwarded = relay.wait_metric_sum("fipsrelay_request_body_bytes_total", |v| v >= total as f64);
+    assert_eq!(forwarded, total as f64);
+    let copied = relay.wait_metric_sum("fipsrelay_body_bytes_copied_total", |_| true);
+    assert!(copied < 0.05 * forwarded, "{copied} of {forwarded} body bytes copied ({io}, {protocol:?})");
+});
+
 both_backends_both_protocols!(pipelined_requests_are_answered_in_order, |io: &str, protocol: Protocol| {
     let dir = TestDir::new();
     let intake = Intake::start(dir.path());

@@ -299,7 +299,7 @@ fn log_kinds(log: &str) -> Vec<(usize, String)> {
         *kinds.entry(shape).or_default() += 1;
     }
     let mut v: Vec<(usize, String)> = kinds.into_iter().map(|(k, n)| (n, k)).collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|a| std::cmp::Reverse(a.0));
     v
 }
 

@@ -603,3 +603,60 @@ fn lent_records_tls12() {
 fn lent_records_tls13() {
     lent_records(&rustls::version::TLS13);
 }
+
+/// An HTTP/2 connection's frames, laid out in record places, written by an
+/// exchange without waiting: what a full socket does not take waits in the
+/// session (moved, not copied) for the connection's task to flush, and
+/// nothing jumps ahead of it.
+fn laid_out_writes_without_waiting(version: &'static SupportedProtocolVersion) {
+    use fipsrelay::h2::out::{Output, Put};
+    use fipsrelay::upstream::tls::WrittenNow;
+    let pki = pki();
+    // Far more than a loopback socket takes before its peer reads.
+    let (first, big, small) = (20_000, 32 << 20, 40_000);
+    let data = pattern(first + big + small, 3);
+    let expected = data.clone();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (addr, server) = spawn_server(&pki, version, move |l, cfg| {
+        let mut s = Server::accept(&l, &cfg);
+        wait.recv().unwrap();
+        let got = s.recv_exact(expected.len());
+        s.send(if got == expected { b"same" } else { b"diff" });
+        s.conn.send_close_notify();
+        s.flush();
+    });
+    Epoll::block_on(async move {
+        let mut s = connect(addr, pki.client.clone()).await;
+        let mut out = Output::new(s.record_slots(), 0);
+        // An empty socket takes a small write whole.
+        out.put(&data[..first]);
+        assert_eq!(s.try_write_laid_out(&mut out).unwrap(), WrittenNow::All);
+        assert!(!s.has_unwritten());
+        out.clear();
+        out.put(&data[first..first + big]);
+        assert_eq!(s.try_write_laid_out(&mut out).unwrap(), WrittenNow::Left, "the socket is full");
+        assert!(s.has_unwritten());
+        out.clear();
+        // Ciphertext waits: the next frames are left for the task's write.
+        out.put(&data[first + big..]);
+        assert_eq!(s.try_write_laid_out(&mut out).unwrap(), WrittenNow::NotNow);
+        assert_eq!(out.len(), small, "left as it was");
+        go.send(()).unwrap();
+        s.flush().await.unwrap();
+        assert!(!s.has_unwritten());
+        s.write_laid_out(&mut out).await.unwrap();
+        assert_eq!(read_exact(&mut s, 4, 16).await, b"same", "every byte, in order");
+    })
+    .unwrap();
+    server.join().unwrap();
+}
+
+#[test]
+fn laid_out_writes_without_waiting_tls12() {
+    laid_out_writes_without_waiting(&rustls::version::TLS12);
+}
+
+#[test]
+fn laid_out_writes_without_waiting_tls13() {
+    laid_out_writes_without_waiting(&rustls::version::TLS13);
+}

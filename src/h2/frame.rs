@@ -418,6 +418,16 @@ pub fn data_head(out: &mut impl Put, stream: u32, len: usize, end_stream: bool) 
     head(out, len, Kind::Data, if end_stream { FLAG_END_STREAM } else { 0 }, stream);
 }
 
+/// A DATA frame's header as bytes, for a frame whose payload was read in
+/// place before its length was known ([`crate::h2::out::Output::read_data`]).
+pub fn data_head_bytes(stream: u32, len: usize, end_stream: bool) -> [u8; HEAD_LEN] {
+    debug_assert!(len <= MAX_MAX_FRAME_SIZE as usize);
+    let l = (len as u32).to_be_bytes();
+    let s = (stream & MAX_WINDOW).to_be_bytes();
+    let flags = if end_stream { FLAG_END_STREAM } else { 0 };
+    [l[1], l[2], l[3], Kind::Data.byte(), flags, s[0], s[1], s[2], s[3]]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use super::{Backend, Listener, Stream, Strided};
 
@@ -18,6 +21,35 @@ pub struct Epoll;
 
 pub struct EpollStream(tokio::net::TcpStream);
 pub struct EpollListener(tokio::net::TcpListener);
+
+impl EpollStream {
+    /// Runs `read` (up to `want` bytes, without blocking) if tokio's
+    /// readiness says the socket may hold bytes; a short read clears the
+    /// readiness, as tokio's own reads do.
+    fn read_clearing(
+        &self,
+        want: usize,
+        mut read: impl FnMut() -> io::Result<Option<usize>>,
+    ) -> io::Result<Option<usize>> {
+        let mut got = None;
+        let res = self.0.try_io(tokio::io::Interest::READABLE, || match read() {
+            Ok(Some(n)) => {
+                got = Some(n);
+                if n > 0 && n < want {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            }
+            Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => Err(e),
+        });
+        match res {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(got),
+        }
+    }
+}
 
 impl Stream for EpollStream {
     async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
@@ -48,19 +80,14 @@ impl Stream for EpollStream {
     }
 
     async fn read_strided(&mut self, mut buf: Vec<u8>, reads: Strided) -> (io::Result<usize>, Vec<u8>) {
-        let fd = self.0.as_raw_fd();
         loop {
             if let Err(e) = self.0.readable().await {
                 return (Err(e), buf);
             }
-            let res = self.0.try_io(tokio::io::Interest::READABLE, || match super::readv_now(fd, &mut buf, &reads) {
-                Ok(Some(n)) => Ok(n),
-                Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
-                Err(e) => Err(e),
-            });
-            match res {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return (other, buf),
+            match self.try_read_strided_now(&mut buf, &reads) {
+                Ok(None) => continue,
+                Ok(Some(n)) => return (Ok(n), buf),
+                Err(e) => return (Err(e), buf),
             }
         }
     }
@@ -70,28 +97,58 @@ impl Stream for EpollStream {
         (res, buf)
     }
 
-    async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>, buf: &mut Vec<u8>) -> Poll<io::Result<usize>> {
         debug_assert!(buf.capacity() > buf.len(), "read needs spare capacity");
         // Through tokio's poll_read, which clears the socket's readiness
         // after a short read: the next wait goes to epoll instead of a recv
         // that would only say EAGAIN (`readable` + `try_read_buf` kept the
         // readiness, and cost that recv once per request). Cancel safe.
-        self.0.read_buf(buf).await
+        let len = buf.len();
+        let mut spare = ReadBuf::uninit(buf.spare_capacity_mut());
+        ready!(Pin::new(&mut self.0).poll_read(cx, &mut spare))?;
+        let n = spare.filled().len();
+        // SAFETY: poll_read initialised the `n` bytes it filled.
+        unsafe { buf.set_len(len + n) };
+        Poll::Ready(Ok(n))
+    }
+
+    /// Through tokio's readiness, like `try_read_now`: a socket the reactor
+    /// knows is full answers "nothing" without a system call.
+    fn try_write_now(&mut self, buf: &[u8]) -> io::Result<Option<usize>> {
+        match self.0.try_write(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Through tokio's readiness: a socket the reactor knows is drained (a
     /// short read cleared its readiness, and no event came since) answers
     /// "nothing" without a system call. The pool's liveness check before
     /// every reuse costs no `recv` that way.
+    /// A short read (the socket drained) clears the readiness, as tokio's
+    /// own reads do: the read after it waits for epoll instead of asking
+    /// the socket, which would only say EAGAIN.
     fn try_read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
-        if buf.capacity() == buf.len() {
+        let room = buf.capacity() - buf.len();
+        if room == 0 {
             return Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room to read"));
         }
-        match self.0.try_read_buf(buf) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
+        let fd = self.0.as_raw_fd();
+        self.read_clearing(room, || super::recv_now(fd, buf))
+    }
+
+    /// Through tokio's readiness: a socket known drained costs no readv,
+    /// and a short read (the socket drained) clears the readiness, as
+    /// tokio's own reads do, so the next wait goes to epoll rather than to
+    /// a read that would only say EAGAIN.
+    fn try_read_strided_now(&mut self, buf: &mut Vec<u8>, reads: &Strided) -> io::Result<Option<usize>> {
+        let fd = self.0.as_raw_fd();
+        self.read_clearing(reads.total, || super::readv_now(fd, buf, reads))
+    }
+
+    async fn readable(&mut self) -> io::Result<bool> {
+        self.0.readable().await.map(|()| true)
     }
 
     fn shutdown_write(&self) -> io::Result<()> {

@@ -141,9 +141,31 @@ impl Stream for MemStream {
         (res, buf)
     }
 
-    async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+    fn poll_read_ready(&mut self, cx: &mut std::task::Context<'_>, buf: &mut Vec<u8>) -> Poll<io::Result<usize>> {
         // Bytes move only inside the poll that returns them: cancel-safe.
-        self.read_up_to(buf, usize::MAX).await
+        if buf.capacity() == buf.len() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room to read")));
+        }
+        match self.rx.take(buf, usize::MAX) {
+            Some(n) => Poll::Ready(Ok(n)),
+            None => {
+                *self.rx.reader.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    fn try_write_now(&mut self, buf: &[u8]) -> io::Result<Option<usize>> {
+        if self.tx.read_closed.get() || self.tx.write_closed.get() {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        }
+        let n = PIPE_CAPACITY.saturating_sub(self.tx.buf.borrow().len()).min(buf.len());
+        if n == 0 {
+            return Ok(None);
+        }
+        self.tx.buf.borrow_mut().extend(&buf[..n]);
+        self.tx.wake_reader();
+        Ok(Some(n))
     }
 
     fn try_read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
@@ -151,6 +173,41 @@ impl Stream for MemStream {
             return Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room to read"));
         }
         Ok(self.rx.take(buf, usize::MAX))
+    }
+
+    fn try_read_strided_now(&mut self, buf: &mut Vec<u8>, reads: &super::Strided) -> io::Result<Option<usize>> {
+        assert!(buf.capacity() - buf.len() >= reads.room(), "strided read past the buffer");
+        let mut q = self.rx.buf.borrow_mut();
+        if q.is_empty() {
+            return Ok(self.rx.write_closed.get().then_some(0));
+        }
+        let base = buf.len();
+        let mut n = 0;
+        for (at, len) in reads.places() {
+            let take = len.min(q.len());
+            for (k, b) in q.drain(..take).enumerate() {
+                buf.spare_capacity_mut()[at + k].write(b);
+            }
+            n += take;
+            if take < len {
+                break;
+            }
+        }
+        debug_assert_eq!(buf.len(), base);
+        drop(q);
+        self.rx.wake_writer();
+        Ok(Some(n))
+    }
+
+    async fn readable(&mut self) -> io::Result<bool> {
+        poll_fn(|cx| {
+            if !self.rx.buf.borrow().is_empty() || self.rx.write_closed.get() {
+                return Poll::Ready(Ok(true));
+            }
+            *self.rx.reader.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     fn shutdown_write(&self) -> io::Result<()> {

@@ -16,6 +16,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::task::{Context, Poll};
 
 pub mod epoll;
 pub mod mem;
@@ -54,7 +55,19 @@ pub trait Stream: 'static {
     /// it left its read armed with `buf` (see [`Stream::arm`]), whereas a
     /// dropped `read` may leave an io_uring operation in flight that eats
     /// the next bytes. For waits that may be abandoned (between requests).
-    async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
+    async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_ready(cx, buf)).await
+    }
+    /// [`Stream::read_ready`] as a poll, for a wait that borrows the stream
+    /// only while it is polled (an HTTP/2 connection's task waits for the
+    /// intake this way while its exchanges write on the same session).
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>, buf: &mut Vec<u8>) -> Poll<io::Result<usize>>;
+    /// Writes what the socket takes of `buf` now, without waiting:
+    /// `Ok(None)` when it takes nothing (full, or a backend that cannot
+    /// tell without waiting). Only while no write is in flight.
+    fn try_write_now(&mut self, _buf: &[u8]) -> io::Result<Option<usize>> {
+        Ok(None)
+    }
     /// Appends what the stream holds right now to the spare capacity of
     /// `buf`, without waiting: `Ok(None)` when nothing is there, `Ok(Some(0))`
     /// at end of stream. Only while no read is in flight (pooled sessions).
@@ -79,27 +92,60 @@ pub trait Stream: 'static {
     async fn disarm(&mut self, _buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
         Ok(None)
     }
+    /// A vectored read of what the socket holds now, into the places of
+    /// `reads` in `buf`'s spare capacity (as [`Stream::read_strided`]:
+    /// `buf.len()` is left as it was): `Ok(None)` when nothing is there,
+    /// or for a backend that cannot read without waiting. `Ok(Some(0))` is
+    /// end of stream. Only while no read is armed.
+    fn try_read_strided_now(&mut self, _buf: &mut Vec<u8>, _reads: &Strided) -> io::Result<Option<usize>> {
+        Ok(None)
+    }
+    /// Waits until the socket has bytes to read, or its end. `Ok(false)`:
+    /// this backend cannot wait without reading (read instead).
+    async fn readable(&mut self) -> io::Result<bool> {
+        Ok(false)
+    }
     /// Half-closes the write side.
     fn shutdown_write(&self) -> io::Result<()>;
     fn set_nodelay(&self) -> io::Result<()>;
     fn raw_fd(&self) -> RawFd;
 }
 
-/// Where a vectored read puts its bytes, from `buf.len()` on: place `i`
-/// starts `i * stride` bytes in and holds `len` bytes, and the places hold
-/// `total` bytes in all (the last one may be shorter).
+/// Where a vectored read puts its bytes, from `buf.len()` on: the first
+/// place holds `first` bytes, and each after it `len` bytes, `stride`
+/// bytes after the start of the one before (counted as if the first were
+/// `len` long: `stride - len` bytes lie between two places); the places
+/// hold `total` bytes in all (the last one may be shorter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Strided {
     pub len: usize,
     pub stride: usize,
     pub total: usize,
+    pub first: usize,
 }
 
 impl Strided {
+    /// Places all `len` long, the first included.
+    pub fn even(len: usize, stride: usize, total: usize) -> Strided {
+        Strided { len, stride, total, first: len }
+    }
+
     /// The places as `(offset from buf.len(), length)`.
     pub fn places(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let count = self.total.div_ceil(self.len.max(1));
-        (0..count).map(move |i| (i * self.stride, self.len.min(self.total - i * self.len)))
+        let gap = self.stride - self.len;
+        let (mut at, mut room, mut left) = (0, self.first, self.total);
+        std::iter::from_fn(move || {
+            while left > 0 {
+                let place = (at, room.min(left));
+                at += room + gap;
+                room = self.len;
+                if place.1 > 0 {
+                    left -= place.1;
+                    return Some(place);
+                }
+            }
+            None
+        })
     }
 
     /// Bytes of spare capacity the places reach.
@@ -225,4 +271,51 @@ pub fn recv_now_max(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<Opti
     }
     unsafe { buf.set_len(buf.len() + n as usize) };
     Ok(Some(n as usize))
+}
+
+/// Sends what the socket takes of `buf` now, without blocking: `Ok(None)`
+/// when it takes nothing. Only for sockets with no write in flight.
+pub fn send_now(fd: RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
+    // SAFETY: send reads at most `buf.len()` bytes of `buf`.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(n as usize))
+}
+
+/// What a vectored read does, from a slice: fills the places of `reads`
+/// in `buf`'s spare capacity from `src`, at most `cap` bytes; returns how
+/// many. For tests of what lays places out.
+#[cfg(test)]
+pub(crate) fn fill_places(buf: &mut Vec<u8>, reads: &Strided, src: &[u8], cap: usize) -> usize {
+    assert!(buf.capacity() - buf.len() >= reads.room(), "strided read past the buffer");
+    let mut n = 0;
+    for (at, len) in reads.places() {
+        let take = len.min(src.len() - n).min(cap - n);
+        for k in 0..take {
+            buf.spare_capacity_mut()[at + k].write(src[n + k]);
+        }
+        n += take;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Strided;
+
+    #[test]
+    fn strided_places_start_with_a_short_first_one() {
+        // Records of 10 bytes with 4 around each: the first has 3 left.
+        let s = Strided { len: 10, stride: 14, total: 25, first: 3 };
+        assert_eq!(s.places().collect::<Vec<_>>(), vec![(0, 3), (7, 10), (21, 10), (35, 2)]);
+        assert_eq!(s.room(), 37);
+        let even = Strided::even(10, 14, 25);
+        assert_eq!(even.places().collect::<Vec<_>>(), vec![(0, 10), (14, 10), (28, 5)]);
+        // A first place with no room is skipped.
+        let s = Strided { len: 10, stride: 14, total: 5, first: 0 };
+        assert_eq!(s.places().collect::<Vec<_>>(), vec![(4, 5)]);
+    }
 }

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::task::Poll;
 
 use io_uring::{opcode, squeue, types};
 
@@ -239,23 +240,32 @@ impl Stream for UringStream {
         (Ok(()), buf)
     }
 
-    async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+    fn poll_read_ready(&mut self, cx: &mut std::task::Context<'_>, buf: &mut Vec<u8>) -> Poll<io::Result<usize>> {
         // The read is armed with the caller's buffer and stays armed if
         // this wait is abandoned: no poll and no extra recv per wait.
         loop {
             if self.armed.is_none() {
                 if buf.capacity() == buf.len() {
-                    return Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room to read"));
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room to read")));
                 }
                 self.arm(buf);
             }
-            let (res, got) = self.take_armed().await.expect("armed above");
+            let (op, _) = self.armed.as_mut().expect("armed above");
+            let (res, _, got) = std::task::ready!(std::pin::Pin::new(op).poll(cx));
+            let (_, len) = self.armed.take().expect("armed above");
+            let (res, got) = finish_read(res, got, len);
             restore(buf, got);
             match res {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                other => return other,
+                other => return Poll::Ready(other),
             }
         }
+    }
+
+    /// A plain `send` beside the ring (as `try_read_now`'s `recv`): the
+    /// ring has no entry that answers without waiting.
+    fn try_write_now(&mut self, buf: &[u8]) -> io::Result<Option<usize>> {
+        super::send_now(self.fd.as_raw_fd(), buf)
     }
 
     fn try_read_now(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
@@ -294,6 +304,22 @@ impl Stream for UringStream {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ECANCELED | libc::EINTR)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// A plain `readv` beside the ring, as `try_read_now`'s `recv`.
+    fn try_read_strided_now(&mut self, buf: &mut Vec<u8>, reads: &Strided) -> io::Result<Option<usize>> {
+        if self.armed.is_some() {
+            return Ok(None);
+        }
+        super::readv_now(self.fd.as_raw_fd(), buf, reads)
+    }
+
+    /// One poll entry on the ring.
+    async fn readable(&mut self) -> io::Result<bool> {
+        if self.armed.is_some() {
+            return Ok(false);
+        }
+        poll(self.fd.as_raw_fd(), libc::POLLIN).await.map(|()| true)
     }
 
     fn shutdown_write(&self) -> io::Result<()> {
@@ -507,7 +533,7 @@ mod tests {
             peer.write_all(&data).unwrap();
             settle().await;
             // Places of 30 bytes every 40, 70 bytes in all: 30 + 30 + 10.
-            let reads = Strided { len: 30, stride: 40, total: 70 };
+            let reads = Strided::even(30, 40, 70);
             let mut buf = Vec::with_capacity(2 + reads.room());
             buf.extend_from_slice(b"hd");
             let (res, mut buf) = s.read_strided(buf, reads).await;

@@ -506,10 +506,23 @@ impl<S: Stream> Stream for Hop<S> {
         }
     }
 
-    async fn read_ready(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+    fn poll_read_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut Vec<u8>,
+    ) -> std::task::Poll<io::Result<usize>> {
         match self {
-            Hop::Tcp(s) => s.read_ready(buf).await,
-            Hop::Tls(t) => t.read_plain_ready(buf).await,
+            Hop::Tcp(s) => s.poll_read_ready(cx, buf),
+            Hop::Tls(t) => t.poll_read_plain_ready(cx, buf),
+        }
+    }
+
+    /// Only the plain hop writes without waiting (through a TLS hop the
+    /// connection's task writes).
+    fn try_write_now(&mut self, buf: &[u8]) -> io::Result<Option<usize>> {
+        match self {
+            Hop::Tcp(s) => s.try_write_now(buf),
+            Hop::Tls(_) => Ok(None),
         }
     }
 

@@ -121,6 +121,17 @@ pub struct LentRecords {
     pub reads: Strided,
 }
 
+/// What [`TlsSession::try_write_laid_out`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrittenNow {
+    /// Every record is written.
+    All,
+    /// Sealed; what the socket did not take waits in the session.
+    Left,
+    /// Nothing done: the caller writes it with `write_laid_out`.
+    NotNow,
+}
+
 /// One record taken off `rbuf`.
 enum Opened {
     /// Application data, now at `rbuf[range]`.
@@ -426,7 +437,7 @@ impl<S: Stream> TlsSession<S> {
         self.wbuf.resize(start + self.sealer.prefix_len(), 0);
         self.wbuf.reserve(records * stride);
         self.poisoned = true;
-        let reads = Strided { len: MAX_FRAGMENT, stride, total };
+        let reads = Strided::even(MAX_FRAGMENT, stride, total);
         Ok(LentRecords { buf: std::mem::take(&mut self.wbuf), start, reads })
     }
 
@@ -495,15 +506,10 @@ impl<S: Stream> TlsSession<S> {
     /// # Backpressure
     /// Returns only once every record is written to the socket.
     pub async fn write_laid_out(&mut self, out: &mut Output) -> io::Result<()> {
-        self.usable()?;
-        if out.is_empty() {
+        if !self.laid_out_usable(out)? {
             return Ok(());
         }
-        if out.slots() != self.record_slots() {
-            return Err(invalid("plaintext laid out for another session's records"));
-        }
-        let records = out.len().div_ceil(MAX_FRAGMENT);
-        if self.sealer.records_left() <= KEY_UPDATE_MARGIN + records as u64 {
+        if self.near_key_limit(out) {
             // Near the key's limit: one record at a time, each checked.
             let plain: Vec<u8> = {
                 let stride = self.record_slots().stride();
@@ -515,6 +521,92 @@ impl<S: Stream> TlsSession<S> {
         // One check covers the batch: it is far below the margin.
         self.before_data_record()?;
         self.send_wbuf().await?;
+        self.seal_laid_out(out)?;
+        let buf = out.records();
+        self.poisoned = true;
+        let (res, b) = self.io.write_all(std::mem::take(buf)).await;
+        *buf = b;
+        self.poisoned = false;
+        res
+    }
+
+    /// [`Self::write_laid_out`] without waiting: seals `out`'s records and
+    /// writes what the socket takes now. [`WrittenNow::Left`]: the socket
+    /// took part (or none) of them, and the rest waits in the session's
+    /// buffer for [`Self::flush`] (moved there, not copied);
+    /// [`WrittenNow::NotNow`]: `out` is untouched, because ciphertext
+    /// written earlier is still waiting or the key is near its limit, and
+    /// the caller writes it with `write_laid_out`. The caller clears `out`
+    /// unless it got `NotNow`.
+    pub fn try_write_laid_out(&mut self, out: &mut Output) -> io::Result<WrittenNow> {
+        if !self.laid_out_usable(out)? {
+            return Ok(WrittenNow::All);
+        }
+        if self.near_key_limit(out) {
+            return Ok(WrittenNow::NotNow);
+        }
+        self.before_data_record()?;
+        if !self.wbuf.is_empty() {
+            // A key update just sealed, or what an earlier write left.
+            let n = self.write_now(0)?;
+            self.wbuf.drain(..n);
+            if !self.wbuf.is_empty() {
+                return Ok(WrittenNow::NotNow);
+            }
+        }
+        self.seal_laid_out(out)?;
+        // The sealed records are the ciphertext, back to back.
+        std::mem::swap(&mut self.wbuf, out.records());
+        let n = self.write_now(0)?;
+        if n == self.wbuf.len() {
+            self.wbuf.clear();
+            return Ok(WrittenNow::All);
+        }
+        self.wbuf.drain(..n);
+        Ok(WrittenNow::Left)
+    }
+
+    /// Writes `wbuf[from..]` as far as the socket takes it now; returns
+    /// the end of what was written.
+    fn write_now(&mut self, mut from: usize) -> io::Result<usize> {
+        while from < self.wbuf.len() {
+            match self.io.try_write_now(&self.wbuf[from..]) {
+                Ok(None) => break,
+                Ok(Some(0)) => return Err(self.poison(io::ErrorKind::WriteZero.into())),
+                Ok(Some(n)) => from += n,
+                Err(e) => return Err(self.poison(e)),
+            }
+        }
+        Ok(from)
+    }
+
+    /// A write failed half-way: the session is not used again.
+    fn poison(&mut self, e: io::Error) -> io::Error {
+        self.poisoned = true;
+        e
+    }
+
+    /// `Ok(false)`: nothing to write.
+    fn laid_out_usable(&self, out: &Output) -> io::Result<bool> {
+        self.usable()?;
+        if out.is_empty() {
+            return Ok(false);
+        }
+        if out.slots() != self.record_slots() {
+            return Err(invalid("plaintext laid out for another session's records"));
+        }
+        Ok(true)
+    }
+
+    /// Whether `out`'s records would take the key near its limit (they
+    /// then go one at a time, each checked).
+    fn near_key_limit(&self, out: &Output) -> bool {
+        let records = out.len().div_ceil(MAX_FRAGMENT);
+        self.sealer.records_left() <= KEY_UPDATE_MARGIN + records as u64
+    }
+
+    /// Seals `out`'s records where they lie.
+    fn seal_laid_out(&mut self, out: &mut Output) -> io::Result<()> {
         let stride = self.record_slots().stride();
         let buf = out.records();
         let mut at = 0;
@@ -526,11 +618,12 @@ impl<S: Stream> TlsSession<S> {
             }
             at += len;
         }
-        self.poisoned = true;
-        let (res, b) = self.io.write_all(std::mem::take(buf)).await;
-        *buf = b;
-        self.poisoned = false;
-        res
+        Ok(())
+    }
+
+    /// Whether sealed bytes wait to be written ([`Self::flush`]).
+    pub fn has_unwritten(&self) -> bool {
+        !self.wbuf.is_empty()
     }
 
     /// Makes room to read: drops what was opened and handed out, keeping a
@@ -699,13 +792,23 @@ impl<S: Stream> TlsSession<S> {
     /// after close_notify. Cancel-safe: the ciphertext it waited for stays
     /// in the session when the wait is dropped.
     pub async fn read_plain_ready(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_plain_ready(cx, out)).await
+    }
+
+    /// [`Self::read_plain_ready`] as a poll: the session is borrowed only
+    /// while it is polled.
+    pub fn poll_read_plain_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        out: &mut Vec<u8>,
+    ) -> std::task::Poll<io::Result<usize>> {
         loop {
             if let Some(n) = self.read_plain_now(out)? {
-                return Ok(n);
+                return std::task::Poll::Ready(Ok(n));
             }
             // Anything queued (a key update answer) goes with the next write:
             // a write here would not be cancel-safe.
-            if self.io.read_ready(&mut self.rbuf).await? == 0 {
+            if std::task::ready!(self.io.poll_read_ready(cx, &mut self.rbuf))? == 0 {
                 self.eof = true;
             }
         }

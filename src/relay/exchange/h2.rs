@@ -1,7 +1,16 @@
 //! One exchange over HTTP/2 to the intake: a stream on one of the worker's
 //! connections to the host ([`crate::upstream::h2pool`]), run in the Agent
 //! connection's task. It opens the stream, queues the body as the windows
-//! allow, and relays the answer its connection's task filed.
+//! allow, writes what it queued itself before it waits (when it is the
+//! connection's only stream, [`H2Conn::write_now`]), and relays the answer
+//! its connection's task filed.
+//!
+//! # No copy
+//! Content-Length bytes that did not come with the request head are read
+//! from the Agent's socket straight into the places of their DATA frames
+//! in the connection's output, laid out in the TLS records that carry
+//! them, and sealed there ([`body_into_output`]). What came with the head,
+//! and chunked bodies (decoded in the Agent buffer), is copied once.
 //!
 //! # Backpressure
 //! A stream's answer bytes wait in its slot until the exchange takes them
@@ -29,8 +38,8 @@ use super::{AnswerOut, Answered, BodyProgress, Exchange};
 use crate::h2::frame::ErrorCode;
 use crate::h2::headers::AnswerHead;
 use crate::http1::{self, BodyFraming, RequestError, ResponseHead};
-use crate::io::Backend;
-use crate::relay::error::{RelayError, UpstreamFault, When};
+use crate::io::{Backend, Stream};
+use crate::relay::error::{AgentFault, RelayError, UpstreamFault, When};
 use crate::upstream::h2pool::conn::{H2Conn, OpenRefused, StreamFault};
 use crate::upstream::h2pool::{bump, H2Hosts, Pick};
 
@@ -123,6 +132,9 @@ async fn on_stream<B: Backend>(
     held: &mut usize,
 ) -> Result<Attempt, RelayError> {
     let (replayable, copied) = send_body(x, conn, id, held).await?;
+    // The request's last frames, written in this task: it does not wait
+    // for the connection's task to take its turn.
+    conn.write_now();
     let answer = match await_head(x, conn, id).await {
         Err(StreamFault::Reset(ErrorCode::RefusedStream)) if replayable => return Ok(Attempt::Replay(*held)),
         Err(StreamFault::Reset(ErrorCode::RefusedStream)) => return Err(UpstreamFault::RefusedAfterBody.at(conn.addr)),
@@ -149,12 +161,30 @@ async fn send_body<B: Backend>(
     };
     let mut replayable = holds || x.body.done();
     if x.head.expect_continue && !x.body.done() {
+        // The request head goes first (a 100 is only an invitation).
+        conn.write_now();
         x.send_continue().await?;
     }
     let mut copied = 0u64;
     let mut sent_end = x.body.done() && !x.head.expect_continue;
+    // Content-Length bytes not read yet go from the Agent's socket straight
+    // into the connection's output, where they are sealed: no copy.
+    let mut direct = !holds && x.body.left().is_some();
     while !sent_end {
         if x.down.filled().len() == *held && !x.body.done() {
+            if direct {
+                match body_into_output(x, conn, id).await? {
+                    true => {
+                        sent_end = x.body.done();
+                        replayable = false;
+                        continue;
+                    }
+                    // This backend reads only by waiting: into the Agent buffer.
+                    false => direct = false,
+                }
+            }
+            // What is queued goes out while the Agent's next bytes come.
+            conn.write_now();
             super::read_body(x.down, x.ctx.config.client_idle_timeout, &x.ctx.buffers).await?;
         }
         let (consumed, payload) = next_payload(x, *held)?;
@@ -181,6 +211,46 @@ async fn send_body<B: Backend>(
         sent_end = sent?;
     }
     Ok((replayable, copied))
+}
+
+/// Body bytes a read straight into the connection's output takes at most:
+/// eight records, as a read into HTTP/1.1 records.
+const MAX_DIRECT: usize = 8 * 16 * 1024;
+
+/// Sends the next Content-Length body bytes read from the Agent's socket
+/// straight into the connection's output (DATA frames laid out in their
+/// records, [`H2Conn::read_data`]), once the windows and the output have
+/// room; waits for the Agent's bytes when none are there. `Ok(false)`:
+/// this backend cannot wait without reading; nothing was sent.
+async fn body_into_output<B: Backend>(x: &mut Exchange<'_, B>, conn: &H2Conn, id: u32) -> Result<bool, RelayError> {
+    let lost = |f| stream_fault(f, When::BeforeBodySent, conn.addr);
+    let idle = x.ctx.config.client_idle_timeout;
+    let left = usize::try_from(x.body.left().unwrap_or(0)).unwrap_or(usize::MAX);
+    loop {
+        conn.send_room(id, false).await.map_err(lost)?;
+        let io = &mut x.down.io;
+        match conn.read_data(id, left.min(MAX_DIRECT), left, |buf, reads| io.try_read_strided_now(buf, reads)) {
+            Err(f) => return Err(lost(f)),
+            Ok(Ok(Some(0))) => {
+                x.down.eof = true;
+                return Err(AgentFault::ClosedMidBody.into());
+            }
+            Ok(Ok(Some(n))) => {
+                x.body.count(n);
+                return Ok(true);
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => return Err(RelayError::agent_io(e)),
+        }
+        // Nothing there yet: what is queued goes out while the bytes come.
+        conn.write_now();
+        match crate::rt::timeout(idle, x.down.io.readable()).await {
+            Err(_) => return Err(AgentFault::Stalled.into()),
+            Ok(Err(e)) => return Err(RelayError::agent_io(e)),
+            Ok(Ok(false)) => return Ok(false),
+            Ok(Ok(true)) => {}
+        }
+    }
 }
 
 /// The payload at the front of the Agent's buffer, past the `held` bytes:

@@ -1,11 +1,23 @@
-//! An HTTP/2 connection's task: it owns the TLS session, writes every
-//! frame the exchanges queued in one TLS write per turn, reads, and files
-//! what it read under each stream's slot, waking who waits for it. It ends
-//! when the connection fails, the intake closes it or stops answering
-//! PINGs, or it has had no stream for `upstream.idle_timeout`.
+//! An HTTP/2 connection's task: it reads, and files what it read under
+//! each stream's slot, waking who waits for it; it writes the frames it
+//! queues itself (acknowledgements, PINGs, WINDOW_UPDATEs) and what the
+//! exchanges could not write without waiting. It ends when the connection
+//! fails, the intake closes it or stops answering PINGs, or it has had no
+//! stream for `upstream.idle_timeout`.
+//!
+//! # Who writes
+//! The TLS session is shared ([`Shared`]): an exchange writes the frames it
+//! queued itself, in its own task, before it waits ([`write_now`]: sealed
+//! and written if the socket takes them now), so a request does not wait
+//! for this task's turn. This task waits for the intake's bytes with the
+//! session borrowed only while the wait is polled, and takes the session
+//! for its own writes, which may wait (a full socket): meanwhile the
+//! exchanges leave their frames queued and wake it.
 
+use std::cell::RefCell;
+use std::io;
 use std::rc::Rc;
-use std::task::Waker;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::bump;
@@ -16,6 +28,11 @@ use crate::h2::out::Output;
 use crate::io::Stream;
 use crate::logging::summary::{self, About};
 use crate::upstream::pool::PooledSession;
+use crate::upstream::tls::WrittenNow;
+
+/// A connection's TLS session, shared by its task and its exchanges;
+/// `None` while the task writes (or once it ended).
+pub type Shared<S> = Rc<RefCell<Option<PooledSession<S>>>>;
 
 /// The line of a connection the intake's side ended abnormally: the first
 /// after a quiet period in full, the rest counted (`logging::summary`).
@@ -43,12 +60,16 @@ struct Idle {
 }
 
 /// Runs the connection until it ends.
-pub async fn drive<S: Stream>(conn: Rc<H2Conn>, mut session: PooledSession<S>, limits: Timeouts) {
+pub async fn drive<S: Stream>(conn: Rc<H2Conn>, shared: Shared<S>, limits: Timeouts) {
     let mut rbuf: Vec<u8> = Vec::with_capacity(4 * IO_BUF);
-    let mut out = Output::new(session.session.record_slots(), 4 * IO_BUF);
+    let slots = match &*shared.borrow() {
+        Some(s) => s.session.record_slots(),
+        None => return,
+    };
+    let mut out = Output::new(slots, 4 * IO_BUF);
     let mut idle = Idle { since: Instant::now(), was_busy: false };
     let why = loop {
-        if let Some(end) = write_queued(&conn, &mut session, &mut out, limits.write).await {
+        if let Some(end) = write_queued(&conn, &shared, &mut out, limits.write).await {
             break Some(end);
         }
         if !out.is_empty() {
@@ -63,7 +84,7 @@ pub async fn drive<S: Stream>(conn: Rc<H2Conn>, mut session: PooledSession<S>, l
                 if rbuf.len() == rbuf.capacity() {
                     rbuf.reserve(IO_BUF);
                 }
-                match read_or_tick(&conn, &mut session, &mut rbuf, &idle, busy, &limits).await {
+                match read_or_tick(&conn, &shared, &mut rbuf, &idle, busy, &limits).await {
                     Some(Ok(())) => file_input(&conn, &mut rbuf, busy),
                     Some(Err(end)) => break Some(end),
                     None => continue,
@@ -71,6 +92,8 @@ pub async fn drive<S: Stream>(conn: Rc<H2Conn>, mut session: PooledSession<S>, l
             }
         }
     };
+    // The socket closes now, not when the last exchange lets go.
+    drop(shared.borrow_mut().take());
     match why {
         Some(why) => {
             tracing::debug!(addr = %conn.addr, why = %why, "HTTP/2 connection ended");
@@ -81,22 +104,70 @@ pub async fn drive<S: Stream>(conn: Rc<H2Conn>, mut session: PooledSession<S>, l
     }
 }
 
+/// Writes what is queued on `conn` now, in the caller's task, if the
+/// socket takes it without waiting (what it takes only part of waits in
+/// the session for the connection's task). True when nothing is left for
+/// the connection's task to write.
+pub(super) fn write_now<S: Stream>(conn: &H2Conn, shared: &RefCell<Option<PooledSession<S>>>) -> bool {
+    // Taken (the task is writing) or gone: the task writes it.
+    let Ok(mut guard) = shared.try_borrow_mut() else { return false };
+    let Some(session) = guard.as_mut() else { return false };
+    let mut i = conn.inner.borrow_mut();
+    if i.dead.is_some() {
+        return false;
+    }
+    let out = i.conn.output();
+    if out.is_empty() {
+        return !session.session.has_unwritten();
+    }
+    let frames = out.frames();
+    match session.session.try_write_laid_out(out) {
+        Ok(WrittenNow::NotNow) => false,
+        Ok(done) => {
+            out.clear();
+            bump(&conn.counters.writes, 1);
+            bump(&conn.counters.frames, frames);
+            i.wake_senders();
+            drop(i);
+            conn.changed.notify();
+            done == WrittenNow::All
+        }
+        Err(e) => {
+            drop(i);
+            drop(guard);
+            conn.end(ConnEnd::Write(e));
+            false
+        }
+    }
+}
+
 /// Writes what the exchanges queued, if anything (left in `out` until the
-/// caller clears it). `Some`: the write failed and the connection ends.
+/// caller clears it), and what they left unwritten. `Some`: the write
+/// failed and the connection ends.
 async fn write_queued<S: Stream>(
     conn: &H2Conn,
-    session: &mut PooledSession<S>,
+    shared: &RefCell<Option<PooledSession<S>>>,
     out: &mut Output,
     limit: Duration,
 ) -> Option<ConnEnd> {
     std::mem::swap(conn.inner.borrow_mut().conn.output(), out);
-    if out.is_empty() {
+    let mut session = shared.borrow_mut().take()?;
+    if out.is_empty() && !session.session.has_unwritten() {
+        *shared.borrow_mut() = Some(session);
         return None;
     }
-    bump(&conn.counters.writes, 1);
-    bump(&conn.counters.frames, out.frames());
-    // Sealed where the frames lie: no copy into the session's buffer.
-    let write = crate::rt::timeout(limit, session.session.write_laid_out(out)).await;
+    if !out.is_empty() {
+        bump(&conn.counters.writes, 1);
+        bump(&conn.counters.frames, out.frames());
+    }
+    // Sealed where the frames lie: no copy into the session's buffer. The
+    // session is out of `shared` meanwhile: exchanges queue, and wake us.
+    let write = if out.is_empty() {
+        crate::rt::timeout(limit, session.session.flush()).await
+    } else {
+        crate::rt::timeout(limit, session.session.write_laid_out(out)).await
+    };
+    *shared.borrow_mut() = Some(session);
     conn.inner.borrow_mut().wake_senders();
     conn.changed.notify();
     match write {
@@ -147,7 +218,7 @@ fn before_read(conn: &H2Conn, idle: &mut Idle) -> Turn {
 /// input to file; `None`: go round again; `Some(Err)`: the connection ends.
 async fn read_or_tick<S: Stream>(
     conn: &H2Conn,
-    session: &mut PooledSession<S>,
+    shared: &RefCell<Option<PooledSession<S>>>,
     rbuf: &mut Vec<u8>,
     idle: &Idle,
     busy: bool,
@@ -167,7 +238,12 @@ async fn read_or_tick<S: Stream>(
     tokio::select! {
         biased;
         _ = conn.to_driver.notified() => None,
-        r = session.session.read_plain_ready(rbuf) => match r {
+        // Borrowed only while polled: exchanges write between the polls.
+        r = std::future::poll_fn(|cx| match shared.try_borrow_mut().ok().as_deref_mut().and_then(Option::as_mut) {
+            Some(s) => s.session.poll_read_plain_ready(cx, rbuf),
+            // Never: only this task takes the session, and exchanges borrow it without waiting.
+            None => Poll::Ready(Err(io::Error::other("the TLS session is in use"))),
+        }) => match r {
             Ok(0) => Some(Err(ConnEnd::Closed)),
             Err(e) => Some(Err(ConnEnd::Read(e))),
             Ok(_) => Some(Ok(())),

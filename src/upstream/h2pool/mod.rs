@@ -39,7 +39,7 @@ pub mod conn;
 mod drive;
 
 use conn::H2Conn;
-use drive::{drive, Timeouts};
+use drive::{drive, Shared, Timeouts};
 
 /// After an intake picked HTTP/1.1 by ALPN (`auto`), how long its host is
 /// served over HTTP/1.1 before ALPN is offered again.
@@ -299,19 +299,27 @@ impl H2Hosts {
             (h.counters[upstream].clone(), h.stats_changed.clone())
         };
         let report = (up.host(upstream), up.log.clone());
+        let slots = session.session.record_slots();
+        let addr = session.addr;
+        let shared: Shared<Hop<B::Stream>> = Rc::new(RefCell::new(Some(session)));
+        let writer = {
+            let shared = shared.clone();
+            Box::new(move |c: &H2Conn| drive::write_now(c, &shared))
+        };
         let conn = Rc::new(H2Conn::new(
-            Conn::laid_out(local, session.session.record_slots()),
-            session.addr,
+            Conn::laid_out(local, slots),
+            addr,
             counters,
             stats,
             cfg.upstream_idle_timeout / 2,
             report,
+            writer,
         ));
-        tracing::debug!(upstream = up.host(upstream), addr = %session.addr, "HTTP/2 connection opened");
+        tracing::debug!(upstream = up.host(upstream), addr = %addr, "HTTP/2 connection opened");
         hosts.borrow_mut().conns[upstream].push(conn.clone());
         let timeouts =
             Timeouts { write: cfg.response_timeout, idle: cfg.upstream_idle_timeout, ping: cfg.connect_timeout };
-        crate::rt::spawn(drive(conn.clone(), session, timeouts));
+        crate::rt::spawn(drive(conn.clone(), shared, timeouts));
         conn
     }
 }
