@@ -658,6 +658,17 @@ mod tests {
         }
     }
 
+    /// A connection to [`serve`] with its settings exchanged (the server's
+    /// SETTINGS, and its ack of ours): the connection, its pipe, its input.
+    async fn connected(max_streams: u32) -> (Conn, tokio::io::DuplexStream, Vec<u8>) {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        tokio::spawn(serve(server, max_streams));
+        let mut conn = Conn::new(LocalSettings::default());
+        let mut inbuf = Vec::new();
+        drive(&mut conn, &mut client, &mut inbuf, |c, _| c.settings_acked()).await;
+        (conn, client, inbuf)
+    }
+
     /// Drives `conn` over `io` until `done` says so; returns the events.
     async fn drive(
         conn: &mut Conn,
@@ -721,12 +732,7 @@ mod tests {
     fn many_requests_share_one_connection_with_the_h2_crate() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let (mut client, server) = tokio::io::duplex(1 << 20);
-            tokio::spawn(serve(server, 100));
-            let mut conn = Conn::new(LocalSettings::default());
-            let mut inbuf = Vec::new();
-            // The server's SETTINGS, and its ack of ours.
-            drive(&mut conn, &mut client, &mut inbuf, |c, _| c.settings_acked()).await;
+            let (mut conn, mut client, mut inbuf) = connected(100).await;
             // Ten requests with bodies, all written in one go.
             let body = vec![b'x'; 40_000];
             let mut ids = Vec::new();
@@ -791,11 +797,7 @@ mod tests {
     fn bodies_read_in_place_reach_the_h2_crate_whole() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let (mut client, server) = tokio::io::duplex(1 << 20);
-            tokio::spawn(serve(server, 100));
-            let mut conn = Conn::new(LocalSettings::default());
-            let mut inbuf = Vec::new();
-            drive(&mut conn, &mut client, &mut inbuf, |c, _| c.settings_acked()).await;
+            let (mut conn, mut client, mut inbuf) = connected(100).await;
             // Bodies past the intake's window (65,535), read in place in
             // pieces of uneven length, as a socket gives them.
             let sizes = [1usize, 16_375, 16_376, 100_000];
@@ -846,11 +848,7 @@ mod tests {
     fn the_intakes_stream_limit_is_honoured() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let (mut client, server) = tokio::io::duplex(1 << 20);
-            tokio::spawn(serve(server, 2));
-            let mut conn = Conn::new(LocalSettings::default());
-            let mut inbuf = Vec::new();
-            drive(&mut conn, &mut client, &mut inbuf, |c, _| c.settings_acked()).await;
+            let (mut conn, mut client, mut inbuf) = connected(2).await;
             let head = rendered(b"GET /v HTTP/1.1\r\nHost: a\r\n\r\n");
             conn.open(&head, true).unwrap();
             conn.open(&head, true).unwrap();

@@ -546,38 +546,30 @@ impl<S: Stream> TlsSession<S> {
             return Ok(WrittenNow::NotNow);
         }
         self.before_data_record()?;
-        if !self.wbuf.is_empty() {
-            // A key update just sealed, or what an earlier write left.
-            let n = self.write_now(0)?;
-            self.wbuf.drain(..n);
-            if !self.wbuf.is_empty() {
-                return Ok(WrittenNow::NotNow);
-            }
+        // A key update just sealed, or what an earlier write left, first.
+        if !self.send_wbuf_now()? {
+            return Ok(WrittenNow::NotNow);
         }
         self.seal_laid_out(out)?;
         // The sealed records are the ciphertext, back to back.
         std::mem::swap(&mut self.wbuf, out.records());
-        let n = self.write_now(0)?;
-        if n == self.wbuf.len() {
-            self.wbuf.clear();
-            return Ok(WrittenNow::All);
-        }
-        self.wbuf.drain(..n);
-        Ok(WrittenNow::Left)
+        Ok(if self.send_wbuf_now()? { WrittenNow::All } else { WrittenNow::Left })
     }
 
-    /// Writes `wbuf[from..]` as far as the socket takes it now; returns
-    /// the end of what was written.
-    fn write_now(&mut self, mut from: usize) -> io::Result<usize> {
-        while from < self.wbuf.len() {
-            match self.io.try_write_now(&self.wbuf[from..]) {
+    /// Writes `wbuf` as far as the socket takes it now and drops what went;
+    /// true when all of it went.
+    fn send_wbuf_now(&mut self) -> io::Result<bool> {
+        let mut sent = 0;
+        while sent < self.wbuf.len() {
+            match self.io.try_write_now(&self.wbuf[sent..]) {
                 Ok(None) => break,
                 Ok(Some(0)) => return Err(self.poison(io::ErrorKind::WriteZero.into())),
-                Ok(Some(n)) => from += n,
+                Ok(Some(n)) => sent += n,
                 Err(e) => return Err(self.poison(e)),
             }
         }
-        Ok(from)
+        self.wbuf.drain(..sent);
+        Ok(self.wbuf.is_empty())
     }
 
     /// A write failed half-way: the session is not used again.
